@@ -1,0 +1,44 @@
+// swift-tools-version: 6.0
+// Outpost: an appliance OS for edge nodes. The data flows
+// OutpostDisk (on-disk contract) → OutpostBuilder (host) / OutpostAgent (device).
+import PackageDescription
+
+let package = Package(
+    name: "Outpost",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "outpost", targets: ["outpost"]),
+        .executable(name: "outpostd", targets: ["outpostd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+    ],
+    targets: [
+        // The one C shim: function-like kernel macros, ioctls, fork/exec.
+        .target(name: "OutpostShims"),
+        .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
+
+        // The on-disk contract: GPT, slot attributes, boot selection. Pure Swift.
+        .target(name: "OutpostDisk"),
+
+        // Host side: layout spec → filesystems → verity → disk → outputs.
+        .target(name: "OutpostBuilder", dependencies: [
+            "OutpostDisk",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        .executableTarget(name: "outpost", dependencies: [
+            "OutpostBuilder", "OutpostDisk",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        // Device side: early boot, supervisor, updater.
+        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid"]),
+        .executableTarget(name: "outpostd", dependencies: ["OutpostAgent"]),
+
+        .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk"]),
+        .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk"]),
+        .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,93 @@
+// A block device backed by a file descriptor: an image file on the build
+// host, or /dev/vda on the device. pread/pwrite at explicit offsets, EINTR
+// retried, short transfers completed, errors naming the call and the path.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A file or block special file opened for sector I/O.
+public final class FileBlockDevice: BlockDevice {
+    public let path: String
+    public let sectorSize: Int
+    public let sectorCount: UInt64
+    private let fd: Int32
+
+    /// Opens `path`; the size comes from lseek(SEEK_END), which works for both
+    /// regular files and block devices.
+    public init(path: String, writable: Bool, sectorSize: Int = 512) throws {
+        self.path = path
+        self.sectorSize = sectorSize
+        var fd: Int32
+        repeat { fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else { throw BlockDeviceError.io(call: "open", path: path, errno: errno) }
+        let end = lseek(fd, 0, SEEK_END)
+        guard end >= 0 else {
+            let e = errno
+            close(fd)
+            throw BlockDeviceError.io(call: "lseek", path: path, errno: e)
+        }
+        self.fd = fd
+        self.sectorCount = UInt64(end) / UInt64(sectorSize)
+    }
+
+    deinit { close(fd) }
+
+    public func read(lba: UInt64, count: Int) throws -> [UInt8] {
+        guard lba + UInt64(count) <= sectorCount else { throw BlockDeviceError.outOfRange(lba: lba, count: count) }
+        return try readBytes(offset: lba * UInt64(sectorSize), count: count * sectorSize)
+    }
+
+    /// Reads `count` bytes at a byte offset (not necessarily sector aligned).
+    public func readBytes(offset: UInt64, count: Int) throws -> [UInt8] {
+        var buf = [UInt8](repeating: 0, count: count)
+        var done = 0
+        try buf.withUnsafeMutableBytes { raw in
+            guard let base = raw.baseAddress else { return }
+            while done < count {
+                let n = pread(fd, base + done, count - done, off_t(offset) + off_t(done))
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw BlockDeviceError.io(call: "pread", path: path, errno: errno)
+                }
+                if n == 0 { throw BlockDeviceError.outOfRange(lba: (offset + UInt64(done)) / UInt64(sectorSize), count: 1) }
+                done += n
+            }
+        }
+        return buf
+    }
+
+    public func write(lba: UInt64, bytes: [UInt8]) throws {
+        guard bytes.count % sectorSize == 0, lba + UInt64(bytes.count / sectorSize) <= sectorCount else {
+            throw BlockDeviceError.outOfRange(lba: lba, count: bytes.count / sectorSize)
+        }
+        try writeBytes(offset: lba * UInt64(sectorSize), bytes: bytes)
+    }
+
+    /// Writes bytes at a byte offset, completing short writes.
+    public func writeBytes(offset: UInt64, bytes: [UInt8]) throws {
+        var done = 0
+        try bytes.withUnsafeBytes { raw in
+            guard let base = raw.baseAddress else { return }
+            while done < bytes.count {
+                let n = pwrite(fd, base + done, bytes.count - done, off_t(offset) + off_t(done))
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw BlockDeviceError.io(call: "pwrite", path: path, errno: errno)
+                }
+                done += n
+            }
+        }
+    }
+
+    public func flush() throws {
+        while fsync(fd) != 0 {
+            if errno == EINTR { continue }
+            throw BlockDeviceError.io(call: "fsync", path: path, errno: errno)
+        }
+    }
+}
