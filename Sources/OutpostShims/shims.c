@@ -1,1 +1,157 @@
 #include "OutpostShims.h"
+
+#include <errno.h>
+#include <linux/dm-ioctl.h>
+#include <linux/blkpg.h>
+#include <linux/fs.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/reboot.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+int OutpostShims_finit_module(int fd, const char *params, int flags) {
+    return (int)syscall(SYS_finit_module, fd, params ? params : "", flags);
+}
+
+unsigned int OutpostShims_major(uint64_t dev) { return major((dev_t)dev); }
+unsigned int OutpostShims_minor(uint64_t dev) { return minor((dev_t)dev); }
+uint64_t OutpostShims_makedev(unsigned int ma, unsigned int mi) {
+    return (uint64_t)makedev(ma, mi);
+}
+
+int OutpostShims_reboot(int command) {
+    switch (command) {
+    case OutpostShims_RebootRestart: return reboot(RB_AUTOBOOT);
+    case OutpostShims_RebootPowerOff: return reboot(RB_POWER_OFF);
+    case OutpostShims_RebootDisableCAD: return reboot(RB_DISABLE_CAD);
+    default: errno = EINVAL; return -1;
+    }
+}
+
+int OutpostShims_blkgetsize64(int fd, uint64_t *bytes) {
+    return ioctl(fd, BLKGETSIZE64, bytes);
+}
+
+// --- device-mapper ---------------------------------------------------------
+
+// Room for the header, one target spec and a long verity parameter string.
+#define DM_BUFFER_SIZE 16384
+
+static int dm_init(struct dm_ioctl *io, size_t size, const char *name) {
+    memset(io, 0, size);
+    // 4.0.0: the kernel accepts any request whose major matches and whose
+    // minor is not newer than its own, so the oldest minor always works.
+    io->version[0] = 4;
+    io->version[1] = 0;
+    io->version[2] = 0;
+    io->data_size = (uint32_t)size;
+    io->data_start = sizeof(struct dm_ioctl);
+    if (strlen(name) >= sizeof(io->name)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    strcpy(io->name, name);
+    return 0;
+}
+
+int OutpostShims_dm_create(int control_fd, const char *name, const char *uuid,
+                           unsigned int *ma, unsigned int *mi) {
+    struct dm_ioctl io;
+    if (dm_init(&io, sizeof(io), name) != 0) return -1;
+    if (uuid) {
+        if (strlen(uuid) >= sizeof(io.uuid)) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        strcpy(io.uuid, uuid);
+    }
+    if (ioctl(control_fd, DM_DEV_CREATE, &io) != 0) return -1;
+    *ma = major((dev_t)io.dev);
+    *mi = minor((dev_t)io.dev);
+    return 0;
+}
+
+int OutpostShims_dm_load_table(int control_fd, const char *name,
+                               uint64_t start_sector, uint64_t sector_count,
+                               const char *target_type, const char *params,
+                               int readonly) {
+    // 8-byte aligned so the kernel can read the u64 fields in place.
+    _Alignas(8) unsigned char buffer[DM_BUFFER_SIZE];
+    struct dm_ioctl *io = (struct dm_ioctl *)buffer;
+    struct dm_target_spec *spec;
+    size_t header = sizeof(struct dm_ioctl);
+    size_t param_len = strlen(params) + 1;
+    size_t spec_len = sizeof(struct dm_target_spec) + param_len;
+    spec_len = (spec_len + 7) & ~(size_t)7;
+    if (header + spec_len > sizeof(buffer) ||
+        strlen(target_type) >= DM_MAX_TYPE_NAME) {
+        errno = E2BIG;
+        return -1;
+    }
+    if (dm_init(io, header + spec_len, name) != 0) return -1;
+    io->target_count = 1;
+    if (readonly) io->flags |= DM_READONLY_FLAG;
+    spec = (struct dm_target_spec *)(buffer + header);
+    spec->sector_start = start_sector;
+    spec->length = sector_count;
+    spec->next = (uint32_t)spec_len;
+    strcpy(spec->target_type, target_type);
+    memcpy(buffer + header + sizeof(struct dm_target_spec), params, param_len);
+    return ioctl(control_fd, DM_TABLE_LOAD, io);
+}
+
+int OutpostShims_dm_resume(int control_fd, const char *name) {
+    struct dm_ioctl io;
+    if (dm_init(&io, sizeof(io), name) != 0) return -1;
+    return ioctl(control_fd, DM_DEV_SUSPEND, &io);
+}
+
+int OutpostShims_dm_remove(int control_fd, const char *name) {
+    struct dm_ioctl io;
+    if (dm_init(&io, sizeof(io), name) != 0) return -1;
+    return ioctl(control_fd, DM_DEV_REMOVE, &io);
+}
+
+// --- processes ---------------------------------------------------------------
+
+int OutpostShims_spawn(const char *path, char *const argv[], char *const envp[],
+                       int stdin_fd, pid_t *pid) {
+    pid_t child = fork();
+    if (child < 0) return -1;
+    if (child == 0) {
+        sigset_t none;
+        struct sigaction dfl;
+        int sig;
+        sigemptyset(&none);
+        memset(&dfl, 0, sizeof(dfl));
+        dfl.sa_handler = SIG_DFL;
+        for (sig = 1; sig < NSIG; sig++) {
+            sigaction(sig, &dfl, NULL); // fails harmlessly for SIGKILL/SIGSTOP
+        }
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (stdin_fd >= 0 && dup2(stdin_fd, 0) < 0) _exit(126);
+        execve(path, argv, envp);
+        _exit(127);
+    }
+    *pid = child;
+    return 0;
+}
+
+int OutpostShims_blkpg_resize_partition(int disk_fd, int partno,
+                                        int64_t start_bytes, int64_t length_bytes) {
+    struct blkpg_partition part;
+    struct blkpg_ioctl_arg arg;
+    memset(&part, 0, sizeof(part));
+    memset(&arg, 0, sizeof(arg));
+    part.pno = partno;
+    part.start = start_bytes;
+    part.length = length_bytes;
+    arg.op = BLKPG_RESIZE_PARTITION;
+    arg.datalen = sizeof(part);
+    arg.data = &part;
+    return ioctl(disk_fd, BLKPG, &arg);
+}

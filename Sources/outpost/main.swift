@@ -1,1 +1,45 @@
-print("outpost")
+import ArgumentParser
+import Foundation
+import OutpostBuilder
+import OutpostDisk
+
+/// `outpost`: the build-host tool. Exit codes: 0 ok, 1 failure, 2 usage error.
+struct Outpost: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "outpost",
+        abstract: "Build, inspect and boot Outpost disk images.",
+        subcommands: [ImageCommand.self])
+}
+
+struct ImageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "image", abstract: "Build and maintain GPT disk images.",
+        subcommands: [ImageBuild.self, ImageInspect.self, ImageSetSlot.self])
+}
+
+/// Entry point with the project's exit-code convention and one-line errors.
+func runMain() -> Never {
+    var command: ParsableCommand
+    do {
+        command = try Outpost.parseAsRoot()
+    } catch {
+        let code = Outpost.exitCode(for: error)
+        if code == .success {
+            print(Outpost.fullMessage(for: error))
+            exit(0)
+        }
+        FileHandle.standardError.write(Data("outpost: \(Outpost.message(for: error))\nSee 'outpost --help'.\n".utf8))
+        exit(2)
+    }
+    do {
+        try command.run()
+        exit(0)
+    } catch let e as ExitCode {
+        exit(e.rawValue)
+    } catch {
+        FileHandle.standardError.write(Data("outpost: error: \(error)\n".utf8))
+        exit(1)
+    }
+}
+
+runMain()

@@ -1,7 +1,69 @@
 #ifndef OUTPOST_SHIMS_H
 #define OUTPOST_SHIMS_H
 // The project's only hand-written C. Each symbol exists because Swift
-// cannot import a function-like macro, or because the code must run in a
-// forked child where only async-signal-safe calls are allowed.
+// cannot import a function-like macro or a variadic function, because a
+// kernel ABI struct is easier to fill in C, or because the code must run in
+// a forked child where only async-signal-safe calls are allowed.
+//
+// Every function returns 0 on success or -1 with errno set, like the
+// syscalls it wraps; the Swift side turns that into a typed error.
+
+#include <stdint.h>
+#include <sys/types.h>
+
+// glibc has no finit_module() wrapper and Swift cannot call the variadic
+// syscall(2); modules are loaded from an fd so no module bytes pass through
+// userspace buffers.
+int OutpostShims_finit_module(int fd, const char *params, int flags);
+
+// major()/minor()/makedev() are function-like macros in <sys/sysmacros.h>.
+unsigned int OutpostShims_major(uint64_t dev);
+unsigned int OutpostShims_minor(uint64_t dev);
+uint64_t OutpostShims_makedev(unsigned int major, unsigned int minor);
+
+// <sys/reboot.h> is not part of Swift's Glibc module, and its RB_* values
+// exceed Int32 in places; PID 1 needs restart, power-off and CAD control.
+enum {
+    OutpostShims_RebootRestart = 0,   // RB_AUTOBOOT
+    OutpostShims_RebootPowerOff = 1,  // RB_POWER_OFF
+    OutpostShims_RebootDisableCAD = 2 // RB_DISABLE_CAD: Ctrl-Alt-Del sends SIGINT to PID 1
+};
+int OutpostShims_reboot(int command);
+
+// BLKGETSIZE64 is an _IOR() macro; the size of a partition in bytes.
+int OutpostShims_blkgetsize64(int fd, uint64_t *bytes);
+
+// Device-mapper control: struct dm_ioctl plus its trailing target specs is
+// a variable-length kernel ABI buffer, and the DM_* request numbers are
+// _IOWR() macros. `control_fd` is an open /dev/mapper/control.
+
+// DM_DEV_CREATE: creates an empty mapped device; returns its dev_t parts.
+int OutpostShims_dm_create(int control_fd, const char *name, const char *uuid,
+                           unsigned int *major, unsigned int *minor);
+// DM_TABLE_LOAD with one target into the inactive table. `readonly` sets
+// DM_READONLY_FLAG so the mapped device refuses writes.
+int OutpostShims_dm_load_table(int control_fd, const char *name,
+                               uint64_t start_sector, uint64_t sector_count,
+                               const char *target_type, const char *params,
+                               int readonly);
+// DM_DEV_SUSPEND without DM_SUSPEND_FLAG: swaps in the loaded table and
+// resumes I/O ("resume" in dmsetup terms).
+int OutpostShims_dm_resume(int control_fd, const char *name);
+// DM_DEV_REMOVE: tears down a half-built device after a failed setup.
+int OutpostShims_dm_remove(int control_fd, const char *name);
+
+// fork()+execve() for a child of PID 1: the child clears the signal mask
+// and restores default dispositions (PID 1 blocks the signals it waits for
+// with sigwaitinfo, and a blocked mask is inherited through exec). Between
+// fork and exec only async-signal-safe calls are made.
+// `stdin_fd` (or -1 to inherit) becomes the child's standard input.
+int OutpostShims_spawn(const char *path, char *const argv[], char *const envp[],
+                       int stdin_fd, pid_t *pid);
+
+// BLKPG_RESIZE_PARTITION: tells the kernel a partition grew while other
+// partitions of the disk are in use (BLKRRPART would fail with EBUSY).
+// `struct blkpg_ioctl_arg` wraps a `struct blkpg_partition` by pointer.
+int OutpostShims_blkpg_resize_partition(int disk_fd, int partno,
+                                        int64_t start_bytes, int64_t length_bytes);
 
 #endif

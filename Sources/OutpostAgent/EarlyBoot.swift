@@ -1,0 +1,195 @@
+// outpostd's first stage, run as /init from the initramfs (docs/boot.md):
+//
+//   mount /proc /sys /dev → load modules → parse outpost.* → find the slot
+//   by PARTUUID → dm-linear + dm-verity → read every root block → mount the
+//   root → switch root → CONFIG (ro), PERSIST (rw, created on first boot)
+//   → "outpost: ready slot=IMGA version=X" → PID 1 loop.
+//
+// Any failure prints one "outpost: error: ..." line and reboots after a short
+// delay, so that an unattended device never hangs silently and GRUB's
+// fallback (a slot with no tries left) gets its chance.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why early boot could not bring the system up. Each description is the
+/// rest of the console line after "outpost: error: ".
+public enum EarlyBootError: Error, CustomStringConvertible {
+    case apiFilesystems(SystemCallError)
+    case commandLineUnreadable(SystemCallError)
+    case commandLine(BootParameterError)
+    case slotNotFound(partUUID: String, waitedMilliseconds: Int64, disks: [String])
+    case rootOutsideSlot(slot: String, device: String, needed: UInt64, size: UInt64)
+    case veritySetup(slot: String, device: String, SystemCallError)
+    case verityCorrupt(slot: String, device: String, rootOffset: UInt64, errno: Int32)
+    case rootMount(slot: String, device: String, SystemCallError)
+    case switchRoot(SystemCallError)
+    case persistMissing(disk: String)
+    case persist(DataPartitionError)
+
+    public var description: String {
+        switch self {
+        case .apiFilesystems(let error):
+            return "cannot mount the kernel filesystems: \(error)"
+        case .commandLineUnreadable(let error):
+            return "cannot read the kernel command line: \(error)"
+        case .commandLine(let error):
+            return "\(error)"
+        case .slotNotFound(let partUUID, let waited, let disks):
+            let seen = disks.isEmpty ? "no GPT disks" : "GPT disks: " + disks.joined(separator: ", ")
+            return "slot partition PARTUUID=\(partUUID) not found after \(waited / 1000) s (\(seen))"
+        case .rootOutsideSlot(let slot, let device, let needed, let size):
+            return "slot \(slot) (\(device)) is \(size) bytes but the root and hash tree need more than \(needed)"
+        case .veritySetup(let slot, let device, let error):
+            return "dm-verity setup for slot \(slot) (\(device)) failed: \(error)"
+        case .verityCorrupt(let slot, let device, let offset, let code):
+            return "verity: root of slot \(slot) (\(device)) failed verification at root byte \(offset): \(errnoName(code))"
+        case .rootMount(let slot, let device, let error):
+            return "verity: cannot mount the root of slot \(slot) (\(device)): \(error)"
+        case .switchRoot(let error):
+            return "switch root failed: \(error)"
+        case .persistMissing(let disk):
+            return "no PERSIST partition (type \(PartitionType.persist)) on \(disk)"
+        case .persist(let error):
+            return "\(error)"
+        }
+    }
+}
+
+/// What early boot established, for the ready line and the later stages.
+public struct BootOutcome: Sendable {
+    public var slotName: String
+    public var version: String
+    public var rescueReason: String?
+    public var persistMounted: Bool
+}
+
+public enum EarlyBoot {
+    static let newRoot = "/newroot"
+    /// How long to wait for the slot's disk to appear after its driver loaded.
+    static let deviceTimeoutMilliseconds: Int64 = 15_000
+    /// Pause before rebooting after an error, so the line can be read and a
+    /// broken slot does not spin the CPU in a tight reboot loop.
+    static let errorRebootDelayMilliseconds = 5_000
+
+    /// The whole first stage as PID 1. Never returns.
+    public static func runAsInit() -> Never {
+        InitProcess.blockSignals()
+        var persistMounted = false
+        do {
+            let outcome = try bringUp(persistMounted: &persistMounted)
+            if let reason = outcome.rescueReason {
+                Console.line("rescue slot=\(outcome.slotName) reason=\(reason)")
+            } else {
+                Console.line("ready slot=\(outcome.slotName) version=\(outcome.version)")
+            }
+            InitProcess.run(persistMount: outcome.persistMounted ? DataPartitions.persistMount : nil)
+        } catch {
+            Console.attachIfNeeded()
+            Console.line("error: \(error)")
+            Console.line("rebooting in \(errorRebootDelayMilliseconds / 1000) s")
+            Sys.sleep(milliseconds: errorRebootDelayMilliseconds)
+            InitProcess.shutdown(persistMount: persistMounted ? DataPartitions.persistMount : nil, powerOff: false)
+        }
+    }
+
+    static func bringUp(persistMounted: inout Bool) throws(EarlyBootError) -> BootOutcome {
+        do { try SwitchRoot.mountAPIFilesystems() } catch { throw .apiFilesystems(error) }
+        Console.attachIfNeeded()
+
+        let commandLine: String
+        do { commandLine = try Sys.readText("/proc/cmdline") } catch { throw .commandLineUnreadable(error) }
+        let debug = commandLine.split(separator: " ").contains("outpost.debug")
+        var clock = StepClock(enabled: debug)
+
+        if let list = try? Sys.readText(KernelModules.defaultListPath) {
+            for failure in KernelModules.load(paths: KernelModules.parseList(list)) {
+                Console.line("warning: module not loaded: \(failure.error)")
+            }
+        }
+        clock.mark("modules")
+
+        let parameters: BootParameters
+        do { parameters = try BootParameters(commandLine: commandLine) } catch { throw .commandLine(error) }
+
+        guard let (disk, slot) = BlockDevices.waitForPartition(partUUID: parameters.slotPartUUID,
+                                                               timeoutMilliseconds: deviceTimeoutMilliseconds) else {
+            let disks = BlockDevices.scanDisks().map { disk in
+                "\(disk.devicePath) [" + disk.partitions.map { "\($0.number):\($0.name)=\($0.partUUID)" }
+                    .joined(separator: " ") + "]"
+            }
+            throw .slotNotFound(partUUID: parameters.slotPartUUID, waitedMilliseconds: deviceTimeoutMilliseconds,
+                                disks: disks)
+        }
+        let slotName = slot.name.isEmpty ? "partition\(slot.number)" : slot.name
+        clock.mark("slot \(slot.devicePath)")
+
+        let slotBytes = slot.sectorCount * 512
+        let rootEnd = parameters.rootOffset + parameters.rootBlocks * BootParameters.blockSize
+        guard rootEnd <= slotBytes, parameters.hashOffset < slotBytes else {
+            throw .rootOutsideSlot(slot: slotName, device: slot.devicePath,
+                                   needed: max(rootEnd, parameters.hashOffset), size: slotBytes)
+        }
+
+        let root: VerityDevice
+        do { root = try VerityRoot.setUp(slot: slot, parameters: parameters) } catch {
+            throw .veritySetup(slot: slotName, device: slot.devicePath, error)
+        }
+        do { try VerityRoot.verifyAllBlocks(root) } catch {
+            throw .verityCorrupt(slot: slotName, device: slot.devicePath, rootOffset: error.offset, errno: error.errno)
+        }
+        clock.mark("verified \(root.sizeBytes) bytes")
+
+        do {
+            try Sys.mkdir(newRoot)
+            try Sys.mount(source: root.path, target: newRoot, type: "squashfs", flags: UInt(MS_RDONLY))
+        } catch {
+            throw .rootMount(slot: slotName, device: slot.devicePath, error)
+        }
+        do { try SwitchRoot.switchRoot(to: newRoot) } catch { throw .switchRoot(error) }
+        // /run is the one writable scratch place of the read-only root.
+        try? Sys.mount(source: "tmpfs", target: "/run", type: "tmpfs",
+                       flags: UInt(MS_NOSUID | MS_NODEV), data: "mode=0755")
+        clock.mark("switched root")
+
+        if let config = DataPartitions.config(on: disk) {
+            do { try DataPartitions.mountConfig(config) } catch {
+                // A device without CONFIG can still take a local update; keep it up.
+                Console.line("warning: \(error)")
+            }
+        } else {
+            Console.line("warning: no CONFIG partition on \(disk.devicePath)")
+        }
+
+        guard let persist = DataPartitions.persist(on: disk) else { throw .persistMissing(disk: disk.devicePath) }
+        do {
+            for warning in try DataPartitions.preparePersist(persist, disk: disk) {
+                Console.line("warning: \(warning)")
+            }
+        } catch {
+            throw .persist(error)
+        }
+        persistMounted = true
+        clock.mark("persist")
+
+        let version = (try? Sys.readText(OutpostRelease.path)).flatMap(OutpostRelease.version(fromFileText:))
+        return BootOutcome(slotName: slotName, version: version ?? "unknown",
+                           rescueReason: parameters.rescueReason, persistMounted: true)
+    }
+}
+
+/// Prints per-step timings when the command line has `outpost.debug`.
+struct StepClock {
+    var enabled: Bool
+    var last = Sys.monotonicMilliseconds()
+
+    init(enabled: Bool) { self.enabled = enabled }
+
+    mutating func mark(_ step: String) {
+        guard enabled else { return }
+        let now = Sys.monotonicMilliseconds()
+        Console.line("debug: \(step): +\(now - last) ms (\(now) ms since boot)")
+        last = now
+    }
+}

@@ -1,0 +1,78 @@
+// Runs a helper program (mke2fs, sfdisk) to completion from PID 1.
+//
+// fork+exec happens in the C shim (only async-signal-safe calls in the
+// child); this side only prepares argv and waits for that one child.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import OutpostShims
+
+/// A helper program that could not run or did not succeed.
+public enum SubprocessError: Error, Equatable, CustomStringConvertible {
+    case notFound(path: String)
+    case spawnFailed(path: String, SystemCallError)
+    case exited(path: String, status: Int32)
+    case killed(path: String, signal: Int32)
+
+    public var description: String {
+        switch self {
+        case .notFound(let path): return "\(path) is missing from the root filesystem"
+        case .spawnFailed(let path, let error): return "cannot start \(path): \(error)"
+        case .exited(let path, let status): return "\(path) exited with status \(status)"
+        case .killed(let path, let signal): return "\(path) was killed by signal \(signal)"
+        }
+    }
+}
+
+public enum Subprocess {
+    static let environment = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
+
+    /// Runs `path` with `arguments` (argv[1...]), optionally feeding `input`
+    /// on standard input, and waits for it.
+    public static func run(_ path: String, _ arguments: [String], input: String? = nil) throws(SubprocessError) {
+        guard Sys.exists(path) else { throw .notFound(path: path) }
+        var stdinFD: Int32 = -1
+        if let input {
+            // A pipe holds 64 KiB; the scripts fed here are a few bytes.
+            var fds: [Int32] = [-1, -1]
+            guard pipe2(&fds, O_CLOEXEC) == 0 else {
+                throw .spawnFailed(path: path, SystemCallError(call: "pipe2", target: path, errno: errno))
+            }
+            do {
+                try Sys.writeAll(fds[1], Array(input.utf8), target: "pipe to \(path)")
+            } catch {
+                Sys.close(fds[0]); Sys.close(fds[1])
+                throw .spawnFailed(path: path, error)
+            }
+            Sys.close(fds[1])
+            stdinFD = fds[0]
+        }
+        defer { if stdinFD >= 0 { Sys.close(stdinFD) } }
+
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup($0) } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let spawned = argv.withUnsafeBufferPointer { argvBuffer in
+            envp.withUnsafeBufferPointer { envpBuffer in
+                OutpostShims_spawn(path, argvBuffer.baseAddress, envpBuffer.baseAddress, stdinFD, &pid)
+            }
+        }
+        guard spawned == 0 else {
+            throw .spawnFailed(path: path, SystemCallError(call: "fork", target: path, errno: errno))
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 {
+            if errno == EINTR { continue }
+            throw .spawnFailed(path: path, SystemCallError(call: "waitpid", target: path, errno: errno))
+        }
+        let signal = status & 0x7f
+        if signal != 0 { throw .killed(path: path, signal: signal) }
+        let code = (status >> 8) & 0xff
+        if code != 0 { throw .exited(path: path, status: code) }
+    }
+}

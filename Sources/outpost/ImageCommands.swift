@@ -1,0 +1,105 @@
+import ArgumentParser
+import Foundation
+import OutpostBuilder
+import OutpostDisk
+
+struct ImageBuild: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build",
+        abstract: "Assemble a GPT disk image from a declarative layout.",
+        discussion: """
+            Lays out the partitions of LAYOUT, creates their filesystems, fills CONFIG from \
+            --config, writes the slot payload into every slot whose initial state is not \
+            'unused', and writes the protective MBR and both GPT copies. The result is \
+            bit-identical for the same inputs and SOURCE_DATE_EPOCH. On any error no output \
+            file is left behind.
+            """)
+
+    @Option(help: "The layout file (JSON).") var layout: String = "partitions/layout.json"
+    @Option(help: "Directory with the CONFIG files: controller-url, root-ca.pem, onboard.cert.pem, onboard.key.pem, network.json.")
+    var config: String
+    @Option(help: "Slot image to write into the initial slot(s).") var slot: String?
+    @Option(help: "Directory tree to copy onto the EFI partition.") var efi: String?
+    @Option(name: .shortAndLong, help: "The raw image to write.") var output: String = "out/outpost.img"
+    @Option(help: "Also write a qcow2 copy here.") var qcow2: String?
+    @Flag(help: "Print a JSON summary on stdout.") var json = false
+    @Flag(name: .shortAndLong, help: "No progress lines.") var quiet = false
+
+    func run() throws {
+        let epoch = try sourceDateEpoch()
+        let inputs = ImageInputs(layout: try Layout.load(path: layout), config: try ConfigInputs.load(directory: config),
+                                 slotPayload: slot, efiDirectory: efi, epoch: epoch)
+        let progress = Progress(enabled: !quiet)
+        let gpt = try ImageBuilder.build(inputs, output: output, progress: progress)
+        if let qcow2 {
+            progress.step(1, of: 1, "converting to qcow2: \(qcow2)")
+            try? FileManager.default.removeItem(atPath: qcow2)
+            do {
+                try Tool.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", output, qcow2 + ".partial"])
+                try FileManager.default.moveItem(atPath: qcow2 + ".partial", toPath: qcow2)
+            } catch {
+                try? FileManager.default.removeItem(atPath: qcow2 + ".partial")
+                throw error
+            }
+        }
+        let device = try FileBlockDevice(path: output, writable: false)
+        let report = DiskReport(image: output, device: device, result: try GPTDisk.read(device))
+        if json {
+            print(try report.json())
+        } else if !quiet {
+            print(report.text())
+            _ = gpt
+        }
+    }
+}
+
+struct ImageInspect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inspect",
+        abstract: "Print an image's GPT: partitions, slot attributes and states.",
+        discussion: "Reads through a corrupt primary GPT by using the backup copy, and says so.")
+
+    @Argument(help: "A raw disk image or block device.") var image: String
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let device = try FileBlockDevice(path: image, writable: false)
+        let report = DiskReport(image: image, device: device, result: try GPTDisk.read(device))
+        for w in report.warnings { FileHandle.standardError.write(Data("outpost: warning: \(w)\n".utf8)) }
+        print(json ? try report.json() : report.text())
+    }
+}
+
+struct ImageSetSlot: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "set-slot",
+        abstract: "Set a slot's state (maintenance: tests and recovery).",
+        discussion: "Writes the backup GPT first, then the primary. A damaged copy is rewritten from the valid one.")
+
+    @Argument(help: "A raw disk image or block device.") var image: String
+    @Option(help: "The slot partition name, e.g. IMGB.") var slot: String
+    @Option(help: "active, updating, inprogress or unused.") var state: SlotState
+    @Flag(help: "Print the resulting table as JSON.") var json = false
+
+    func run() throws {
+        let device = try FileBlockDevice(path: image, writable: true)
+        let found = try GPTDisk.read(device)
+        var gpt = found.gpt
+        try gpt.setSlot(slot, to: state)
+        try GPTDisk.write(gpt, to: device, backupLBA: found.backupLBA)
+        let report = DiskReport(image: image, device: device, result: try GPTDisk.read(device))
+        print(json ? try report.json() : "\(slot): \(state.rawValue) (0x\(String(state.raw16, radix: 16)))")
+    }
+}
+
+extension SlotState: ExpressibleByArgument {}
+
+func sourceDateEpoch() throws -> Int {
+    guard let s = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"], !s.isEmpty else {
+        return 315_532_800  // 1980-01-01, the earliest time FAT can store
+    }
+    guard let v = Int(s), v >= 315_532_800 else {
+        throw ValidationError("SOURCE_DATE_EPOCH='\(s)' must be seconds since 1970, not before 1980")
+    }
+    return v
+}
