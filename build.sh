@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Outpost's one entry point.
+#   ./build.sh          install what is missing, build the host CLI, outpostd and out/outpost.img (+ .qcow2)
+#   ./build.sh run      the above, then boot out/outpost.img in QEMU (serial console on this terminal)
+#   ./build.sh test     the above, then every test
+#   ./build.sh deps     only install the Debian packages
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+OUT=$ROOT/out
+export PATH=$PATH:/usr/sbin:/sbin
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1700000000)}
+export OUTPOST_CACHE=${OUTPOST_CACHE:-/var/cache/outpost}
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# Debian packages the build and the tests use. Installed only when missing,
+# with one `apt-get update` first, so a second run does nothing.
+PACKAGES=(
+    gdisk cgpt dosfstools mtools e2fsprogs fdisk util-linux
+    qemu-utils qemu-system-x86 ovmf swtpm swtpm-tools
+    cryptsetup-bin squashfs-tools cpio gzip xz-utils zstd kmod
+    libblkid-dev libnl-3-dev libnl-route-3-dev libtss2-dev pkg-config
+    dpkg-dev openssl iproute2 dnsmasq busybox-static
+)
+
+deps() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        log "installing Debian packages: ${missing[*]}"
+        [ "$(id -u)" = 0 ] || die "installing packages needs root (missing: ${missing[*]})"
+        apt-get update -q >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+    fi
+}
+
+build_host() {
+    log "building the host CLI (outpost)"
+    swift build --product outpost >&2
+    mkdir -p "$OUT/bin"
+    cp "$(swift build --product outpost --show-bin-path)/outpost" "$OUT/bin/outpost"
+}
+
+build_image() {
+    mkdir -p "$OUT"
+    [ -d "$OUT/dev-config" ] || log "creating a development CONFIG directory in out/dev-config"
+    scripts/dev-config.sh "$OUT/dev-config"
+    log "building out/outpost.img"
+    "$OUT/bin/outpost" image build --layout partitions/layout.json --config "$OUT/dev-config" \
+        ${SLOT_PAYLOAD:+--slot "$SLOT_PAYLOAD"} ${EFI_TREE:+--efi "$EFI_TREE"} \
+        --output "$OUT/outpost.img" --qcow2 "$OUT/outpost.qcow2"
+}
+
+build_all() {
+    deps
+    build_host
+    build_image
+}
+
+run_tests() {
+    log "building and running the Swift test suites"
+    swift build --build-tests >&2
+    swift test 2>&1
+}
+
+case "${1:-build}" in
+    build) build_all ;;
+    deps) deps ;;
+    run)
+        build_all
+        die "booting needs the bootable image (issue 3); out/outpost.img was built"
+        ;;
+    test)
+        build_all
+        run_tests
+        ;;
+    -h|--help|help)
+        sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+        ;;
+    *) die "unknown command '$1' (use: build, run, test, deps)" ;;
+esac
