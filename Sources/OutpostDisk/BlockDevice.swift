@@ -1,3 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 // The only I/O the on-disk contract does goes through this protocol, so the
 // same GPT code runs on a real disk (agent), an image file (builder) and a
 // simulated disk that loses power after k writes (power-cut tests).
@@ -56,7 +64,8 @@ public enum BlockDeviceError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .outOfRange(lba, count): return "access of \(count) sectors at LBA \(lba) is outside the device"
-        case let .io(call, path, errno): return "\(call) failed on \(path): errno \(errno)"
+        case let .io(call, path, errno):
+            return "\(call) failed on \(path): \(String(cString: strerror(errno))) (errno \(errno))"
         case let .powerCut(n): return "power cut after \(n) writes"
         }
     }

@@ -8,7 +8,7 @@ struct Outpost: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "outpost",
         abstract: "Build, inspect and boot Outpost disk images.",
-        subcommands: [ImageCommand.self])
+        subcommands: [ImageCommand.self, Run.self])
 }
 
 struct ImageCommand: ParsableCommand {
@@ -17,28 +17,29 @@ struct ImageCommand: ParsableCommand {
         subcommands: [ImageBuild.self, ImageInspect.self, ImageSetSlot.self])
 }
 
-/// Entry point with the project's exit-code convention and one-line errors.
+/// Entry point with the project's exit-code convention and one-line errors:
+/// help → 0, usage errors → 2, failures → 1 with "outpost: error: ...".
 func runMain() -> Never {
-    var command: ParsableCommand
-    do {
-        command = try Outpost.parseAsRoot()
-    } catch {
+    func finish(_ error: Error) -> Never {
+        if let e = error as? ExitCode { exit(e.rawValue) }
         let code = Outpost.exitCode(for: error)
         if code == .success {
             print(Outpost.fullMessage(for: error))
             exit(0)
         }
-        FileHandle.standardError.write(Data("outpost: \(Outpost.message(for: error))\nSee 'outpost --help'.\n".utf8))
-        exit(2)
-    }
-    do {
-        try command.run()
-        exit(0)
-    } catch let e as ExitCode {
-        exit(e.rawValue)
-    } catch {
+        if error is ValidationError || "\(type(of: error))".contains("CommandError") {
+            FileHandle.standardError.write(Data("outpost: \(Outpost.message(for: error))\nSee 'outpost --help'.\n".utf8))
+            exit(2)
+        }
         FileHandle.standardError.write(Data("outpost: error: \(error)\n".utf8))
         exit(1)
+    }
+    do {
+        var command = try Outpost.parseAsRoot()
+        try command.run()
+        exit(0)
+    } catch {
+        finish(error)
     }
 }
 

@@ -1,0 +1,147 @@
+import Foundation
+
+/// Boots an Outpost image the way a developer does: QEMU (TCG by default)
+/// with OVMF, swtpm as the TPM, the i6300esb watchdog, a virtio disk and NIC,
+/// and the serial console on the terminal or captured for scripts.
+public struct QEMUOptions: Sendable {
+    public var image: String
+    public var headless = false
+    public var timeout: Double?
+    public var accel = "tcg"
+    public var memoryMiB = 1024
+    /// Boot without writing to the image (QEMU snapshot mode).
+    public var snapshot = false
+    /// A QEMU monitor socket for tests (system_powerdown, set_link, quit).
+    public var monitorSocket: String?
+    /// Extra NICs beyond the first (for the network failover tests).
+    public var nics = 1
+    /// Where the serial console is copied, in addition to stdout.
+    public var consoleLog: String?
+    /// In headless mode: stop when this line appears, exit 0.
+    public var readyMarker = "outpost: ready"
+    public var extraArgs: [String] = []
+
+    public init(image: String) { self.image = image }
+}
+
+public enum QEMURunner {
+    public static let ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    public static let ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+    /// Runs QEMU until it exits, the ready marker appears (headless), or the
+    /// timeout passes. Returns true when the ready marker was seen. Every
+    /// process it starts it also stops, by PID.
+    public static func run(_ o: QEMUOptions) throws -> Bool {
+        let fm = FileManager.default
+        guard fm.fileExists(atPath: o.image) else { throw BuilderError.missingInput(path: o.image, what: "disk image") }
+        for f in [ovmfCode, ovmfVars] where !fm.fileExists(atPath: f) {
+            throw BuilderError.missingInput(path: f, what: "OVMF firmware (install the 'ovmf' package)")
+        }
+        let work = NSTemporaryDirectory() + "outpost-run-\(getpid())"
+        try? fm.removeItem(atPath: work)
+        try fm.createDirectory(atPath: work + "/tpm", withIntermediateDirectories: true)
+        defer { try? fm.removeItem(atPath: work) }
+        try fm.copyItem(atPath: ovmfVars, toPath: work + "/vars.fd")
+
+        // swtpm first: QEMU connects to its socket at start-up.
+        let tpmSock = work + "/swtpm.sock"
+        let swtpm = Process()
+        swtpm.executableURL = URL(fileURLWithPath: try path("swtpm"))
+        swtpm.arguments = ["socket", "--tpm2", "--tpmstate", "dir=\(work)/tpm", "--ctrl", "type=unixio,path=\(tpmSock)", "--terminate"]
+        swtpm.standardOutput = FileHandle.nullDevice
+        try swtpm.run()
+        defer { stop(swtpm) }
+        let deadline = Date().addingTimeInterval(10)
+        while !fm.fileExists(atPath: tpmSock) {
+            guard Date() < deadline, swtpm.isRunning else { throw BuilderError.io(path: tpmSock, message: "swtpm did not start") }
+            usleep(20_000)
+        }
+
+        let format = o.image.hasSuffix(".qcow2") ? "qcow2" : "raw"
+        var args = [
+            "-machine", "q35", "-accel", o.accel, "-m", String(o.memoryMiB), "-smp", "2",
+            "-drive", "if=pflash,format=raw,readonly=on,file=\(ovmfCode)",
+            "-drive", "if=pflash,format=raw,file=\(work)/vars.fd",
+            "-drive", "file=\(o.image),format=\(format),if=virtio\(o.snapshot ? ",snapshot=on" : "")",
+            "-chardev", "socket,id=chrtpm,path=\(tpmSock)", "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+            "-device", "tpm-tis,tpmdev=tpm0",
+            "-device", "i6300esb", "-action", "watchdog=reset",
+            "-display", "none", "-no-user-config",
+        ]
+        for i in 0..<max(1, o.nics) {
+            args += ["-netdev", "user,id=n\(i)", "-device", "virtio-net-pci,netdev=n\(i),mac=52:54:00:12:34:\(String(format: "%02x", 0x56 + i))"]
+        }
+        if let m = o.monitorSocket { args += ["-monitor", "unix:\(m),server,nowait"] }
+        args += ["-serial", o.headless ? "stdio" : "mon:stdio"]
+        args += o.extraArgs
+
+        let qemu = Process()
+        qemu.executableURL = URL(fileURLWithPath: try path("qemu-system-x86_64"))
+        qemu.arguments = args
+        if !o.headless {
+            // Interactive: the terminal is the serial console (Ctrl-A X quits).
+            qemu.standardInput = FileHandle.standardInput
+            try qemu.run()
+            let timer = o.timeout.map { t in watchdog(after: t) { stop(qemu) } }
+            qemu.waitUntilExit()
+            timer?.cancel()
+            return qemu.terminationStatus == 0
+        }
+        let out = Pipe()
+        qemu.standardOutput = out
+        qemu.standardError = out
+        qemu.standardInput = FileHandle.nullDevice
+        try qemu.run()
+        let timedOut = TimeoutFlag()
+        let timer = o.timeout.map { t in watchdog(after: t) { timedOut.set(); stop(qemu) } }
+        defer { timer?.cancel(); stop(qemu) }
+        let log = o.consoleLog.flatMap { p -> FileHandle? in
+            fm.createFile(atPath: p, contents: nil)
+            return FileHandle(forWritingAtPath: p)
+        }
+        var pending = Data()
+        while true {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            FileHandle.standardOutput.write(chunk)
+            log?.write(chunk)
+            pending.append(chunk)
+            while let nl = pending.firstIndex(of: 0x0A) {
+                let line = String(decoding: pending[pending.startIndex..<nl], as: UTF8.self)
+                pending.removeSubrange(pending.startIndex...nl)
+                if line.contains(o.readyMarker) { return true }
+            }
+        }
+        if timedOut.value {
+            throw BuilderError.io(path: o.image, message: "no '\(o.readyMarker)' line within \(Int(o.timeout ?? 0)) s")
+        }
+        return false
+    }
+
+    static func path(_ tool: String) throws -> String {
+        guard let p = Tool.which(tool) else { throw BuilderError.toolMissing(tool) }
+        return p
+    }
+
+    /// SIGTERM, then SIGKILL after two seconds: only the process we started.
+    static func stop(_ p: Process) {
+        guard p.isRunning else { return }
+        kill(p.processIdentifier, SIGTERM)
+        for _ in 0..<100 where p.isRunning { usleep(20_000) }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+    }
+
+    static func watchdog(after seconds: Double, _ action: @escaping @Sendable () -> Void) -> DispatchWorkItem {
+        let item = DispatchWorkItem(block: action)
+        DispatchQueue.global().asyncAfter(deadline: .now() + seconds, execute: item)
+        return item
+    }
+}
+
+/// A flag set from the timeout's queue and read on the main thread.
+final class TimeoutFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var flag = false
+    func set() { lock.lock(); flag = true; lock.unlock() }
+    var value: Bool { lock.lock(); defer { lock.unlock() }; return flag }
+}

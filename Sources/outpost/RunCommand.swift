@@ -1,0 +1,37 @@
+import ArgumentParser
+import Foundation
+import OutpostBuilder
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Boot an image in QEMU: OVMF, swtpm TPM, i6300esb watchdog, virtio disk and NIC.",
+        discussion: """
+            Interactive by default: the serial console is this terminal (Ctrl-A X quits QEMU). \
+            With --headless the console is copied to stdout and the command exits 0 as soon as \
+            the 'outpost: ready' line appears, 1 on timeout or if QEMU stops first.
+            """)
+
+    @Argument(help: "The disk image (raw or .qcow2).") var image: String = "out/outpost.img"
+    @Flag(help: "Capture the console; exit 0 at the ready line.") var headless = false
+    @Option(help: "Give up after this many seconds.") var timeout: Double?
+    @Option(help: "QEMU accelerator (tcg; kvm hangs on some hosts).") var accel = "tcg"
+    @Option(help: "Guest memory in MiB.") var memory = 1024
+    @Flag(help: "Do not write to the image (QEMU snapshot mode).") var snapshot = false
+    @Option(help: "Expose the QEMU monitor on this UNIX socket.") var monitor: String?
+    @Option(help: "Number of virtio NICs (user-mode networking).") var nics = 1
+    @Option(help: "Also copy the serial console to this file.") var consoleLog: String?
+
+    func run() throws {
+        var o = QEMUOptions(image: image)
+        o.headless = headless
+        o.timeout = timeout ?? (headless ? 300 : nil)
+        o.accel = accel
+        o.memoryMiB = memory
+        o.snapshot = snapshot
+        o.monitorSocket = monitor
+        o.nics = nics
+        o.consoleLog = consoleLog
+        let ready = try QEMURunner.run(o)
+        if headless && !ready { throw ExitCode.failure }
+    }
+}
