@@ -26,7 +26,7 @@ for i in 1 2 3; do
     cp --sparse=always "$W/disk.img" "$W/copy.img"
     t3=$(now)
     rm -f "$W/copy.img"
-    build_times+=("$(echo "$t1 - $t0" | bc)") cp_times+=("$(echo "$t3 - $t2" | bc)")
+    build_times+=("$(awk "BEGIN{print $t1 - $t0}")") cp_times+=("$(awk "BEGIN{print $t3 - $t2}")")
 done
 b=$(printf '%s\n' "${build_times[@]}" | median)
 c=$(printf '%s\n' "${cp_times[@]}" | median)
@@ -34,4 +34,4 @@ size=$(stat -c %s "$W/disk.img")
 echo "image size:            $((size >> 20)) MiB (allocated $(du -m "$W/disk.img" | cut -f1) MiB)"
 echo "outpost image build:   ${b}s (median of 3)"
 echo "cp --sparse=always:    ${c}s (median of 3)"
-echo "ratio build / cp:      $(echo "scale=2; $b / $c" | bc)x"
+echo "ratio build / cp:      $(awk "BEGIN{printf \"%.2f\", $b / $c}")x"
