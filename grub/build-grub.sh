@@ -39,7 +39,7 @@ JOBS="${OUTPOST_JOBS:-$(nproc)}"
 MODULES=(
   part_gpt fat squash4 gzio xzio lzopio
   normal configfile echo test true sleep reboot halt
-  search search_fs_uuid search_part_uuid search_label search_fs_file
+  search search_fs_uuid search_label search_fs_file
   serial terminal linux boot efi_gop
   tpm outpost_select
 )
@@ -114,7 +114,7 @@ WORK="$(mktemp -d "$CACHE_ROOT/work.XXXXXX")"
 chmod 755 "$WORK"   # apt-get source downloads as _apt
 LOG="$WORK/build.log"
 STEP="start"
-trap 'rc=$?; if [ $rc -ne 0 ]; then echo "build-grub: error: step \"$STEP\" failed (exit $rc); last lines of $LOG:" >&2; tail -n 15 "$LOG" >&2 2>/dev/null; fi' EXIT
+trap 'rc=$?; if [ $rc -ne 0 ]; then echo "build-grub: error: step \"$STEP\" failed (exit $rc); last lines of $LOG:" >&2; tail -n 5 "$LOG" 2>/dev/null | cut -c1-300 >&2; fi' EXIT
 run() { "$@" >>"$LOG" 2>&1; }
 
 # 2. Build tools, idempotently (apt-get install/build-dep do nothing when satisfied).
@@ -153,12 +153,16 @@ cp "$HERE/outpost_select.c" "$HERE/Makefile.core.def" "$SRC/outpost-contrib/outp
 STEP="configure"
 log "configuring (x86_64-efi only)"
 (cd "$SRC" && run ./configure --with-platform=efi --target=x86_64 \
-   --disable-werror --disable-nls --disable-grub-mkfont --disable-grub-themes \
+   --disable-werror --disable-nls --disable-grub-themes \
    --disable-grub-mount --disable-device-mapper --disable-libzfs --disable-liblzma)
 
 STEP="make"
 log "compiling modules and grub-mkimage with $JOBS jobs (takes a few minutes)"
-(cd "$SRC" && run make -j"$JOBS" -C grub-core && run make -j"$JOBS" grub-mkimage)
+# ascii.h / widthspec.h (generated from unifont at the top level) are needed
+# by grub-core's font module; everything else at the top level is skipped.
+(cd "$SRC" && run make -j"$JOBS" ascii.h widthspec.h \
+   && run make -j"$JOBS" -C grub-core \
+   && run make -j"$JOBS" -C grub-core/lib/gnulib && run make -j"$JOBS" grub-mkimage)
 [ -f "$SRC/grub-core/outpost_select.mod" ] || die "outpost_select.mod was not built (see $LOG)"
 
 # 5. The standalone image. Comment lines are dropped from the embedded

@@ -215,7 +215,7 @@ read_copy (grub_disk_t disk, grub_uint64_t lba, grub_uint64_t last_lba,
     }
   c->entries_bytes = (grub_size_t) n * esize;
   c->entries_sectors = (c->entries_bytes + ssize - 1) / ssize;
-  if (elba < 2 || elba + c->entries_sectors - 1 > last_lba)
+  if (elba < 2 || elba > last_lba || c->entries_sectors > last_lba - elba + 1)
     {
       grub_error (GRUB_ERR_BAD_PART_TABLE,
 		  "%s GPT header: entry array LBA %llu out of range",
@@ -503,7 +503,8 @@ grub_cmd_outpost_select (grub_extcmd_context_t ctxt, int argc, char **args)
       else
 	b_elba = b_lba - good->entries_sectors;
       if (p_elba + good->entries_sectors > grub_le_to_cpu64 (h->first_usable_lba)
-	  || b_elba <= grub_le_to_cpu64 (h->last_usable_lba))
+	  || b_elba <= grub_le_to_cpu64 (h->last_usable_lba)
+	  || b_elba + good->entries_sectors > b_lba)
 	{
 	  grub_error (GRUB_ERR_BAD_PART_TABLE,
 		      "outpost_select: %s: GPT entry arrays overlap the usable "

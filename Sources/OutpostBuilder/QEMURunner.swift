@@ -17,8 +17,8 @@ public struct QEMUOptions: Sendable {
     public var nics = 1
     /// Where the serial console is copied, in addition to stdout.
     public var consoleLog: String?
-    /// In headless mode: stop when this line appears, exit 0.
-    public var readyMarker = "outpost: ready"
+    /// In headless mode: stop at the first console line containing any of these.
+    public var untilMarkers = ["outpost: ready"]
     public var extraArgs: [String] = []
 
     public init(image: String) { self.image = image }
@@ -109,11 +109,11 @@ public enum QEMURunner {
             while let nl = pending.firstIndex(of: 0x0A) {
                 let line = String(decoding: pending[pending.startIndex..<nl], as: UTF8.self)
                 pending.removeSubrange(pending.startIndex...nl)
-                if line.contains(o.readyMarker) { return true }
+                if o.untilMarkers.contains(where: { line.contains($0) }) { return true }
             }
         }
         if timedOut.value {
-            throw BuilderError.io(path: o.image, message: "no '\(o.readyMarker)' line within \(Int(o.timeout ?? 0)) s")
+            throw BuilderError.io(path: o.image, message: "no '\(o.untilMarkers.joined(separator: "' or '"))' line within \(Int(o.timeout ?? 0)) s")
         }
         return false
     }

@@ -20,6 +20,8 @@ struct Run: ParsableCommand {
     @Option(help: "Expose the QEMU monitor on this UNIX socket.") var monitor: String?
     @Option(help: "Number of virtio NICs (user-mode networking).") var nics = 1
     @Option(help: "Also copy the serial console to this file.") var consoleLog: String?
+    @Option(help: "With --headless: stop at a console line containing this text (repeatable).")
+    var until: [String] = ["outpost: ready"]
 
     func run() throws {
         var o = QEMUOptions(image: image)
@@ -31,6 +33,7 @@ struct Run: ParsableCommand {
         o.monitorSocket = monitor
         o.nics = nics
         o.consoleLog = consoleLog
+        o.untilMarkers = until
         let ready = try QEMURunner.run(o)
         if headless && !ready { throw ExitCode.failure }
     }

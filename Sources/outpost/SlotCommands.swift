@@ -1,0 +1,68 @@
+import ArgumentParser
+import Foundation
+import OutpostBuilder
+
+struct SlotCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "slot", abstract: "Build slot images (kernel, initramfs, verity-checked root).",
+        subcommands: [SlotBuild.self])
+}
+
+struct SlotBuild: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build",
+        abstract: "Assemble a slot image from rootfs/ and an outpostd binary.",
+        discussion: """
+            Fetches the pinned Debian kernel and the packages of rootfs/packages.txt (cached under \
+            $OUTPOST_CACHE, default /var/cache/outpost), stages the root tree, builds the initramfs, \
+            then writes the slot image of docs/boot.md and its manifest (JSON): offsets, dm-verity \
+            root hash and salt, kernel/initramfs digests and the stage-2 grub.cfg.
+            """)
+
+    @Option(help: "The rootfs/ directory (packages.txt, modules.txt, overlay/).") var rootfs = "rootfs"
+    @Option(help: "The outpostd binary (release, --static-swift-stdlib).") var outpostd: String
+    @Option(help: "The OS version this slot carries.") var imageVersion = "1.0.0"
+    @Option(help: "The stage-2 grub.cfg template.") var stage2 = "grub/stage2.cfg.in"
+    @Option(help: "Seed for the verity salt (reproducible builds).") var seed = "outpost-slot"
+    @Option(name: .shortAndLong, help: "The slot image to write.") var output = "out/slot.img"
+    @Option(help: "Where to write the slot manifest (default: OUTPUT with .json).") var manifest: String?
+    @Option(help: "Scratch directory.") var work = "out/slot-work"
+    @Flag(help: "Print the manifest on stdout.") var json = false
+    @Flag(name: .shortAndLong, help: "No progress lines.") var quiet = false
+
+    func run() throws {
+        let epoch = try sourceDateEpoch()
+        let progress = Progress(enabled: !quiet)
+        guard let template = try? String(contentsOfFile: stage2, encoding: .utf8) else {
+            throw BuilderError.missingInput(path: stage2, what: "stage-2 grub.cfg template")
+        }
+        guard FileManager.default.isExecutableFile(atPath: outpostd) else {
+            throw BuilderError.missingInput(path: outpostd, what: "outpostd binary")
+        }
+        let assembly = SlotAssembly(rootfs: URL(fileURLWithPath: rootfs), work: URL(fileURLWithPath: work),
+                                    sourceDateEpoch: UInt32(epoch))
+        progress.step(1, of: 3, "kernel: \(SlotAssembly.defaultKernelPackage)")
+        let kernel = try assembly.fetchKernel()
+        progress.step(2, of: 3, "root tree: packages, modules, overlay, outpostd \(imageVersion)")
+        let binary = URL(fileURLWithPath: outpostd)
+        let root = try assembly.assembleRoot(kernel: kernel, outpostd: binary, version: imageVersion)
+        progress.step(3, of: 3, "initramfs")
+        let initrd = try assembly.buildInitramfs(kernel: kernel, outpostd: binary, libraryRoot: root)
+        let m = try SlotImageBuilder.build(
+            SlotImageInputs(rootDirectory: root.path, kernel: kernel.vmlinuz.path, initramfs: initrd.path,
+                            stage2Template: template, version: imageVersion, seed: seed, epoch: epoch),
+            output: output, progress: progress)
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let data = try enc.encode(m)
+        let manifestPath = manifest ?? (output.hasSuffix(".img") ? String(output.dropLast(4)) : output) + ".json"
+        try data.write(to: URL(fileURLWithPath: manifestPath))
+        if json {
+            print(String(decoding: data, as: UTF8.self))
+        } else if !quiet {
+            print("slot image: \(output) (\(m.size >> 20) MiB), version \(m.version)")
+            print("root hash:  \(m.rootHash)")
+            print("manifest:   \(manifestPath)")
+        }
+    }
+}
