@@ -45,19 +45,46 @@ build_host() {
     cp "$(swift build --product outpost --show-bin-path)/outpost" "$OUT/bin/outpost"
 }
 
+VERSION=${OUTPOST_VERSION:-$(cat VERSION)}
+
+# Stage-1 GRUB for the EFI partition (cached by grub/build-grub.sh).
+build_grub() {
+    log "GRUB (x86_64-efi, with outpost_select)"
+    grub/build-grub.sh "$OUT/grub" >&2
+    mkdir -p "$OUT/efi/EFI/BOOT"
+    cp "$OUT/grub/BOOTX64.EFI" "$OUT/efi/EFI/BOOT/BOOTX64.EFI"
+    cp "$OUT/grub/grub.cfg" "$OUT/efi/EFI/BOOT/grub.cfg"
+}
+
+# The device agent: release, static Swift runtime, FoundationEssentials only.
+build_outpostd() {
+    log "building outpostd (release, --static-swift-stdlib)"
+    swift build -c release --static-swift-stdlib --product outpostd >&2
+    cp "$(swift build -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd" "$OUT/bin/outpostd"
+}
+
+build_slot() {
+    log "building the slot image (version $VERSION)"
+    "$OUT/bin/outpost" slot build --outpostd "$OUT/bin/outpostd" --image-version "$VERSION" \
+        --output "$OUT/slot.img" --work "$OUT/slot-work"
+}
+
 build_image() {
     mkdir -p "$OUT"
     [ -d "$OUT/dev-config" ] || log "creating a development CONFIG directory in out/dev-config"
     scripts/dev-config.sh "$OUT/dev-config"
     log "building out/outpost.img"
     "$OUT/bin/outpost" image build --layout partitions/layout.json --config "$OUT/dev-config" \
-        ${SLOT_PAYLOAD:+--slot "$SLOT_PAYLOAD"} ${EFI_TREE:+--efi "$EFI_TREE"} \
+        --slot "$OUT/slot.img" --efi "$OUT/efi" --measurements "$OUT/measurements.json" \
         --output "$OUT/outpost.img" --qcow2 "$OUT/outpost.qcow2"
 }
 
 build_all() {
     deps
     build_host
+    build_grub
+    build_outpostd
+    build_slot
     build_image
 }
 
@@ -72,7 +99,8 @@ case "${1:-build}" in
     deps) deps ;;
     run)
         build_all
-        die "booting needs the bootable image (issue 3); out/outpost.img was built"
+        log "booting out/outpost.img in QEMU (TCG); quit with Ctrl-A X"
+        exec "$OUT/bin/outpost" run "$OUT/outpost.img"
         ;;
     test)
         build_all

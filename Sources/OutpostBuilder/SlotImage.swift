@@ -80,7 +80,7 @@ public enum SlotImageBuilder {
         let rootSqfs = work + "/root.sqfs"
         try Tool.run(["mksquashfs", inputs.rootDirectory, rootSqfs, "-noappend", "-quiet", "-no-progress",
                       "-comp", "zstd", "-b", "131072", "-all-root", "-no-xattrs",
-                      "-mkfs-time", epoch, "-all-time", epoch, "-processors", "2"])
+                      "-mkfs-time", epoch, "-all-time", epoch, "-processors", "2"], environment: ["SOURCE_DATE_EPOCH": ""])
         let root = try FileBlockDevice(path: rootSqfs, writable: false, sectorSize: 1)
         let blockSize = UInt64(VerityTree.blockSize)
         let dataBlocks = (root.sectorCount + blockSize - 1) / blockSize
@@ -150,7 +150,7 @@ public enum SlotImageBuilder {
         // Uncompressed: the kernel and initramfs are compressed already, and
         // GRUB's squash4 reader then needs no decompressor.
         try Tool.run(["mksquashfs", dir, out, "-noappend", "-quiet", "-no-progress", "-noI", "-noId", "-noD", "-noF", "-noX",
-                      "-all-root", "-no-xattrs", "-mkfs-time", epoch, "-all-time", epoch])
+                      "-all-root", "-no-xattrs", "-mkfs-time", epoch, "-all-time", epoch], environment: ["SOURCE_DATE_EPOCH": ""])
         return out
     }
 }

@@ -15,7 +15,9 @@ public enum Tool {
         var env = ProcessInfo.processInfo.environment
         env["LC_ALL"] = "C"
         env["TZ"] = "UTC"
-        for (k, v) in extra { env[k] = v }
+        // An empty value removes the variable (mksquashfs refuses
+        // SOURCE_DATE_EPOCH together with explicit -mkfs-time/-all-time).
+        for (k, v) in extra { env[k] = v.isEmpty ? nil : v }
         p.environment = env
         let out = Pipe(), err = Pipe()
         p.standardOutput = out

@@ -22,6 +22,10 @@ struct ImageBuild: ParsableCommand {
     @Option(help: "Directory tree to copy onto the EFI partition.") var efi: String?
     @Option(name: .shortAndLong, help: "The raw image to write.") var output: String = "out/outpost.img"
     @Option(help: "Also write a qcow2 copy here.") var qcow2: String?
+    @Option(help: "The slot manifest (from 'outpost slot build'); default: the slot image's .json.")
+    var slotManifest: String?
+    @Option(help: "Write the predicted PCR 8/9 of each slot here (needs the slot manifest and --efi).")
+    var measurements: String?
     @Flag(help: "Print a JSON summary on stdout.") var json = false
     @Flag(name: .shortAndLong, help: "No progress lines.") var quiet = false
 
@@ -42,6 +46,10 @@ struct ImageBuild: ParsableCommand {
                 throw error
             }
         }
+        if let measurements {
+            try writeMeasurements(gpt: gpt, to: measurements)
+            progress.step(1, of: 1, "predicted PCR 8/9 written to \(measurements)")
+        }
         let device = try FileBlockDevice(path: output, writable: false)
         let report = DiskReport(image: output, device: device, result: try GPTDisk.read(device))
         if json {
@@ -50,6 +58,24 @@ struct ImageBuild: ParsableCommand {
             print(report.text())
             _ = gpt
         }
+    }
+}
+
+extension ImageBuild {
+    func writeMeasurements(gpt: GPT, to path: String) throws {
+        guard let slot else { throw ValidationError("--measurements needs --slot") }
+        let manifestPath = slotManifest ?? (slot.hasSuffix(".img") ? String(slot.dropLast(4)) : slot) + ".json"
+        guard let data = FileManager.default.contents(atPath: manifestPath) else {
+            throw BuilderError.missingInput(path: manifestPath, what: "slot manifest")
+        }
+        let manifest: SlotManifest
+        do { manifest = try JSONDecoder().decode(SlotManifest.self, from: data) } catch {
+            throw BuilderError.invalidInput(path: manifestPath, message: "not a slot manifest: \(error)")
+        }
+        guard let efi, let stage1 = FileManager.default.contents(atPath: efi + "/EFI/BOOT/grub.cfg") else {
+            throw BuilderError.missingInput(path: (efi ?? "--efi") + "/EFI/BOOT/grub.cfg", what: "stage-1 grub.cfg")
+        }
+        try MeasurementsFile.predict(gpt: gpt, manifest: manifest, stage1: Array(stage1)).write(to: path)
     }
 }
 
