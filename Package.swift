@@ -38,7 +38,9 @@ let package = Package(
 
         .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk"]),
         .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk"]),
-        .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk"]),
+        .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk"], exclude: ["boot-direct.sh"]),
+        // Boots the built image in QEMU; needs ./build.sh's outputs in out/.
+        .testTarget(name: "OutpostSystemTests", dependencies: ["OutpostDisk"]),
     ],
     swiftLanguageModes: [.v6]
 )

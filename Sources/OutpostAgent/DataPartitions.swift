@@ -103,11 +103,11 @@ public enum DataPartitions {
 
     static func format(_ device: String) throws(DataPartitionError) {
         do {
-            try Subprocess.run("/sbin/mke2fs", [
+            try Subprocess.run(Subprocess.tool("mke2fs"), [
                 "-q", "-F", "-t", "ext4", "-L", newLabel, "-m", "1",
                 "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", device,
             ])
-            try Subprocess.run("/sbin/tune2fs", ["-L", doneLabel, device])
+            try Subprocess.run(Subprocess.tool("tune2fs"), ["-L", doneLabel, device])
         } catch {
             throw .formatFailed(name: "PERSIST", device: device, error)
         }
@@ -119,7 +119,7 @@ public enum DataPartitions {
     /// told about the new size with BLKPG (the slot is in use, so a full
     /// partition table re-read would fail with EBUSY).
     static func grow(_ partition: PartitionInfo, disk: DiskInfo) throws(GrowError) {
-        let tool = "/sbin/sfdisk"
+        let tool = Subprocess.tool("sfdisk")
         do {
             try Subprocess.run(tool, ["--quiet", "--relocate", "gpt-bak-std", disk.devicePath])
             try Subprocess.run(tool, ["--quiet", "--force", "--no-reread", "--no-tell-kernel",

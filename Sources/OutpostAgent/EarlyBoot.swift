@@ -100,7 +100,7 @@ public enum EarlyBoot {
 
         let commandLine: String
         do { commandLine = try Sys.readText("/proc/cmdline") } catch { throw .commandLineUnreadable(error) }
-        let debug = commandLine.split(separator: " ").contains("outpost.debug")
+        let debug = commandLine.split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("outpost.debug")
         var clock = StepClock(enabled: debug)
 
         if let list = try? Sys.readText(KernelModules.defaultListPath) {

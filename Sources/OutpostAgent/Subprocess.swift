@@ -28,6 +28,13 @@ public enum SubprocessError: Error, Equatable, CustomStringConvertible {
 public enum Subprocess {
     static let environment = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
 
+    /// The path of a root-filesystem tool: /usr/sbin (merged-/usr Debian)
+    /// or /sbin (bookworm packages unpacked without usrmerge).
+    public static func tool(_ name: String) -> String {
+        let merged = "/usr/sbin/\(name)"
+        return Sys.exists(merged) ? merged : "/sbin/\(name)"
+    }
+
     /// Runs `path` with `arguments` (argv[1...]), optionally feeding `input`
     /// on standard input, and waits for it.
     public static func run(_ path: String, _ arguments: [String], input: String? = nil) throws(SubprocessError) {
@@ -36,9 +43,12 @@ public enum Subprocess {
         if let input {
             // A pipe holds 64 KiB; the scripts fed here are a few bytes.
             var fds: [Int32] = [-1, -1]
-            guard pipe2(&fds, O_CLOEXEC) == 0 else {
-                throw .spawnFailed(path: path, SystemCallError(call: "pipe2", target: path, errno: errno))
+            // Early boot is single-threaded, so pipe + FD_CLOEXEC cannot race an exec.
+            guard pipe(&fds) == 0 else {
+                throw .spawnFailed(path: path, SystemCallError(call: "pipe", target: path, errno: errno))
             }
+            _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
+            _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
             do {
                 try Sys.writeAll(fds[1], Array(input.utf8), target: "pipe to \(path)")
             } catch {

@@ -6,6 +6,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostShims
 
 public enum SwitchRoot {
     /// The API filesystems that early boot mounted and the real root reuses.
@@ -41,11 +42,11 @@ public enum SwitchRoot {
     /// when "/" really is the initramfs (ramfs or tmpfs), and never crosses into
     /// another filesystem, so a mistake cannot touch the disk.
     static func deleteInitramfs(keeping newRoot: String) {
-        var fs = statfs()
-        guard statfs("/", &fs) == 0 else { return }
-        let ramfsMagic = 0x8584_58f6
-        let tmpfsMagic = 0x0102_1994
-        guard fs.f_type == ramfsMagic || fs.f_type == tmpfsMagic else { return }
+        var type: Int64 = 0
+        guard OutpostShims_statfs_type("/", &type) == 0 else { return }
+        let ramfsMagic: Int64 = 0x8584_58f6
+        let tmpfsMagic: Int64 = 0x0102_1994
+        guard type == ramfsMagic || type == tmpfsMagic else { return }
         var rootStat = stat()
         guard lstat("/", &rootStat) == 0 else { return }
         let fd = Glibc.open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)

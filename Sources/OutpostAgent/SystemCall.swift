@@ -84,8 +84,8 @@ enum Sys {
     static func writeAll(_ fd: Int32, _ bytes: [UInt8], target: String) throws(SystemCallError) {
         var done = 0
         while done < bytes.count {
-            let count = try bytes.withUnsafeBytes { (raw) throws(SystemCallError) -> Int in
-                try retrying("write", target) { Glibc.write(fd, raw.baseAddress.map { $0 + done }, raw.count - done) }
+            let count = try retrying("write", target) {
+                bytes.withUnsafeBytes { raw in Glibc.write(fd, raw.baseAddress.map { $0 + done }, raw.count - done) }
             }
             done += count
         }
@@ -98,8 +98,8 @@ enum Sys {
         var out: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while out.count < limit {
-            let count = try chunk.withUnsafeMutableBytes { (raw) throws(SystemCallError) -> Int in
-                try read(fd, into: raw, target: path)
+            let count = try retrying("read", path) {
+                chunk.withUnsafeMutableBytes { raw in Glibc.read(fd, raw.baseAddress, raw.count) }
             }
             if count == 0 { break }
             out.append(contentsOf: chunk[0..<count])

@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <linux/dm-ioctl.h>
 #include <linux/blkpg.h>
-#include <linux/fs.h>
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
@@ -11,6 +10,7 @@
 #include <sys/reboot.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 int OutpostShims_finit_module(int fd, const char *params, int flags) {
@@ -32,8 +32,11 @@ int OutpostShims_reboot(int command) {
     }
 }
 
-int OutpostShims_blkgetsize64(int fd, uint64_t *bytes) {
-    return ioctl(fd, BLKGETSIZE64, bytes);
+int OutpostShims_statfs_type(const char *path, int64_t *type) {
+    struct statfs fs;
+    if (statfs(path, &fs) != 0) return -1;
+    *type = (int64_t)fs.f_type;
+    return 0;
 }
 
 // --- device-mapper ---------------------------------------------------------

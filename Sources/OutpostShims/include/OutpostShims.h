@@ -30,8 +30,9 @@ enum {
 };
 int OutpostShims_reboot(int command);
 
-// BLKGETSIZE64 is an _IOR() macro; the size of a partition in bytes.
-int OutpostShims_blkgetsize64(int fd, uint64_t *bytes);
+// <sys/vfs.h> is not part of Swift's Glibc module; statfs(2)'s f_type
+// tells whether "/" is still the initramfs (ramfs/tmpfs) before deleting it.
+int OutpostShims_statfs_type(const char *path, int64_t *type);
 
 // Device-mapper control: struct dm_ioctl plus its trailing target specs is
 // a variable-length kernel ABI buffer, and the DM_* request numbers are
