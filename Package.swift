@@ -22,13 +22,22 @@ let package = Package(
         // The on-disk contract: GPT, slot attributes, boot selection. Pure Swift.
         .target(name: "OutpostDisk"),
 
+        // Signed update bundles: manifest, signatures, trust anchors. Shared by
+        // the host CLI and the device.
+        .target(name: "OutpostBundle", dependencies: [
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        // The update engine over a block device: install to the inactive slot,
+        // commit, fall back. Pure Swift, so the power-cut simulator runs it.
+        .target(name: "OutpostUpdate", dependencies: ["OutpostDisk", "OutpostBundle"]),
+
         // Host side: layout spec → filesystems → verity → disk → outputs.
         .target(name: "OutpostBuilder", dependencies: [
             "OutpostDisk",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .executableTarget(name: "outpost", dependencies: [
-            "OutpostBuilder", "OutpostDisk",
+            "OutpostBuilder", "OutpostDisk", "OutpostBundle",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -37,6 +46,8 @@ let package = Package(
         .executableTarget(name: "outpostd", dependencies: ["OutpostAgent"]),
 
         .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk"]),
+        .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle"]),
+        .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk"]),
         .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk"]),
         .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk"], exclude: ["boot-direct.sh"]),
         // Boots the built image in QEMU; needs ./build.sh's outputs in out/.

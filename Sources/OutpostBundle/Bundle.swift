@@ -1,0 +1,1 @@
+// The bundle format lives here (issue 4).

@@ -1,0 +1,1 @@
+// The update engine lives here (issue 4).
