@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
-OUT=$ROOT/out
+OUT=${OUTPOST_OUT:-$ROOT/out}
+# A second build tree (e.g. .build-mine) lets two checkouts' builds run side by side.
+SWIFT_FLAGS=(${OUTPOST_SCRATCH:+--scratch-path "$OUTPOST_SCRATCH"})
 export PATH=$PATH:/usr/sbin:/sbin
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1700000000)}
 export OUTPOST_CACHE=${OUTPOST_CACHE:-/var/cache/outpost}
@@ -40,9 +42,9 @@ deps() {
 
 build_host() {
     log "building the host CLI (outpost)"
-    swift build --product outpost >&2
+    swift build "${SWIFT_FLAGS[@]}" --product outpost >&2
     mkdir -p "$OUT/bin"
-    cp "$(swift build --product outpost --show-bin-path)/outpost" "$OUT/bin/outpost"
+    cp "$(swift build "${SWIFT_FLAGS[@]}" --product outpost --show-bin-path)/outpost" "$OUT/bin/outpost"
 }
 
 VERSION=${OUTPOST_VERSION:-$(cat VERSION)}
@@ -59,14 +61,14 @@ build_grub() {
 # The device agent: release, static Swift runtime, FoundationEssentials only.
 build_outpostd() {
     log "building outpostd (release, --static-swift-stdlib)"
-    swift build -c release --static-swift-stdlib --product outpostd >&2
-    cp "$(swift build -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd" "$OUT/bin/outpostd"
+    swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd >&2
+    cp "$(swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd" "$OUT/bin/outpostd"
 }
 
 build_slot() {
     log "building the slot image (version $VERSION)"
     "$OUT/bin/outpost" slot build --outpostd "$OUT/bin/outpostd" --image-version "$VERSION" \
-        --output "$OUT/slot.img" --work "$OUT/slot-work"
+        --output "$OUT/slot.img" --work "$OUT/slot-work" --quiet
 }
 
 build_image() {
@@ -90,8 +92,8 @@ build_all() {
 
 run_tests() {
     log "building and running the Swift test suites"
-    swift build --build-tests >&2
-    swift test 2>&1
+    swift build "${SWIFT_FLAGS[@]}" --build-tests >&2
+    OUTPOST_OUT=$OUT swift test "${SWIFT_FLAGS[@]}" 2>&1
 }
 
 case "${1:-build}" in

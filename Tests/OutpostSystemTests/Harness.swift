@@ -7,7 +7,7 @@ import OutpostDisk
 struct Harness {
     static let root: String = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent().path
-    static var out: String { root + "/out" }
+    static var out: String { ProcessInfo.processInfo.environment["OUTPOST_OUT"] ?? root + "/out" }
     static var outpost: String { out + "/bin/outpost" }
 
     struct Missing: Error, CustomStringConvertible {
