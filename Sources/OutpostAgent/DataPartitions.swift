@@ -10,6 +10,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostDisk
 import OutpostShims
 
 /// Why CONFIG or PERSIST could not be brought up.
@@ -76,14 +77,17 @@ public enum DataPartitions {
         } catch {
             throw .probeFailed(name: "PERSIST \(device)", error)
         }
+        // Growth is best effort: a PERSIST that keeps its factory size still works.
+        var grew = false
+        do {
+            grew = try grow(partition, disk: disk)
+        } catch {
+            warnings.append("PERSIST \(device) was not grown to the end of \(disk.devicePath): \(error)")
+        }
         switch signature {
         case nil:
-            do {
-                try grow(partition, disk: disk)
-            } catch {
-                warnings.append("PERSIST \(device) was not grown to the end of \(disk.devicePath): \(error)")
-            }
             try format(device)
+            grew = false
         case let found? where found.type == "ext4" && found.label == newLabel:
             try format(device)
         case let found? where found.type == "ext4":
@@ -97,6 +101,12 @@ public enum DataPartitions {
                           flags: UInt(MS_NOATIME | MS_NOSUID | MS_NODEV))
         } catch {
             throw .mountFailed(name: "PERSIST \(device) on \(persistMount)", error)
+        }
+        if grew {
+            // ext4 grows online; a failure leaves the old size, which still works.
+            do { try Subprocess.run(Subprocess.tool("resize2fs"), [device]) } catch {
+                warnings.append("PERSIST \(device): \(GrowError.resize(error))")
+            }
         }
         return warnings
     }
@@ -113,46 +123,64 @@ public enum DataPartitions {
         }
     }
 
-    /// Grows the last partition to the end of the disk. Interim approach until
-    /// the agent writes the GPT itself through OutpostDisk: sfdisk moves the
-    /// backup GPT to the disk's end and extends the entry, then the kernel is
-    /// told about the new size with BLKPG (the slot is in use, so a full
-    /// partition table re-read would fail with EBUSY).
-    static func grow(_ partition: PartitionInfo, disk: DiskInfo) throws(GrowError) {
-        let tool = Subprocess.tool("sfdisk")
+    /// Grows PERSIST, the last partition, to the end of the disk, so one
+    /// factory image fits any disk size. The GPT is rewritten through
+    /// OutpostDisk: the backup copy at the disk's new end first, then the
+    /// primary, which is the only copy pointing at it. A power cut before the
+    /// primary lands leaves the old table (and its old backup) intact, and the
+    /// next boot simply grows again. The kernel learns the new size through
+    /// BLKPG: the slot is in use, so a full re-read would fail with EBUSY.
+    /// Returns whether the partition grew.
+    static func grow(_ partition: PartitionInfo, disk: DiskInfo) throws(GrowError) -> Bool {
+        let grown: GPTPartition
         do {
-            try Subprocess.run(tool, ["--quiet", "--relocate", "gpt-bak-std", disk.devicePath])
-            try Subprocess.run(tool, ["--quiet", "--force", "--no-reread", "--no-tell-kernel",
-                                      "-N", "\(partition.number)", disk.devicePath], input: ",+\n")
+            let device = try FileBlockDevice(path: disk.devicePath, writable: true)
+            let found = try GPTDisk.read(device)
+            var gpt = found.gpt
+            guard partition.number >= 1, partition.number <= gpt.entries.count,
+                  gpt.entries[partition.number - 1].isUsed else { throw GrowError.notInTable(number: partition.number) }
+            let entry = gpt.entries[partition.number - 1]
+            // Only the last partition may grow; anything after it stays where it is.
+            guard gpt.partitions.allSatisfy({ $0.partition.lastLBA <= entry.lastLBA }) else { return false }
+            let backupLBA = device.sectorCount - 1
+            let entrySectors = UInt64((gpt.entries.count * Int(gpt.entrySize) + 511) / 512)
+            let lastUsable = backupLBA - entrySectors - 1
+            let alignment: UInt64 = 2048   // keep the end on a 1 MiB boundary
+            let newLast = (lastUsable + 1) / alignment * alignment - 1
+            guard newLast > entry.lastLBA + alignment else { return false }
+            gpt.lastUsableLBA = lastUsable
+            gpt.entries[partition.number - 1].lastLBA = newLast
+            try GPTDisk.write(gpt, to: device, backupLBA: backupLBA)
+            grown = gpt.entries[partition.number - 1]
+        } catch let e as GrowError {
+            throw e
         } catch {
-            throw .tool(error)
+            throw .table(disk: disk.devicePath, "\(error)")
         }
-        guard let reread = BlockDevices.readDisk(name: disk.name),
-              let grown = reread.partitions.first(where: { $0.number == partition.number }) else {
-            throw .tableUnreadable(disk: disk.devicePath)
-        }
-        guard grown.sectorCount > partition.sectorCount else { return }
         do {
             let fd = try Sys.open(disk.devicePath, O_RDONLY)
             defer { Sys.close(fd) }
             try retrying("ioctl(BLKPG_RESIZE_PARTITION)", "\(disk.devicePath) partition \(partition.number)") {
                 OutpostShims_blkpg_resize_partition(fd, Int32(partition.number),
-                                                     Int64(grown.startSector * 512), Int64(grown.sectorCount * 512))
+                                                     Int64(grown.firstLBA * 512), Int64(grown.sectorCount * 512))
             }
         } catch {
             throw .kernel(error)
         }
+        return true
     }
 
     public enum GrowError: Error, CustomStringConvertible {
-        case tool(SubprocessError)
-        case tableUnreadable(disk: String)
+        case table(disk: String, String)
+        case notInTable(number: Int)
+        case resize(SubprocessError)
         case kernel(SystemCallError)
 
         public var description: String {
             switch self {
-            case .tool(let error): return "\(error)"
-            case .tableUnreadable(let disk): return "cannot re-read the GPT of \(disk)"
+            case .table(let disk, let why): return "GPT of \(disk): \(why)"
+            case .notInTable(let n): return "partition \(n) is not in the GPT"
+            case .resize(let error): return "resize2fs: \(error)"
             case .kernel(let error): return "\(error)"
             }
         }

@@ -174,6 +174,11 @@ public enum EarlyBoot {
         clock.mark("persist")
 
         let version = (try? Sys.readText(OutpostRelease.path)).flatMap(OutpostRelease.version(fromFileText:))
+        let record = BootRecord(slot: slotName, partUUID: slot.partUUID, version: version ?? "unknown",
+                                rescueReason: parameters.rescueReason, pcrs: BootRecord.readPCRs())
+        do { try record.write() } catch {
+            Console.line("warning: cannot write \(BootRecord.path): \(error)")
+        }
         return BootOutcome(slotName: slotName, version: version ?? "unknown",
                            rescueReason: parameters.rescueReason, persistMounted: true)
     }

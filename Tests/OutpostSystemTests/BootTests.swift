@@ -31,12 +31,18 @@ struct BootTests {
         let m = try Harness.measurements()
 
         // (a) IMGA active, IMGB unused → IMGA; the slot attributes are untouched.
+        let factory = try h.gpt()
         #expect(try h.cgptAttr(2) == "0x102")
         #expect(try h.cgptAttr(3) == "0")
         let a = try bootAndCompare(h, expect: "IMGA")
         #expect(a.exitCode == 0 && a.line(containing: "outpost: ready slot=IMGA version=") != nil, "\(a.console.suffix(3000))")
         #expect(try h.cgptAttr(2) == "0x102")
         #expect(try h.cgptAttr(3) == "0")
+        // First boot grew PERSIST to the end of the disk, and sgdisk agrees with the result.
+        let grown = try h.gpt()
+        let persist = try #require(factory.number(named: "PERSIST"))
+        #expect(grown.entries[persist - 1].lastLBA > factory.entries[persist - 1].lastLBA)
+        #expect(try Harness.sh(["sgdisk", "-v", h.image]).out.contains("No problems found"))
         let pcrA = try h.persistFile("/status/boot.json")
         #expect(pcrA.contains(m.slots["IMGA"]?.pcr8.lowercased() ?? "missing"), "PCR 8 of IMGA: \(pcrA)")
         #expect(pcrA.contains(m.slots["IMGA"]?.pcr9.lowercased() ?? "missing"), "PCR 9 of IMGA: \(pcrA)")

@@ -1,0 +1,98 @@
+// /persist/status/boot.json: what this boot was. The slot, the version, and
+// the PCR 8/9 values GRUB left in the TPM, so that the measured boot can be
+// compared with the builder's out/measurements.json (by a test today, by
+// the controller's attestation later).
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The record of one boot, written once PERSIST is mounted.
+public struct BootRecord: Equatable, Sendable {
+    public var slot: String
+    public var partUUID: String
+    public var version: String
+    public var rescueReason: String?
+    /// PCR index → lower-case hex digest (SHA-256 bank); empty without a TPM.
+    public var pcrs: [Int: String]
+
+    public static let directory = "/persist/status"
+    public static let path = directory + "/boot.json"
+    static let pcrIndexes = [8, 9]
+
+    /// Reads the SHA-256 PCRs the kernel exposes (tpm_tis, kernel ≥ 5.12).
+    /// A missing TPM is not an error: the record then has no PCRs.
+    public static func readPCRs(sysfs: String = "/sys/class/tpm/tpm0/pcr-sha256") -> [Int: String] {
+        var out: [Int: String] = [:]
+        for i in pcrIndexes {
+            if let text = try? Sys.readText("\(sysfs)/\(i)") {
+                out[i] = text.trimmingCharacters(in: " \n").lowercased()
+            }
+        }
+        return out
+    }
+
+    /// The JSON text, keys sorted, so the file is stable and diffable.
+    public var json: String {
+        let pcrText = pcrs.keys.sorted().map { "\"\($0)\": \(Self.quote(pcrs[$0] ?? ""))" }.joined(separator: ", ")
+        return "{\n"
+            + "  \"partuuid\": \(Self.quote(partUUID)),\n"
+            + "  \"pcr\": {\(pcrText)},\n"
+            + "  \"rescue\": \(rescueReason.map(Self.quote) ?? "null"),\n"
+            + "  \"slot\": \(Self.quote(slot)),\n"
+            + "  \"version\": \(Self.quote(version))\n"
+            + "}\n"
+    }
+
+    /// Writes the record atomically: temp file, fsync, rename, fsync the directory.
+    public func write(directory: String = BootRecord.directory) throws(SystemCallError) {
+        try? Sys.mkdir(directory, 0o755)
+        try AtomicFile.write(directory + "/boot.json", Array(json.utf8))
+    }
+
+    static func quote(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case _ where u.value < 0x20:
+                let hex = String(u.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        return out + "\""
+    }
+}
+
+/// Crash-safe replacement of small state files on PERSIST.
+enum AtomicFile {
+    static func write(_ path: String, _ bytes: [UInt8]) throws(SystemCallError) {
+        let temp = path + ".tmp"
+        let fd = try Sys.open(temp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        do {
+            try Sys.writeAll(fd, bytes, target: temp)
+            _ = try retrying("fsync", temp) { Glibc.fsync(fd) }
+        } catch {
+            Sys.close(fd)
+            throw error
+        }
+        Sys.close(fd)
+        _ = try retrying("rename", path) { Glibc.rename(temp, path) }
+        let dir = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+        let dfd = try Sys.open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY)
+        defer { Sys.close(dfd) }
+        _ = try retrying("fsync", dir) { Glibc.fsync(dfd) }
+    }
+}
+
+extension String {
+    fileprivate func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}
