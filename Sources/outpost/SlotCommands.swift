@@ -20,7 +20,10 @@ struct SlotBuild: ParsableCommand {
             """)
 
     @Option(help: "The rootfs/ directory (packages.txt, modules.txt, overlay/).") var rootfs = "rootfs"
-    @Option(help: "The outpostd binary (release, --static-swift-stdlib).") var outpostd: String
+    @Option(help: "The outpostd binary (release, --static-swift-stdlib).") var outpostd: String?
+    @Option(help: "Use this kernel instead of the pinned Debian one (with --initramfs and --root-dir).") var kernel: String?
+    @Option(help: "Use this initramfs instead of assembling one.") var initramfs: String?
+    @Option(help: "Use this staged root directory instead of assembling one.") var rootDir: String?
     @Option(help: "The OS version this slot carries.") var imageVersion = "1.0.0"
     @Option(help: "The stage-2 grub.cfg template.") var stage2 = "grub/stage2.cfg.in"
     @Option(help: "Seed for the verity salt (reproducible builds).") var seed = "outpost-slot"
@@ -36,20 +39,9 @@ struct SlotBuild: ParsableCommand {
         guard let template = try? String(contentsOfFile: stage2, encoding: .utf8) else {
             throw BuilderError.missingInput(path: stage2, what: "stage-2 grub.cfg template")
         }
-        guard FileManager.default.isExecutableFile(atPath: outpostd) else {
-            throw BuilderError.missingInput(path: outpostd, what: "outpostd binary")
-        }
-        let assembly = SlotAssembly(rootfs: URL(fileURLWithPath: rootfs), work: URL(fileURLWithPath: work),
-                                    sourceDateEpoch: UInt32(epoch))
-        progress.step(1, of: 3, "kernel: \(SlotAssembly.defaultKernelPackage)")
-        let kernel = try assembly.fetchKernel()
-        progress.step(2, of: 3, "root tree: packages, modules, overlay, outpostd \(imageVersion)")
-        let binary = URL(fileURLWithPath: outpostd)
-        let root = try assembly.assembleRoot(kernel: kernel, outpostd: binary, version: imageVersion)
-        progress.step(3, of: 3, "initramfs")
-        let initrd = try assembly.buildInitramfs(kernel: kernel, outpostd: binary, libraryRoot: root)
+        let (kernelPath, initrdPath, rootPath) = try inputs(epoch: epoch, progress: progress)
         let m = try SlotImageBuilder.build(
-            SlotImageInputs(rootDirectory: root.path, kernel: kernel.vmlinuz.path, initramfs: initrd.path,
+            SlotImageInputs(rootDirectory: rootPath, kernel: kernelPath, initramfs: initrdPath,
                             stage2Template: template, version: imageVersion, seed: seed, epoch: epoch),
             output: output, progress: progress)
         let enc = JSONEncoder()
@@ -64,5 +56,28 @@ struct SlotBuild: ParsableCommand {
             print("root hash:  \(m.rootHash)")
             print("manifest:   \(manifestPath)")
         }
+    }
+
+    /// The kernel, initramfs and root tree: given explicitly (benchmarks,
+    /// tests), or assembled from rootfs/ around an outpostd binary.
+    func inputs(epoch: Int, progress: OutpostBuilder.Progress) throws -> (String, String, String) {
+        if let kernel, let initramfs, let rootDir { return (kernel, initramfs, rootDir) }
+        guard kernel == nil, initramfs == nil, rootDir == nil else {
+            throw ValidationError("--kernel, --initramfs and --root-dir go together")
+        }
+        guard let outpostd else { throw ValidationError("--outpostd is required to assemble a slot from rootfs/") }
+        guard FileManager.default.isExecutableFile(atPath: outpostd) else {
+            throw BuilderError.missingInput(path: outpostd, what: "outpostd binary")
+        }
+        let assembly = SlotAssembly(rootfs: URL(fileURLWithPath: rootfs), work: URL(fileURLWithPath: work),
+                                    sourceDateEpoch: UInt32(epoch))
+        progress.step(1, of: 3, "kernel: \(SlotAssembly.defaultKernelPackage)")
+        let kernel = try assembly.fetchKernel()
+        progress.step(2, of: 3, "root tree: packages, modules, overlay, outpostd \(imageVersion)")
+        let binary = URL(fileURLWithPath: outpostd)
+        let root = try assembly.assembleRoot(kernel: kernel, outpostd: binary, version: imageVersion)
+        progress.step(3, of: 3, "initramfs")
+        let initrd = try assembly.buildInitramfs(kernel: kernel, outpostd: binary, libraryRoot: root)
+        return (kernel.vmlinuz.path, initrd.path, root.path)
     }
 }
