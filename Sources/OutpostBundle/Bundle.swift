@@ -1,1 +1,0 @@
-// The bundle format lives here (issue 4).
