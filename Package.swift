@@ -37,12 +37,12 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .executableTarget(name: "outpost", dependencies: [
-            "OutpostBuilder", "OutpostDisk", "OutpostBundle",
+            "OutpostBuilder", "OutpostDisk", "OutpostBundle", "OutpostUpdate",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         // Device side: early boot, supervisor, updater.
-        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid"]),
+        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle"]),
         .executableTarget(name: "outpostd", dependencies: ["OutpostAgent"]),
 
         .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk"]),

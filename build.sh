@@ -65,9 +65,20 @@ build_outpostd() {
     cp "$(swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd" "$OUT/bin/outpostd"
 }
 
+# The development signing key, created on first use; its public half is the
+# image's trust anchor unless OUTPOST_TRUST_DIR names production anchors.
+dev_key() {
+    if [ ! -f "$OUT/keys/dev.key.pem" ]; then
+        log "creating a development signing key in out/keys (never use it in production)"
+        "$OUT/bin/outpost" keys generate --out "$OUT/keys" --name dev >&2
+    fi
+}
+
 build_slot() {
+    dev_key
     log "building the slot image (version $VERSION)"
     "$OUT/bin/outpost" slot build --outpostd "$OUT/bin/outpostd" --image-version "$VERSION" \
+        --trust "${OUTPOST_TRUST_DIR:-$OUT/keys}" \
         --output "$OUT/slot.img" --work "$OUT/slot-work" --quiet
 }
 
@@ -81,6 +92,18 @@ build_image() {
         --output "$OUT/outpost.img" --qcow2 "$OUT/outpost.qcow2"
 }
 
+# out/update.bundle for the image just built, signed with a development key
+# created on first use (production keys come from OUTPOST_SIGNING_KEY).
+build_bundle() {
+    dev_key
+    log "building out/update.bundle"
+    "$OUT/bin/outpost" bundle create --quiet --key "${OUTPOST_SIGNING_KEY:-$OUT/keys/dev.key.pem}" \
+        --image-version "$VERSION" --slot "$OUT/slot.img" --manifest "$OUT/slot.json" \
+        --measurements "$OUT/measurements.json" --security-version "${OUTPOST_SECURITY_VERSION:-1}" \
+        --output "$OUT/update.bundle"
+    "$OUT/bin/outpost" bundle verify --quiet --trust "$OUT/keys" "$OUT/update.bundle" >&2
+}
+
 build_all() {
     deps
     build_host
@@ -88,6 +111,7 @@ build_all() {
     build_outpostd
     build_slot
     build_image
+    build_bundle
 }
 
 run_tests() {

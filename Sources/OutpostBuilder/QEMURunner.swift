@@ -19,6 +19,8 @@ public struct QEMUOptions: Sendable {
     public var consoleLog: String?
     /// In headless mode: stop at the first console line containing any of these.
     public var untilMarkers = ["outpost: ready"]
+    /// Extra raw disks (e.g. update media), attached as further virtio drives.
+    public var extraDisks: [String] = []
     public var extraArgs: [String] = []
 
     public init(image: String) { self.image = image }
@@ -70,6 +72,9 @@ public enum QEMURunner {
         ]
         for i in 0..<max(1, o.nics) {
             args += ["-netdev", "user,id=n\(i)", "-device", "virtio-net-pci,netdev=n\(i),mac=52:54:00:12:34:\(String(format: "%02x", 0x56 + i))"]
+        }
+        for (i, d) in o.extraDisks.enumerated() {
+            args += ["-drive", "file=\(d),format=raw,if=virtio,index=\(i + 1)"]
         }
         if let m = o.monitorSocket { args += ["-monitor", "unix:\(m),server,nowait"] }
         args += ["-serial", o.headless ? "stdio" : "mon:stdio"]

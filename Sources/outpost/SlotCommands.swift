@@ -27,6 +27,9 @@ struct SlotBuild: ParsableCommand {
     @Option(help: "The OS version this slot carries.") var imageVersion = "1.0.0"
     @Option(help: "The stage-2 grub.cfg template.") var stage2 = "grub/stage2.cfg.in"
     @Option(help: "Seed for the verity salt (reproducible builds).") var seed = "outpost-slot"
+    @Option(help: "Trust anchors to bake into the root (/etc/outpost/trust): public key PEMs and revoked.txt.")
+    var trust: String?
+    @Option(help: "The board name updates must be built for (/etc/outpost/board).") var board = "generic-efi"
     @Option(name: .shortAndLong, help: "The slot image to write.") var output = "out/slot.img"
     @Option(help: "Where to write the slot manifest (default: OUTPUT with .json).") var manifest: String?
     @Option(help: "Scratch directory.") var work = "out/slot-work"
@@ -58,6 +61,37 @@ struct SlotBuild: ParsableCommand {
         }
     }
 
+    /// Copies the update trust anchors (public keys only) and the board name
+    /// into the root, where the agent's update engine reads them.
+    func bakeIdentity(into root: String) throws {
+        let fm = FileManager.default
+        let etc = root + "/etc/outpost"
+        try fm.createDirectory(atPath: etc + "/trust", withIntermediateDirectories: true)
+        try (board + "\n").write(toFile: etc + "/board", atomically: false, encoding: .utf8)
+        guard let trust else { return }
+        guard let names = try? fm.contentsOfDirectory(atPath: trust) else {
+            throw BuilderError.missingInput(path: trust, what: "trust anchor directory")
+        }
+        var keys = 0
+        for name in names.sorted() {
+            let path = trust + "/" + name
+            guard let data = fm.contents(atPath: path) else { continue }
+            let text = String(decoding: data, as: UTF8.self)
+            if name.hasSuffix(".pem") {
+                // Never bake a private key into an image, even by mistake.
+                if text.contains("PRIVATE KEY") { continue }
+                guard text.contains("BEGIN PUBLIC KEY") else {
+                    throw BuilderError.invalidInput(path: path, message: "not a PEM public key")
+                }
+                keys += 1
+            } else if name != "revoked.txt" {
+                continue
+            }
+            try fm.copyItem(atPath: path, toPath: etc + "/trust/" + name)
+        }
+        guard keys > 0 else { throw BuilderError.invalidInput(path: trust, message: "no public keys (*.pem) to trust") }
+    }
+
     /// The kernel, initramfs and root tree: given explicitly (benchmarks,
     /// tests), or assembled from rootfs/ around an outpostd binary.
     func inputs(epoch: Int, progress: OutpostBuilder.Progress) throws -> (String, String, String) {
@@ -76,6 +110,7 @@ struct SlotBuild: ParsableCommand {
         progress.step(2, of: 3, "root tree: packages, modules, overlay, outpostd \(imageVersion)")
         let binary = URL(fileURLWithPath: outpostd)
         let root = try assembly.assembleRoot(kernel: kernel, outpostd: binary, version: imageVersion)
+        try bakeIdentity(into: root.path)
         progress.step(3, of: 3, "initramfs")
         let initrd = try assembly.buildInitramfs(kernel: kernel, outpostd: binary, libraryRoot: root)
         return (kernel.vmlinuz.path, initrd.path, root.path)
