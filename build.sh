@@ -92,6 +92,27 @@ build_image() {
         --output "$OUT/outpost.img" --qcow2 "$OUT/outpost.qcow2"
 }
 
+# A debug variant for the fault-injection tests: the same release outpostd
+# compiled with OUTPOST_FAULT_INJECTION (in its own build tree), in its own
+# slot and image. Release images never contain the fault code.
+build_outpostd_fault() {
+    log "building outpostd with fault injection (tests only)"
+    local f=(--scratch-path "${OUTPOST_SCRATCH:-$ROOT/.build}-fault" -c release --static-swift-stdlib
+             -Xswiftc -DOUTPOST_FAULT_INJECTION --product outpostd)
+    swift build "${f[@]}" >&2
+    cp "$(swift build "${f[@]}" --show-bin-path)/outpostd" "$OUT/bin/outpostd-fault"
+}
+
+build_fault_image() {
+    log "building out/outpost-fault.img (fault injection; tests only)"
+    "$OUT/bin/outpost" slot build --outpostd "$OUT/bin/outpostd-fault" --image-version "$VERSION" \
+        --trust "${OUTPOST_TRUST_DIR:-$OUT/keys}" \
+        --output "$OUT/slot-fault.img" --work "$OUT/slot-work-fault" --quiet
+    "$OUT/bin/outpost" image build --layout partitions/layout.json --config "$OUT/dev-config" \
+        --slot "$OUT/slot-fault.img" --efi "$OUT/efi" --measurements "$OUT/measurements-fault.json" \
+        --output "$OUT/outpost-fault.img" --quiet
+}
+
 # out/update.bundle for the image just built, signed with a development key
 # created on first use (production keys come from OUTPOST_SIGNING_KEY).
 build_bundle() {
@@ -130,6 +151,8 @@ case "${1:-build}" in
         ;;
     test)
         build_all
+        build_outpostd_fault
+        build_fault_image
         run_tests
         ;;
     -h|--help|help)

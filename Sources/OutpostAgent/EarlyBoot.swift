@@ -79,12 +79,8 @@ public enum EarlyBoot {
         var persistMounted = false
         do {
             let outcome = try bringUp(persistMounted: &persistMounted)
-            if let reason = outcome.rescueReason {
-                Console.line("rescue slot=\(outcome.slotName) reason=\(reason)")
-            } else {
-                Console.line("ready slot=\(outcome.slotName) version=\(outcome.version)")
-            }
-            InitProcess.run(persistMount: outcome.persistMounted ? DataPartitions.persistMount : nil)
+            // InitProcess prints the ready/rescue line: it carries last-boot=<reason>.
+            InitProcess.run(outcome: outcome, persistMount: outcome.persistMounted ? DataPartitions.persistMount : nil)
         } catch {
             Console.attachIfNeeded()
             Console.line("error: \(error)")

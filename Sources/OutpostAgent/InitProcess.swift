@@ -1,8 +1,11 @@
-// What PID 1 does once the system is up (until the supervisor lands): reap
-// orphans, and turn SIGTERM/SIGINT/SIGPWR into an orderly power-off.
+// What PID 1 does once the system is up: run the supervisor (Agent), reap
+// every child through the one Reaper, and turn SIGTERM/SIGINT/SIGPWR, the
+// ACPI power button and supervisor requests into an orderly stop.
 //
-// Signals are blocked and taken synchronously with sigwaitinfo(2): no signal
-// handler ever runs, so nothing async-signal-unsafe can happen in one.
+// Signals are blocked and taken synchronously with sigtimedwait(2): no signal
+// handler ever runs, so nothing async-signal-unsafe can happen in one. The
+// 1 s timeout is the loop's tick: it reports the loop's own liveness, so a
+// hung PID 1 loop stops the watchdog feed.
 
 #if canImport(Glibc)
 import Glibc
@@ -15,7 +18,8 @@ public enum InitProcess {
     static let handled: [Int32] = [SIGCHLD, SIGTERM, SIGINT, SIGPWR, SIGHUP]
 
     /// Blocks the handled signals. Call first thing in main, before any child
-    /// exists, so that no SIGCHLD or SIGTERM can be lost.
+    /// or thread exists, so that no SIGCHLD or SIGTERM can be lost and every
+    /// thread inherits the mask (only the PID 1 loop takes them).
     public static func blockSignals() {
         var set = signalSet()
         sigprocmask(SIG_BLOCK, &set, nil)
@@ -23,42 +27,76 @@ public enum InitProcess {
         _ = OutpostShims_reboot(Int32(OutpostShims_RebootDisableCAD))
     }
 
-    /// The PID 1 loop. Returns never: it ends in power-off.
-    public static func run(persistMount: String?) -> Never {
+    /// Starts the supervisor, prints the ready (or rescue) line with the last
+    /// boot's reason, and runs the PID 1 loop. Never returns.
+    public static func run(outcome: BootOutcome, persistMount: String?) -> Never {
+        let agent = Agent(slot: outcome.slotName, version: outcome.version, persistMount: persistMount)
+        let lastBoot = "last-boot=\(agent.lastBoot.reason.rawValue)"
+        if let reason = outcome.rescueReason {
+            Console.line("rescue slot=\(outcome.slotName) reason=\(reason) \(lastBoot)")
+        } else {
+            Console.line("ready slot=\(outcome.slotName) version=\(outcome.version) \(lastBoot)")
+        }
+        if agent.lastBoot.reason != .firstBoot {
+            var line = "last boot: \(agent.lastBoot.reason.rawValue)"
+            if let component = agent.lastBoot.component { line += " component=\(component)" }
+            if let time = agent.lastBoot.time { line += " time=\(time)" }
+            if let detail = agent.lastBoot.detail { line += " (\(detail))" }
+            Console.line(line)
+        }
+        agent.start()
+
         var set = signalSet()
+        var timeout = timespec(tv_sec: 1, tv_nsec: 0)
         while true {
-            let signal = sigwaitinfo(&set, nil)
+            let signal = sigtimedwait(&set, nil, &timeout)
+            var request: ShutdownRequest?
             switch signal {
             case SIGCHLD:
-                reapAll()
+                agent.reaper.reapAll()
             case SIGTERM, SIGINT, SIGPWR:
-                Console.line("stopping: signal \(signal), powering off")
-                shutdown(persistMount: persistMount, powerOff: true)
+                request = ShutdownRequest(reason: .user, powerOff: true, detail: "signal \(signal)")
             default:
-                continue // EINTR, SIGHUP: nothing to do yet
+                break // timeout (EAGAIN), EINTR, SIGHUP
             }
+            if let pending = agent.tick() { request = request ?? pending }
+            if let request { stop(agent, request) }
+        }
+    }
+
+    /// The orderly stop: record why, stop components, then the common path.
+    static func stop(_ agent: Agent, _ request: ShutdownRequest) -> Never {
+        agent.beginShutdown(request)
+        shutdown(persistMount: agent.persistMount, powerOff: request.powerOff, reaper: agent.reaper) {
+            agent.disarmWatchdog()
         }
     }
 
     /// Collects every exited child without blocking.
     static func reapAll() {
         var status: Int32 = 0
-        while waitpid(-1, &status, WNOHANG) > 0 {}
+        while true {
+            let pid = waitpid(-1, &status, WNOHANG)
+            if pid > 0 || (pid < 0 && errno == EINTR) { continue }
+            return
+        }
     }
 
-    /// Stops all other processes, flushes and unmounts PERSIST, then powers
-    /// off or reboots. Unmount failures fall back to a read-only remount so
-    /// the ext4 journal is clean either way.
-    public static func shutdown(persistMount: String?, powerOff: Bool) -> Never {
+    /// Stops all other processes, flushes and unmounts PERSIST, runs
+    /// `beforeReboot` (the watchdog's magic close), then powers off or
+    /// reboots. Unmount failures fall back to a read-only remount so the ext4
+    /// journal is clean either way.
+    public static func shutdown(persistMount: String?, powerOff: Bool, reaper: Reaper? = nil,
+                                beforeReboot: () -> Void = {}) -> Never {
         _ = kill(-1, SIGTERM)
         let deadline = Sys.monotonicMilliseconds() + 3000
         while Sys.monotonicMilliseconds() < deadline {
-            reapAll()
+            if let reaper { reaper.reapAll() } else { reapAll() }
             if kill(-1, 0) != 0 && errno == ESRCH { break }
             Sys.sleep(milliseconds: 100)
         }
         _ = kill(-1, SIGKILL)
-        reapAll()
+        if let reaper { reaper.reapAll() } else { reapAll() }
         sync()
         if let persistMount {
             do {
@@ -68,6 +106,8 @@ public enum InitProcess {
             }
         }
         sync()
+        beforeReboot()
+        Console.line(powerOff ? "halt: powering off" : "halt: rebooting")
         _ = OutpostShims_reboot(Int32(powerOff ? OutpostShims_RebootPowerOff : OutpostShims_RebootRestart))
         // Only reached when not PID 1 or without CAP_SYS_BOOT (tests).
         exit(1)

@@ -3,10 +3,12 @@
 #include <errno.h>
 #include <linux/dm-ioctl.h>
 #include <linux/blkpg.h>
+#include <linux/watchdog.h>
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -157,4 +159,37 @@ int OutpostShims_blkpg_resize_partition(int disk_fd, int partno,
     arg.datalen = sizeof(part);
     arg.data = &part;
     return ioctl(disk_fd, BLKPG, &arg);
+}
+
+// --- hardware watchdog -------------------------------------------------------
+
+int OutpostShims_watchdog_getsupport(int fd, char identity[33], uint32_t *options) {
+    struct watchdog_info info;
+    memset(&info, 0, sizeof(info));
+    if (ioctl(fd, WDIOC_GETSUPPORT, &info) != 0) return -1;
+    memcpy(identity, info.identity, sizeof(info.identity));
+    identity[sizeof(info.identity)] = 0;
+    *options = info.options;
+    return 0;
+}
+
+int OutpostShims_watchdog_settimeout(int fd, int *seconds) {
+    return ioctl(fd, WDIOC_SETTIMEOUT, seconds);
+}
+
+int OutpostShims_watchdog_gettimeout(int fd, int *seconds) {
+    return ioctl(fd, WDIOC_GETTIMEOUT, seconds);
+}
+
+int OutpostShims_watchdog_keepalive(int fd) {
+    int dummy = 0;
+    return ioctl(fd, WDIOC_KEEPALIVE, &dummy);
+}
+
+int OutpostShims_watchdog_getbootstatus(int fd, int *flags) {
+    return ioctl(fd, WDIOC_GETBOOTSTATUS, flags);
+}
+
+void OutpostShims_set_thread_name(const char *name) {
+    prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
 }

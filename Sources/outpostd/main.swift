@@ -1,5 +1,7 @@
 // outpostd: the device agent. As PID 1 (/init of the initramfs) it runs
-// early boot and then stays PID 1; see OutpostAgent/EarlyBoot.swift.
+// early boot and then stays PID 1 as the supervisor; see
+// OutpostAgent/EarlyBoot.swift and OutpostAgent/InitProcess.swift. Any other
+// invocation is a client command (`outpostd status`), see AgentCommand.
 
 #if canImport(Glibc)
 import Glibc
@@ -10,6 +12,4 @@ if getpid() == 1 {
     EarlyBoot.runAsInit()
 }
 
-let message = "outpostd: early boot runs only as PID 1 (the initramfs /init)\n"
-_ = message.withCString { write(2, $0, strlen($0)) }
-exit(2)
+exit(AgentCommand.main(CommandLine.arguments))

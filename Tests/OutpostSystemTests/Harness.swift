@@ -40,15 +40,18 @@ struct Harness {
         }
         var ready: Bool { console.contains("outpost: ready ") }
         func line(containing s: String) -> String? {
-            console.split(whereSeparator: { $0 == "\n" || $0 == "\r" }).map(String.init).first { $0.contains(s) }
+            // "\r\n" is a single Character; isNewline covers it, "\n" and "\r".
+            console.split(whereSeparator: { $0.isNewline }).map(String.init).first { $0.contains(s) }
         }
     }
 
     /// Boots until one of `until` appears on the console or `timeout` passes.
-    func boot(until: [String] = ["outpost: ready", "outpost: error:", "outpost: rescue"], timeout: Int = 240) throws -> Boot {
+    func boot(until: [String] = ["outpost: ready", "outpost: error:", "outpost: rescue"], timeout: Int = 240,
+              disks: [String] = []) throws -> Boot {
         let log = dir + "/console-\(UInt32.random(in: 0...UInt32.max)).log"
         var args = [Harness.outpost, "run", "--headless", "--timeout", String(timeout), "--console-log", log]
         for u in until { args += ["--until", u] }
+        for d in disks { args += ["--disk", d] }
         let r = try Harness.sh(args + [image], check: false)
         let console = (try? String(contentsOfFile: log, encoding: .utf8)) ?? r.out
         return Boot(exitCode: r.status, console: console)
@@ -129,5 +132,138 @@ struct Harness {
             throw NSError(domain: "\(argv.joined(separator: " ")) exited \(r.status)", code: Int(r.status))
         }
         return r
+    }
+}
+
+// MARK: - Supervisor tests: live boots, the QEMU monitor, writing PERSIST
+
+extension Harness {
+    /// A private copy of another image of the build (e.g. the fault-injection image).
+    init(_ tag: String, imageNamed name: String) throws {
+        let source = Harness.out + "/" + name
+        guard FileManager.default.fileExists(atPath: source) else { throw Missing(path: source) }
+        dir = NSTemporaryDirectory() + "outpost-sys-\(tag)-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        image = dir + "/disk.img"
+        try Harness.sh(["cp", "--sparse=always", source, image])
+    }
+
+    /// Writes `text` to `path` inside PERSIST (the guest must be stopped):
+    /// extract the partition, debugfs -w, write it back in place.
+    func writePersistFile(_ path: String, _ text: String) throws {
+        let g = try gpt()
+        guard let n = g.number(named: "PERSIST") else { throw Missing(path: "PERSIST partition") }
+        let p = g.entries[n - 1]
+        let fs = dir + "/persist-w.fs", local = dir + "/persist-w.txt"
+        try text.write(toFile: local, atomically: true, encoding: .utf8)
+        try Harness.sh(["dd", "if=\(image)", "of=\(fs)", "bs=512", "skip=\(p.firstLBA)", "count=\(p.sectorCount)",
+                        "conv=sparse", "status=none"])
+        _ = try Harness.sh(["e2fsck", "-fy", fs], check: false)
+        let parent = (path as NSString).deletingLastPathComponent
+        _ = try Harness.sh(["debugfs", "-w", "-R", "mkdir \(parent)", fs], check: false)
+        _ = try Harness.sh(["debugfs", "-w", "-R", "rm \(path)", fs], check: false)
+        try Harness.sh(["debugfs", "-w", "-R", "write \(local) \(path)", fs])
+        try Harness.sh(["dd", "if=\(fs)", "of=\(image)", "bs=512", "seek=\(p.firstLBA)", "conv=notrunc,sparse",
+                        "status=none"])
+        try? FileManager.default.removeItem(atPath: fs)
+    }
+
+    /// A QEMU boot running in the background: console lines with the host
+    /// time they appeared, and the monitor for system_powerdown.
+    final class LiveBoot {
+        let process = Process()
+        let log: String
+        let monitor: String
+        private var offset = 0
+        private var partial = ""
+        private(set) var lines: [(at: Date, text: String)] = []
+
+        init(_ h: Harness, timeout: Int) throws {
+            log = h.dir + "/live-\(UInt32.random(in: 0...UInt32.max)).log"
+            monitor = h.dir + "/mon-\(UInt32.random(in: 0...UInt32.max)).sock"
+            process.executableURL = URL(fileURLWithPath: Harness.outpost)
+            // A marker that never appears: the boot ends when the guest powers off or at the timeout.
+            process.arguments = ["run", "--headless", "--timeout", String(timeout), "--console-log", log,
+                                 "--monitor", monitor, "--until", "never-printed-marker", h.image]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+        }
+
+        /// Reads new console lines; returns the first line containing `text`
+        /// seen at or after line index `from`, waiting up to `timeout` seconds.
+        @discardableResult
+        func wait(for text: String, after from: Int = 0, timeout: Double) -> (index: Int, at: Date, text: String)? {
+            let deadline = Date().addingTimeInterval(timeout)
+            while true {
+                poll()
+                if let i = lines.indices.first(where: { $0 >= from && lines[$0].text.contains(text) }) {
+                    return (i, lines[i].at, lines[i].text)
+                }
+                if Date() > deadline || (!process.isRunning && lines.count == lineCountAtExit()) { return nil }
+                usleep(100_000)
+            }
+        }
+
+        private var exitLines: Int?
+        private func lineCountAtExit() -> Int {
+            if exitLines == nil { poll(); exitLines = lines.count }
+            return exitLines ?? lines.count
+        }
+
+        func poll() {
+            guard let handle = FileHandle(forReadingAtPath: log) else { return }
+            defer { try? handle.close() }
+            try? handle.seek(toOffset: UInt64(offset))
+            let data = handle.readDataToEndOfFile()
+            offset += data.count
+            partial += String(decoding: data, as: UTF8.self)
+            let now = Date()
+            while let nl = partial.firstIndex(where: { $0 == "\n" || $0 == "\r\n" }) {
+                lines.append((now, String(partial[..<nl])))
+                partial.removeSubrange(...nl)
+            }
+        }
+
+        /// Sends one command to the QEMU monitor (human monitor protocol).
+        func monitorCommand(_ command: String) throws {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                let bytes = Array(monitor.utf8)
+                raw.copyBytes(from: bytes)
+                raw[bytes.count] = 0
+            }
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
+            guard connected == 0 else { throw NSError(domain: "monitor connect \(monitor): errno \(errno)", code: 1) }
+            let line = Array((command + "\n").utf8)
+            _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            usleep(500_000)
+        }
+
+        /// Waits for QEMU (and `outpost run`) to end; stops it at the deadline.
+        func waitForExit(timeout: Double) -> Bool {
+            let deadline = Date().addingTimeInterval(timeout)
+            while process.isRunning && Date() < deadline { usleep(200_000) }
+            let exited = !process.isRunning
+            if !exited {
+                // quit through the monitor so `outpost run` stops its own QEMU and swtpm.
+                try? monitorCommand("quit")
+                let grace = Date().addingTimeInterval(15)
+                while process.isRunning && Date() < grace { usleep(200_000) }
+                if process.isRunning { process.terminate(); process.waitUntilExit() }
+            }
+            poll()
+            return exited
+        }
+
+        var console: String { lines.map(\.text).joined(separator: "\n") }
     }
 }

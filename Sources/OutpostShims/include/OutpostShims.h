@@ -67,4 +67,34 @@ int OutpostShims_spawn(const char *path, char *const argv[], char *const envp[],
 int OutpostShims_blkpg_resize_partition(int disk_fd, int partno,
                                         int64_t start_bytes, int64_t length_bytes);
 
+// prctl(PR_SET_NAME) for the calling thread: prctl is variadic and
+// pthread_setname_np is hidden behind _GNU_SOURCE in Swift's Glibc module.
+// Names (15 bytes at most) show in /proc/1/task/*/comm.
+void OutpostShims_set_thread_name(const char *name);
+
+// --- hardware watchdog (<linux/watchdog.h>) --------------------------------
+// WDIOC_* request numbers are function-like macros (_IOR/_IOWR), which Swift
+// cannot import, and ioctl(2) is variadic. `fd` is an open /dev/watchdogN.
+
+// WDIOC_GETSUPPORT: the driver's identity (NUL-terminated, at most 32 bytes
+// plus NUL into `identity`, which must hold 33) and its WDIOF_* options.
+int OutpostShims_watchdog_getsupport(int fd, char identity[33], uint32_t *options);
+// WDIOC_SETTIMEOUT: asks for `*seconds`; the driver writes back what it set.
+int OutpostShims_watchdog_settimeout(int fd, int *seconds);
+// WDIOC_GETTIMEOUT: the timeout in force.
+int OutpostShims_watchdog_gettimeout(int fd, int *seconds);
+// WDIOC_KEEPALIVE: one feed.
+int OutpostShims_watchdog_keepalive(int fd);
+// WDIOC_GETBOOTSTATUS: WDIOF_* flags for why the last boot happened
+// (WDIOF_CARDRESET: the watchdog reset the machine).
+int OutpostShims_watchdog_getbootstatus(int fd, int *flags);
+// WDIOF_* option bits are plain macros, but repeated here so Swift sees them
+// without importing the kernel UAPI header into the Swift module.
+enum {
+    OutpostShims_WDIOF_CARDRESET = 0x0020,
+    OutpostShims_WDIOF_SETTIMEOUT = 0x0080,
+    OutpostShims_WDIOF_MAGICCLOSE = 0x0100,
+    OutpostShims_WDIOF_KEEPALIVEPING = 0x8000
+};
+
 #endif
