@@ -24,7 +24,7 @@ PACKAGES=(
     qemu-utils qemu-system-x86 ovmf swtpm swtpm-tools
     cryptsetup-bin squashfs-tools cpio gzip xz-utils zstd kmod
     libblkid-dev libnl-3-dev libnl-route-3-dev libtss2-dev pkg-config
-    dpkg-dev openssl iproute2 dnsmasq busybox-static
+    dpkg-dev openssl iproute2 dnsmasq busybox-static binutils
 )
 
 deps() {
@@ -62,7 +62,8 @@ build_grub() {
 build_outpostd() {
     log "building outpostd (release, --static-swift-stdlib)"
     swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd >&2
-    cp "$(swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd" "$OUT/bin/outpostd"
+    # Stripped: the slot carries no debug symbols (18 MB instead of 38 MB).
+    strip -o "$OUT/bin/outpostd" "$(swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd"
 }
 
 # The development signing key, created on first use; its public half is the
@@ -100,7 +101,7 @@ build_outpostd_fault() {
     local f=(--scratch-path "${OUTPOST_SCRATCH:-$ROOT/.build}-fault" -c release --static-swift-stdlib
              -Xswiftc -DOUTPOST_FAULT_INJECTION --product outpostd)
     swift build "${f[@]}" >&2
-    cp "$(swift build "${f[@]}" --show-bin-path)/outpostd" "$OUT/bin/outpostd-fault"
+    strip -o "$OUT/bin/outpostd-fault" "$(swift build "${f[@]}" --show-bin-path)/outpostd"
 }
 
 build_fault_image() {

@@ -63,6 +63,10 @@ public struct BootOutcome: Sendable {
     public var version: String
     public var rescueReason: String?
     public var persistMounted: Bool
+    /// The whole disk holding the slot (/dev/vda) and the slot's PARTUUID:
+    /// what the update engine needs to find both slots.
+    public var diskPath: String = ""
+    public var slotPartUUID: String = ""
 }
 
 public enum EarlyBoot {
@@ -176,7 +180,8 @@ public enum EarlyBoot {
             Console.line("warning: cannot write \(BootRecord.path): \(error)")
         }
         return BootOutcome(slotName: slotName, version: version ?? "unknown",
-                           rescueReason: parameters.rescueReason, persistMounted: true)
+                           rescueReason: parameters.rescueReason, persistMounted: true,
+                           diskPath: disk.devicePath, slotPartUUID: slot.partUUID)
     }
 }
 

@@ -31,6 +31,10 @@ public enum InitProcess {
     /// boot's reason, and runs the PID 1 loop. Never returns.
     public static func run(outcome: BootOutcome, persistMount: String?) -> Never {
         let agent = Agent(slot: outcome.slotName, version: outcome.version, persistMount: persistMount)
+        if persistMount != nil, !outcome.diskPath.isEmpty {
+            agent.update = UpdateService(diskPath: outcome.diskPath, bootedPartUUID: outcome.slotPartUUID,
+                                         version: outcome.version)
+        }
         let lastBoot = "last-boot=\(agent.lastBoot.reason.rawValue)"
         if let reason = outcome.rescueReason {
             Console.line("rescue slot=\(outcome.slotName) reason=\(reason) \(lastBoot)")

@@ -112,7 +112,8 @@ public struct TrustStore {
         var out: Set<KeyID> = []
         for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            let trimmed = String(line.drop(while: { $0 == " " || $0 == "\t" || $0 == "\r" })
+                .reversed().drop(while: { $0 == " " || $0 == "\t" || $0 == "\r" }).reversed())
             if trimmed.isEmpty { continue }
             guard let id = KeyID(hex: trimmed.lowercased()) else {
                 throw .trustStore(path: path, reason: "line \(n + 1): '\(trimmed)' is not a 16-hex-digit key ID")

@@ -31,6 +31,8 @@ public final class Agent: @unchecked Sendable {
     public let supervisor: Supervisor
     let timing: Timing
     let cpu = Locked(CPUSampler())
+    /// The update flow's component; set before `start()` when PERSIST is mounted.
+    public var update: UpdateService?
     private let shutdownStartedAt = Locked<Int64?>(nil)
 
     /// Determines the last boot's reason (before anything could overwrite
@@ -76,6 +78,9 @@ public final class Agent: @unchecked Sendable {
         }
         supervisor.add(ControlSocket.spec(agent: self))
         supervisor.add(PowerButton.spec())
+        if let update {
+            supervisor.add(UpdateComponent.spec(update, supervisor: supervisor))
+        }
         supervisor.startAll()
         startFeeder()
         #if DEBUG || OUTPOST_FAULT_INJECTION

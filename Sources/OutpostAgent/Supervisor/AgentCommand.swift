@@ -13,6 +13,16 @@ public enum AgentCommand {
           reason, component states and restart counts, and the watchdog in use.
           --json   machine-readable output
 
+        usage: outpostd update apply FILE|URL [--force] [--no-reboot]
+          Verify a signed bundle (before anything is written), write it to the
+          inactive slot, read it back, mark the slot `updating` and restart into it.
+          URL is http://...; an interrupted download resumes where it stopped.
+          --force  install a version that failed before
+
+        usage: outpostd update status [--json]
+          Slots and their states, the committed version, the security floor, the
+          version in flight, failed versions and the last result with its reason.
+
         outpostd runs early boot and supervision only as PID 1 (/init).
 
         """
@@ -22,6 +32,7 @@ public enum AgentCommand {
         switch Array(arguments.dropFirst()) {
         case ["status"]: return status(json: false)
         case ["status", "--json"]: return status(json: true)
+        case let words where words.first == "update": return UpdateCommand.main(Array(words.dropFirst()))
         case ["-h"], ["--help"], ["help"], ["status", "--help"]:
             write(1, usage)
             return 0

@@ -44,6 +44,12 @@ public enum ControlSocket {
         switch request {
         case "status": reply = report.text()
         case "status --json": reply = report.json()
+        case let r where r.hasPrefix("reboot-update "):
+            // `outpostd update apply` installed a bundle into this slot: restart into it.
+            let slot = String(r.dropFirst("reboot-update ".count))
+            agent.supervisor.requestShutdown(ShutdownRequest(reason: .update, powerOff: false, component: "update",
+                                                             expectedSlot: slot, detail: "booting the update in \(slot)"))
+            reply = "ok: restarting into \(slot)\n"
         default: reply = "error: unknown request '\(request)'\n"
         }
         try? Sys.writeAll(client, Array(reply.utf8), target: path)

@@ -1,0 +1,118 @@
+// `outpostd update apply|status`, run beside PID 1 (a debug shell, a
+// maintenance session). It drives the same engine the update component
+// uses, so a bundle is held to exactly the same checks.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import FoundationEssentials
+import OutpostBundle
+import OutpostUpdate
+
+enum UpdateCommand {
+    static func main(_ words: [String]) -> Int32 {
+        switch words.first {
+        case "apply":
+            let rest = Array(words.dropFirst())
+            guard let source = rest.first(where: { !$0.hasPrefix("--") }) else { return usage("apply needs FILE or URL") }
+            return apply(source, force: rest.contains("--force"), reboot: !rest.contains("--no-reboot"))
+        case "status":
+            return status(json: words.contains("--json"))
+        default:
+            return usage("unknown update command '\(words.joined(separator: " "))'")
+        }
+    }
+
+    static func usage(_ message: String) -> Int32 {
+        AgentCommand.write(2, "outpostd: \(message)\n" + AgentCommand.usage)
+        return 2
+    }
+
+    static func fail(_ message: String) -> Int32 {
+        AgentCommand.write(2, "outpostd: update: \(message)\n")
+        return 1
+    }
+
+    /// The booted slot and its disk, from the kernel command line.
+    static func service() throws -> UpdateService {
+        let cmdline = try Sys.readText("/proc/cmdline")
+        let parameters = try BootParameters(commandLine: cmdline)
+        guard let (disk, _) = BlockDevices.waitForPartition(partUUID: parameters.slotPartUUID, timeoutMilliseconds: 1000) else {
+            throw UpdateCommandError("the booted slot PARTUUID=\(parameters.slotPartUUID) is not on any disk")
+        }
+        let version = (try? Sys.readText(OutpostRelease.path)).flatMap(OutpostRelease.version(fromFileText:)) ?? "unknown"
+        return UpdateService(diskPath: disk.devicePath, bootedPartUUID: parameters.slotPartUUID, version: version)
+    }
+
+    static func apply(_ source: String, force: Bool, reboot: Bool) -> Int32 {
+        do {
+            let service = try service()
+            let engine = try service.engine()
+            var file = source
+            if source.hasPrefix("http://") {
+                file = service.paths.stateDirectory + "/download.bundle"
+                AgentCommand.write(1, "downloading \(source)\n")
+                try HTTPDownload(url: source, destination: file).run()
+            } else if source.contains("://") {
+                return fail("only local files and http:// URLs are supported: \(source)")
+            }
+            var options = InstallOptions()
+            options.force = force
+            let booted = try engine.slotNumber(partUUID: service.bootedPartUUID)
+            let report = try engine.install(try FilePayloadSource(path: file), booted: booted, options: options)
+            AgentCommand.write(1, "installed \(report.version) into \(report.slot) (signed by \(report.signedBy))\n")
+            if source.hasPrefix("http://") { _ = unlink(file) }
+            guard reboot else { return 0 }
+            let reply = try ControlSocket.request("reboot-update \(report.slot)")
+            AgentCommand.write(1, reply)
+            return reply.hasPrefix("ok") ? 0 : 1
+        } catch {
+            return fail("\(error)")
+        }
+    }
+
+    static func status(json: Bool) -> Int32 {
+        do {
+            let service = try service()
+            let engine = try service.engine()
+            let status = try engine.status(booted: try engine.slotNumber(partUUID: service.bootedPartUUID))
+            AgentCommand.write(1, json ? try render(json: status) : render(text: status))
+            return 0
+        } catch {
+            return fail("\(error)")
+        }
+    }
+
+    static func render(text s: UpdateStatus) -> String {
+        var out = "booted: \(s.booted)\n"
+        for slot in s.slots { out += "slot \(slot.name) (partition \(slot.number)): \(slot.state)\n" }
+        out += "committed version: \(s.state.committedVersion ?? "-")\n"
+        out += "security floor: \(s.state.securityFloor)\n"
+        if let p = s.state.pending { out += "in flight: \(p.version) in \(p.slot)\n" }
+        for f in s.state.failed { out += "failed: \(f.version) in \(f.slot): \(f.reason)\n" }
+        if let r = s.state.lastResult {
+            out += "last result: \(r.outcome.rawValue) \(r.version ?? "")\(r.reason.map { ": \($0)" } ?? "")\n"
+        }
+        return out
+    }
+
+    struct StatusJSON: Encodable {
+        struct Slot: Encodable { var name: String; var number: Int; var state: String }
+        var booted: String
+        var slots: [Slot]
+        var state: DeviceUpdateState
+    }
+
+    static func render(json s: UpdateStatus) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let body = StatusJSON(booted: s.booted, slots: s.slots.map { .init(name: $0.name, number: $0.number, state: $0.state) },
+                              state: s.state)
+        return String(decoding: try encoder.encode(body), as: UTF8.self) + "\n"
+    }
+}
+
+struct UpdateCommandError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
