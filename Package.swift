@@ -18,6 +18,7 @@ let package = Package(
         // The one C shim: function-like kernel macros, ioctls, fork/exec.
         .target(name: "OutpostShims"),
         .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
+        .systemLibrary(name: "CNetlink", pkgConfig: "libnl-route-3.0", providers: [.apt(["libnl-route-3-dev"])]),
 
         // The on-disk contract: GPT, slot attributes, boot selection. Pure Swift.
         .target(name: "OutpostDisk"),
@@ -44,12 +45,14 @@ let package = Package(
         // Device side: early boot, supervisor, updater.
         .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle"]),
         .executableTarget(name: "outpostd", dependencies: ["OutpostAgent"]),
+        .target(name: "OutpostNetwork", dependencies: ["CNetlink"]),
 
         .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk"]),
         .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle"]),
         .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk"]),
         .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk"]),
         .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk"], exclude: ["boot-direct.sh"]),
+        .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork"]),
         // Boots the built image in QEMU; needs ./build.sh's outputs in out/.
         .testTarget(name: "OutpostSystemTests", dependencies: ["OutpostDisk"]),
     ],

@@ -50,21 +50,7 @@ public struct BootRecord: Equatable, Sendable {
         try AtomicFile.write(directory + "/boot.json", Array(json.utf8))
     }
 
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case _ where u.value < 0x20:
-                let hex = String(u.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        return out + "\""
-    }
+    static func quote(_ s: String) -> String { JSON.quote(s) }
 }
 
 /// Crash-safe replacement of small state files on PERSIST.

@@ -19,6 +19,9 @@ public struct QEMUOptions: Sendable {
     public var consoleLog: String?
     /// In headless mode: stop at the first console line containing any of these.
     public var untilMarkers = ["outpost: ready"]
+    /// In headless mode: after the marker, press the ACPI power button and
+    /// wait (bounded) for the guest's orderly power-off instead of stopping QEMU.
+    public var powerOffAtMarker = false
     /// Extra raw disks (e.g. update media), attached as further virtio drives.
     public var extraDisks: [String] = []
     public var extraArgs: [String] = []
@@ -76,7 +79,8 @@ public enum QEMURunner {
         for (i, d) in o.extraDisks.enumerated() {
             args += ["-drive", "file=\(d),format=raw,if=virtio,index=\(i + 1)"]
         }
-        if let m = o.monitorSocket { args += ["-monitor", "unix:\(m),server,nowait"] }
+        let monitor = o.monitorSocket ?? (o.powerOffAtMarker ? work + "/monitor.sock" : nil)
+        if let m = monitor { args += ["-monitor", "unix:\(m),server,nowait"] }
         args += ["-serial", o.headless ? "stdio" : "mon:stdio"]
         args += o.extraArgs
 
@@ -114,13 +118,58 @@ public enum QEMURunner {
             while let nl = pending.firstIndex(of: 0x0A) {
                 let line = String(decoding: pending[pending.startIndex..<nl], as: UTF8.self)
                 pending.removeSubrange(pending.startIndex...nl)
-                if o.untilMarkers.contains(where: { line.contains($0) }) { return true }
+                if o.untilMarkers.contains(where: { line.contains($0) }) {
+                    guard o.powerOffAtMarker, let monitor else { return true }
+                    // Press the power button every 3 s until the guest is off: the
+                    // agent's button reader starts just after the ready line, so
+                    // a single early press can be lost. Bounded to 90 s.
+                    let presser = DispatchWorkItem {
+                        for _ in 0..<30 where qemu.isRunning {
+                            try? sendMonitor(monitor, "system_powerdown")
+                            for _ in 0..<30 where qemu.isRunning { usleep(100_000) }
+                        }
+                        stop(qemu)
+                    }
+                    DispatchQueue.global().async(execute: presser)
+                    // The console until QEMU exits: the guest's orderly power-off.
+                    while true {
+                        let rest = out.fileHandleForReading.availableData
+                        if rest.isEmpty { break }
+                        FileHandle.standardOutput.write(rest)
+                        log?.write(rest)
+                    }
+                    qemu.waitUntilExit()
+                    return true
+                }
             }
         }
         if timedOut.value {
             throw BuilderError.io(path: o.image, message: "no '\(o.untilMarkers.joined(separator: "' or '"))' line within \(Int(o.timeout ?? 0)) s")
         }
         return false
+    }
+
+    /// Sends one command to the QEMU monitor's UNIX socket.
+    static func sendMonitor(_ path: String, _ command: String) throws {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw BuilderError.io(path: path, message: "socket: errno \(errno)") }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw BuilderError.io(path: path, message: "monitor socket path too long")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard ok == 0 else { throw BuilderError.io(path: path, message: "cannot connect to the QEMU monitor: errno \(errno)") }
+        let line = Array((command + "\n").utf8)
+        _ = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        usleep(200_000)   // let QEMU read it before the socket closes
     }
 
     static func path(_ tool: String) throws -> String {

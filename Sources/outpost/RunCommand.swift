@@ -20,6 +20,8 @@ struct Run: ParsableCommand {
     @Option(help: "Expose the QEMU monitor on this UNIX socket.") var monitor: String?
     @Option(help: "Number of virtio NICs (user-mode networking).") var nics = 1
     @Option(help: "Also copy the serial console to this file.") var consoleLog: String?
+    @Flag(help: "With --headless: at the marker, press the power button and wait for the guest to power off.")
+    var powerOff = false
     @Option(help: "Attach another raw disk, e.g. update media (repeatable).") var disk: [String] = []
     @Option(help: "With --headless: stop at a console line containing this text (repeatable).")
     var until: [String] = ["outpost: ready"]
@@ -36,6 +38,7 @@ struct Run: ParsableCommand {
         o.consoleLog = consoleLog
         o.untilMarkers = until
         o.extraDisks = disk
+        o.powerOffAtMarker = powerOff
         let ready = try QEMURunner.run(o)
         if headless && !ready { throw ExitCode.failure }
     }

@@ -47,11 +47,12 @@ struct Harness {
 
     /// Boots until one of `until` appears on the console or `timeout` passes.
     func boot(until: [String] = ["outpost: ready", "outpost: error:", "outpost: rescue"], timeout: Int = 240,
-              disks: [String] = []) throws -> Boot {
+              disks: [String] = [], powerOff: Bool = false) throws -> Boot {
         let log = dir + "/console-\(UInt32.random(in: 0...UInt32.max)).log"
         var args = [Harness.outpost, "run", "--headless", "--timeout", String(timeout), "--console-log", log]
         for u in until { args += ["--until", u] }
         for d in disks { args += ["--disk", d] }
+        if powerOff { args.append("--power-off") }
         let r = try Harness.sh(args + [image], check: false)
         let console = (try? String(contentsOfFile: log, encoding: .utf8)) ?? r.out
         return Boot(exitCode: r.status, console: console)

@@ -1,0 +1,94 @@
+import Foundation
+import Testing
+@testable import OutpostNetwork
+
+let goodConfig = """
+{ "ports": {
+    "eth0":  { "mode": "static", "address": "10.1.0.2/24", "gateway": "10.1.0.1", "dns": ["10.1.0.53"], "cost": 10 },
+    "wlan0": { "mode": "static", "address": "10.2.0.2/24", "gateway": "10.2.0.1", "dns": ["10.2.0.53"], "cost": 20,
+               "proxy": "http://proxy.example:3128" },
+    "wwan0": { "mode": "dhcp", "cost": 100 } } }
+"""
+
+@Test func staticAndDhcpPortsParseWithCostOrder() throws {
+    let config = try NetworkConfig(json: Data(goodConfig.utf8))
+    #expect(config.portsByPreference.map(\.name) == ["eth0", "wlan0", "wwan0"])
+    let wlan = try #require(config.ports.first { $0.name == "wlan0" })
+    #expect(wlan.proxy == "http://proxy.example:3128")
+    #expect(wlan.mode == .staticAddress(address: IPv4("10.2.0.2")!, prefixLength: 24, gateway: IPv4("10.2.0.1")!, dns: [IPv4("10.2.0.53")!]))
+    #expect(config.ports.first { $0.name == "wwan0" }?.mode == .dhcp)
+}
+
+@Test(arguments: [
+    (#"{"ports": {"eth0": {"mode": "static", "address": "10.1.0.300/24", "gateway": "10.1.0.1", "cost": 1}}}"#, "ports.eth0.address"),
+    (#"{"ports": {"eth0": {"mode": "static", "address": "10.1.0.2", "gateway": "10.1.0.1", "cost": 1}}}"#, "ports.eth0.address"),
+    (#"{"ports": {"eth0": {"mode": "static", "address": "10.1.0.2/24", "cost": 1}}}"#, "ports.eth0.gateway"),
+    (#"{"ports": {"eth0": {"mode": "dhcp"}}}"#, "ports.eth0.cost"),
+    (#"{"ports": {"eth0": {"mode": "dhcp", "cost": "low"}}}"#, "ports.eth0.cost"),
+    (#"{"ports": {"eth0": {"mode": "pppoe", "cost": 1}}}"#, "ports.eth0.mode"),
+    (#"{"ports": {"eth0": {"mode": "dhcp", "cost": true}}}"#, "ports.eth0.cost"),
+    (#"{"ports": {"eth0": {"mode": "dhcp", "cost": 1.5}}}"#, "ports.eth0.cost"),
+    (#"{"ports": {"eth9": {"mode": "dhcp", "cost": 1}}}"#, "ports.eth9"),
+    (#"{"ports": {"eth0": {"mode": "dhcp", "cost": 1, "proxy": "socks://x"}}}"#, "ports.eth0.proxy"),
+    (#"{"ports": {"eth0": {"mode": "static", "address": "10.1.0.2/24", "gateway": "10.1.0.1", "dns": ["x"], "cost": 1}}}"#, "ports.eth0.dns[0]"),
+    (#"{"portz": {}}"#, "ports"),
+])
+func invalidFieldIsNamedInOneLine(json: String, field: String) {
+    do {
+        _ = try NetworkConfig(json: Data(json.utf8))
+        Issue.record("accepted invalid config")
+    } catch {
+        #expect(error.description.contains(field + ":"), "\(error.description)")
+        #expect(!error.description.contains("\n"))
+    }
+}
+
+@Test func malformedConfigKeepsThePreviousOne() throws {
+    var slot = ConfigSlot()
+    let accepted = slot.offer(Data(goodConfig.utf8))
+    #expect(accepted)
+    let before = slot.current
+    let rejected = slot.offer(Data("{ \"ports\": ".utf8))
+    #expect(!rejected)
+    #expect(slot.current == before)
+    #expect(slot.lastError == .malformedJSON(detail: "not valid JSON"))
+}
+
+@Test func randomBytesNeverCrashTheParser() {
+    var rng = SystemRandomNumberGenerator()
+    let base = Array(goodConfig.utf8)
+    for _ in 0..<500 {
+        var bytes = base
+        for _ in 0..<Int.random(in: 1...8, using: &rng) {
+            bytes[Int.random(in: 0..<bytes.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
+        }
+        _ = try? NetworkConfig(json: Data(bytes))
+    }
+}
+
+@Test func lastKnownGoodIsNewestFirstDeduplicatedAndSurvivesReload() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lkg-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let store = LastKnownGoodStore(directory: dir, capacity: 2)
+    #expect(try store.load().isEmpty)
+    let a = try NetworkConfig(json: Data(goodConfig.utf8))
+    let b = try NetworkConfig(json: Data(#"{"ports": {"wlan0": {"mode": "dhcp", "cost": 5}}}"#.utf8))
+    let c = try NetworkConfig(json: Data(#"{"ports": {"wwan0": {"mode": "dhcp", "cost": 5}}}"#.utf8))
+    try store.remember(a)
+    try store.remember(b)
+    try store.remember(a)
+    #expect(try LastKnownGoodStore(directory: dir, capacity: 2).load().map(\.ports) == [a.ports, b.ports])
+    try store.remember(c)
+    #expect(try store.load().map(\.ports) == [c.ports, a.ports])
+    #expect(!FileManager.default.fileExists(atPath: store.path + ".tmp"))
+}
+
+@Test func corruptLastKnownGoodFileIsReportedWithItsPath() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lkg-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let store = LastKnownGoodStore(directory: dir)
+    try Data("{".utf8).write(to: URL(fileURLWithPath: store.path))
+    #expect(throws: LastKnownGoodError.corrupt(path: store.path, detail: "not a JSON list")) { try store.load() }
+}

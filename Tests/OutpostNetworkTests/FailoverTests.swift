@@ -1,0 +1,120 @@
+import Foundation
+import Testing
+@testable import OutpostNetwork
+
+/// Host tests in network namespaces: need root and iproute2; serialised because each one
+/// cuts links on a timeline.
+@Suite(.serialized, .enabled(if: getuid() == 0, "needs root for network namespaces"))
+struct FailoverTests {
+    @Test func carrierLossMovesDefaultRouteToWlan0AndProbeSucceedsUnderOneSecond() throws {
+        let net = try NamespaceHarness()
+        defer { net.tearDown() }
+        let manager = try net.manager(holdDown: .seconds(1))
+        try manager.start()
+        defer { manager.stop() }
+        try #require(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "eth0" } != nil)
+        #expect(net.probeViaDefaultRoute(timeout: .milliseconds(500)) == "eth0-side")
+        #expect(try sh("ip", "-n", net.device, "route", "show", "default", "metric", "0").contains("dev eth0"))
+
+        // Let eth0 settle as in the field: see the linkwatch note in benchmarkCarrierCuts.
+        Thread.sleep(forTimeInterval: 2.5)
+        let cut = ContinuousClock.now
+        try net.setEthCarrier(false)
+        let latency = NamespaceHarness.waitUntil(.seconds(3), every: 0) { net.probeViaDefaultRoute(timeout: .milliseconds(20)) == "wlan0-side" }
+            .map { _ in cut.duration(to: .now) }
+        let switched = manager.snapshot().changes.last.map { cut.duration(to: $0.at) }
+        print("failover: carrier drop → route on wlan0 \(switched.map { "\($0)" } ?? "-"), → first probe through wlan0 \(latency.map { "\($0)" } ?? "timeout")")
+        let measured = try #require(latency)
+        #expect(measured < .seconds(1))
+        #expect(manager.snapshot().active == "wlan0")
+        #expect(try sh("ip", "-n", net.device, "route", "show", "default", "metric", "0").contains("dev wlan0"))
+        #expect(try String(contentsOfFile: net.workDir + "/resolv.conf", encoding: .utf8).contains("nameserver 10.2.0.53"))
+
+        // eth0 returns, but only once it has been usable for the hold-down.
+        let restored = ContinuousClock.now
+        try net.setEthCarrier(true)
+        let back = try #require(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "eth0" })
+        print("failover: eth0 restored → route back after \(back) (hold-down 1 s)")
+        #expect(back >= .milliseconds(950))
+        // Hold-down, plus up to ~1 s of kernel linkwatch batching of the carrier-up event.
+        #expect(restored.duration(to: .now) < .milliseconds(3500))
+        #expect(net.probeViaDefaultRoute(timeout: .milliseconds(500)) == "eth0-side")
+        #expect(manager.snapshot().lastError == nil)
+    }
+
+    @Test func eth0FlappingTenTimesASecondCausesBoundedRouteChangesAndProbeKeepsWorking() throws {
+        let net = try NamespaceHarness()
+        defer { net.tearDown() }
+        let manager = try net.manager(holdDown: .seconds(1))
+        try manager.start()
+        defer { manager.stop() }
+        try #require(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "eth0" } != nil)
+        let before = manager.snapshot().routeChanges
+        // Let eth0 settle first, so the first cut is not held back by linkwatch batching.
+        Thread.sleep(forTimeInterval: 2.5)
+
+        var probes = 0
+        var failures: [Int] = []
+        let start = ContinuousClock.now
+        // 60 cycles on a fixed 100 ms timeline (50 ms down, 50 ms up): 10 flaps a second for 6 s.
+        for cycle in 0..<60 {
+            let t = start + .milliseconds(cycle * 100)
+            sleep(until: t)
+            try net.setEthCarrier(false)
+            sleep(until: t + .milliseconds(50))
+            try net.setEthCarrier(true)
+            if cycle > 0 { // the first cut is the failover itself
+                probes += 1
+                if net.probeViaDefaultRoute(timeout: .milliseconds(40)) != "wlan0-side" { failures.append(cycle) }
+            }
+        }
+        let flapping = start.duration(to: .now)
+        let changes = manager.snapshot().routeChanges - before
+        print("flapping: \(flapping), route changes \(changes), probes \(probes), failed in cycles \(failures)")
+        // One move to wlan0; a return needs a full hold-down of stable eth0, which never happens.
+        #expect(changes <= 2)
+        #expect(failures.isEmpty, "probe failed in cycles \(failures)")
+        // Once eth0 is stable it returns after the hold-down.
+        #expect(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "eth0" } != nil)
+    }
+
+    @Test func benchmarkCarrierCuts() throws {
+        guard let n = ProcessInfo.processInfo.environment["OUTPOST_BENCH_CUTS"].flatMap(Int.init), n > 0 else { return }
+        let net = try NamespaceHarness()
+        defer { net.tearDown() }
+        let manager = try net.manager(holdDown: .milliseconds(300))
+        try manager.start()
+        defer { manager.stop() }
+        var samples: [Double] = []
+        var restored = ContinuousClock.now
+        for _ in 0..<min(n, 1000) {
+            try #require(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "eth0" } != nil)
+            // The kernel's linkwatch batches non-urgent link events (carrier off is one) to about
+            // one run a second, so a cut soon after the previous link event is reported up to
+            // ~300 ms late (measured: 1.1 s after restore still was). Cut a link that has been
+            // up for 2.5 s, as in the field; OUTPOST_BENCH_SETTLE_MS shows the other case.
+            sleep(until: restored + .milliseconds(ProcessInfo.processInfo.environment["OUTPOST_BENCH_SETTLE_MS"].flatMap(Int.init) ?? 2500))
+            try #require(NamespaceHarness.waitUntil(.seconds(2)) { net.probeViaDefaultRoute(timeout: .milliseconds(200)) == "eth0-side" } != nil)
+            let cut = ContinuousClock.now
+            try net.setEthCarrier(false)
+            try #require(NamespaceHarness.waitUntil(.seconds(3), every: 0) { net.probeViaDefaultRoute(timeout: .milliseconds(20)) == "wlan0-side" } != nil)
+            let latency = cut.duration(to: .now)
+            if ProcessInfo.processInfo.environment["OUTPOST_BENCH_VERBOSE"] != nil {
+                print("cut: route switch \(manager.snapshot().changes.last.map { cut.duration(to: $0.at) } ?? .zero), probe \(latency)")
+            }
+            samples.append(Double(latency.components.attoseconds) / 1e15 + Double(latency.components.seconds) * 1000)
+            try net.setEthCarrier(true)
+            restored = .now
+        }
+        samples.sort()
+        func pct(_ p: Double) -> Double { samples[min(samples.count - 1, Int((Double(samples.count) * p).rounded(.up)) - 1)] }
+        print(String(format: "BENCH failover cuts=%d p50=%.1fms p99=%.1fms max=%.1fms", samples.count, pct(0.5), pct(0.99), samples.last ?? 0))
+        #expect(pct(0.99) < 1000)
+    }
+}
+
+private func sleep(until instant: ContinuousClock.Instant) {
+    let left = ContinuousClock.now.duration(to: instant)
+    guard left > .zero else { return }
+    Thread.sleep(forTimeInterval: Double(left.components.seconds) + Double(left.components.attoseconds) / 1e18)
+}
