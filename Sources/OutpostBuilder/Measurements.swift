@@ -141,9 +141,12 @@ public enum GrubMeasurements {
     /// Predicts PCR 8 and PCR 9 after GRUB hands over to the kernel.
     public static func predict(_ inputs: GrubBootInputs) throws(MeasurementError) -> PCRPrediction {
         let events = try self.events(inputs)
-        var pcrs = [stringPCR: [UInt8](repeating: 0, count: 32), binaryPCR: [UInt8](repeating: 0, count: 32)]
-        for e in events { pcrs[e.pcr] = extend(pcrs[e.pcr]!, e.digest) }
-        return PCRPrediction(pcr8: pcrs[stringPCR]!, pcr9: pcrs[binaryPCR]!, events: events)
+        let zero = [UInt8](repeating: 0, count: 32)
+        var pcr8 = zero, pcr9 = zero
+        for e in events {
+            if e.pcr == stringPCR { pcr8 = extend(pcr8, e.digest) } else { pcr9 = extend(pcr9, e.digest) }
+        }
+        return PCRPrediction(pcr8: pcr8, pcr9: pcr9, events: events)
     }
 
     /// The ordered event list (both PCRs interleaved as GRUB runs).
