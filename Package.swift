@@ -26,6 +26,7 @@ let package = Package(
         // Signed update bundles: manifest, signatures, trust anchors. Shared by
         // the host CLI and the device.
         .target(name: "OutpostBundle", dependencies: [
+            "OutpostDisk",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // The update engine over a block device: install to the inactive slot,

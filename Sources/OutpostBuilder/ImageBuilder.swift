@@ -38,22 +38,8 @@ public enum ImageBuilder {
         }
         let efiFiles = try inputs.efiDirectory.map { try listTree($0) } ?? []
 
-        let outURL = URL(fileURLWithPath: output)
-        try fm.createDirectory(at: outURL.deletingLastPathComponent(), withIntermediateDirectories: true)
-        let partial = output + ".partial"
-        let work = output + ".work"
-        try? fm.removeItem(atPath: partial)
-        try? fm.removeItem(atPath: work)
-        try fm.createDirectory(atPath: work, withIntermediateDirectories: true)
-        defer { try? fm.removeItem(atPath: work) }
-        do {
-            let gpt = try assemble(inputs, efiFiles: efiFiles, image: partial, work: work, progress: progress)
-            try? fm.removeItem(atPath: output)
-            try fm.moveItem(atPath: partial, toPath: output)
-            return gpt
-        } catch {
-            try? fm.removeItem(atPath: partial)
-            throw error
+        return try AtomicOutput.produce(output) { partial, work in
+            try assemble(inputs, efiFiles: efiFiles, image: partial, work: work, progress: progress)
         }
     }
 

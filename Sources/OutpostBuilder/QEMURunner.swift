@@ -105,7 +105,7 @@ public enum QEMURunner {
         let timer = o.timeout.map { t in watchdog(after: t) { timedOut.set(); stop(qemu) } }
         defer { timer?.cancel(); stop(qemu) }
         let log = o.consoleLog.flatMap { p -> FileHandle? in
-            fm.createFile(atPath: p, contents: nil)
+            _ = fm.createFile(atPath: p, contents: nil)
             return FileHandle(forWritingAtPath: p)
         }
         var pending = Data()

@@ -58,19 +58,9 @@ public enum SlotImageBuilder {
         for (path, what) in [(inputs.rootDirectory, "root directory"), (inputs.kernel, "kernel"), (inputs.initramfs, "initramfs")] {
             guard fm.fileExists(atPath: path) else { throw BuilderError.missingInput(path: path, what: what) }
         }
-        let work = output + ".work"
-        try? fm.removeItem(atPath: work)
-        try fm.createDirectory(atPath: work + "/boot", withIntermediateDirectories: true)
-        defer { try? fm.removeItem(atPath: work) }
-        let partial = output + ".partial"
-        do {
-            let m = try compose(inputs, work: work, image: partial, progress: progress)
-            try? fm.removeItem(atPath: output)
-            try fm.moveItem(atPath: partial, toPath: output)
-            return m
-        } catch {
-            try? fm.removeItem(atPath: partial)
-            throw error
+        return try AtomicOutput.produce(output) { partial, work in
+            try fm.createDirectory(atPath: work + "/boot", withIntermediateDirectories: true)
+            return try compose(inputs, work: work, image: partial, progress: progress)
         }
     }
 

@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import OutpostDisk
 
 // Where a bundle's bytes come from. Random access, so the reader can take the
 // header, then the payload twice (verify pass, then write pass) without
@@ -33,47 +34,36 @@ public final class MemoryPayloadSource: PayloadSource {
     }
 }
 
-/// A bundle file read with pread; EINTR retried, short reads completed.
+/// A bundle file, read through OutpostDisk's FileBlockDevice (pread, EINTR
+/// retried, short reads completed) with its errors put in bundle terms.
 public final class FilePayloadSource: PayloadSource {
     public let path: String
-    public let size: UInt64
-    private let fd: Int32
+    public var size: UInt64 { file.sectorCount }
+    private let file: FileBlockDevice
 
     public init(path: String) throws(BundleError) {
         self.path = path
-        var fd: Int32
-        repeat { fd = open(path, O_RDONLY | O_CLOEXEC) } while fd < 0 && errno == EINTR
-        guard fd >= 0 else { throw .io(call: "open", path: path, errno: errno) }
-        let end = lseek(fd, 0, SEEK_END)
-        guard end >= 0 else {
-            let e = errno
-            close(fd)
-            throw .io(call: "lseek", path: path, errno: e)
+        do { file = try FileBlockDevice(path: path, writable: false, sectorSize: 1) } catch {
+            throw Self.translate(error, path: path, offset: 0, count: 0)
         }
-        self.fd = fd
-        size = UInt64(end)
     }
 
-    deinit { close(fd) }
-
     public func read(offset: UInt64, count: Int) throws -> [UInt8] {
-        var buf = [UInt8](repeating: 0, count: count)
-        var done = 0
-        try buf.withUnsafeMutableBytes { raw in
-            guard let base = raw.baseAddress else { return }
-            while done < count {
-                let n = pread(fd, base + done, count - done, off_t(offset) + off_t(done))
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw BundleError.io(call: "pread", path: path, errno: errno)
-                }
-                if n == 0 {
-                    throw BundleError.truncated(field: "read", offset: offset + UInt64(done),
-                                                wanted: UInt64(count - done), available: 0)
-                }
-                done += n
-            }
+        do { return try file.readBytes(offset: offset, count: count) } catch {
+            throw Self.translate(error, path: path, offset: offset, count: count)
         }
-        return buf
+    }
+
+    static func translate(_ error: Error, path: String, offset: UInt64, count: Int) -> BundleError {
+        switch error as? BlockDeviceError {
+        case let .io(call, _, errno)?:
+            return .io(call: call, path: path, errno: errno)
+        case let .outOfRange(at, _)?:
+            // With 1-byte sectors the "LBA" is the byte offset where data ran out.
+            let wanted = offset + UInt64(count) > at ? offset + UInt64(count) - at : 0
+            return .truncated(field: "read", offset: at, wanted: wanted, available: 0)
+        default:
+            return .io(call: "read", path: path, errno: EIO)
+        }
     }
 }

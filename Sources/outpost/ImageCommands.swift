@@ -37,27 +37,17 @@ struct ImageBuild: ParsableCommand {
         let gpt = try ImageBuilder.build(inputs, output: output, progress: progress)
         if let qcow2 {
             progress.step(1, of: 1, "converting to qcow2: \(qcow2)")
-            try? FileManager.default.removeItem(atPath: qcow2)
-            do {
-                try Tool.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", output, qcow2 + ".partial"])
-                try FileManager.default.moveItem(atPath: qcow2 + ".partial", toPath: qcow2)
-            } catch {
-                try? FileManager.default.removeItem(atPath: qcow2 + ".partial")
-                throw error
-            }
+            try convertToQcow2(output, output: qcow2)
         }
         if let measurements {
             try writeMeasurements(gpt: gpt, to: measurements)
             progress.step(1, of: 1, "predicted PCR 8/9 written to \(measurements)")
         }
+        // The summary re-reads what was written, so it shows the disk as tools will see it.
+        guard json || !quiet else { return }
         let device = try FileBlockDevice(path: output, writable: false)
         let report = DiskReport(image: output, device: device, result: try GPTDisk.read(device))
-        if json {
-            print(try report.json())
-        } else if !quiet {
-            print(report.text())
-            _ = gpt
-        }
+        print(json ? try report.json() : report.text())
     }
 }
 
