@@ -19,6 +19,7 @@ let package = Package(
         .target(name: "OutpostShims"),
         .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
         .systemLibrary(name: "CNetlink", pkgConfig: "libnl-route-3.0", providers: [.apt(["libnl-route-3-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
 
         // The on-disk contract: GPT, slot attributes, boot selection. Pure Swift.
         .target(name: "OutpostDisk"),
@@ -43,8 +44,12 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
+        // HTTP/1.1 over TCP or TLS (system OpenSSL), pinned to a port or through a
+        // proxy: downloads, connectivity probes, the controller.
+        .target(name: "OutpostHTTP", dependencies: ["COpenSSL"]),
+
         // Device side: early boot, supervisor, updater.
-        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle"]),
+        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP"]),
         .executableTarget(name: "outpostd", dependencies: ["OutpostAgent"]),
         .target(name: "OutpostNetwork", dependencies: ["CNetlink"]),
 
@@ -54,6 +59,7 @@ let package = Package(
         .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk"]),
         .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk"], exclude: ["boot-direct.sh"]),
         .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork"]),
+        .testTarget(name: "OutpostHTTPTests", dependencies: ["OutpostHTTP"]),
         // Boots the built image in QEMU; needs ./build.sh's outputs in out/.
         .testTarget(name: "OutpostSystemTests", dependencies: ["OutpostDisk"]),
     ],

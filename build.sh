@@ -23,7 +23,7 @@ PACKAGES=(
     gdisk cgpt dosfstools mtools e2fsprogs fdisk util-linux
     qemu-utils qemu-system-x86 ovmf swtpm swtpm-tools
     cryptsetup-bin squashfs-tools cpio gzip xz-utils zstd kmod
-    libblkid-dev libnl-3-dev libnl-route-3-dev libtss2-dev pkg-config
+    libblkid-dev libnl-3-dev libnl-route-3-dev libtss2-dev libssl-dev pkg-config
     dpkg-dev openssl iproute2 dnsmasq busybox-static binutils
 )
 

@@ -13,10 +13,12 @@ public enum AgentCommand {
           reason, component states and restart counts, and the watchdog in use.
           --json   machine-readable output
 
-        usage: outpostd update apply FILE|URL [--force] [--no-reboot]
+        usage: outpostd update apply FILE|URL [--ca PEM]... [--force] [--no-reboot]
           Verify a signed bundle (before anything is written), write it to the
           inactive slot, read it back, mark the slot `updating` and restart into it.
-          URL is http://...; an interrupted download resumes where it stopped.
+          URL is http:// or https://; an interrupted download resumes where it
+          stopped. HTTPS trusts the --ca files, else /config/root-certificate.pem,
+          and the system store.
           --force  install a version that failed before
 
         usage: outpostd update status [--json]

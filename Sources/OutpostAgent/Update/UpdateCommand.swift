@@ -7,6 +7,7 @@ import Glibc
 #endif
 import FoundationEssentials
 import OutpostBundle
+import OutpostHTTP
 import OutpostUpdate
 
 enum UpdateCommand {
@@ -14,8 +15,22 @@ enum UpdateCommand {
         switch words.first {
         case "apply":
             let rest = Array(words.dropFirst())
-            guard let source = rest.first(where: { !$0.hasPrefix("--") }) else { return usage("apply needs FILE or URL") }
-            return apply(source, force: rest.contains("--force"), reboot: !rest.contains("--no-reboot"))
+            var caFiles: [String] = [], positional: [String] = [], force = false, reboot = true
+            var words = rest.makeIterator()
+            while let word = words.next() {
+                switch word {
+                case "--ca":
+                    guard let file = words.next() else { return usage("--ca needs a PEM file") }
+                    caFiles.append(file)
+                case "--force": force = true
+                case "--no-reboot": reboot = false
+                default:
+                    if word.hasPrefix("--") { return usage("unknown option '\(word)' for update apply") }
+                    positional.append(word)
+                }
+            }
+            guard positional.count == 1, let source = positional.first else { return usage("apply needs one FILE or URL") }
+            return apply(source, caFiles: caFiles, force: force, reboot: reboot)
         case "status":
             return status(json: words.contains("--json"))
         default:
@@ -44,24 +59,41 @@ enum UpdateCommand {
         return UpdateService(diskPath: disk.devicePath, bootedPartUUID: parameters.slotPartUUID, version: version)
     }
 
-    static func apply(_ source: String, force: Bool, reboot: Bool) -> Int32 {
+    /// Trust for https:// downloads: the files given with --ca, else the
+    /// controller CA from CONFIG when there is one; the system store too.
+    static func tlsContext(caFiles: [String], paths: UpdatePaths) throws -> TLSContext {
+        let files = caFiles.isEmpty ? [paths.controllerCAFile].filter(Sys.exists) : caFiles
+        return try TLSContext(caFiles: files, systemDefaults: true)
+    }
+
+    static func apply(_ source: String, caFiles: [String], force: Bool, reboot: Bool) -> Int32 {
         do {
             let service = try service()
             let engine = try service.engine()
             var file = source
-            if source.hasPrefix("http://") {
+            let remote = source.contains("://")
+            if remote {
+                let url = try HTTPURL(source)
                 file = service.paths.stateDirectory + "/download.bundle"
-                AgentCommand.write(1, "downloading \(source)\n")
-                try HTTPDownload(url: source, destination: file).run()
-            } else if source.contains("://") {
-                return fail("only local files and http:// URLs are supported: \(source)")
+                AgentCommand.write(1, "downloading \(url)\n")
+                var options = HTTPOptions()
+                options.tls = try tlsContext(caFiles: caFiles, paths: service.paths)
+                var lastPercent = -1
+                try HTTPDownload(url: url, destination: file, options: options).run { have, total in
+                    guard let total, total > 0 else { return }
+                    let percent = Int(have * 100 / total)
+                    if percent / 10 != lastPercent / 10 {
+                        lastPercent = percent
+                        AgentCommand.write(1, "downloaded \(have >> 20) of \(total >> 20) MiB (\(percent)%)\n")
+                    }
+                }
             }
             var options = InstallOptions()
             options.force = force
             let booted = try engine.slotNumber(partUUID: service.bootedPartUUID)
             let report = try engine.install(try FilePayloadSource(path: file), booted: booted, options: options)
             AgentCommand.write(1, "installed \(report.version) into \(report.slot) (signed by \(report.signedBy))\n")
-            if source.hasPrefix("http://") { _ = unlink(file) }
+            if remote { _ = unlink(file) }
             guard reboot else { return 0 }
             let reply = try ControlSocket.request("reboot-update \(report.slot)")
             AgentCommand.write(1, reply)

@@ -1,0 +1,196 @@
+// One TCP connection, optionally pinned to an interface and optionally
+// wrapped in TLS, with every step bounded by a deadline. Non-blocking
+// sockets and poll(2): a dead path costs at most the caller's timeout, and
+// a probe of a backup port can run beside a download on the active one.
+//
+//   socket ─ SO_BINDTODEVICE? ─ connect ─ (CONNECT through proxy)? ─ TLS? ─ read/write
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import COpenSSL
+
+final class Connection {
+    let fd: Int32
+    /// What error messages call this connection ("https://host:port/path").
+    let label: String
+    private var ssl: OpaquePointer?
+
+    private init(fd: Int32, label: String) {
+        self.fd = fd
+        self.label = label
+    }
+
+    deinit {
+        if let ssl { SSL_free(ssl) }
+        close(fd)
+    }
+
+    /// Resolves `host`, then tries each address until one connects.
+    static func open(host: String, port: Int, device: String?, label: String,
+                     until deadline: ContinuousClock.Instant) throws(HTTPError) -> Connection {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, String(port), &hints, &list)
+        guard rc == 0, let first = list else { throw .resolve(host: host, detail: String(cString: gai_strerror(rc))) }
+        defer { freeaddrinfo(list) }
+        var lastError = HTTPError.resolve(host: host, detail: "no address")
+        var cursor: UnsafeMutablePointer<addrinfo>? = first
+        while let ai = cursor {
+            cursor = ai.pointee.ai_next
+            let fd = socket(ai.pointee.ai_family, ai.pointee.ai_socktype | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue),
+                            ai.pointee.ai_protocol)
+            guard fd >= 0 else { lastError = .system(call: "socket", target: label, errno: errno); continue }
+            let connection = Connection(fd: fd, label: label)
+            do {
+                if let device {
+                    let ok = device.withCString { setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, $0, socklen_t(strlen($0) + 1)) }
+                    guard ok == 0 else { throw HTTPError.system(call: "SO_BINDTODEVICE \(device)", target: label, errno: errno) }
+                }
+                if Glibc.connect(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) != 0 {
+                    guard errno == EINPROGRESS || errno == EINTR else { throw HTTPError.system(call: "connect", target: label, errno: errno) }
+                    try connection.wait(for: Int16(POLLOUT), until: deadline, step: "connect")
+                    var error: Int32 = 0
+                    var length = socklen_t(MemoryLayout<Int32>.size)
+                    guard getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 else {
+                        throw HTTPError.system(call: "getsockopt(SO_ERROR)", target: label, errno: errno)
+                    }
+                    guard error == 0 else { throw HTTPError.system(call: "connect", target: label, errno: error) }
+                }
+                return connection
+            } catch {
+                lastError = error as? HTTPError ?? lastError
+                if case .timeout = lastError { throw lastError }
+            }
+        }
+        throw lastError
+    }
+
+    // MARK: TLS
+
+    /// Runs the TLS handshake and checks the server's certificate against
+    /// `context`'s anchors and `host` (a name, or an IP literal in the SAN).
+    func startTLS(_ context: TLSContext, host: String, until deadline: ContinuousClock.Instant) throws(HTTPError) {
+        guard let ssl = SSL_new(context.context) else { throw .tls(step: "setup", target: label, detail: TLSContext.lastError()) }
+        self.ssl = ssl
+        guard let bio = COpenSSL_socket_bio(fd) else { throw .tls(step: "setup", target: label, detail: "cannot allocate a BIO") }
+        SSL_set_bio(ssl, bio, bio)
+        if Self.isIPLiteral(host) {
+            guard X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) == 1 else {
+                throw .tls(step: "setup", target: label, detail: "cannot verify against address \(host)")
+            }
+        } else {
+            guard SSL_set1_host(ssl, host) == 1, COpenSSL_set_sni(ssl, host) == 1 else {
+                throw .tls(step: "setup", target: label, detail: "cannot verify against name \(host)")
+            }
+        }
+        while true {
+            ERR_clear_error()
+            let rc = SSL_connect(ssl)
+            if rc == 1 { return }
+            let code = SSL_get_error(ssl, rc)
+            switch code {
+            case SSL_ERROR_WANT_READ: try wait(for: Int16(POLLIN), until: deadline, step: "TLS handshake")
+            case SSL_ERROR_WANT_WRITE: try wait(for: Int16(POLLOUT), until: deadline, step: "TLS handshake")
+            default:
+                let verify = SSL_get_verify_result(ssl)
+                if verify != X509_V_OK {
+                    throw .tls(step: "handshake", target: label,
+                               detail: "certificate not trusted: \(String(cString: X509_verify_cert_error_string(verify)))")
+                }
+                let detail = TLSContext.lastError()
+                throw .tls(step: "handshake", target: label, detail: detail.isEmpty ? "\(Self.describe(code)) (errno \(errno))" : detail)
+            }
+        }
+    }
+
+    static func isIPLiteral(_ host: String) -> Bool {
+        var v4 = in_addr(), v6 = in6_addr()
+        return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
+    }
+
+    static func describe(_ sslError: Int32) -> String {
+        switch sslError {
+        case SSL_ERROR_ZERO_RETURN: return "the server closed the TLS session"
+        case SSL_ERROR_SYSCALL: return "the connection failed under TLS"
+        case SSL_ERROR_SSL: return "protocol error"
+        default: return "SSL error \(sslError)"
+        }
+    }
+
+    // MARK: I/O
+
+    func writeAll(_ bytes: [UInt8], until deadline: ContinuousClock.Instant) throws(HTTPError) {
+        var done = 0
+        while done < bytes.count {
+            let n = try bytes.withTypedBytes { (raw) throws(HTTPError) -> Int in
+                try write(UnsafeRawBufferPointer(rebasing: raw[done...]), until: deadline)
+            }
+            done += n
+        }
+    }
+
+    /// Writes some of `bytes`; waits while the socket is full.
+    private func write(_ bytes: UnsafeRawBufferPointer, until deadline: ContinuousClock.Instant) throws(HTTPError) -> Int {
+        while true {
+            if let ssl {
+                ERR_clear_error()
+                let n = SSL_write(ssl, bytes.baseAddress, Int32(min(bytes.count, Int(Int32.max))))
+                if n > 0 { return Int(n) }
+                try waitForTLS(ssl, n, until: deadline, step: "send")
+            } else {
+                let n = send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
+                if n > 0 { return n }
+                guard n < 0, errno == EAGAIN || errno == EINTR else { throw .system(call: "send", target: label, errno: errno) }
+                try wait(for: Int16(POLLOUT), until: deadline, step: "send")
+            }
+        }
+    }
+
+    /// Reads what is available (waiting for at least one byte); 0 at the end of the stream.
+    func read(into buffer: UnsafeMutableRawBufferPointer, until deadline: ContinuousClock.Instant) throws(HTTPError) -> Int {
+        while true {
+            if let ssl {
+                ERR_clear_error()
+                let n = SSL_read(ssl, buffer.baseAddress, Int32(min(buffer.count, Int(Int32.max))))
+                if n > 0 { return Int(n) }
+                let code = SSL_get_error(ssl, n)
+                if code == SSL_ERROR_ZERO_RETURN { return 0 }
+                // With SSL_OP_IGNORE_UNEXPECTED_EOF a bare TCP close is a clean end.
+                if code == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && (n == 0 || errno == ECONNRESET) { return 0 }
+                try waitForTLS(ssl, n, until: deadline, step: "receive")
+            } else {
+                let n = recv(fd, buffer.baseAddress, buffer.count, 0)
+                if n >= 0 { return n }
+                if errno == ECONNRESET { return 0 }
+                guard errno == EAGAIN || errno == EINTR else { throw .system(call: "recv", target: label, errno: errno) }
+                try wait(for: Int16(POLLIN), until: deadline, step: "receive")
+            }
+        }
+    }
+
+    private func waitForTLS(_ ssl: OpaquePointer, _ rc: Int32, until deadline: ContinuousClock.Instant, step: String) throws(HTTPError) {
+        let code = SSL_get_error(ssl, rc)
+        switch code {
+        case SSL_ERROR_WANT_READ: try wait(for: Int16(POLLIN), until: deadline, step: step)
+        case SSL_ERROR_WANT_WRITE: try wait(for: Int16(POLLOUT), until: deadline, step: step)
+        default:
+            let detail = TLSContext.lastError()
+            throw .tls(step: step, target: label, detail: detail.isEmpty ? Self.describe(code) : detail)
+        }
+    }
+
+    func wait(for events: Int16, until deadline: ContinuousClock.Instant, step: String) throws(HTTPError) {
+        while true {
+            let left = ContinuousClock.now.duration(to: deadline)
+            guard left > .zero else { throw .timeout(step: step, target: label) }
+            let ms = Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
+            var p = pollfd(fd: fd, events: events, revents: 0)
+            let r = poll(&p, 1, ms)
+            if r > 0 { return }
+            if r < 0 && errno != EINTR { throw .system(call: "poll", target: label, errno: errno) }
+        }
+    }
+}
