@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Benchmark: slot write throughput of the update engine (UpdateEngine.install
-# against a GPT disk image file: verify pass, write+hash pass with fsync,
-# read-back after dropping the page cache, GPT update) against
+# Benchmark: slot write throughput of the update engine (`outpost bundle
+# install`, release build: UpdateEngine.install against a GPT disk image file:
+# verify pass, write+hash pass with fsync, read-back after dropping the page
+# cache, GPT update) against
 # `dd oflag=direct conv=fsync` of the same payload to a file of the same size
 # on the same filesystem, both measured in this run. Medians of 3.
 #   SCRATCH=.build-update bench/slot-write.sh [PAYLOAD_MIB]
@@ -12,8 +13,6 @@ SCRATCH=${SCRATCH:-.build}
 MIB=${1:-200}
 swift build -c release --scratch-path "$SCRATCH" --product outpost >/dev/null
 BIN=$(swift build -c release --scratch-path "$SCRATCH" --product outpost --show-bin-path)/outpost
-# The engine driver is a test (the outpost CLI does not link OutpostUpdate).
-swift build --scratch-path "$SCRATCH" --build-tests >/dev/null
 W=$(mktemp -d /var/tmp/outpost-slotbench.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 
@@ -40,11 +39,9 @@ for i in 1 2 3; do
     make_disk
     rm -rf "$W/state"; mkdir -p "$W/state"
     sync
-    line=$(OUTPOST_BENCH_IMAGE="$W/disk.img" OUTPOST_BENCH_BUNDLE="$W/update.bundle" OUTPOST_BENCH_TRUST="$W/keys" \
-        OUTPOST_BENCH_STATE="$W/state" swift test --scratch-path "$SCRATCH" --skip-build \
-        --filter 'SlotWriteBench' 2>&1 | grep '^BENCH')
-    eng_w+=("$(sed -E 's/.*write=([0-9.]+).*/\1/' <<<"$line")")
-    eng_t+=("$(sed -E 's/.*total=([0-9.]+).*/\1/' <<<"$line")")
+    line=$("$BIN" bundle install --json --disk "$W/disk.img" --trust "$W/keys" --state "$W/state" "$W/update.bundle")
+    eng_w+=("$(sed -E 's/.*"writeSeconds":([0-9.]+).*/\1/' <<<"$line")")
+    eng_t+=("$(sed -E 's/.*"totalSeconds":([0-9.]+).*/\1/' <<<"$line")")
     [ "$i" = 1 ] && echo "engine run 1: $line"
 
     rm -f "$W/dd.img"; truncate -s 256M "$W/dd.img"; sync

@@ -24,6 +24,9 @@ public struct QEMUOptions: Sendable {
     public var powerOffAtMarker = false
     /// Extra raw disks (e.g. update media), attached as further virtio drives.
     public var extraDisks: [String] = []
+    /// In headless mode: forward standard input to the serial console, so a
+    /// script can type console commands ("update status").
+    public var consoleInput = false
     public var extraArgs: [String] = []
 
     public init(image: String) { self.image = image }
@@ -99,7 +102,7 @@ public enum QEMURunner {
         let out = Pipe()
         qemu.standardOutput = out
         qemu.standardError = out
-        qemu.standardInput = FileHandle.nullDevice
+        qemu.standardInput = o.consoleInput ? FileHandle.standardInput : FileHandle.nullDevice
         try qemu.run()
         let timedOut = TimeoutFlag()
         let timer = o.timeout.map { t in watchdog(after: t) { timedOut.set(); stop(qemu) } }

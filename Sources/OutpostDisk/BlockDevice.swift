@@ -20,6 +20,13 @@ public protocol BlockDevice: AnyObject {
     func write(lba: UInt64, bytes: [UInt8]) throws
     /// Makes every completed write durable.
     func flush() throws
+    /// A write in a long sequential run (an update payload). Devices that can
+    /// bypass the page cache do; the data is durable only after `flush`.
+    func writeBulk(lba: UInt64, bytes: [UInt8]) throws
+}
+
+extension BlockDevice {
+    public func writeBulk(lba: UInt64, bytes: [UInt8]) throws { try write(lba: lba, bytes: bytes) }
 }
 
 /// A block device held in memory: for unit tests and the power-cut simulator.

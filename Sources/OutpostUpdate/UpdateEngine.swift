@@ -154,22 +154,52 @@ public final class UpdateEngine {
         let ss = device.sectorSize
         let chunk = max(ss, chunkSize / ss * ss)
         let total = bundle.manifest.payloadSize
-        var digest = PayloadDigest(bundle.manifest)
+        let digest = DigestBox(PayloadDigest(bundle.manifest))
         var done: UInt64 = 0
-        while done < total {
-            let n = Int(min(UInt64(chunk), total - done))
-            var bytes: [UInt8]
-            do { bytes = try source.read(offset: bundle.payloadOffset + done, count: n) } catch let e as BundleError {
-                throw .bundle(e)
-            } catch { throw .bundle(.source(offset: bundle.payloadOffset + done, reason: "\(error)")) }
-            digest.update(bytes)
-            if bytes.count % ss != 0 { bytes += repeatElement(0, count: ss - bytes.count % ss) }
-            let lba = slot.firstLBA + done / UInt64(ss)
-            try io("writing slot \(slot.name)", offset: lba * UInt64(ss)) { try device.write(lba: lba, bytes: bytes) }
-            done += UInt64(n)
-            progress?(.writing, done, total)
+        let device = self.device
+        let writer = try PipelineStage { (lba, bytes) throws(UpdateError) in
+            try io("writing slot \(slot.name)", offset: lba * UInt64(ss)) { try device.writeBulk(lba: lba, bytes: bytes) }
         }
-        do { try digest.finish() } catch { throw .bundle(error) }
+        let hasher: PipelineStage
+        do {
+            hasher = try PipelineStage { (lba, bytes) throws(UpdateError) in
+                let useful = min(UInt64(bytes.count), total - (lba - slot.firstLBA) * UInt64(ss))
+                digest.value.update(useful == UInt64(bytes.count) ? bytes : Array(bytes[..<Int(useful)]))
+                try writer.submit(lba: lba, bytes: bytes)
+            }
+        } catch {
+            try writer.finish()
+            throw error
+        }
+        func stop() throws(UpdateError) {
+            // The hash stage feeds the writer: stop it first. A write failure takes precedence.
+            let hashFailure: UpdateError?
+            do { try hasher.finish(); hashFailure = nil } catch { hashFailure = error }
+            try writer.finish()
+            if let hashFailure { throw hashFailure }
+        }
+        do {
+            while done < total {
+                let n = Int(min(UInt64(chunk), total - done))
+                var bytes: [UInt8]
+                do { bytes = try source.read(offset: bundle.payloadOffset + done, count: n) } catch let e as BundleError {
+                    throw UpdateError.bundle(e)
+                } catch { throw UpdateError.bundle(.source(offset: bundle.payloadOffset + done, reason: "\(error)")) }
+                guard bytes.count == n else {
+                    throw UpdateError.bundle(.source(offset: bundle.payloadOffset + done, reason: "short read: \(bytes.count) of \(n) bytes"))
+                }
+                if bytes.count % ss != 0 { bytes += repeatElement(0, count: ss - bytes.count % ss) }
+                try hasher.submit(lba: slot.firstLBA + done / UInt64(ss), bytes: bytes)
+                done += UInt64(n)
+                progress?(.writing, done, total)
+            }
+        } catch {
+            try stop()
+            throw error as? UpdateError ?? .deviceOther(phase: "writing slot \(slot.name)", offset: done, reason: "\(error)")
+        }
+        try stop()
+        let digestValue = digest.value
+        do { try digestValue.finish() } catch { throw .bundle(error) }
         try io("flushing slot \(slot.name)", offset: slot.firstLBA * UInt64(ss)) { try device.flush() }
     }
 
@@ -229,4 +259,11 @@ struct SlotPair {
         self.booted = b.partition
         other = o.partition
     }
+}
+
+/// The running payload digest, owned by the hash stage's thread until the
+/// pipeline is joined.
+final class DigestBox: @unchecked Sendable {
+    var value: PayloadDigest
+    init(_ value: PayloadDigest) { self.value = value }
 }

@@ -69,7 +69,7 @@ struct KeysID: ParsableCommand {
 struct BundleCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bundle", abstract: "Create and verify signed update bundles.",
-        subcommands: [BundleCreate.self, BundleVerify.self])
+        subcommands: [BundleCreate.self, BundleVerify.self, BundleInstall.self])
 }
 
 struct BundleCreate: ParsableCommand {

@@ -23,6 +23,8 @@ struct Run: ParsableCommand {
     @Flag(help: "With --headless: at the marker, press the power button and wait for the guest to power off.")
     var powerOff = false
     @Option(help: "Attach another raw disk, e.g. update media (repeatable).") var disk: [String] = []
+    @Flag(help: "With --headless: forward standard input to the serial console (scripted console commands).")
+    var consoleInput = false
     @Option(help: "With --headless: stop at a console line containing this text (repeatable).")
     var until: [String] = ["outpost: ready"]
 
@@ -39,6 +41,7 @@ struct Run: ParsableCommand {
         o.untilMarkers = until
         o.extraDisks = disk
         o.powerOffAtMarker = powerOff
+        o.consoleInput = consoleInput
         let ready = try QEMURunner.run(o)
         if headless && !ready { throw ExitCode.failure }
     }

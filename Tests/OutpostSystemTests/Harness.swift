@@ -180,13 +180,23 @@ extension Harness {
         private var partial = ""
         private(set) var lines: [(at: Date, text: String)] = []
 
-        init(_ h: Harness, timeout: Int) throws {
+        private var input: FileHandle?
+
+        /// `arguments` go to `outpost run` (e.g. "--disk", "--nics"); with
+        /// `consoleInput`, `type(_:)` sends text to the serial console.
+        init(_ h: Harness, timeout: Int, arguments: [String] = [], consoleInput: Bool = false) throws {
             log = h.dir + "/live-\(UInt32.random(in: 0...UInt32.max)).log"
             monitor = h.dir + "/mon-\(UInt32.random(in: 0...UInt32.max)).sock"
             process.executableURL = URL(fileURLWithPath: Harness.outpost)
             // A marker that never appears: the boot ends when the guest powers off or at the timeout.
             process.arguments = ["run", "--headless", "--timeout", String(timeout), "--console-log", log,
-                                 "--monitor", monitor, "--until", "never-printed-marker", h.image]
+                                 "--monitor", monitor, "--until", "never-printed-marker"]
+                + arguments + (consoleInput ? ["--console-input"] : []) + [h.image]
+            if consoleInput {
+                let pipe = Pipe()
+                process.standardInput = pipe
+                input = pipe.fileHandleForWriting
+            }
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
             try process.run()
@@ -225,6 +235,12 @@ extension Harness {
                 lines.append((now, String(partial[..<nl])))
                 partial.removeSubrange(...nl)
             }
+        }
+
+        /// Types `text` on the serial console (needs `consoleInput`).
+        func type(_ text: String) throws {
+            guard let input else { throw NSError(domain: "LiveBoot started without console input", code: 1) }
+            try input.write(contentsOf: Data(text.utf8))
         }
 
         /// Sends one command to the QEMU monitor (human monitor protocol).

@@ -78,6 +78,7 @@ public final class Agent: @unchecked Sendable {
         }
         supervisor.add(ControlSocket.spec(agent: self))
         supervisor.add(PowerButton.spec())
+        supervisor.add(ConsoleCommands.spec(agent: self))
         if let update {
             supervisor.add(UpdateComponent.spec(update, supervisor: supervisor))
         }

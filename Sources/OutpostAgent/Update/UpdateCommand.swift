@@ -105,14 +105,18 @@ enum UpdateCommand {
 
     static func status(json: Bool) -> Int32 {
         do {
-            let service = try service()
-            let engine = try service.engine()
-            let status = try engine.status(booted: try engine.slotNumber(partUUID: service.bootedPartUUID))
-            AgentCommand.write(1, json ? try render(json: status) : render(text: status))
+            AgentCommand.write(1, try report(try service(), json: json))
             return 0
         } catch {
             return fail("\(error)")
         }
+    }
+
+    /// `update status` for `service`: from the command line and the local console.
+    static func report(_ service: UpdateService, json: Bool) throws -> String {
+        let engine = try service.engine()
+        let status = try engine.status(booted: try engine.slotNumber(partUUID: service.bootedPartUUID))
+        return json ? try render(json: status) : render(text: status)
     }
 
     static func render(text s: UpdateStatus) -> String {

@@ -1,0 +1,74 @@
+// Read-only commands typed on the local serial console. A technician at the
+// device (or a developer in `outpost run`) gets the same reports as
+// `outpostd status` and `outpostd update status` without a shell, which the
+// image does not have. Nothing typed here changes the device: every command
+// only renders live state, so a console is no way around signed updates.
+//
+//   ttyS0 (canonical mode: the kernel hands over whole lines)
+//     "status"          → the supervisor's status report
+//     "update status"   → slots, versions, last result and its reason
+//     "help"            → this list
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum ConsoleCommands {
+    static let path = "/dev/console"
+    static let help = ["console commands (read-only):", "  status          components, watchdog, last boot",
+                       "  update status   slots, versions, last update result", "  help            this list"]
+
+    static func spec(agent: Agent) -> ComponentSpec {
+        ComponentSpec(name: "console", livenessDeadlineMilliseconds: 30_000, body: .task { context in
+            let fd = try Sys.open(path, O_RDONLY | O_NOCTTY | O_NONBLOCK)
+            defer { Sys.close(fd) }
+            try context.beat()
+            var pending: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 512)
+            while !context.isStopping {
+                var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+                let ready = poll(&fds, 1, 5000)
+                if ready < 0 && errno != EINTR { throw SystemCallError(call: "poll", target: path, errno: errno) }
+                try context.beat()
+                guard ready > 0 else { continue }
+                let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+                if count < 0 && errno != EAGAIN && errno != EINTR { throw SystemCallError(call: "read", target: path, errno: errno) }
+                if count == 0 || fds[0].revents & Int16(POLLHUP) != 0 {
+                    // No terminal behind the console (hung up): nothing to serve; check again later.
+                    _ = context.sleep(milliseconds: 5000)
+                    continue
+                }
+                guard count > 0 else { continue }
+                pending += buffer[0..<count]
+                while let newline = pending.firstIndex(where: { $0 == 10 || $0 == 13 }) {
+                    let line = String(decoding: pending[..<newline], as: UTF8.self)
+                    pending.removeSubrange(...newline)
+                    for reply in respond(to: line, agent: agent) { Console.line(reply) }
+                }
+                if pending.count > 1024 { pending.removeAll() }   // a runaway line is no command
+            }
+        })
+    }
+
+    /// The reply lines for one typed line; none for an empty one.
+    static func respond(to typed: String, agent: Agent) -> [String] {
+        let words = typed.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        switch words {
+        case []: return []
+        case ["help"]: return help
+        case ["status"]: return lines(StatusReport(agent: agent).text())
+        case ["update", "status"], ["update", "status", "--json"]:
+            guard let update = agent.update else { return ["update status: not available (PERSIST is not mounted)"] }
+            do { return lines(try UpdateCommand.report(update, json: words.count == 3)) } catch {
+                return ["update status: \(error)"]
+            }
+        default:
+            let shown = String(typed.unicodeScalars.filter { $0.value >= 32 && $0.value < 127 }.prefix(40))
+            return ["unknown console command '\(shown)'; type help"]
+        }
+    }
+
+    static func lines(_ text: String) -> [String] {
+        text.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+    }
+}
