@@ -17,7 +17,7 @@ public enum AgentCommand {
           Verify a signed bundle (before anything is written), write it to the
           inactive slot, read it back, mark the slot `updating` and restart into it.
           URL is http:// or https://; an interrupted download resumes where it
-          stopped. HTTPS trusts the --ca files, else /config/root-certificate.pem,
+          stopped. HTTPS trusts the --ca files, else /config/root-ca.pem,
           and the system store.
           --force  install a version that failed before
 

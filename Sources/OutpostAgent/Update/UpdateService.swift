@@ -18,8 +18,8 @@ public struct UpdatePaths: Sendable {
     public var stateDirectory = "/persist/update"
     public var configFile = "/config/update.json"
     public var boardFile = "/etc/outpost/board"
-    /// The controller's CA (EVE calls it root-certificate.pem), trusted for downloads too.
-    public var controllerCAFile = "/config/root-certificate.pem"
+    /// The controller's root CA from CONFIG, trusted for downloads too.
+    public var controllerCAFile = "/config/root-ca.pem"
     public init() {}
 }
 
