@@ -4,8 +4,21 @@
 # Used by ./build.sh when no --config is given; never for production devices.
 set -eu
 dir=${1:?usage: dev-config.sh DIR}
-[ -f "$dir/onboard.cert.pem" ] && exit 0
 mkdir -p "$dir"
+# The bootstrap network (rewritten every time: it is not a secret). Every port
+# on DHCP, wired first; the MACs are the ones `outpost run` gives QEMU's NICs,
+# so the kernel's eth0/eth1/eth2 become eth0/wlan0/wwan0. No probe URL: a port
+# is usable with carrier, an address and a route.
+cat > "$dir/network.json" <<'JSON'
+{
+  "ports": {
+    "eth0":  { "mode": "dhcp", "cost": 10, "mac": "52:54:00:12:34:56" },
+    "wlan0": { "mode": "dhcp", "cost": 20, "mac": "52:54:00:12:34:57" },
+    "wwan0": { "mode": "dhcp", "cost": 30, "mac": "52:54:00:12:34:58" }
+  }
+}
+JSON
+[ -f "$dir/onboard.cert.pem" ] && exit 0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 openssl ecparam -name prime256v1 -genkey -noout -out "$tmp/ca.key" 2>/dev/null
@@ -17,14 +30,4 @@ openssl x509 -req -in "$tmp/onboard.csr" -CA "$tmp/root-ca.pem" -CAkey "$tmp/ca.
 cp "$tmp/root-ca.pem" "$tmp/onboard.key.pem" "$tmp/onboard.cert.pem" "$dir/"
 cp "$tmp/ca.key" "$dir/.dev-ca.key"
 echo "https://10.0.2.2:8443" > "$dir/controller-url"
-cat > "$dir/network.json" <<'JSON'
-{
-  "version": 1,
-  "ports": [
-    { "name": "eth0", "mode": "dhcp", "cost": 0 },
-    { "name": "wlan0", "mode": "dhcp", "cost": 10 },
-    { "name": "wwan0", "mode": "dhcp", "cost": 20 }
-  ]
-}
-JSON
 chmod 600 "$dir/onboard.key.pem" "$dir/.dev-ca.key"

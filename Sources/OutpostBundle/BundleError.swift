@@ -2,6 +2,10 @@
 // (field, byte offset, key ID), because the message is all an operator of ten
 // thousand unattended devices gets to see.
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Everything that can be wrong with a bundle, a key or a trust store.
 public enum BundleError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The file ends before `field` (which starts at `offset`) is complete.
@@ -60,7 +64,7 @@ public enum BundleError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .source(offset, reason): return "reading the bundle at offset \(offset) failed: \(reason)"
         case let .key(path, reason): return "key \(path): \(reason)"
         case let .trustStore(path, reason): return "trust store \(path): \(reason)"
-        case let .io(call, path, e): return "\(call) failed on \(path) (errno \(e))"
+        case let .io(call, path, e): return "\(call) \(path): \(String(cString: strerror(e)))"
         }
     }
 }
