@@ -26,6 +26,8 @@ public struct PortReport: Sendable {
     public var lastError: String?
     /// Wall-clock seconds of the last usability change.
     public var lastChange: Int?
+    /// Why the port's last DHCP lease was lost (expiry, NAK), kept after later errors replace `lastError`.
+    public var lastLeaseLoss: String?
 }
 
 /// A snapshot for status and tests: the active port, each port's observation, and history.
@@ -318,7 +320,9 @@ public final class NetworkManager: @unchecked Sendable {
         switch event {
         case .bound(let lease):
             do {
-                try applier.install(name, rank: rank, lease.addressing, lifetime: lease.secondsLeft(at: .now))
+                // The kernel's lifetime is a backstop for a dead agent; a little grace lets the
+                // client's own expiry (which reports the loss) come first.
+                try applier.install(name, rank: rank, lease.addressing, lifetime: lease.secondsLeft(at: .now).map { $0 &+ 2 })
             } catch {
                 record(error: "\(error)", port: name)
                 return
@@ -333,6 +337,7 @@ public final class NetworkManager: @unchecked Sendable {
                 s.generation[name, default: 0] += 1
                 s.status.reports[name]?.addressing = nil
                 s.status.reports[name]?.lastError = reason
+                s.status.reports[name]?.lastLeaseLoss = reason
                 s.status.reports[name]?.lastChange = Int(time(nil))
                 s.observations[name]?.hasGateway = false
                 s.observations[name]?.hasAddress = false

@@ -16,6 +16,7 @@ struct NetworkStatusDocument: Encodable {
         var test: String
         var usable: Bool
         var lastError: String?
+        var lastLeaseLoss: String?
         /// Unix seconds of the last change of carrier, address or test result.
         var lastChange: Int?
         var renamedFrom: String?
@@ -48,7 +49,7 @@ extension NetworkService {
                 gateway: a?.gateway.map(\.description), dns: a?.dns.map(\.description) ?? [], cost: port.cost,
                 proxy: port.proxy?.description, pac: port.pac.map { "\($0) (unsupported: not evaluated, probing without it)" },
                 test: s.config?.probe == nil ? "not configured" : (o.probeOK ? "passed" : "failed"),
-                usable: o.usable, lastError: r?.lastError, lastChange: r?.lastChange,
+                usable: o.usable, lastError: r?.lastError, lastLeaseLoss: r?.lastLeaseLoss, lastChange: r?.lastChange,
                 renamedFrom: s.status?.renamed[port.name])
         }
         let document = NetworkStatusDocument(
