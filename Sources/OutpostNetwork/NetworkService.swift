@@ -142,6 +142,14 @@ public final class NetworkService: @unchecked Sendable {
                 state.withLock { $0.configError = "pushed: \(error)"; $0.lastPush = "rejected" }
                 return .rejected("\(error)")
             }
+            // The configuration already in force and working: remember it, disturb nothing.
+            if let current = state.withLock({ $0.manager }), current.config.sameSettings(as: candidate),
+               let active = current.snapshot().active {
+                var rememberError: String?
+                do { try store.remember(candidate) } catch { rememberError = "\(error)" }
+                state.withLock { $0.configError = rememberError; $0.lastPush = "unchanged"; $0.rememberWhenUsable = false }
+                return .applied(activePort: active)
+            }
             let previous = state.withLock { s -> NetworkManager? in
                 defer { s.manager = nil }
                 return s.manager
@@ -201,6 +209,17 @@ public final class NetworkService: @unchecked Sendable {
 
     /// The port carrying the default route now, if any.
     public var activePort: String? { state.withLock { $0.manager }?.snapshot().active }
+
+    /// The usable ports that share the lowest usable cost, best first: equal-cost ports share the
+    /// load, so the controller client rotates its connections among these (binding each socket
+    /// to the port with SO_BINDTODEVICE). Empty when nothing is usable.
+    public var controllerPorts: [String] {
+        guard let manager = state.withLock({ $0.manager }) else { return [] }
+        let status = manager.snapshot()
+        let usable = manager.config.portsByPreference.filter { status.ports[$0.name]?.usable == true }
+        guard let best = usable.first?.cost else { return [] }
+        return usable.filter { $0.cost == best }.map(\.name)
+    }
 
     // MARK: internals
 

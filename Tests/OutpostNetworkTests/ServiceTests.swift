@@ -105,3 +105,23 @@ extension FailoverTests {
         #expect(service.isHealthy)
     }
 }
+
+extension FailoverTests {
+    @Test func equalCostPortsAreAllOfferedToTheControllerClientAndARepeatedPushDisturbsNothing() throws {
+        let net = try NamespaceHarness()
+        defer { net.tearDown() }
+        let equal = NamespaceHarness.dhcpConfig().replacingOccurrences(of: #""cost": 20"#, with: #""cost": 10"#)
+        let service = try net.service(bootstrap: equal)
+        try service.start()
+        defer { service.stop() }
+        #expect(NamespaceHarness.waitUntil(.seconds(10)) { service.controllerPorts == ["eth0", "wlan0"] } != nil, "\(service.controllerPorts)")
+        try net.setCarrier("eth0", false)
+        #expect(NamespaceHarness.waitUntil(.seconds(2)) { service.controllerPorts == ["wlan0"] } != nil)
+        try net.setCarrier("eth0", true)
+        #expect(NamespaceHarness.waitUntil(.seconds(5)) { service.controllerPorts == ["eth0", "wlan0"] } != nil)
+
+        let changes = try #require(service.snapshot().status?.routeChanges)
+        #expect(service.push(equal) == .applied(activePort: service.activePort ?? "-"))
+        #expect(service.snapshot().status?.routeChanges == changes)
+    }
+}
