@@ -101,3 +101,45 @@ func invalidFieldIsNamedInOneLine(json: String, field: String) {
     try Data("{".utf8).write(to: URL(fileURLWithPath: store.path))
     #expect(throws: LastKnownGoodError.corrupt(path: store.path, detail: "not a JSON list")) { try store.load() }
 }
+
+@Test(arguments: [
+    ("http://10.200.0.1:8080/id", "http", "10.200.0.1", 8080, "/id"),
+    ("http://controller.example", "http", "controller.example", 80, "/"),
+    ("https://Controller.Example:8443/api/v1?x=1#frag", "https", "controller.example", 8443, "/api/v1?x=1"),
+    ("http://10.0.0.1?q", "http", "10.0.0.1", 80, "/?q"),
+] as [(String, String, String, Int, String)])
+func httpURLsParseIntoSchemeHostPortAndPath(text: String, scheme: String, host: String, port: Int, path: String) throws {
+    let url = try #require(HTTPURL(text))
+    #expect(url.scheme == scheme && url.host == host && Int(url.port) == port && url.path == path)
+}
+
+@Test(arguments: ["ftp://x", "http://", "http://user@host/", "http://10.0.0.300/", "http://host:0/", "http://host:70000/",
+                  "http://ho st/", "http://[::1]/", "http://a:1:2/", "http://-host/"])
+func malformedURLsAreRefused(text: String) {
+    #expect(HTTPURL(text) == nil)
+}
+
+@Test func builtInDefaultIsEveryPortOnDHCPWiredFirst() {
+    let config = NetworkConfig.allDHCP
+    #expect(config.portsByPreference.map(\.name) == ["eth0", "wlan0", "wwan0"])
+    #expect(config.ports.allSatisfy { $0.mode == .dhcp })
+    #expect(config.probe == nil && config.testTime == .seconds(60))
+    #expect((try? NetworkConfig(json: config.source))?.sameSettings(as: config) == true)
+}
+
+@Test func probeTestTimeMACAndPACAreParsedAndHTTPSProbeIsRefusedHonestly() throws {
+    let config = try NetworkConfig(json: Data(#"""
+        {"probe": "http://10.0.0.1:8080/ping", "testTime": 7,
+         "ports": {"eth0": {"mode": "dhcp", "cost": 1, "mac": "52:54:00:AB:cd:01", "pac": "http://wpad/proxy.pac"}}}
+        """#.utf8))
+    #expect(config.probe?.description == "http://10.0.0.1:8080/ping")
+    #expect(config.testTime == .seconds(7))
+    #expect(config.ports[0].mac == "52:54:00:ab:cd:01")
+    #expect(config.ports[0].pac?.host == "wpad")
+    do {
+        _ = try NetworkConfig(json: Data(#"{"probe": "https://c.example/", "ports": {"eth0": {"mode": "dhcp", "cost": 1}}}"#.utf8))
+        Issue.record("https probe accepted")
+    } catch {
+        #expect(error.description.contains("probe:") && error.description.contains("https"))
+    }
+}
