@@ -1,144 +1,213 @@
-import Foundation
+import FoundationEssentials
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Tunables for the manager; the defaults suit a device, tests shorten the hold-down.
+/// Tunables for the manager; the defaults suit a device, tests shorten them.
 public struct ManagerOptions: Sendable {
     /// Run in this named network namespace (host tests); nil on the device.
     public var namespace: String?
     public var resolvConfPath: String
-    public var probe: ProbeTarget
     public var holdDown: Duration = .seconds(30)
-    public var probeInterval: Duration = .milliseconds(100)
-    public var probeTimeout: Duration = .milliseconds(300)
+    public var probeInterval: Duration = .milliseconds(500)
+    public var probeTimeout: Duration = .seconds(2)
+    public var dhcp = DHCPClient.Timing()
 
-    public init(namespace: String?, resolvConfPath: String, probe: ProbeTarget) {
+    public init(namespace: String?, resolvConfPath: String) {
         self.namespace = namespace
         self.resolvConfPath = resolvConfPath
-        self.probe = probe
     }
+}
+
+/// What status shows for one port beyond the selector's observation.
+public struct PortReport: Sendable {
+    public var addressing: PortAddressing?
+    /// The last probe failure (or DHCP / kernel error) on this port.
+    public var lastError: String?
+    /// Wall-clock seconds of the last usability change.
+    public var lastChange: Int?
+    /// Why the port's last DHCP lease was lost (expiry, NAK), kept after later errors replace `lastError`.
+    public var lastLeaseLoss: String?
 }
 
 /// A snapshot for status and tests: the active port, each port's observation, and history.
 public struct NetworkStatus: Sendable {
     public var active: String?
-    public var ports: [String: PortObservation]
-    public var routeChanges: Int
-    /// Each change of the active port with its time, oldest first.
-    public var changes: [(at: ContinuousClock.Instant, active: String?)]
+    public var ports: [String: PortObservation] = [:]
+    public var reports: [String: PortReport] = [:]
+    public var routeChanges = 0
+    /// Each change of the active port with its time, oldest first (bounded).
+    public var changes: [(at: ContinuousClock.Instant, active: String?)] = []
     public var lastError: String?
     /// The last probe failure per port, for the console connectivity report.
     public var lastProbeError: [String: String] = [:]
+    /// Ports renamed by MAC at start: new name → old name.
+    public var renamed: [String: String] = [:]
 }
 
-/// Runs the network: one thread waits on the netlink socket (and a wake-up pipe), feeds the
-/// pure `PortSelector` and applies its decisions; one probe thread per port tests
-/// connectivity through that port. Carrier loss is handled on the netlink event itself, so
-/// failover does not wait for a probe to time out.
+/// Runs the network for one configuration: one thread waits on the netlink socket (and a
+/// wake-up pipe), feeds the pure `PortSelector` and applies its decisions; one probe thread
+/// per port tests connectivity through that port; one DHCP client thread per DHCP port.
+/// Carrier loss is handled on the netlink event itself, so failover does not wait for a probe.
 public final class NetworkManager: @unchecked Sendable {
     public let config: NetworkConfig
     public let options: ManagerOptions
-    private let applier: RouteApplier
-    private let lock = NSLock()
-    // Guarded by `lock`.
-    private var observations: [String: PortObservation] = [:]
-    private var generation: [String: Int] = [:]
-    private var running = false
-    private var status: NetworkStatus
-    // Owned by the event thread.
-    private var selector: PortSelector
+    private let ranked: [PortConfig]
+    private let state: Guarded<State>
     private var wakePipe: [Int32] = [-1, -1]
-    private var exited: [DispatchSemaphore] = []
+    private var threads: [WorkerThread] = []
+    private var dhcpClients: [DHCPClient] = []
+
+    private struct State {
+        var observations: [String: PortObservation] = [:]
+        var generation: [String: Int] = [:]
+        var running = false
+        var eventLoopAlive = false
+        var status = NetworkStatus()
+        var selector: PortSelector
+    }
 
     public init(config: NetworkConfig, options: ManagerOptions) {
         self.config = config
         self.options = options
-        self.applier = RouteApplier(namespace: options.namespace, resolvConfPath: options.resolvConfPath)
-        let ranked = config.portsByPreference
-        self.selector = PortSelector(ports: ranked.map { ($0.name, $0.cost) }, holdDown: options.holdDown)
-        self.status = NetworkStatus(active: nil, ports: [:], routeChanges: 0, changes: [])
+        ranked = config.portsByPreference
+        var s = State(selector: PortSelector(ports: ranked.map { ($0.name, $0.cost) }, holdDown: options.holdDown))
         for port in ranked {
-            var o = PortObservation()
-            if case .staticAddress = port.mode { o.hasGateway = true }
-            observations[port.name] = o
-            generation[port.name] = 0
+            s.observations[port.name] = PortObservation(probeOK: config.probe == nil)
+            s.generation[port.name] = 0
+            var report = PortReport()
+            if case .staticAddress(let a, let p, let g, let d) = port.mode {
+                report.addressing = PortAddressing(address: a, prefixLength: p, gateway: g, dns: d)
+                s.observations[port.name]?.hasGateway = true
+            }
+            s.status.reports[port.name] = report
         }
+        state = Guarded(s)
     }
 
     deinit {
         for fd in wakePipe where fd >= 0 { close(fd) }
     }
 
-    /// Configures the ports and starts the threads; returns once the netlink socket is open,
-    /// so a failure to watch links is reported here rather than lost in a thread.
+    /// Puts the configuration into the kernel (renames by MAC, links up, static addresses and
+    /// routes) and starts the threads. Errors on one port are recorded for that port, so the
+    /// other ports still come up; a failure to watch links at all is thrown.
     public func start() throws {
-        for (rank, port) in config.portsByPreference.enumerated() { try applier.configure(port, rank: rank) }
-        guard pipe(&wakePipe) == 0 else { throw NetlinkError.system(call: "pipe", target: "wake", errno: errno) }
-        for fd in wakePipe {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        lock.withLock { running = true }
-        let ready = DispatchSemaphore(value: 0)
-        let startError = ResultBox<Void>()
-        spawn { [self] in
-            let watcher: LinkWatcher
-            do {
-                if let ns = options.namespace { try NetworkNamespace.enter(ns) }
-                watcher = try LinkWatcher()
-                startError.result = .success(())
-            } catch {
-                startError.result = .failure(error)
-                ready.signal()
-                return
+        wakePipe = try makeWakePipe(for: "network manager")
+        let setup = try NetworkNamespace.run(options.namespace) { [self] in try prepareKernel() }
+        state.withLock { $0.running = true; $0.eventLoopAlive = true; $0.status.renamed = setup.renamed }
+        do {
+            if config.probe != nil {
+                for port in ranked {
+                    threads.append(try WorkerThread(name: "net-probe \(port.name)") { [self] in probeLoop(port) })
+                }
             }
-            ready.signal()
-            eventLoop(watcher, initial: watcher.links)
-        }
-        ready.wait()
-        if case .failure(let error) = startError.result { stop(); throw error }
-        for port in config.portsByPreference {
-            spawn { [self] in probeLoop(port.name) }
+            for (rank, port) in ranked.enumerated() where port.mode == .dhcp {
+                let client = try DHCPClient(device: port.name, mac: setup.macs[port.name] ?? [], timing: options.dhcp) { [self] event in
+                    dhcpEvent(event, port: port.name, rank: rank)
+                }
+                dhcpClients.append(client)
+            }
+            // The clients exist before any thread that reaches them starts.
+            for client in dhcpClients {
+                threads.append(try WorkerThread(name: "net-dhcp \(client.device)") { [self] in dhcpLoop(client) })
+            }
+            threads.append(try WorkerThread(name: "net-events") { [self] in
+                eventLoop(setup.watcher, setup.applier)
+                state.withLock { $0.eventLoopAlive = false }
+            })
+        } catch {
+            stop()
+            throw error
         }
     }
 
-    /// Stops every thread and waits for them; the routes stay as they are.
+    /// Stops every thread and waits for them; addresses and routes stay as they are.
     public func stop() {
-        lock.withLock { running = false }
+        state.withLock { $0.running = false }
+        for client in dhcpClients { client.stop() }
         wake()
-        for done in exited { done.wait() }
-        exited = []
+        for thread in threads { thread.join() }
+        threads = []
     }
 
     public func snapshot() -> NetworkStatus {
-        lock.withLock { var s = status; s.ports = observations; return s }
+        state.withLock { s in
+            var status = s.status
+            status.ports = s.observations
+            for client in dhcpClients where status.reports[client.device]?.addressing == nil {
+                if let e = client.lastError { status.reports[client.device]?.lastError = e }
+            }
+            return status
+        }
     }
 
-    private func spawn(_ body: @escaping @Sendable () -> Void) {
-        let done = DispatchSemaphore(value: 0)
-        exited.append(done)
-        Thread { body(); done.signal() }.start()
+    /// False once the event thread has ended (a fatal poll error) while it should be running.
+    public var isHealthy: Bool { state.withLock { !$0.running || $0.eventLoopAlive } }
+
+    // MARK: setup
+
+    private struct Setup: @unchecked Sendable {
+        let watcher: LinkWatcher
+        let applier: RouteApplier
+        let macs: [String: [UInt8]]
+        let renamed: [String: String]
     }
+
+    /// Runs inside the namespace: the sockets made here stay bound to it whatever thread uses them.
+    private func prepareKernel() throws -> Setup {
+        let applier = try RouteApplier(resolvConfPath: options.resolvConfPath)
+        do { try RouteApplier.setSysctls() } catch { record(error: "\(error)") }
+        var renamed: [String: String] = [:]
+        for port in ranked {
+            guard let mac = port.mac else { continue }
+            do {
+                if let old = try applier.renameByMAC(mac, to: port.name) { renamed[port.name] = old }
+            } catch {
+                record(error: "\(error)", port: port.name)
+            }
+        }
+        var macs: [String: [UInt8]] = [:]
+        for (rank, port) in ranked.enumerated() {
+            do {
+                try applier.prepare(port, rank: rank)
+                macs[port.name] = try applier.hardwareAddress(port.name)
+            } catch {
+                record(error: "\(error)", port: port.name)
+            }
+        }
+        let watcher = try LinkWatcher()
+        return Setup(watcher: watcher, applier: applier, macs: macs, renamed: renamed)
+    }
+
+    // MARK: event thread
 
     private func wake() {
+        guard wakePipe[1] >= 0 else { return }
         var byte: UInt8 = 1
         _ = retryingEINTR { write(wakePipe[1], &byte, 1) }
     }
 
-    private var isRunning: Bool { lock.withLock { running } }
+    private var isRunning: Bool { state.withLock { $0.running } }
 
-    private func eventLoop(_ watcher: LinkWatcher, initial: [String: LinkState]) {
-        apply(links: initial)
-        var timeout: Int32 = 0
+    private func eventLoop(_ watcher: LinkWatcher, _ applier: RouteApplier) {
+        apply(links: watcher.links)
+        var applied: (name: String?, addressing: PortAddressing?)? = nil
         while isRunning {
-            let decision = lock.withLock { selector.update(observations, now: .now) }
-            if decision.changed { activate(decision.active) }
-            timeout = decision.recheckAfter.map { Int32(max(1, $0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000 + 1)) } ?? -1
+            let (decision, addressing) = state.withLock { s in
+                let d = s.selector.update(s.observations, now: .now)
+                return (d, d.active.flatMap { s.status.reports[$0]?.addressing })
+            }
+            // A renewed lease with a new gateway re-points the route without counting as a move.
+            if decision.changed || applied == nil || applied?.addressing != addressing {
+                activate(decision.active, addressing: addressing, applier: applier, counted: decision.changed)
+                applied = (decision.active, addressing)
+            }
+            let timeout = decision.recheckAfter.map(pollMilliseconds) ?? -1
             var fds = [pollfd(fd: watcher.fileDescriptor, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: wakePipe[0], events: Int16(POLLIN), revents: 0)]
             let r = poll(&fds, 2, timeout)
-            if r < 0 && errno != EINTR { record(error: "poll: \(String(cString: strerror(errno)))"); return }
+            if r < 0 && errno != EINTR { record(error: "poll: \(errnoText(errno))"); return }
             if fds[1].revents != 0 {
                 var sink = [UInt8](repeating: 0, count: 64)
                 while read(wakePipe[0], &sink, sink.count) > 0 {}
@@ -156,64 +225,126 @@ public final class NetworkManager: @unchecked Sendable {
 
     /// Carrier loss also voids the port's last probe: it must pass again once carrier returns.
     private func apply(links: [String: LinkState]) {
-        lock.withLock {
+        var carrierBack: [String] = []
+        state.withLock { s in
             for (name, link) in links {
-                guard var o = observations[name] else { continue }
+                guard var o = s.observations[name] else { continue }
                 if o.carrier != link.carrier {
-                    generation[name, default: 0] += 1
-                    o.probeOK = false
+                    s.generation[name, default: 0] += 1
+                    if config.probe != nil { o.probeOK = false }
+                    if link.carrier { carrierBack.append(name) }
+                    s.status.reports[name]?.lastChange = Int(time(nil))
                 }
                 o.carrier = link.carrier
                 o.hasAddress = !link.ipv4.isEmpty
-                observations[name] = o
+                s.observations[name] = o
             }
         }
+        for client in dhcpClients where carrierBack.contains(client.device) { client.kick() }
     }
 
-    private func activate(_ name: String?) {
-        let port = config.ports.first { $0.name == name }
+    private func activate(_ name: String?, addressing: PortAddressing?, applier: RouteApplier, counted: Bool) {
         do {
-            try applier.activate(port)
+            try applier.activate(name, addressing: addressing)
         } catch {
             record(error: "\(error)")
         }
-        lock.withLock {
-            status.active = name
-            status.routeChanges += 1
-            status.changes.append((ContinuousClock.now, name))
+        guard counted else { return }
+        state.withLock { s in
+            s.status.active = name
+            s.status.routeChanges += 1
+            s.status.changes.append((ContinuousClock.now, name))
+            if s.status.changes.count > 256 { s.status.changes.removeFirst(s.status.changes.count - 256) }
         }
     }
 
-    private func record(error: String) {
-        lock.withLock { status.lastError = error }
+    private func record(error: String, port: String? = nil) {
+        state.withLock { s in
+            if let port { s.status.reports[port]?.lastError = error } else { s.status.lastError = error }
+        }
     }
 
-    private func probeLoop(_ name: String) {
+    // MARK: probe threads
+
+    private func probeLoop(_ port: PortConfig) {
+        guard let url = config.probe else { return }
         if let ns = options.namespace {
             do { try NetworkNamespace.enter(ns) } catch { record(error: "\(error)"); return }
         }
+        let name = port.name
         while isRunning {
-            let (ready, gen) = lock.withLock { () -> (Bool, Int) in
-                let o = observations[name] ?? PortObservation()
-                return (o.carrier && o.hasAddress, generation[name] ?? 0)
+            let (ready, gen) = state.withLock { s -> (Bool, Int) in
+                let o = s.observations[name] ?? PortObservation()
+                return (o.carrier && o.hasAddress && o.hasGateway, s.generation[name] ?? 0)
             }
             if ready {
-                var ok = true
                 var failure: String?
-                do { _ = try HTTPProbe.get(options.probe, device: name, timeout: options.probeTimeout) } catch {
-                    ok = false
+                do { _ = try HTTPProbe.get(url, device: name, proxy: port.proxy, timeout: options.probeTimeout) } catch {
                     failure = error.description
                 }
-                let changed = lock.withLock { () -> Bool in
-                    if let failure { status.lastProbeError[name] = failure }
-                    guard generation[name] == gen, var o = observations[name], o.probeOK != ok else { return false }
+                let changed = state.withLock { s -> Bool in
+                    if let failure {
+                        s.status.lastProbeError[name] = failure
+                        s.status.reports[name]?.lastError = failure
+                    }
+                    let ok = failure == nil
+                    guard s.generation[name] == gen, var o = s.observations[name], o.probeOK != ok else { return false }
                     o.probeOK = ok
-                    observations[name] = o
+                    s.observations[name] = o
+                    s.status.reports[name]?.lastChange = Int(time(nil))
                     return true
                 }
                 if changed { wake() }
             }
-            Thread.sleep(forTimeInterval: Double(options.probeInterval.components.attoseconds) / 1e18 + Double(options.probeInterval.components.seconds))
+            sleepThread(options.probeInterval)
         }
+    }
+
+    // MARK: DHCP threads
+
+    private func dhcpLoop(_ client: DHCPClient) {
+        if let ns = options.namespace {
+            do { try NetworkNamespace.enter(ns) } catch { record(error: "\(error)", port: client.device); return }
+        }
+        client.run()
+    }
+
+    /// Runs on the port's DHCP thread (inside the namespace): a lease goes into the kernel
+    /// before the selector may count on it; a lost lease makes the port unusable at once.
+    private func dhcpEvent(_ event: DHCPClient.Event, port name: String, rank: Int) {
+        let applier: RouteApplier
+        do { applier = try RouteApplier(resolvConfPath: options.resolvConfPath) } catch {
+            record(error: "\(error)", port: name)
+            return
+        }
+        switch event {
+        case .bound(let lease):
+            do {
+                // The kernel's lifetime is a backstop for a dead agent; a little grace lets the
+                // client's own expiry (which reports the loss) come first.
+                try applier.install(name, rank: rank, lease.addressing, lifetime: lease.secondsLeft(at: .now).map { $0 &+ 2 })
+            } catch {
+                record(error: "\(error)", port: name)
+                return
+            }
+            state.withLock { s in
+                s.status.reports[name]?.addressing = lease.addressing
+                s.status.reports[name]?.lastChange = Int(time(nil))
+                s.observations[name]?.hasGateway = lease.router != nil
+            }
+        case .lost(let reason):
+            state.withLock { s in
+                s.generation[name, default: 0] += 1
+                s.status.reports[name]?.addressing = nil
+                s.status.reports[name]?.lastError = reason
+                s.status.reports[name]?.lastLeaseLoss = reason
+                s.status.reports[name]?.lastChange = Int(time(nil))
+                s.observations[name]?.hasGateway = false
+                s.observations[name]?.hasAddress = false
+                if config.probe != nil { s.observations[name]?.probeOK = false }
+            }
+            do { try applier.clear(name, rank: rank) } catch { record(error: "\(error)", port: name) }
+        }
+        wake()
     }
 }

@@ -14,7 +14,8 @@ let goodConfig = """
     let config = try NetworkConfig(json: Data(goodConfig.utf8))
     #expect(config.portsByPreference.map(\.name) == ["eth0", "wlan0", "wwan0"])
     let wlan = try #require(config.ports.first { $0.name == "wlan0" })
-    #expect(wlan.proxy == "http://proxy.example:3128")
+    #expect(wlan.proxy == HTTPURL("http://proxy.example:3128"))
+    #expect(wlan.proxy?.host == "proxy.example" && wlan.proxy?.port == 3128)
     #expect(wlan.mode == .staticAddress(address: IPv4("10.2.0.2")!, prefixLength: 24, gateway: IPv4("10.2.0.1")!, dns: [IPv4("10.2.0.53")!]))
     #expect(config.ports.first { $0.name == "wwan0" }?.mode == .dhcp)
 }
@@ -31,7 +32,14 @@ let goodConfig = """
     (#"{"ports": {"eth9": {"mode": "dhcp", "cost": 1}}}"#, "ports.eth9"),
     (#"{"ports": {"eth0": {"mode": "dhcp", "cost": 1, "proxy": "socks://x"}}}"#, "ports.eth0.proxy"),
     (#"{"ports": {"eth0": {"mode": "static", "address": "10.1.0.2/24", "gateway": "10.1.0.1", "dns": ["x"], "cost": 1}}}"#, "ports.eth0.dns[0]"),
-    (#"{"portz": {}}"#, "ports"),
+    (#"{"portz": {}}"#, "portz"),
+    (#"{"ports": {}, "probe": "ftp://x"}"#, "ports"),
+    (#"{"ports": {"eth0": {"mode": "dhcp", "cost": 1}}, "probe": "ftp://x"}"#, "probe"),
+    (#"{"ports": {"eth0": {"mode": "dhcp", "cost": 1}}, "testTime": 0}"#, "testTime"),
+    (#"{"ports": {"eth0": {"mode": "dhcp", "cost": 1, "mac": "52:54:00:zz:00:01"}}}"#, "ports.eth0.mac"),
+    (#"{"ports": {"eth0": {"mode": "dhcp", "cost": 1, "adress": "x"}}}"#, "ports.eth0.adress"),
+    (#"{"ports": {"eth0": {"mode": "dhcp", "cost": 1, "address": "10.0.0.2/24"}}}"#, "ports.eth0.address"),
+    (#"{"ports": {"eth0": {"mode": "static", "address": "10.1.0.2/24", "gateway": "10.9.0.1", "cost": 1}}}"#, "ports.eth0.gateway"),
 ])
 func invalidFieldIsNamedInOneLine(json: String, field: String) {
     do {
@@ -51,7 +59,8 @@ func invalidFieldIsNamedInOneLine(json: String, field: String) {
     let rejected = slot.offer(Data("{ \"ports\": ".utf8))
     #expect(!rejected)
     #expect(slot.current == before)
-    #expect(slot.lastError == .malformedJSON(detail: "not valid JSON"))
+    guard case .malformedJSON(let detail)? = slot.lastError else { Issue.record("\(String(describing: slot.lastError))"); return }
+    #expect(!detail.isEmpty && !detail.contains("\n"))
 }
 
 @Test func randomBytesNeverCrashTheParser() {
@@ -91,4 +100,46 @@ func invalidFieldIsNamedInOneLine(json: String, field: String) {
     let store = LastKnownGoodStore(directory: dir)
     try Data("{".utf8).write(to: URL(fileURLWithPath: store.path))
     #expect(throws: LastKnownGoodError.corrupt(path: store.path, detail: "not a JSON list")) { try store.load() }
+}
+
+@Test(arguments: [
+    ("http://10.200.0.1:8080/id", "http", "10.200.0.1", 8080, "/id"),
+    ("http://controller.example", "http", "controller.example", 80, "/"),
+    ("https://Controller.Example:8443/api/v1?x=1#frag", "https", "controller.example", 8443, "/api/v1?x=1"),
+    ("http://10.0.0.1?q", "http", "10.0.0.1", 80, "/?q"),
+] as [(String, String, String, Int, String)])
+func httpURLsParseIntoSchemeHostPortAndPath(text: String, scheme: String, host: String, port: Int, path: String) throws {
+    let url = try #require(HTTPURL(text))
+    #expect(url.scheme == scheme && url.host == host && Int(url.port) == port && url.path == path)
+}
+
+@Test(arguments: ["ftp://x", "http://", "http://user@host/", "http://10.0.0.300/", "http://host:0/", "http://host:70000/",
+                  "http://ho st/", "http://[::1]/", "http://a:1:2/", "http://-host/"])
+func malformedURLsAreRefused(text: String) {
+    #expect(HTTPURL(text) == nil)
+}
+
+@Test func builtInDefaultIsEveryPortOnDHCPWiredFirst() {
+    let config = NetworkConfig.allDHCP
+    #expect(config.portsByPreference.map(\.name) == ["eth0", "wlan0", "wwan0"])
+    #expect(config.ports.allSatisfy { $0.mode == .dhcp })
+    #expect(config.probe == nil && config.testTime == .seconds(60))
+    #expect((try? NetworkConfig(json: config.source))?.sameSettings(as: config) == true)
+}
+
+@Test func probeTestTimeMACAndPACAreParsedAndHTTPSProbeIsRefusedHonestly() throws {
+    let config = try NetworkConfig(json: Data(#"""
+        {"probe": "http://10.0.0.1:8080/ping", "testTime": 7,
+         "ports": {"eth0": {"mode": "dhcp", "cost": 1, "mac": "52:54:00:AB:cd:01", "pac": "http://wpad/proxy.pac"}}}
+        """#.utf8))
+    #expect(config.probe?.description == "http://10.0.0.1:8080/ping")
+    #expect(config.testTime == .seconds(7))
+    #expect(config.ports[0].mac == "52:54:00:ab:cd:01")
+    #expect(config.ports[0].pac?.host == "wpad")
+    do {
+        _ = try NetworkConfig(json: Data(#"{"probe": "https://c.example/", "ports": {"eth0": {"mode": "dhcp", "cost": 1}}}"#.utf8))
+        Issue.record("https probe accepted")
+    } catch {
+        #expect(error.description.contains("probe:") && error.description.contains("https"))
+    }
 }

@@ -26,7 +26,8 @@ struct FailoverTests {
         print("failover: carrier drop → route on wlan0 \(switched.map { "\($0)" } ?? "-"), → first probe through wlan0 \(latency.map { "\($0)" } ?? "timeout")")
         let measured = try #require(latency)
         #expect(measured < .seconds(1))
-        #expect(manager.snapshot().active == "wlan0")
+        // The kernel may route around the dead link first (ignore_routes_with_linkdown); the manager follows within the second.
+        #expect(NamespaceHarness.waitUntil(.seconds(1)) { manager.snapshot().active == "wlan0" } != nil)
         #expect(try sh("ip", "-n", net.device, "route", "show", "default", "metric", "0").contains("dev wlan0"))
         #expect(try String(contentsOfFile: net.workDir + "/resolv.conf", encoding: .utf8).contains("nameserver 10.2.0.53"))
 
@@ -78,38 +79,50 @@ struct FailoverTests {
         #expect(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "eth0" } != nil)
     }
 
+    /// Run by bench/failover.sh: N carrier cuts with every port on DHCP (OUTPOST_BENCH_CONFIG=static
+    /// for static addressing). Reports the time to the first probe through wlan0 via the default
+    /// route (what traffic sees) and to the manager's route change.
     @Test func benchmarkCarrierCuts() throws {
-        guard let n = ProcessInfo.processInfo.environment["OUTPOST_BENCH_CUTS"].flatMap(Int.init), n > 0 else { return }
+        let env = ProcessInfo.processInfo.environment
+        guard let n = env["OUTPOST_BENCH_CUTS"].flatMap(Int.init), n > 0 else { return }
         let net = try NamespaceHarness()
         defer { net.tearDown() }
-        let manager = try net.manager(holdDown: .milliseconds(300))
+        let config = env["OUTPOST_BENCH_CONFIG"] == "static" ? NamespaceHarness.staticConfig : NamespaceHarness.dhcpConfig()
+        let manager = try net.manager(holdDown: .milliseconds(300), config: config)
         try manager.start()
         defer { manager.stop() }
-        var samples: [Double] = []
+        var probeSamples: [Double] = []
+        var routeSamples: [Double] = []
         var restored = ContinuousClock.now
+        func ms(_ d: Duration) -> Double { Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000 }
         for _ in 0..<min(n, 1000) {
-            try #require(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "eth0" } != nil)
+            try #require(NamespaceHarness.waitUntil(.seconds(10)) { manager.snapshot().active == "eth0" } != nil)
             // The kernel's linkwatch batches non-urgent link events (carrier off is one) to about
             // one run a second, so a cut soon after the previous link event is reported up to
             // ~300 ms late (measured: 1.1 s after restore still was). Cut a link that has been
             // up for 2.5 s, as in the field; OUTPOST_BENCH_SETTLE_MS shows the other case.
-            sleep(until: restored + .milliseconds(ProcessInfo.processInfo.environment["OUTPOST_BENCH_SETTLE_MS"].flatMap(Int.init) ?? 2500))
+            sleep(until: restored + .milliseconds(env["OUTPOST_BENCH_SETTLE_MS"].flatMap(Int.init) ?? 2500))
             try #require(NamespaceHarness.waitUntil(.seconds(2)) { net.probeViaDefaultRoute(timeout: .milliseconds(200)) == "eth0-side" } != nil)
+            let changesBefore = manager.snapshot().routeChanges
             let cut = ContinuousClock.now
             try net.setEthCarrier(false)
             try #require(NamespaceHarness.waitUntil(.seconds(3), every: 0) { net.probeViaDefaultRoute(timeout: .milliseconds(20)) == "wlan0-side" } != nil)
-            let latency = cut.duration(to: .now)
-            if ProcessInfo.processInfo.environment["OUTPOST_BENCH_VERBOSE"] != nil {
-                print("cut: route switch \(manager.snapshot().changes.last.map { cut.duration(to: $0.at) } ?? .zero), probe \(latency)")
-            }
-            samples.append(Double(latency.components.attoseconds) / 1e15 + Double(latency.components.seconds) * 1000)
+            probeSamples.append(ms(cut.duration(to: .now)))
+            try #require(NamespaceHarness.waitUntil(.seconds(3)) { manager.snapshot().routeChanges > changesBefore } != nil)
+            let switched = manager.snapshot().changes.last.map { cut.duration(to: $0.at) } ?? .zero
+            routeSamples.append(ms(switched))
+            if env["OUTPOST_BENCH_VERBOSE"] != nil { print("cut: route switch \(switched), probe \(probeSamples.last ?? 0) ms") }
             try net.setEthCarrier(true)
             restored = .now
         }
-        samples.sort()
-        func pct(_ p: Double) -> Double { samples[min(samples.count - 1, Int((Double(samples.count) * p).rounded(.up)) - 1)] }
-        print(String(format: "BENCH failover cuts=%d p50=%.1fms p99=%.1fms max=%.1fms", samples.count, pct(0.5), pct(0.99), samples.last ?? 0))
-        #expect(pct(0.99) < 1000)
+        func pct(_ samples: [Double], _ p: Double) -> Double {
+            let sorted = samples.sorted()
+            return sorted[min(sorted.count - 1, Int((Double(sorted.count) * p).rounded(.up)) - 1)]
+        }
+        print(String(format: "BENCH failover cuts=%d probe p50=%.1fms p99=%.1fms max=%.1fms | route switch p50=%.1fms p99=%.1fms max=%.1fms",
+                     probeSamples.count, pct(probeSamples, 0.5), pct(probeSamples, 0.99), probeSamples.max() ?? 0,
+                     pct(routeSamples, 0.5), pct(routeSamples, 0.99), routeSamples.max() ?? 0))
+        #expect(pct(probeSamples, 0.99) < 1000)
     }
 }
 

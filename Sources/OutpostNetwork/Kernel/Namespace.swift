@@ -1,5 +1,4 @@
 import CNetlink
-import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,9 +20,7 @@ public enum NetworkNamespace {
     public static func run<T>(_ name: String?, _ body: @escaping @Sendable () throws -> T) throws -> T {
         guard let name else { return try body() }
         let box = ResultBox<T>()
-        let done = DispatchSemaphore(value: 0)
-        let thread = Thread {
-            defer { done.signal() }
+        let thread = try WorkerThread(name: "netns \(name)") {
             do {
                 try enter(name)
                 box.result = .success(try body())
@@ -31,14 +28,13 @@ public enum NetworkNamespace {
                 box.result = .failure(error)
             }
         }
-        thread.start()
-        done.wait()
+        thread.join()
         guard let result = box.result else { throw NetlinkError.system(call: "thread", target: name, errno: EINVAL) }
         return try result.get()
     }
 }
 
-/// Hands a value from a worker thread to the waiting thread; the semaphore orders the accesses.
+/// Hands a value from a worker thread to the joining thread; pthread_join orders the accesses.
 final class ResultBox<T>: @unchecked Sendable {
     var result: Result<T, any Error>?
 }

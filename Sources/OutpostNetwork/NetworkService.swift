@@ -1,0 +1,269 @@
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The outcome of a pushed configuration.
+public enum PushResult: Equatable, Sendable, CustomStringConvertible {
+    /// A port became usable within the test time; the config is now first in the last-known-good list.
+    case applied(activePort: String)
+    /// The config was invalid; nothing changed. The message names the field.
+    case rejected(String)
+    /// The config was valid but yielded no usable port in time; the previous one is back.
+    case rolledBack(String)
+
+    public var description: String {
+        switch self {
+        case .applied(let port): return "applied (active port \(port))"
+        case .rejected(let why): return "rejected: \(why)"
+        case .rolledBack(let why): return "rolled back: \(why)"
+        }
+    }
+}
+
+/// The network as the agent's supervisor sees it: one object to start, stop, push
+/// configurations to, and ask for status. It chooses the configuration at start (newest
+/// last-known-good, else the bootstrap file, else every port on DHCP), tests pushed
+/// configurations on arrival and rolls back a bad one, so the device never locks itself out.
+/// FoundationEssentials only: it links into the static `outpostd`.
+public final class NetworkService: @unchecked Sendable {
+    /// Tunables; the defaults suit a device, tests shorten them.
+    public struct Options: Sendable {
+        public var holdDown: Duration = .seconds(30)
+        public var probeInterval: Duration = .milliseconds(500)
+        public var probeTimeout: Duration = .seconds(2)
+        public var dhcp = DHCPClient.Timing()
+        /// How many configurations the last-known-good list keeps.
+        public var lastKnownGoodCapacity = 4
+        public init() {}
+    }
+
+    public let configPath: String
+    public let stateDirectory: String
+    public let resolvConfPath: String
+    public let namespace: String?
+    public let options: Options
+    private let store: LastKnownGoodStore
+    private let state = Guarded(ServiceState())
+    /// Serialises start, stop and push; held for a push's whole test time.
+    private let control = Guarded(())
+
+    private struct ServiceState {
+        var manager: NetworkManager?
+        var origin = "none"
+        var configError: String?
+        var lastPush: String?
+        var rememberWhenUsable = false
+        var running = false
+        var monitorAlive = false
+    }
+
+    private var monitor: WorkerThread?
+
+    public init(configPath: String, stateDirectory: String, resolvConfPath: String, namespace: String? = nil,
+                options: Options = Options()) {
+        self.configPath = configPath
+        self.stateDirectory = stateDirectory
+        self.resolvConfPath = resolvConfPath
+        self.namespace = namespace
+        self.options = options
+        store = LastKnownGoodStore(directory: stateDirectory, capacity: options.lastKnownGoodCapacity)
+    }
+
+    /// Starts with the newest last-known-good configuration, else the bootstrap file, else the
+    /// built-in all-DHCP default; a malformed bootstrap is recorded in status, never fatal.
+    /// Throws only when the network cannot be managed at all (no netlink, no threads).
+    public func start() throws {
+        try control.withLock { _ in
+            guard !state.withLock({ $0.running }) else { return }
+            var errors: [String] = []
+            var lkg: [NetworkConfig] = []
+            do { lkg = try store.load() } catch { errors.append("\(error)") }
+            var chosen: NetworkConfig
+            var origin: String
+            if let newest = lkg.first {
+                chosen = newest
+                origin = "last-known-good"
+            } else {
+                chosen = NetworkConfig.allDHCP
+                origin = "built-in default (all ports DHCP)"
+            }
+            do {
+                if let bytes = try AtomicFile.read(configPath) {
+                    do {
+                        let bootstrap = try NetworkConfig(json: bytes)
+                        if lkg.isEmpty { chosen = bootstrap; origin = "bootstrap \(configPath)" }
+                    } catch {
+                        errors.append("\(configPath): \(error)")
+                    }
+                } else if lkg.isEmpty {
+                    errors.append("\(configPath): missing")
+                }
+            } catch {
+                errors.append("\(error)")
+            }
+            let manager = try launch(chosen)
+            state.withLock { s in
+                s.manager = manager
+                s.origin = origin
+                s.configError = errors.isEmpty ? nil : errors.joined(separator: "; ")
+                s.rememberWhenUsable = true
+                s.running = true
+                s.monitorAlive = true
+            }
+            monitor = try WorkerThread(name: "net-service") { [self] in
+                monitorLoop()
+                state.withLock { $0.monitorAlive = false }
+            }
+        }
+    }
+
+    /// Stops every network thread; addresses and routes stay, so the device keeps its connection.
+    public func stop() {
+        control.withLock { _ in
+            let manager = state.withLock { s -> NetworkManager? in
+                s.running = false
+                defer { s.manager = nil }
+                return s.manager
+            }
+            manager?.stop()
+            monitor?.join()
+            monitor = nil
+        }
+    }
+
+    /// Validates, applies and tests a configuration (blocking up to its test time). On success it
+    /// becomes the newest last-known-good; an invalid one changes nothing; one that yields no
+    /// usable port in time is replaced by the previous configuration again.
+    public func push(_ json: Data) -> PushResult {
+        control.withLock { _ -> PushResult in
+            let candidate: NetworkConfig
+            do { candidate = try NetworkConfig(json: json) } catch {
+                state.withLock { $0.configError = "pushed: \(error)"; $0.lastPush = "rejected" }
+                return .rejected("\(error)")
+            }
+            // The configuration already in force and working: remember it, disturb nothing.
+            if let current = state.withLock({ $0.manager }), current.config.sameSettings(as: candidate),
+               let active = current.snapshot().active {
+                var rememberError: String?
+                do { try store.remember(candidate) } catch { rememberError = "\(error)" }
+                state.withLock { $0.configError = rememberError; $0.lastPush = "unchanged"; $0.rememberWhenUsable = false }
+                return .applied(activePort: active)
+            }
+            let previous = state.withLock { s -> NetworkManager? in
+                defer { s.manager = nil }
+                return s.manager
+            }
+            previous?.stop()
+            let fallback = previous?.config ?? NetworkConfig.allDHCP
+            var outcome: PushResult
+            var manager: NetworkManager?
+            do {
+                let started = try launch(candidate)
+                manager = started
+                if let port = Self.waitForActivePort(started, within: candidate.testTime) {
+                    outcome = .applied(activePort: port)
+                } else {
+                    let snapshot = started.snapshot()
+                    let why = candidate.ports.map { p in "\(p.name): \(snapshot.reports[p.name]?.lastError ?? "not usable")" }.joined(separator: ", ")
+                    outcome = .rolledBack("no port became usable within \(candidate.testTime) (\(why)); previous configuration restored")
+                }
+            } catch {
+                outcome = .rolledBack("cannot apply: \(error); previous configuration restored")
+            }
+            if case .applied = outcome {
+                var rememberError: String?
+                do { try store.remember(candidate) } catch { rememberError = "\(error)" }
+                state.withLock { s in
+                    s.manager = manager
+                    s.origin = "pushed"
+                    s.configError = rememberError
+                    s.lastPush = outcome.description
+                    s.rememberWhenUsable = false
+                }
+                return outcome
+            }
+            manager?.stop()
+            var restoreError: String?
+            do {
+                let restored = try launch(fallback)
+                state.withLock { $0.manager = restored }
+            } catch {
+                restoreError = "\(error)"
+            }
+            state.withLock { s in
+                s.configError = "pushed: \(outcome)" + (restoreError.map { "; restore failed: \($0)" } ?? "")
+                s.lastPush = outcome.description
+            }
+            return outcome
+        }
+    }
+
+    /// `push` for text, as it arrives from a controller or a local file.
+    public func push(_ json: String) -> PushResult { push(Data(json.utf8)) }
+
+    /// A liveness hook for the supervisor: the manager's event thread and the service monitor run.
+    public var isHealthy: Bool {
+        state.withLock { s in s.running && s.monitorAlive && (s.manager?.isHealthy ?? false) }
+    }
+
+    /// The port carrying the default route now, if any.
+    public var activePort: String? { state.withLock { $0.manager }?.snapshot().active }
+
+    /// The usable ports that share the lowest usable cost, best first: equal-cost ports share the
+    /// load, so the controller client rotates its connections among these (binding each socket
+    /// to the port with SO_BINDTODEVICE). Empty when nothing is usable.
+    public var controllerPorts: [String] {
+        guard let manager = state.withLock({ $0.manager }) else { return [] }
+        let status = manager.snapshot()
+        let usable = manager.config.portsByPreference.filter { status.ports[$0.name]?.usable == true }
+        guard let best = usable.first?.cost else { return [] }
+        return usable.filter { $0.cost == best }.map(\.name)
+    }
+
+    // MARK: internals
+
+    private func launch(_ config: NetworkConfig) throws -> NetworkManager {
+        var managerOptions = ManagerOptions(namespace: namespace, resolvConfPath: resolvConfPath)
+        managerOptions.holdDown = options.holdDown
+        managerOptions.probeInterval = options.probeInterval
+        managerOptions.probeTimeout = options.probeTimeout
+        managerOptions.dhcp = options.dhcp
+        let manager = NetworkManager(config: config, options: managerOptions)
+        try manager.start()
+        return manager
+    }
+
+    /// Bounded wait (by `limit`, polling every 20 ms) for the selector to choose a port.
+    static func waitForActivePort(_ manager: NetworkManager, within limit: Duration) -> String? {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if let active = manager.snapshot().active { return active }
+            sleepThread(.milliseconds(20))
+        }
+        return manager.snapshot().active
+    }
+
+    /// Remembers the configuration in force once it has worked (a bootstrap or default that
+    /// never made it into the list), so the next boot starts from something proven.
+    private func monitorLoop() {
+        while true {
+            let (running, remember, manager) = state.withLock { ($0.running, $0.rememberWhenUsable, $0.manager) }
+            guard running else { return }
+            if remember, let manager, manager.snapshot().active != nil {
+                let result: String?
+                do { try store.remember(manager.config); result = nil } catch { result = "\(error)" }
+                state.withLock { s in
+                    s.rememberWhenUsable = false
+                    if let result { s.configError = result }
+                }
+            }
+            sleepThread(.milliseconds(100))
+        }
+    }
+
+    func snapshot() -> (status: NetworkStatus?, config: NetworkConfig?, origin: String, configError: String?, lastPush: String?) {
+        let (manager, origin, error, push) = state.withLock { ($0.manager, $0.origin, $0.configError, $0.lastPush) }
+        return (manager?.snapshot(), manager?.config, origin, error, push)
+    }
+}

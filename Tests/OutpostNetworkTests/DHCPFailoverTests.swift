@@ -1,0 +1,102 @@
+import Foundation
+import Testing
+@testable import OutpostNetwork
+
+/// Failover with every port on DHCP, each upstream running its own dnsmasq. Part of
+/// `FailoverTests` so the namespace tests run one at a time.
+extension FailoverTests {
+    @Test func dhcpLeasesOnAllPortsThenCarrierLossMovesToWlan0UnderOneSecondAndBackAfterHoldDown() throws {
+        let net = try NamespaceHarness()
+        defer { net.tearDown() }
+        let manager = try net.manager(holdDown: .seconds(1), config: NamespaceHarness.dhcpConfig())
+        try manager.start()
+        defer { manager.stop() }
+        try #require(NamespaceHarness.waitUntil(.seconds(10)) { manager.snapshot().active == "eth0" } != nil)
+        // Every port got its lease from its own server, applied through libnl.
+        #expect(NamespaceHarness.waitUntil(.seconds(10)) {
+            NamespaceHarness.ports.allSatisfy { manager.snapshot().reports[$0]?.addressing?.address.description == net.leaseAddress($0) }
+        } != nil)
+        for port in NamespaceHarness.ports {
+            #expect(try sh("ip", "-n", net.device, "-4", "addr", "show", "dev", port).contains("inet \(net.leaseAddress(port))/24"))
+        }
+        #expect(net.defaultRoute().contains("via 10.1.0.1 dev eth0"))
+        #expect(try String(contentsOfFile: net.workDir + "/resolv.conf", encoding: .utf8).contains("nameserver 10.1.0.53"))
+        #expect(net.probeViaDefaultRoute(timeout: .milliseconds(500)) == "eth0-side")
+
+        Thread.sleep(forTimeInterval: 2.5) // linkwatch settling; see benchmarkCarrierCuts
+        let cut = ContinuousClock.now
+        try net.setCarrier("eth0", false)
+        let latency = NamespaceHarness.waitUntil(.seconds(3), every: 0) { net.probeViaDefaultRoute(timeout: .milliseconds(20)) == "wlan0-side" }
+        print("dhcp failover: carrier drop → first probe through wlan0 \(latency.map { "\($0)" } ?? "timeout")")
+        #expect(try #require(latency) < .seconds(1))
+        // The kernel may route around the dead link first (ignore_routes_with_linkdown); the manager follows within the second.
+        #expect(NamespaceHarness.waitUntil(.seconds(1)) { manager.snapshot().active == "wlan0" } != nil)
+        #expect(net.defaultRoute().contains("via 10.2.0.1 dev wlan0"))
+        #expect(try String(contentsOfFile: net.workDir + "/resolv.conf", encoding: .utf8).contains("nameserver 10.2.0.53"))
+
+        let restored = ContinuousClock.now
+        try net.setCarrier("eth0", true)
+        let back = try #require(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "eth0" })
+        print("dhcp failover: eth0 restored → traffic back after \(back)")
+        #expect(back >= .milliseconds(950))
+        #expect(restored.duration(to: .now) < .milliseconds(3500))
+        #expect(net.probeViaDefaultRoute(timeout: .milliseconds(500)) == "eth0-side")
+        // The lease survived the carrier cut: still the same address, no DHCP churn.
+        #expect(manager.snapshot().reports["eth0"]?.addressing?.address.description == "10.1.0.100")
+    }
+
+    @Test func noDHCPServerOnEth0UsesWlan0FromTheStart() throws {
+        let net = try NamespaceHarness(dhcpOn: ["wlan0", "wwan0"])
+        defer { net.tearDown() }
+        let manager = try net.manager(holdDown: .seconds(1), config: NamespaceHarness.dhcpConfig())
+        try manager.start()
+        defer { manager.stop() }
+        #expect(NamespaceHarness.waitUntil(.seconds(10)) { manager.snapshot().active == "wlan0" } != nil)
+        Thread.sleep(forTimeInterval: 2)
+        let status = manager.snapshot()
+        #expect(status.changes.map(\.active) == ["wlan0"])
+        #expect(status.ports["eth0"]?.carrier == true)
+        #expect(status.reports["eth0"]?.addressing == nil)
+        #expect(status.reports["eth0"]?.lastError?.contains("dhcp eth0: no offer") == true, "\(status.reports["eth0"]?.lastError ?? "-")")
+        #expect(net.probeViaDefaultRoute(timeout: .milliseconds(500)) == "wlan0-side")
+
+        // A server appearing later is found by the client's bounded retries, and eth0 takes over after the hold-down.
+        try net.startDHCPServer("eth0")
+        #expect(NamespaceHarness.waitUntil(.seconds(10)) { manager.snapshot().active == "eth0" } != nil)
+    }
+
+    @Test func dhcpEth0FlappingTenTimesASecondForTenSecondsCausesBoundedRouteChangesAndProbeKeepsWorking() throws {
+        let net = try NamespaceHarness()
+        defer { net.tearDown() }
+        let manager = try net.manager(holdDown: .seconds(1), config: NamespaceHarness.dhcpConfig())
+        try manager.start()
+        defer { manager.stop() }
+        try #require(NamespaceHarness.waitUntil(.seconds(10)) {
+            manager.snapshot().active == "eth0" && manager.snapshot().ports["wlan0"]?.usable == true
+        } != nil)
+        let before = manager.snapshot().routeChanges
+        Thread.sleep(forTimeInterval: 2.5)
+        var failures: [Int] = []
+        let start = ContinuousClock.now
+        for cycle in 0..<100 { // 50 ms down, 50 ms up, on a fixed timeline: 10 Hz for 10 s
+            let t = start + .milliseconds(cycle * 100)
+            sleepUntil(t)
+            try net.setCarrier("eth0", false)
+            sleepUntil(t + .milliseconds(50))
+            try net.setCarrier("eth0", true)
+            if cycle > 0, net.probeViaDefaultRoute(timeout: .milliseconds(40)) != "wlan0-side" { failures.append(cycle) }
+        }
+        let changes = manager.snapshot().routeChanges - before
+        print("dhcp flapping: \(start.duration(to: .now)), route changes \(changes), failed probes in cycles \(failures)")
+        #expect(changes <= 2)
+        #expect(failures.isEmpty, "probe failed in cycles \(failures)")
+        #expect(manager.snapshot().reports["eth0"]?.addressing?.address.description == "10.1.0.100")
+        #expect(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "eth0" } != nil)
+    }
+}
+
+func sleepUntil(_ instant: ContinuousClock.Instant) {
+    let left = ContinuousClock.now.duration(to: instant)
+    guard left > .zero else { return }
+    Thread.sleep(forTimeInterval: Double(left.components.seconds) + Double(left.components.attoseconds) / 1e18)
+}
