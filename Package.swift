@@ -48,10 +48,10 @@ let package = Package(
         // proxy: downloads, connectivity probes, the controller.
         .target(name: "OutpostHTTP", dependencies: ["COpenSSL"]),
 
-        // Device side: early boot, supervisor, updater.
-        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP"]),
+        // Device side: early boot, supervisor, updater, network.
+        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork"]),
         .executableTarget(name: "outpostd", dependencies: ["OutpostAgent"]),
-        .target(name: "OutpostNetwork", dependencies: ["CNetlink"]),
+        .target(name: "OutpostNetwork", dependencies: ["CNetlink", "OutpostHTTP"]),
 
         .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk"]),
         .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle"]),

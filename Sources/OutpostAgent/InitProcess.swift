@@ -35,6 +35,7 @@ public enum InitProcess {
             agent.update = UpdateService(diskPath: outcome.diskPath, bootedPartUUID: outcome.slotPartUUID,
                                          version: outcome.version)
         }
+        agent.network = NetworkComponent.service(persistMount: persistMount)
         let lastBoot = "last-boot=\(agent.lastBoot.reason.rawValue)"
         if let reason = outcome.rescueReason {
             Console.line("rescue slot=\(outcome.slotName) reason=\(reason) \(lastBoot)")

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import OutpostHTTP
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,6 +13,8 @@ public struct ManagerOptions: Sendable {
     public var probeInterval: Duration = .milliseconds(500)
     public var probeTimeout: Duration = .seconds(2)
     public var dhcp = DHCPClient.Timing()
+    /// Anchors for https:// probe URLs (nil: the system store).
+    public var probeTLS: TLSContext?
 
     public init(namespace: String?, resolvConfPath: String) {
         self.namespace = namespace
@@ -279,7 +282,8 @@ public final class NetworkManager: @unchecked Sendable {
             }
             if ready {
                 var failure: String?
-                do { _ = try HTTPProbe.get(url, device: name, proxy: port.proxy, timeout: options.probeTimeout) } catch {
+                do { _ = try HTTPProbe.get(url, device: name, proxy: port.proxy, tls: options.probeTLS,
+                                               timeout: options.probeTimeout) } catch {
                     failure = error.description
                 }
                 let changed = state.withLock { s -> Bool in

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import OutpostHTTP
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -35,6 +36,8 @@ public final class NetworkService: @unchecked Sendable {
         public var dhcp = DHCPClient.Timing()
         /// How many configurations the last-known-good list keeps.
         public var lastKnownGoodCapacity = 4
+        /// Anchors for https:// probe URLs (the controller's CA from CONFIG); nil: the system store.
+        public var probeTLS: TLSContext?
         public init() {}
     }
 
@@ -229,6 +232,7 @@ public final class NetworkService: @unchecked Sendable {
         managerOptions.probeInterval = options.probeInterval
         managerOptions.probeTimeout = options.probeTimeout
         managerOptions.dhcp = options.dhcp
+        managerOptions.probeTLS = options.probeTLS
         let manager = NetworkManager(config: config, options: managerOptions)
         try manager.start()
         return manager

@@ -76,15 +76,16 @@ struct NetworkTests {
         #expect(ready != nil, "\(live.console.suffix(3000))")
         let onEth0 = live.wait(for: "network: active port eth0", timeout: 120)
         #expect(onEth0 != nil, "eth0 never became active:\n\(live.console.suffix(3000))")
-        for name in ["wlan0", "wwan0"] {
-            #expect(live.wait(for: "network: renamed", timeout: 1) != nil || live.console.contains(name), "no \(name)")
-        }
 
         // Cut eth0's link: the guest sees its carrier drop.
         let cut = Date().timeIntervalSince1970
         try live.monitorCommand("set_link n0 off")
         let moved = live.wait(for: "network: active port wlan0", after: onEth0?.index ?? 0, timeout: 30)
         #expect(moved != nil, "traffic did not move to wlan0:\n\(live.console.suffix(3000))")
+        if let moved {
+            // Console lines are stamped when the host reads them (0.1 s polling): a figure, not an assertion.
+            print(String(format: "QEMU failover: set_link n0 off → wlan0 active within %.1f s", moved.at.timeIntervalSince1970 - cut))
+        }
         // The endpoint keeps answering: probes through wlan0 after the cut.
         var reached = false
         for _ in 0..<60 where !reached {
@@ -93,9 +94,13 @@ struct NetworkTests {
         }
         #expect(reached, "no probe reached the host through wlan0 after the cut")
         try live.type("network status\n")
-        let report = live.wait(for: "network: active: wlan0", after: moved?.index ?? 0, timeout: 30)
+        let report = live.wait(for: "network: active wlan0", after: moved?.index ?? 0, timeout: 30)
         #expect(report != nil, "network status did not show wlan0 active:\n\(live.console.suffix(2000))")
-        #expect(live.console.contains("eth0: carrier down"), "\(live.console.suffix(2000))")
+        _ = live.wait(for: "network: wwan0:", after: report?.index ?? 0, timeout: 10)
+        #expect(live.console.contains("network: eth0: carrier down"), "\(live.console.suffix(2000))")
+        // The kernel named the second and third NICs eth1 and eth2; the manager renamed them by MAC.
+        #expect(live.console.contains("network: wlan0: carrier up, 10.0.2.15/24"), "\(live.console.suffix(2000))")
+        #expect(live.console.contains("network: wwan0: carrier up, 10.0.2.15/24"), "\(live.console.suffix(2000))")
 
         // Restore eth0: after the hold-down the better port takes over again.
         try live.monitorCommand("set_link n0 on")

@@ -5,6 +5,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostNetwork
 
 public final class Agent: @unchecked Sendable {
     /// Timing defaults. The watchdog timeout bounds how long a hang goes
@@ -33,6 +34,8 @@ public final class Agent: @unchecked Sendable {
     let cpu = Locked(CPUSampler())
     /// The update flow's component; set before `start()` when PERSIST is mounted.
     public var update: UpdateService?
+    /// The network manager's service; set before `start()`.
+    public var network: NetworkService?
     private let shutdownStartedAt = Locked<Int64?>(nil)
 
     /// Determines the last boot's reason (before anything could overwrite
@@ -79,6 +82,9 @@ public final class Agent: @unchecked Sendable {
         supervisor.add(ControlSocket.spec(agent: self))
         supervisor.add(PowerButton.spec())
         supervisor.add(ConsoleCommands.spec(agent: self))
+        if let network {
+            supervisor.add(NetworkComponent.spec(network))
+        }
         if let update {
             supervisor.add(UpdateComponent.spec(update, supervisor: supervisor))
         }

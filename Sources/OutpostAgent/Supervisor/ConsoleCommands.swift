@@ -7,6 +7,7 @@
 //   ttyS0 (canonical mode: the kernel hands over whole lines)
 //     "status"          → the supervisor's status report
 //     "update status"   → slots, versions, last result and its reason
+//     "network status"  → per port carrier, address, gateway, DNS, proxy, test
 //     "help"            → this list
 
 #if canImport(Glibc)
@@ -16,7 +17,8 @@ import Glibc
 enum ConsoleCommands {
     static let path = "/dev/console"
     static let help = ["console commands (read-only):", "  status          components, watchdog, last boot",
-                       "  update status   slots, versions, last update result", "  help            this list"]
+                       "  update status   slots, versions, last update result",
+                       "  network status  ports: carrier, address, gateway, DNS, proxy, last test error", "  help            this list"]
 
     static func spec(agent: Agent) -> ComponentSpec {
         ComponentSpec(name: "console", livenessDeadlineMilliseconds: 30_000, body: .task { context in
@@ -62,6 +64,12 @@ enum ConsoleCommands {
             do { return lines(try UpdateCommand.report(update, json: words.count == 3)) } catch {
                 return ["update status: \(error)"]
             }
+        case ["network", "status"]:
+            guard let network = agent.network else { return ["network status: the network manager is not running"] }
+            return network.connectivityReport().map { $0.hasPrefix("network:") ? $0 : "network: " + $0 }
+        case ["network", "status", "--json"]:
+            guard let network = agent.network else { return ["network status: the network manager is not running"] }
+            return [network.statusJSON()]
         default:
             let shown = String(typed.unicodeScalars.filter { $0.value >= 32 && $0.value < 127 }.prefix(40))
             return ["unknown console command '\(shown)'; type help"]

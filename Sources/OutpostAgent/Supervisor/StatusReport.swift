@@ -18,6 +18,9 @@ public struct StatusReport: Sendable {
     public var process: ProcessStats.Sample
     public var cpuPercentLastMinute: Double?
     public var orphansReaped: Int
+    /// The network manager's own status document (JSON), when it runs.
+    public var networkJSON: String?
+    public var networkActive: String??
 
     init(agent: Agent) {
         uptimeSeconds = ProcessStats.uptimeSeconds() ?? 0
@@ -32,6 +35,8 @@ public struct StatusReport: Sendable {
         let now = Sys.monotonicMilliseconds()
         cpuPercentLastMinute = agent.cpu.withLock { $0.percent(now: now, ticks: sample.cpuTicks) }
         orphansReaped = agent.reaper.orphansReaped
+        networkJSON = agent.network?.statusJSON()
+        networkActive = agent.network.map { $0.activePort }
     }
 
     public func text() -> String {
@@ -58,6 +63,9 @@ public struct StatusReport: Sendable {
             if let age = c.lastBeatAgeMilliseconds { line += " beat=\(age / 1000)s ago" }
             if let error = c.lastError { line += " last-error=\"\(error)\"" }
             lines.append(line)
+        }
+        if let networkActive {
+            lines.append("network: active port \(networkActive ?? "none") (outpostd status --json has every port)")
         }
         lines.append("agent: pid=\(process.pid) rss=\(process.rssKiB ?? 0) KiB threads=\(process.threads ?? 0)"
                      + " cpu-1min=\(cpuPercentLastMinute.map { formatted($0) + "%" } ?? "n/a")"
@@ -92,6 +100,7 @@ public struct StatusReport: Sendable {
         return JSON.object([
             ("uptimeSeconds", .double(uptimeSeconds)), ("slot", .string(slot)), ("version", .string(version)),
             ("lastBoot", .object(boot)), ("watchdog", watchdogJSON), ("components", componentsJSON), ("agent", agent),
+            ("network", networkJSON.map { .raw($0) } ?? .null),
         ]).rendered + "\n"
     }
 }
@@ -111,6 +120,8 @@ extension String {
 public indirect enum JSON: Sendable {
     case null, bool(Bool), int(Int64), double(Double), string(String)
     case array([JSON]), object([(String, JSON)])
+    /// An already rendered JSON document (another module's report).
+    case raw(String)
 
     public var rendered: String {
         switch self {
@@ -119,6 +130,7 @@ public indirect enum JSON: Sendable {
         case .int(let i): return String(i)
         case .double(let d): return d.isFinite ? formatted(d) : "null"
         case .string(let s): return JSON.quote(s)
+        case .raw(let text): return text
         case .array(let items): return "[" + items.map(\.rendered).joined(separator: ",") + "]"
         case .object(let fields): return "{" + fields.map { JSON.quote($0.0) + ":" + $0.1.rendered }
             .joined(separator: ",") + "}"

@@ -159,9 +159,6 @@ public struct NetworkConfig: Equatable, Sendable {
             guard case .string(let text) = value, let url = HTTPURL(text) else {
                 throw .invalid(field: "probe", value: "\(value)", reason: "is not an http(s)://host[:port]/path URL")
             }
-            guard url.scheme == "http" else {
-                throw .invalid(field: "probe", value: text, reason: "uses https, which this build cannot probe yet (needs the OutpostHTTP TLS client)")
-            }
             probe = url
         }
         var testTime = Self.defaultTestTime
