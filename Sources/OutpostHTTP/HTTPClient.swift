@@ -3,7 +3,7 @@
 // memory, and the same code for downloads, connectivity probes and (later)
 // the controller.
 //
-//   request ──▶ [proxy: CONNECT host:port, or absolute-form for http://]
+//   request ──▶ [proxy: CONNECT host:port, for http:// and https:// alike]
 //           ──▶ [TLS to the origin for https://] ──▶ status line, headers
 //           ──▶ body: Content-Length | chunked | until close
 
@@ -15,7 +15,8 @@ import Glibc
 public struct HTTPOptions: Sendable {
     /// Pin the connection to one interface (SO_BINDTODEVICE): a port's own probe.
     public var device: String?
-    /// An http:// proxy. https:// targets are tunnelled with CONNECT.
+    /// An http:// proxy. Every target is tunnelled with CONNECT, so a refusal
+    /// is the proxy's own answer, never mistaken for the server's.
     public var proxy: HTTPURL?
     /// Anchors for https://; nil means the system's default store.
     public var tls: TLSContext?
@@ -57,15 +58,10 @@ public enum HTTPClient {
         if let overall = options.deadline { headDeadline = min(headDeadline, overall) }
 
         let connection: Connection
-        var requestTarget = url.path
         if let proxy = options.proxy {
             connection = try Connection.open(host: proxy.host, port: proxy.port, device: options.device,
                                              label: "\(label) via proxy \(proxy.hostPort)", until: headDeadline)
-            if url.scheme == .https {
-                try tunnel(connection, to: url, proxy: proxy, until: headDeadline)
-            } else {
-                requestTarget = url.description   // absolute-form: the proxy forwards it
-            }
+            try tunnel(connection, to: url, proxy: proxy, until: headDeadline)
         } else {
             connection = try Connection.open(host: url.host, port: url.port, device: options.device, label: label,
                                              until: headDeadline)
@@ -76,7 +72,7 @@ public enum HTTPClient {
             try connection.startTLS(context, host: url.host, until: headDeadline)
         }
 
-        var text = "\(request.method) \(requestTarget) HTTP/1.1\r\nHost: \(url.authority)\r\nConnection: close\r\n"
+        var text = "\(request.method) \(url.path) HTTP/1.1\r\nHost: \(url.authority)\r\nConnection: close\r\n"
         for (name, value) in request.headers {
             guard !name.contains(where: { $0 == ":" || $0 == "\r" || $0 == "\n" }), !value.contains(where: { $0 == "\r" || $0 == "\n" }) else {
                 throw .badURL(label, reason: "header '\(name)' has a line break or colon")

@@ -23,7 +23,7 @@ public enum HTTPError: Error, Equatable, CustomStringConvertible {
         case let .system(call, t, e): return "\(t): \(call): \(String(cString: strerror(e)))"
         case let .timeout(step, t): return "\(t): timed out during \(step)"
         case let .tls(step, t, d): return "\(t): TLS \(step): \(d)"
-        case let .proxy(p, line): return "proxy \(p) refused the tunnel: '\(line)'"
+        case let .proxy(p, line): return "proxy \(p) refused CONNECT: '\(line)'"
         case let .malformedResponse(t, d): return "\(t): malformed HTTP response: \(d)"
         case let .closed(t, step): return "\(t): connection closed during \(step)"
         }

@@ -9,6 +9,7 @@ public enum ProbeError: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
+        case .transport(.proxy(let p, let line)): return "probe: proxy \(p) refused CONNECT: '\(line)'"
         case .transport(let e): return "probe: \(e)"
         case .badURL(let u): return "probe: '\(u)' is not a usable URL"
         case .badResponse(let status): return "probe: the endpoint answered HTTP \(status)"
