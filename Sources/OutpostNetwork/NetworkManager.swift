@@ -10,6 +10,8 @@ public struct ManagerOptions: Sendable {
     public var namespace: String?
     public var resolvConfPath: String
     public var holdDown: Duration = .seconds(30)
+    /// How long after start a cheaper port may take over at once (ports come up in any order).
+    public var startupSettle: Duration = .seconds(3)
     public var probeInterval: Duration = .milliseconds(500)
     public var probeTimeout: Duration = .seconds(2)
     public var dhcp = DHCPClient.Timing()
@@ -74,7 +76,8 @@ public final class NetworkManager: @unchecked Sendable {
         self.config = config
         self.options = options
         ranked = config.portsByPreference
-        var s = State(selector: PortSelector(ports: ranked.map { ($0.name, $0.cost) }, holdDown: options.holdDown))
+        var s = State(selector: PortSelector(ports: ranked.map { ($0.name, $0.cost) }, holdDown: options.holdDown,
+                                                    startupSettle: options.startupSettle))
         for port in ranked {
             s.observations[port.name] = PortObservation(probeOK: config.probe == nil)
             s.generation[port.name] = 0

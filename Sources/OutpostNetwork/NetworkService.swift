@@ -31,6 +31,8 @@ public final class NetworkService: @unchecked Sendable {
     /// Tunables; the defaults suit a device, tests shorten them.
     public struct Options: Sendable {
         public var holdDown: Duration = .seconds(30)
+        /// How long after (re)start a cheaper port may take over without hold-down.
+        public var startupSettle: Duration = .seconds(3)
         public var probeInterval: Duration = .milliseconds(500)
         public var probeTimeout: Duration = .seconds(2)
         public var dhcp = DHCPClient.Timing()
@@ -229,6 +231,7 @@ public final class NetworkService: @unchecked Sendable {
     private func launch(_ config: NetworkConfig) throws -> NetworkManager {
         var managerOptions = ManagerOptions(namespace: namespace, resolvConfPath: resolvConfPath)
         managerOptions.holdDown = options.holdDown
+        managerOptions.startupSettle = options.startupSettle
         managerOptions.probeInterval = options.probeInterval
         managerOptions.probeTimeout = options.probeTimeout
         managerOptions.dhcp = options.dhcp

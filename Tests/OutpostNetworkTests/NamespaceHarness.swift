@@ -158,6 +158,7 @@ final class NamespaceHarness: @unchecked Sendable {
     func options(holdDown: Duration) -> ManagerOptions {
         var options = ManagerOptions(namespace: device, resolvConfPath: workDir + "/resolv.conf")
         options.holdDown = holdDown
+        options.startupSettle = .milliseconds(1500)
         options.probeInterval = .milliseconds(50)
         options.probeTimeout = .milliseconds(200)
         options.dhcp.initialRetry = .milliseconds(500)
@@ -177,6 +178,7 @@ final class NamespaceHarness: @unchecked Sendable {
         let o = options(holdDown: holdDown)
         var so = NetworkService.Options()
         so.holdDown = o.holdDown
+        so.startupSettle = o.startupSettle
         so.probeInterval = o.probeInterval
         so.probeTimeout = o.probeTimeout
         so.dhcp = o.dhcp

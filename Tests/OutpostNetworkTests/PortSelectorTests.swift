@@ -87,3 +87,14 @@ private func selector() -> PortSelector {
     let d = s.update(["eth0": down], now: at(10))
     #expect(d.active == nil && d.changed)
 }
+
+@Test func duringStartupSettleACheaperPortTakesOverAtOnceAndAfterItOnlyAfterHoldDown() {
+    var s = PortSelector(ports: [("eth0", 10), ("wlan0", 20), ("wwan0", 30)], holdDown: .seconds(5), startupSettle: .seconds(3))
+    #expect(s.update(["wwan0": up], now: at(0)).active == "wwan0")
+    #expect(s.update(["wwan0": up, "wlan0": up], now: at(500)).active == "wlan0")
+    #expect(s.update(["wwan0": up, "wlan0": up, "eth0": up], now: at(2999)).active == "eth0")
+    // After the window, a loss and return pays the full hold-down again.
+    #expect(s.update(["wwan0": up, "wlan0": up, "eth0": down], now: at(4000)).active == "wlan0")
+    #expect(s.update(["wwan0": up, "wlan0": up, "eth0": up], now: at(4100)).active == "wlan0")
+    #expect(s.update(["wwan0": up, "wlan0": up, "eth0": up], now: at(9100)).active == "eth0")
+}

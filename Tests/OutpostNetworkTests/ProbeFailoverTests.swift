@@ -13,6 +13,7 @@ extension FailoverTests {
         try manager.start()
         defer { manager.stop() }
         try #require(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "eth0" } != nil)
+        Thread.sleep(forTimeInterval: 1.5) // past the startup settle, so the return pays the hold-down
 
         // The controller vanishes behind eth0; its carrier stays up.
         try sh("ip", "-n", net.upstreamEth, "addr", "del", "10.200.0.1/32", "dev", "lo")

@@ -36,11 +36,17 @@ public struct PortSelector: Sendable {
     /// Port names with their cost; ties keep this order.
     public let ports: [(name: String, cost: Int)]
     public let holdDown: Duration
+    /// After the first update, a cheaper port may take over without hold-down for this long:
+    /// ports come up in any order at boot (whichever lease arrives first), and there is no
+    /// flapping history yet to protect against.
+    public let startupSettle: Duration
+    private var settleEnd: ContinuousClock.Instant?
     public private(set) var active: String?
     public private(set) var routeChanges = 0
     private var usableSince: [String: ContinuousClock.Instant] = [:]
 
-    public init(ports: [(name: String, cost: Int)], holdDown: Duration) {
+    public init(ports: [(name: String, cost: Int)], holdDown: Duration, startupSettle: Duration = .zero) {
+        self.startupSettle = startupSettle
         self.ports = ports.enumerated()
             .sorted { ($0.element.cost, $0.offset) < ($1.element.cost, $1.offset) }
             .map(\.element)
@@ -59,10 +65,12 @@ public struct PortSelector: Sendable {
             }
         }
         let previous = active
+        if settleEnd == nil { settleEnd = now + startupSettle }
+        let settling = settleEnd.map { now < $0 } ?? false
         if let current = active, usableSince[current] != nil {
             // Stay unless a cheaper port has been usable for the whole hold-down.
             if let better = ports.first(where: { port in
-                port.cost < cost(current) && usableSince[port.name].map { $0.duration(to: now) >= holdDown } == true
+                port.cost < cost(current) && usableSince[port.name].map { settling || $0.duration(to: now) >= holdDown } == true
             }) {
                 active = better.name
             }
