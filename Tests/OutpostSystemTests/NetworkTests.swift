@@ -106,6 +106,17 @@ struct NetworkTests {
         try live.monitorCommand("set_link n0 on")
         let back = live.wait(for: "network: active port eth0", after: moved?.index ?? 0, timeout: 150)
         #expect(back != nil, "traffic did not return to eth0:\n\(live.console.suffix(3000))")
+        try live.type("network status --json\n")
+        let json = live.wait(for: #""active":"eth0""#, after: back?.index ?? 0, timeout: 30)
+        #expect(json?.text.contains(#""wwan0":{"#) == true, "\(json?.text ?? live.console.suffix(2000).description)")
+
+        // Every uplink gone: no usable port, and after 30 s the connectivity report on the console.
+        for netdev in ["n0", "n1", "n2"] { try live.monitorCommand("set_link \(netdev) off") }
+        let none = live.wait(for: "network: no usable port", after: back?.index ?? 0, timeout: 30)
+        #expect(none != nil, "\(live.console.suffix(2000))")
+        let diagnosis = live.wait(for: "network: active none", after: none?.index ?? 0, timeout: 60)
+        #expect(diagnosis != nil, "no connectivity report:\n\(live.console.suffix(2000))")
+        #expect(live.wait(for: "network: wwan0: carrier down", after: none?.index ?? 0, timeout: 10) != nil)
 
         try live.monitorCommand("system_powerdown")
         #expect(live.waitForExit(timeout: 90), "no orderly power-off")

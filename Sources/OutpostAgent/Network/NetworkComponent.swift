@@ -1,7 +1,7 @@
 // The network manager (OutpostNetwork) as one of PID 1's components. The
 // service runs its own threads (netlink events, DHCP clients, probes); this
 // component starts it, reports changes of the active port on the console,
-// and, when no port has been usable for a while, prints the connectivity
+// and, when no port has been usable for 30 s (then every minute), prints the connectivity
 // report a technician at the device needs: per port carrier, address,
 // gateway, DNS, proxy and the last test error.
 
@@ -18,7 +18,7 @@ enum NetworkComponent {
     /// /etc/resolv.conf on the read-only root is a link to this file.
     static let resolvConf = "/run/outpost/resolv.conf"
     /// How long without a usable port before the console report starts, and its period.
-    static let reportAfterMilliseconds: Int64 = 60_000
+    static let reportAfterMilliseconds: Int64 = 30_000
     static let reportEveryMilliseconds: Int64 = 60_000
 
     /// The controller's CA from CONFIG: https:// probe URLs (the controller) are checked against it.
