@@ -1,0 +1,87 @@
+import Foundation
+import Testing
+import OutpostHTTP
+@testable import OutpostNetwork
+
+/// A small HTTPS endpoint plays the controller: every upstream namespace runs a python3 TLS
+/// server on 10.200.0.1:8443 with a certificate for that address, signed by a CA the test
+/// makes with the openssl CLI. Failover works over https probes, and a device that does not
+/// trust the endpoint's CA never calls a port usable and says why.
+extension FailoverTests {
+    static let tlsServer = #"""
+    import http.server, ssl, sys, os
+    cert, key, directory, ready = sys.argv[1:5]
+    os.chdir(directory)
+    class H(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a): pass
+    srv = http.server.ThreadingHTTPServer(('10.200.0.1', 8443), H)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    open(ready, 'w').write('listening')
+    srv.serve_forever()
+    """#
+
+    /// CA, other CA, and a server certificate for 10.200.0.1 signed by the CA.
+    private static func makePKI(_ dir: String) throws -> (ca: String, otherCA: String, cert: String, key: String) {
+        for name in ["ca", "other-ca"] {
+            try sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                   "-keyout", "\(dir)/\(name).key", "-out", "\(dir)/\(name).pem", "-days", "2", "-subj", "/CN=probe \(name)")
+        }
+        try sh("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+               "-keyout", "\(dir)/server.key", "-out", "\(dir)/server.csr", "-subj", "/CN=10.200.0.1")
+        try Data("subjectAltName=IP:10.200.0.1\n".utf8).write(to: URL(fileURLWithPath: dir + "/san.ext"))
+        try sh("openssl", "x509", "-req", "-in", "\(dir)/server.csr", "-CA", "\(dir)/ca.pem", "-CAkey", "\(dir)/ca.key",
+               "-CAcreateserial", "-out", "\(dir)/server.pem", "-days", "2", "-extfile", "\(dir)/san.ext")
+        return ("\(dir)/ca.pem", "\(dir)/other-ca.pem", "\(dir)/server.pem", "\(dir)/server.key")
+    }
+
+    @Test func anHTTPSControllerEndpointIsProbedThroughEachPortAndAnUntrustedOneIsNot() throws {
+        let net = try NamespaceHarness()
+        defer { net.tearDown() }
+        let pki = try Self.makePKI(net.workDir)
+        let script = net.workDir + "/tls-server.py"
+        try Data(Self.tlsServer.utf8).write(to: URL(fileURLWithPath: script))
+        var servers: [ChildProcess] = []
+        defer { servers.forEach { $0.terminate() } }
+        for port in NamespaceHarness.ports {
+            let ready = "\(net.workDir)/\(port)-tls.ready"
+            servers.append(try ChildProcess(["/usr/sbin/ip", "netns", "exec", net.upstream(port), "python3", script,
+                                             pki.cert, pki.key, "\(net.workDir)/\(port)-side", ready]))
+            #expect(NamespaceHarness.waitUntil(.seconds(10), every: 0.05) { FileManager.default.fileExists(atPath: ready) } != nil)
+        }
+        let url = "https://10.200.0.1:8443/id"
+        let config = NamespaceHarness.dhcpConfig().replacingOccurrences(of: NamespaceHarness.probeURL, with: url)
+
+        var options = net.options(holdDown: .seconds(1))
+        options.probeTLS = try TLSContext(caFiles: [pki.ca], systemDefaults: false)
+        let manager = NetworkManager(config: try NetworkConfig(json: Data(config.utf8)), options: options)
+        try manager.start()
+        #expect(NamespaceHarness.waitUntil(.seconds(15)) { manager.snapshot().active == "eth0" } != nil,
+                "\(manager.snapshot().lastProbeError)")
+        let target = try #require(HTTPURL(url))
+        let tls = options.probeTLS
+        func viaDefaultRoute() -> String? {
+            try? NetworkNamespace.run(net.device) { try HTTPProbe.get(target, device: nil, tls: tls, timeout: .milliseconds(300)) }
+        }
+        #expect(viaDefaultRoute() == "eth0-side")
+
+        // eth0's carrier drops: the route moves and the HTTPS endpoint answers through wlan0 within 1 s.
+        try net.setCarrier("eth0", false)
+        let moved = NamespaceHarness.waitUntil(.seconds(1), every: 0.01) { viaDefaultRoute() == "wlan0-side" }
+        #expect(moved != nil, "no HTTPS answer through wlan0 within 1 s: \(manager.snapshot().lastProbeError)")
+        manager.stop()
+
+        // The same endpoint, but the device trusts another CA: no port is usable, and status says why.
+        try net.setCarrier("eth0", true)
+        options.probeTLS = try TLSContext(caFiles: [pki.otherCA], systemDefaults: false)
+        let distrusting = NetworkManager(config: try NetworkConfig(json: Data(config.utf8)), options: options)
+        try distrusting.start()
+        defer { distrusting.stop() }
+        let reported = NamespaceHarness.waitUntil(.seconds(15)) { distrusting.snapshot().lastProbeError["eth0"] != nil }
+        #expect(reported != nil)
+        let message = distrusting.snapshot().lastProbeError["eth0"] ?? ""
+        #expect(message.contains("certificate not trusted"), "\(message)")
+        #expect(distrusting.snapshot().active == nil)
+    }
+}
