@@ -58,6 +58,8 @@ public final class NetworkManager: @unchecked Sendable {
     public let config: NetworkConfig
     public let options: ManagerOptions
     private let ranked: [PortConfig]
+    /// PAC files of ports that name one, fetched through the port and cached.
+    private let pac = PACResolver()
     private let state: Guarded<State>
     private var wakePipe: [Int32] = [-1, -1]
     private var threads: [WorkerThread] = []
@@ -285,8 +287,10 @@ public final class NetworkManager: @unchecked Sendable {
             }
             if ready {
                 var failure: String?
-                do { _ = try HTTPProbe.get(url, device: name, proxy: port.proxy, tls: options.probeTLS,
-                                               timeout: options.probeTimeout) } catch {
+                do {
+                    let proxy = try pac.proxy(for: port, url: url, tls: options.probeTLS, timeout: options.probeTimeout)
+                    _ = try HTTPProbe.get(url, device: name, proxy: proxy, tls: options.probeTLS, timeout: options.probeTimeout)
+                } catch {
                     failure = error.description
                 }
                 let changed = state.withLock { s -> Bool in

@@ -47,7 +47,7 @@ extension NetworkService {
             ports[port.name] = .init(
                 mode: mode, carrier: o.carrier, address: a.map { "\($0.address)/\($0.prefixLength)" },
                 gateway: a?.gateway.map(\.description), dns: a?.dns.map(\.description) ?? [], cost: port.cost,
-                proxy: port.proxy?.description, pac: port.pac.map { "\($0) (unsupported: not evaluated, probing without it)" },
+                proxy: port.proxy?.description, pac: port.pac?.description,
                 test: s.config?.probe == nil ? "not configured" : (o.probeOK ? "passed" : "failed"),
                 usable: o.usable, lastError: r?.lastError, lastLeaseLoss: r?.lastLeaseLoss, lastChange: r?.lastChange,
                 renamedFrom: s.status?.renamed[port.name])
@@ -76,7 +76,7 @@ extension NetworkService {
             line += a.map { ", \($0.address)/\($0.prefixLength) via \($0.gateway?.description ?? "none")" } ?? ", no address"
             line += ", dns \(a.map { $0.dns.isEmpty ? "none" : $0.dns.map(\.description).joined(separator: " ") } ?? "none")"
             line += ", proxy \(port.proxy?.description ?? "none")"
-            if let pac = port.pac { line += ", pac \(pac) (unsupported)" }
+            if let pac = port.pac { line += ", pac \(pac)\(port.proxy == nil ? "" : " (the static proxy wins)")" }
             line += o.usable ? ", usable" : ", not usable"
             if let e = r?.lastError { line += ", last error: \(e)" }
             lines.append(line)

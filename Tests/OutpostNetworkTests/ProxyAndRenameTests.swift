@@ -51,7 +51,7 @@ extension FailoverTests {
         #expect(refused.snapshot().active == nil)
     }
 
-    @Test func proxyAndUnsupportedPACAreShownInStatusAndConsoleReport() throws {
+    @Test func proxyAndPACAreShownInStatusAndConsoleReport() throws {
         let net = try NamespaceHarness(dhcpOn: [])
         defer { net.tearDown() }
         let (proxy, _) = try startProxy(net, port: 3128, deny: false)
@@ -61,9 +61,46 @@ extension FailoverTests {
         defer { service.stop() }
         #expect(NamespaceHarness.waitUntil(.seconds(5)) { service.activePort == "eth0" } != nil)
         let report = service.connectivityReport()
-        #expect(report.contains { $0.hasPrefix("wlan0:") && $0.contains("proxy http://10.2.0.1:3128") && $0.contains("pac http://10.2.0.1/proxy.pac (unsupported)") },
+        #expect(report.contains { $0.hasPrefix("wlan0:") && $0.contains("proxy http://10.2.0.1:3128") && $0.contains("pac http://10.2.0.1/proxy.pac (the static proxy wins)") },
                 "\(report)")
-        #expect(service.statusJSON().contains(#""pac":"http://10.2.0.1/proxy.pac (unsupported: not evaluated, probing without it)""#))
+        #expect(service.statusJSON().contains(#""pac":"http://10.2.0.1/proxy.pac""#))
+    }
+
+    @Test func aPortsPACFileIsFetchedThroughThePortAndItsProxyIsUsed() throws {
+        let net = try NamespaceHarness(dhcpOn: [])
+        defer { net.tearDown() }
+        try net.setCarrier("eth0", false)
+        let (proxy, log) = try startProxy(net, port: 3128, deny: false)
+        defer { proxy.terminate() }
+        // Served by wlan0's upstream web server (10.2.0.1:8080): the probe target goes through the proxy.
+        try Data("""
+        function FindProxyForURL(url, host) {
+            if (isInNet(host, "10.200.0.0", "255.255.0.0") && shExpMatch(url, "http://*/id"))
+                return "PROXY 10.2.0.1:3128; DIRECT";
+            return "DIRECT";
+        }
+        """.utf8).write(to: URL(fileURLWithPath: net.workDir + "/wlan0-side/proxy.pac"))
+        let config = NamespaceHarness.staticConfig.replacingOccurrences(
+            of: #""cost": 20 }"#, with: #""cost": 20, "pac": "http://10.2.0.1:8080/proxy.pac" }"#)
+        let manager = try net.manager(holdDown: .seconds(1), config: config)
+        try manager.start()
+        defer { manager.stop() }
+        #expect(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "wlan0" } != nil,
+                "\(manager.snapshot().lastProbeError)")
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.contains("CONNECT 10.200.0.1:8080 HTTP/1.1"), "the PAC's proxy was not used: \(text)")
+
+        // A PAC outside the supported subset: the port is not usable, and the report says why.
+        try Data("function FindProxyForURL(url, host) { return dnsResolve(host); }".utf8)
+            .write(to: URL(fileURLWithPath: net.workDir + "/wlan0-side/proxy.pac"))
+        let refused = try net.manager(holdDown: .seconds(1), config: config)
+        manager.stop()
+        try refused.start()
+        defer { refused.stop() }
+        #expect(NamespaceHarness.waitUntil(.seconds(5)) { refused.snapshot().lastProbeError["wlan0"] != nil } != nil)
+        let message = refused.snapshot().lastProbeError["wlan0"] ?? ""
+        #expect(message.contains("pac: line 1: the function 'dnsResolve' is not supported"), "\(message)")
+        #expect(refused.snapshot().active == nil)
     }
 
     @Test func linkWithTheConfiguredMACIsRenamedToItsPortName() throws {

@@ -61,7 +61,8 @@ public struct PortConfig: Equatable, Sendable {
     public let cost: Int
     /// An HTTP proxy the probe (and later controller traffic) goes through via CONNECT.
     public let proxy: HTTPURL?
-    /// A PAC URL: parsed and reported, not evaluated (no JavaScript engine on the device).
+    /// A PAC URL, fetched through the port and evaluated by PACScript (the subset sites deploy);
+    /// a static `proxy` wins over it.
     public let pac: HTTPURL?
     /// When set, the link with this MAC is renamed to `name` at start ("52:54:00:12:34:56", lower case).
     public let mac: String?

@@ -6,6 +6,8 @@ public enum ProbeError: Error, Equatable, CustomStringConvertible {
     case transport(HTTPError)
     case badURL(String)
     case badResponse(status: Int)
+    /// The port's PAC file could not be fetched or evaluated (the message starts "pac:").
+    case pac(String)
 
     public var description: String {
         switch self {
@@ -13,6 +15,7 @@ public enum ProbeError: Error, Equatable, CustomStringConvertible {
         case .transport(let e): return "probe: \(e)"
         case .badURL(let u): return "probe: '\(u)' is not a usable URL"
         case .badResponse(let status): return "probe: the endpoint answered HTTP \(status)"
+        case .pac(let message): return "probe: \(message)"
         }
     }
 }
