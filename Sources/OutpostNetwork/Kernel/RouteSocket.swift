@@ -22,9 +22,11 @@ public enum NetworkApplyError: Error, Equatable, CustomStringConvertible {
 }
 
 /// One NETLINK_ROUTE socket for changing the kernel's links, IPv4 addresses and routes. Links
-/// and addresses go through libnl-route's objects (rtnl_link_change, rtnl_addr_add/delete);
-/// routes are rtnetlink messages built with libnl's message API and sent with nl_send_sync,
-/// which waits for the kernel's acknowledgement, so every call reports its own error.
+/// and addresses go through libnl-route's objects (rtnl_link_change, rtnl_addr_add/delete).
+/// Routes are RTM_NEWROUTE/RTM_DELROUTE messages built with libnl's message API (nlmsg_append,
+/// nla_put) and sent with nl_send_sync, which waits for the kernel's acknowledgement: the
+/// CNetlink module map does not include <netlink/route/route.h>, so rtnl_route_* is not
+/// visible to Swift; the messages are the same ones rtnl_route_add/delete would send.
 /// The socket belongs to the namespace of the thread that created it; one thread owns it.
 final class RouteSocket {
     private let socket: OpaquePointer
@@ -157,7 +159,7 @@ final class RouteSocket {
                       source: IPv4? = nil) throws(NetworkApplyError) {
         let target = "\(prefixLength == 0 ? "default" : "\(destination)/\(prefixLength)")\(gateway.map { " via \($0)" } ?? "") dev \(device) metric \(metric)"
         let index = try ifindex(device)
-        try sendRoute(type: Int32(RTM_NEWROUTE), flags: NLM_F_CREATE | NLM_F_REPLACE, call: "rtnl_route_add", target: target) { msg in
+        try sendRoute(type: Int32(RTM_NEWROUTE), flags: NLM_F_CREATE | NLM_F_REPLACE, call: "RTM_NEWROUTE", target: target) { msg in
             var rtm = rtmsg()
             rtm.rtm_family = UInt8(AF_INET)
             rtm.rtm_dst_len = UInt8(prefixLength)
@@ -183,7 +185,7 @@ final class RouteSocket {
             do { index = try ifindex(device) } catch .noSuchLink { return }
         }
         do {
-            try sendRoute(type: Int32(RTM_DELROUTE), flags: 0, call: "rtnl_route_delete", target: target) { msg in
+            try sendRoute(type: Int32(RTM_DELROUTE), flags: 0, call: "RTM_DELROUTE", target: target) { msg in
                 var rtm = rtmsg()
                 rtm.rtm_family = UInt8(AF_INET)
                 rtm.rtm_dst_len = UInt8(prefixLength)
