@@ -17,7 +17,9 @@ extension FailoverTests {
     srv = http.server.ThreadingHTTPServer(('10.200.0.1', 8443), H)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    # Handshake in each connection's own thread (on its first read), not inside accept():
+    # a client that vanished mid-handshake (its port's carrier cut) must not stall the rest.
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True, do_handshake_on_connect=False)
     open(ready, 'w').write('listening')
     srv.serve_forever()
     """#
