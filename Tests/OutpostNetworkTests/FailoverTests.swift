@@ -54,27 +54,15 @@ struct FailoverTests {
         // Let eth0 settle first, so the first cut is not held back by linkwatch batching.
         Thread.sleep(forTimeInterval: 2.5)
 
-        var probes = 0
-        var failures: [Int] = []
         let start = ContinuousClock.now
-        // 60 cycles on a fixed 100 ms timeline (50 ms down, 50 ms up): 10 flaps a second for 6 s.
-        for cycle in 0..<60 {
-            let t = start + .milliseconds(cycle * 100)
-            sleep(until: t)
-            try net.setEthCarrier(false)
-            sleep(until: t + .milliseconds(50))
-            try net.setEthCarrier(true)
-            if cycle > 0 { // the first cut is the failover itself
-                probes += 1
-                if net.probeViaDefaultRoute(timeout: .milliseconds(40)) != "wlan0-side" { failures.append(cycle) }
-            }
-        }
-        let flapping = start.duration(to: .now)
+        // 60 cycles: 10 flaps a second for 6 s.
+        let result = try flapEth0(net, cycles: 60)
         let changes = manager.snapshot().routeChanges - before
-        print("flapping: \(flapping), route changes \(changes), probes \(probes), failed in cycles \(failures)")
+        print("flapping: \(start.duration(to: .now)), route changes \(changes), unanswered probes \(result.unanswered), back on eth0 after wlan0 in cycles \(result.thrash)")
         // One move to wlan0; a return needs a full hold-down of stable eth0, which never happens.
         #expect(changes <= 2)
-        #expect(failures.isEmpty, "probe failed in cycles \(failures)")
+        #expect(result.unanswered.isEmpty, "probes unanswered: \(result.unanswered)")
+        #expect(result.thrash.isEmpty, "traffic went back to eth0 while it flapped, in cycles \(result.thrash)")
         // Once eth0 is stable it returns after the hold-down.
         #expect(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "eth0" } != nil)
     }

@@ -150,6 +150,13 @@ final class NamespaceHarness: @unchecked Sendable {
 
     func setEthCarrier(_ up: Bool) throws { try setCarrier("eth0", up) }
 
+    /// The probe's answer or its error, for diagnosing a failed probe.
+    func probeOutcome(timeout: Duration) -> String {
+        do { return try NetworkNamespace.run(device) { try HTTPProbe.get(Self.probe, device: nil, timeout: timeout) } } catch {
+            return "\(error)"
+        }
+    }
+
     /// One probe from the device namespace through whatever the default route says.
     func probeViaDefaultRoute(timeout: Duration = .milliseconds(50)) -> String? {
         try? NetworkNamespace.run(device) { try HTTPProbe.get(Self.probe, device: nil, timeout: timeout) }
