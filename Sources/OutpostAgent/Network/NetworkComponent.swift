@@ -49,7 +49,8 @@ enum NetworkComponent {
                 guard service.isHealthy else { throw NetworkComponentError.stopped }
                 try context.beat()
                 let active = service.activePort
-                if reported != .some(active) {
+                // Boot starts with no port; that is news only once a port was active (or after 30 s, below).
+                if reported != .some(active) && !(reported == nil && active == nil) {
                     if let active {
                         Console.line("network: active port \(active)" + (reported.flatMap { $0 }.map { " (was \($0))" } ?? ""))
                     } else {
