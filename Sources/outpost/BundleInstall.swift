@@ -14,7 +14,8 @@ struct BundleInstall: ParsableCommand {
         commandName: "install",
         abstract: "Install a bundle into the inactive slot of a disk image, exactly as a device does.",
         discussion: """
-            The slot the boot selection would boot now is treated as the running one. Everything is \
+            The committed (`active`) slot is treated as the running one and is never written; a slot \
+            already staged (`updating`) is replaced. Everything is \
             verified before the first write (signature, key ID, revocation, security version, board); \
             then the payload is written and hashed in one pass, flushed, read back and compared, and the \
             slot is marked `updating`: its next boot is a trial that the agent commits or falls back from. \
@@ -40,8 +41,11 @@ struct BundleInstall: ParsableCommand {
     func run() throws {
         let device = try FileBlockDevice(path: disk, writable: true)
         let table = try GPTDisk.read(device)
-        guard case .boot(let booted, _) = BootSelection.decide(table.gpt) else {
-            throw UpdateError.slotLayout("\(disk): no slot would boot now (rescue or no slots); install refused")
+        // The running slot is the committed one, not the one that boots next: after a staging
+        // run the other slot is `updating` and would boot first, and must not count as running.
+        let active = table.gpt.partitions.filter { $0.partition.isSlot && $0.partition.slotAttributes.state == .active }
+        guard active.count == 1, let booted = active.first?.number else {
+            throw UpdateError.slotLayout("\(disk): needs exactly one committed (active) slot, found \(active.count); install refused")
         }
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
         let engine = UpdateEngine(device: device, store: DirectoryStateStore(directory: state),
