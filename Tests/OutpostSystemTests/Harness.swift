@@ -1,5 +1,11 @@
 import Foundation
+import Testing
 import OutpostDisk
+
+/// Every QEMU suite, one at a time. Each guest runs under TCG; several at once on a
+/// two-core machine starve one another's virtual CPUs while their virtual clocks (and the
+/// watchdogs driven by them) keep running, which turns timing into chance.
+@Suite(.serialized) enum QEMU {}
 
 /// Drives the real image in QEMU (TCG, OVMF, swtpm) through `outpost run
 /// --headless`, on a private sparse copy of `out/outpost.img` so tests never
