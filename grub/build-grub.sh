@@ -74,8 +74,10 @@ EOF
 fi
 
 # The newest grub2 source version apt knows (what `apt-get source` picks).
+# apt-cache exits 100 while apt has no source lists yet (a fresh machine, or a
+# deb-src entry added after the last update); that means "unknown", not failure.
 src_version() {
-  apt-cache showsrc grub2 2>/dev/null | sed -n 's/^Version: //p' | {
+  { apt-cache showsrc grub2 2>/dev/null || true; } | sed -n 's/^Version: //p' | {
     best=""
     while read -r v; do
       if [ -z "$best" ] || dpkg --compare-versions "$v" gt "$best"; then best="$v"; fi
