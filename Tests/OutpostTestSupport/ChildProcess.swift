@@ -12,7 +12,9 @@ public final class ChildProcess: @unchecked Sendable {
     /// The read ends of the child's stdout and stderr, when they were asked for (`runCommand`).
     let output: Int32?
     let errors: Int32?
-    private var reaped = false
+    /// The exit status, once reaped; whoever reaps first (isRunning, wait, kill) records it.
+    private var exitStatus: Int32?
+    private var reaped: Bool { exitStatus != nil }
     private var inputClosed = false
 
     /// Starts `arguments` (argv[0] found on PATH plus /usr/sbin:/sbin) with a clean signal
@@ -107,8 +109,9 @@ public final class ChildProcess: @unchecked Sendable {
         guard !reaped else { return false }
         var status: Int32 = 0
         let r = waitpid(pid, &status, WNOHANG)
-        // ECHILD: someone else in this process reaped it already.
-        if r == pid || (r < 0 && errno == ECHILD) { reaped = true }
+        if r == pid { exitStatus = Self.exitCode(status) }
+        // ECHILD: someone else in this process reaped it already; its status is lost.
+        if r < 0 && errno == ECHILD { exitStatus = -1 }
         return !reaped
     }
 
@@ -128,14 +131,11 @@ public final class ChildProcess: @unchecked Sendable {
     /// Waits (bounded) for the child to exit and returns its exit status, or nil on timeout.
     public func wait(_ limit: Duration) -> Int32? {
         let deadline = ContinuousClock.now + limit
-        while ContinuousClock.now < deadline {
-            var status: Int32 = 0
-            let r = waitpid(pid, &status, WNOHANG)
-            if r == pid { reaped = true; return Self.exitCode(status) }
-            if r < 0 && errno != EINTR { reaped = true; return errno == ECHILD ? 0 : -1 }
+        repeat {
+            if !isRunning { return exitStatus }
             usleep(5_000)
-        }
-        return nil
+        } while ContinuousClock.now < deadline
+        return isRunning ? nil : exitStatus
     }
 
     /// SIGTERM, a bounded wait, then SIGKILL; always reaps.
@@ -153,8 +153,9 @@ public final class ChildProcess: @unchecked Sendable {
         guard isRunning else { return }
         _ = Glibc.kill(pid, SIGKILL)
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        reaped = true
+        var r: pid_t
+        repeat { r = waitpid(pid, &status, 0) } while r < 0 && errno == EINTR
+        exitStatus = r == pid ? Self.exitCode(status) : -1
     }
 }
 
