@@ -57,6 +57,7 @@ let package = Package(
         // directories, deadlines); only test targets depend on it.
         .target(name: "OutpostTestSupport", path: "Tests/OutpostTestSupport"),
 
+        .testTarget(name: "OutpostTestSupportTests", dependencies: ["OutpostTestSupport"]),
         .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk", "OutpostTestSupport"]),
         .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle", "OutpostTestSupport"]),
         .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk", "OutpostTestSupport"]),

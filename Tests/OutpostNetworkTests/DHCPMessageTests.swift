@@ -128,8 +128,8 @@ func malformedMessageIsAOneLineErrorNamingTheProblem(name: String, expected: Str
         if let m = try? DHCPMessage(decoding: bytes) {
             accepted += 1
             _ = DHCPLease(ack: m, at: .now)
-        } else {
-            #expect(bytes != base, "the unmutated ACK was refused")
+        } else if i % 100 == 0 {
+            Issue.record("the unmutated ACK was refused (seed \(rng.seed))")
         }
     }
     #expect(accepted < 5000)
