@@ -13,6 +13,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-system", exact: "1.8.1"),
     ],
     targets: [
         // The one C shim: function-like kernel macros, ioctls, fork/exec.
@@ -20,6 +21,14 @@ let package = Package(
         .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
         .systemLibrary(name: "CNetlink", pkgConfig: "libnl-route-3.0", providers: [.apt(["libnl-route-3-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+
+        // The one platform layer under every device module: the syscall error and
+        // its EINTR loop, atomic file replacement, the monotonic clock, named
+        // threads and the signals that wake them. `Synchronization.Mutex` is the lock.
+        .target(name: "OutpostPlatform", dependencies: [
+            "OutpostShims",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
 
         // The on-disk contract: GPT, slot attributes, boot selection. Pure Swift.
         .target(name: "OutpostDisk"),
@@ -53,6 +62,7 @@ let package = Package(
         .executableTarget(name: "outpostd", dependencies: ["OutpostAgent"]),
         .target(name: "OutpostNetwork", dependencies: ["CNetlink", "OutpostHTTP"]),
 
+        .testTarget(name: "OutpostPlatformTests", dependencies: ["OutpostPlatform"]),
         .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk"]),
         .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle"]),
         .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk"]),
