@@ -31,17 +31,17 @@ let package = Package(
         ]),
 
         // The on-disk contract: GPT, slot attributes, boot selection. Pure Swift.
-        .target(name: "OutpostDisk"),
+        .target(name: "OutpostDisk", dependencies: ["OutpostPlatform"]),
 
         // Signed update bundles: manifest, signatures, trust anchors. Shared by
         // the host CLI and the device.
         .target(name: "OutpostBundle", dependencies: [
-            "OutpostDisk",
+            "OutpostDisk", "OutpostPlatform",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // The update engine over a block device: install to the inactive slot,
         // commit, fall back. Pure Swift, so the power-cut simulator runs it.
-        .target(name: "OutpostUpdate", dependencies: ["OutpostDisk", "OutpostBundle"]),
+        .target(name: "OutpostUpdate", dependencies: ["OutpostDisk", "OutpostBundle", "OutpostPlatform"]),
 
         // Host side: layout spec → filesystems → verity → disk → outputs.
         .target(name: "OutpostBuilder", dependencies: [
@@ -55,12 +55,12 @@ let package = Package(
 
         // HTTP/1.1 over TCP or TLS (system OpenSSL), pinned to a port or through a
         // proxy: downloads, connectivity probes, the controller.
-        .target(name: "OutpostHTTP", dependencies: ["COpenSSL"]),
+        .target(name: "OutpostHTTP", dependencies: ["COpenSSL", "OutpostPlatform"]),
 
         // Device side: early boot, supervisor, updater, network.
-        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork"]),
+        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform"]),
         .executableTarget(name: "outpostd", dependencies: ["OutpostAgent"]),
-        .target(name: "OutpostNetwork", dependencies: ["CNetlink", "OutpostHTTP"]),
+        .target(name: "OutpostNetwork", dependencies: ["CNetlink", "OutpostHTTP", "OutpostPlatform"]),
 
         .testTarget(name: "OutpostPlatformTests", dependencies: ["OutpostPlatform"]),
         .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk"]),

@@ -84,3 +84,16 @@ public func systemCall<T: FixedWidthInteger>(
         throw error
     }
 }
+
+/// poll(2) for the device's event loops: waits up to `timeout` (nil: no
+/// limit) for any of `fds`, and returns how many are ready (0: timed out).
+/// A signal neither ends the wait early nor stretches it: `systemCall`
+/// retries, and each retry polls for the time that is left.
+public func pollDescriptors(_ fds: inout [pollfd], timeout: Duration?, object: @autoclosure () -> String) throws(SystemError) -> Int {
+    let deadline = timeout.map { Deadline(after: $0) }
+    let count = nfds_t(fds.count)
+    return Int(try systemCall("poll", object()) { () -> Int32 in
+        let milliseconds = deadline.map { $0.hasPassed ? 0 : $0.pollMilliseconds } ?? -1
+        return poll(&fds, count, milliseconds)
+    })
+}

@@ -184,11 +184,9 @@ enum EventFD {
         _ = try? systemCall("write", "eventfd") { write(fd, &one, 8) }
     }
 
-    /// Blocks until `fd` is readable or `timeout` (nil: none) passes; EINTR
-    /// only ends one round of poll, the caller's loop re-checks its deadline.
+    /// Blocks until `fd` is readable or `timeout` (nil: none) passes.
     static func waitReadable(_ fd: Int32, timeout: Duration?) -> Bool {
-        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let ready = poll(&entry, 1, timeout.map { $0.pollMilliseconds } ?? -1)
-        return ready > 0
+        var entries = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+        return ((try? pollDescriptors(&entries, timeout: timeout, object: "eventfd")) ?? 0) > 0
     }
 }
