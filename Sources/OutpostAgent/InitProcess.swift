@@ -81,11 +81,7 @@ public enum InitProcess {
     /// Collects every exited child without blocking.
     static func reapAll() {
         var status: Int32 = 0
-        while true {
-            let pid = waitpid(-1, &status, WNOHANG)
-            if pid > 0 || (pid < 0 && errno == EINTR) { continue }
-            return
-        }
+        while let pid = try? systemCall("waitpid", "any child", { waitpid(-1, &status, WNOHANG) }), pid > 0 {}
     }
 
     /// Stops all other processes, flushes and unmounts PERSIST, runs

@@ -77,9 +77,8 @@ public enum Subprocess {
             throw .spawnFailed(path: path, SystemError(call: "fork", object: path, code: errno))
         }
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 {
-            if errno == EINTR { continue }
-            throw .spawnFailed(path: path, SystemError(call: "waitpid", object: path, code: errno))
+        do throws(SystemError) { try systemCall("waitpid", path) { waitpid(pid, &status, 0) } } catch {
+            throw .spawnFailed(path: path, error)
         }
         let signal = status & 0x7f
         if signal != 0 { throw .killed(path: path, signal: signal) }

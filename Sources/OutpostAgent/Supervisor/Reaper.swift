@@ -78,9 +78,8 @@ public final class Reaper: @unchecked Sendable {
     public func reapAll() {
         while true {
             var status: Int32 = 0
-            let pid = waitpid(-1, &status, WNOHANG)
-            if pid < 0 && errno == EINTR { continue }
-            guard pid > 0 else { return }
+            // ECHILD (no children left) and any other error end the round like "none ended".
+            guard let pid = try? systemCall("waitpid", "any child", { waitpid(-1, &status, WNOHANG) }), pid > 0 else { return }
             let subscriber = state.withLock { (state: inout State) -> (@Sendable (ChildExit) -> Void)? in
                 guard let subscriber = state.subscribers.removeValue(forKey: pid) else {
                     state.orphansReaped += 1
