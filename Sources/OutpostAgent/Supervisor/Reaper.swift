@@ -34,7 +34,7 @@ public enum ChildExit: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-public final class Reaper: @unchecked Sendable {
+public final class Reaper: Sendable {
     private struct State {
         var subscribers: [pid_t: @Sendable (ChildExit) -> Void] = [:]
         var orphansReaped = 0
