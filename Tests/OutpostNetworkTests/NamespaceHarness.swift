@@ -1,4 +1,5 @@
 import Foundation
+import OutpostHTTP
 import OutpostTestSupport
 @testable import OutpostNetwork
 
@@ -17,7 +18,7 @@ import OutpostTestSupport
 final class NamespaceHarness: @unchecked Sendable {
     static let ports = ["eth0", "wlan0", "wwan0"]
     static let probeURL = "http://10.200.0.1:8080/id"
-    static let probe = HTTPURL(probeURL)!
+    static let probe = try! HTTPURL(probeURL)
 
     let tag: String
     let device: String

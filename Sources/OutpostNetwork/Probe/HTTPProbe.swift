@@ -1,4 +1,5 @@
 import OutpostHTTP
+import OutpostPlatform
 
 /// Why a connectivity probe failed: the transport's one-line error (DNS, connect, proxy,
 /// TLS) or the server's answer, for the console report.
@@ -30,22 +31,16 @@ public enum HTTPProbe {
     /// Returns the response body of a 2xx answer (at most 64 KiB).
     public static func get(_ url: HTTPURL, device: String?, proxy: HTTPURL? = nil, tls: TLSContext? = nil,
                            timeout: Duration) throws(ProbeError) -> String {
-        let target: OutpostHTTP.HTTPURL
         var options = HTTPOptions()
-        do {
-            target = try OutpostHTTP.HTTPURL(url.description)
-            if let proxy { options.proxy = try OutpostHTTP.HTTPURL(proxy.description) }
-        } catch {
-            throw .badURL(url.description)
-        }
+        options.proxy = proxy
         options.device = device
         options.tls = tls
         options.connectTimeout = timeout
-        options.deadline = ContinuousClock.now + timeout
+        options.deadline = Deadline(after: timeout)
         var headers = [("User-Agent", "outpostd-probe")]
         if let device { headers.append(("X-Outpost-Port", device)) }
         do {
-            let response = try HTTPClient.send(HTTPRequest(target, headers: headers), options: options)
+            let response = try HTTPClient.send(HTTPRequest(url, headers: headers), options: options)
             let body = try response.readAll(limit: 64 << 10)
             guard (200..<300).contains(response.status) else { throw ProbeError.badResponse(status: response.status) }
             return String(decoding: body, as: UTF8.self)
