@@ -50,7 +50,10 @@ let package = Package(
 
         // Device side: early boot, supervisor, updater, network.
         .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork"]),
-        .executableTarget(name: "outpostd", dependencies: ["OutpostAgent"]),
+        .executableTarget(name: "outpostd", dependencies: [
+            "OutpostAgent",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .target(name: "OutpostNetwork", dependencies: ["CNetlink", "OutpostHTTP"]),
 
         .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk"]),

@@ -11,38 +11,6 @@ import OutpostHTTP
 import OutpostUpdate
 
 enum UpdateCommand {
-    static func main(_ words: [String]) -> Int32 {
-        switch words.first {
-        case "apply":
-            let rest = Array(words.dropFirst())
-            var caFiles: [String] = [], positional: [String] = [], force = false, reboot = true
-            var words = rest.makeIterator()
-            while let word = words.next() {
-                switch word {
-                case "--ca":
-                    guard let file = words.next() else { return usage("--ca needs a PEM file") }
-                    caFiles.append(file)
-                case "--force": force = true
-                case "--no-reboot": reboot = false
-                default:
-                    if word.hasPrefix("--") { return usage("unknown option '\(word)' for update apply") }
-                    positional.append(word)
-                }
-            }
-            guard positional.count == 1, let source = positional.first else { return usage("apply needs one FILE or URL") }
-            return apply(source, caFiles: caFiles, force: force, reboot: reboot)
-        case "status":
-            return status(json: words.contains("--json"))
-        default:
-            return usage("unknown update command '\(words.joined(separator: " "))'")
-        }
-    }
-
-    static func usage(_ message: String) -> Int32 {
-        AgentCommand.write(2, "outpostd: \(message)\n" + AgentCommand.usage)
-        return 2
-    }
-
     static func fail(_ message: String) -> Int32 {
         AgentCommand.write(2, "outpostd: update: \(message)\n")
         return 1
