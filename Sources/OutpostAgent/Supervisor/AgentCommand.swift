@@ -7,7 +7,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import OutpostShims
 
 public enum AgentCommand {
     /// `outpostd status [--json]`: asks the running PID 1 over the control socket.
@@ -56,12 +55,11 @@ public enum AgentCommand {
         public static func orphans(count: Int) -> Int32 {
             var pids: [String] = []
             for _ in 0..<count {
-                let words: [String] = ["/sbin/outpostd", "debug", "sleep", "2"]
-                let argv = words.map { strdup($0) } + [nil]
-                defer { argv.forEach { free($0) } }
-                var pid: pid_t = 0
-                let envp: [UnsafeMutablePointer<CChar>?] = [nil]
-                if OutpostShims_spawn("/sbin/outpostd", argv, envp, -1, &pid) == 0 { pids.append(String(pid)) }
+                // Subscribed like every child, but nobody waits: this process
+                // exits at once, and PID 1 inherits the children as orphans.
+                if let pid = try? Reaper.shared.spawn("/sbin/outpostd", ["debug", "sleep", "2"], onExit: { _ in }) {
+                    pids.append(String(pid))
+                }
             }
             Console.line("debug: orphans: started \(pids.count) pids=\(pids.joined(separator: ","))")
             return pids.count == count ? 0 : 1
