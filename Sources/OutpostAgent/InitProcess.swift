@@ -11,6 +11,7 @@
 import Glibc
 #endif
 import OutpostShims
+import OutpostPlatform
 
 public enum InitProcess {
     /// The signals PID 1 waits for. SIGCHLD keeps its default disposition
@@ -84,11 +85,11 @@ public enum InitProcess {
     public static func shutdown(persistMount: String?, powerOff: Bool, reaper: Reaper = .shared,
                                 beforeReboot: () -> Void = {}) -> Never {
         _ = kill(-1, SIGTERM)
-        let deadline = Sys.monotonicMilliseconds() + 3000
-        while Sys.monotonicMilliseconds() < deadline {
+        let deadline = MonotonicClock.now().milliseconds + 3000
+        while MonotonicClock.now().milliseconds < deadline {
             reaper.reapAll()
             if kill(-1, 0) != 0 && errno == ESRCH { break }
-            Sys.sleep(milliseconds: 100)
+            MonotonicClock.sleep(for: .milliseconds(100))
         }
         _ = kill(-1, SIGKILL)
         reaper.reapAll()

@@ -6,6 +6,8 @@
 import Glibc
 #endif
 import OutpostNetwork
+import OutpostPlatform
+import Synchronization
 
 public final class Agent: @unchecked Sendable {
     /// Timing defaults. The watchdog timeout bounds how long a hang goes
@@ -32,12 +34,12 @@ public final class Agent: @unchecked Sendable {
     public let reaper = Reaper.shared
     public let supervisor: Supervisor
     let timing: Timing
-    let cpu = Locked(CPUSampler())
+    let cpu = Mutex(CPUSampler())
     /// The update flow's component; set before `start()` when PERSIST is mounted.
     public var update: UpdateService?
     /// The network manager's service; set before `start()`.
     public var network: NetworkService?
-    private let shutdownStartedAt = Locked<Int64?>(nil)
+    private let shutdownStartedAt = Mutex<Int64?>(nil)
 
     /// Determines the last boot's reason (before anything could overwrite
     /// the evidence), opens the watchdog and records this boot's session.
@@ -103,7 +105,7 @@ public final class Agent: @unchecked Sendable {
         try? FaultInjection.shared.checkpoint("init")
         #endif
         supervisor.beat("init")
-        cpu.withLock { $0.sample(now: Sys.monotonicMilliseconds(), ticks: ProcessStats.cpuTicks()) }
+        cpu.withLock { $0.sample(now: MonotonicClock.now().milliseconds, ticks: ProcessStats.cpuTicks()) }
         return supervisor.tick()
     }
 
@@ -114,14 +116,14 @@ public final class Agent: @unchecked Sendable {
         guard let watchdog else { return }
         let history = history
         do {
-            try Threads.start(name: "watchdog") { [self] in
+            try NamedThread.detach(name: "watchdog") { [self] in
                 var withheld = false
                 var reportedError = false
                 while true {
-                    Sys.sleep(milliseconds: 1000)
+                    MonotonicClock.sleep(for: .milliseconds(1000))
                     var verdict = supervisor.feedVerdict()
                     if let started = shutdownStartedAt.withLock({ $0 }) {
-                        verdict = Sys.monotonicMilliseconds() - started < timing.shutdownFeedMilliseconds
+                        verdict = MonotonicClock.now().milliseconds - started < timing.shutdownFeedMilliseconds
                             ? .feed : .withhold(component: "shutdown", detail: "orderly shutdown did not finish")
                     }
                     #if DEBUG || OUTPOST_FAULT_INJECTION
@@ -152,7 +154,7 @@ public final class Agent: @unchecked Sendable {
     /// An orderly stop: record why, save the final status, stop components.
     /// InitProcess then unmounts PERSIST and calls `disarmWatchdog`.
     public func beginShutdown(_ request: ShutdownRequest) {
-        shutdownStartedAt.withLock { $0 = Sys.monotonicMilliseconds() }
+        shutdownStartedAt.withLock { $0 = MonotonicClock.now().milliseconds }
         var line = "stopping: reason=\(request.reason.rawValue)"
         if let component = request.component { line += " component=\(component)" }
         if let detail = request.detail { line += " (\(detail))" }

@@ -7,6 +7,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
 
 public enum AgentCommand {
     /// `outpostd status [--json]`: asks the running PID 1 over the control socket.
@@ -46,7 +47,7 @@ public enum AgentCommand {
     public enum Debug {
         /// `debug sleep S`: a helper that stays up for S seconds.
         public static func sleep(seconds: Int) -> Int32 {
-            Sys.sleep(milliseconds: seconds * 1000)
+            MonotonicClock.sleep(for: .seconds(seconds))
             return 0
         }
 
