@@ -49,12 +49,8 @@ public enum KernelModules {
     static func loadOne(_ path: String) throws(SystemError) {
         let fd = try Sys.open(path, O_RDONLY)
         defer { Sys.close(fd) }
-        while OutpostShims_finit_module(fd, "", 0) != 0 {
-            let code = errno
-            if code == EINTR { continue }
-            if code == EEXIST { return }
-            throw SystemError(call: "finit_module", object: path, code: code)
-        }
+        // EEXIST: already loaded (built in, or loaded as a dependency) is success.
+        _ = try systemCall("finit_module", path, expecting: [.fileExists]) { OutpostShims_finit_module(fd, "", 0) }
     }
 }
 

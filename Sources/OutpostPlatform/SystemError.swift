@@ -97,3 +97,12 @@ public func pollDescriptors(_ fds: inout [pollfd], timeout: Duration?, object: @
         return poll(&fds, count, milliseconds)
     })
 }
+
+extension Result where Failure == SystemError {
+    /// The value, or `fallback` for an expected error from `systemCall(_:_:expecting:_:)`.
+    @inlinable
+    public func get(orElse fallback: Success) -> Success {
+        if case .success(let value) = self { return value }
+        return fallback
+    }
+}

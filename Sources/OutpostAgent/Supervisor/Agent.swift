@@ -9,7 +9,7 @@ import OutpostNetwork
 import OutpostPlatform
 import Synchronization
 
-public final class Agent: @unchecked Sendable {
+public final class Agent: Sendable {
     /// Timing defaults. The watchdog timeout bounds how long a hang goes
     /// unnoticed by hardware; the PID 1 loop's deadline is well above its
     /// 1 s tick so a slow moment under load is not taken for a hang.
@@ -36,9 +36,17 @@ public final class Agent: @unchecked Sendable {
     let timing: Timing
     let cpu = Mutex(CPUSampler())
     /// The update flow's component; set before `start()` when PERSIST is mounted.
-    public var update: UpdateService?
+    public var update: UpdateService? {
+        get { services.withLock { $0.update } }
+        set { services.withLock { $0.update = newValue } }
+    }
     /// The network manager's service; set before `start()`.
-    public var network: NetworkService?
+    public var network: NetworkService? {
+        get { services.withLock { $0.network } }
+        set { services.withLock { $0.network = newValue } }
+    }
+    /// Set from the PID 1 thread, read by component and status threads.
+    private let services = Mutex<(update: UpdateService?, network: NetworkService?)>((nil, nil))
     private let shutdownStartedAt = Mutex<Int64?>(nil)
 
     /// Determines the last boot's reason (before anything could overwrite

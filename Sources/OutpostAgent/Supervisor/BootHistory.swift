@@ -105,22 +105,9 @@ public struct BootHistory: Sendable {
         try writeAtomically(historyPath, lines.suffix(100).joined(separator: "\n") + "\n")
     }
 
-    /// write → fsync → rename → fsync(directory).
+    /// Replaces a status file so a power cut leaves the old or the new text (OutpostPlatform's atomic write).
     public func writeAtomically(_ path: String, _ text: String) throws(SystemError) {
-        let temporary = path + ".tmp"
-        let fd = try Sys.open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        do {
-            try Sys.writeAll(fd, Array(text.utf8), target: temporary)
-            try systemCall("fsync", temporary) { fsync(fd) }
-        } catch {
-            Sys.close(fd)
-            throw error
-        }
-        Sys.close(fd)
-        try systemCall("rename", "\(temporary) to \(path)") { rename(temporary, path) }
-        let directoryFD = try Sys.open(directory, O_RDONLY | O_DIRECTORY)
-        defer { Sys.close(directoryFD) }
-        try systemCall("fsync", directory) { fsync(directoryFD) }
+        try FileIO.writeAtomically(Array(text.utf8), to: path, mode: 0o644)
     }
 }
 

@@ -21,8 +21,7 @@ public enum ControlSocket {
             defer { Sys.close(listener) }
             while !context.isStopping {
                 var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
-                let ready = poll(&fds, 1, 5000)
-                if ready < 0 && errno != EINTR { throw SystemError(call: "poll", object: path, code: errno) }
+                let ready = try pollDescriptors(&fds, timeout: .seconds(5), object: path)
                 try context.beat()
                 guard ready > 0 else { continue }
                 // accept4 is a GNU extension Swift's Glibc module hides; the
@@ -91,8 +90,9 @@ public enum ControlSocket {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while bytes.count < limit {
-            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
+            let count = (try? systemCall("read", "control connection") {
+                chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            }) ?? 0
             guard count > 0 else { break }
             bytes += chunk[0..<count]
             if bytes.contains(UInt8(ascii: "\n")) && limit <= 256 { break }

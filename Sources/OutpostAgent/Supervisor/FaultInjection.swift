@@ -22,7 +22,7 @@ import Glibc
 import OutpostPlatform
 import Synchronization
 
-public final class FaultInjection: @unchecked Sendable {
+public final class FaultInjection: Sendable {
     public static let marker = "outpost-fault-injection"
     public static let path = "/persist/debug/fault"
     public static let shared = FaultInjection()

@@ -48,16 +48,13 @@ enum PowerButton {
             try context.beat()
             var buffer = [UInt8](repeating: 0, count: eventSize * 16)
             while !context.isStopping {
-                let ready = poll(&fds, nfds_t(fds.count), 5000)
-                if ready < 0 && errno != EINTR {
-                    throw SystemError(call: "poll", object: paths.joined(separator: ","), code: errno)
-                }
+                _ = try pollDescriptors(&fds, timeout: .seconds(5), object: paths.joined(separator: ","))
                 try context.beat()
                 for index in fds.indices where fds[index].revents & Int16(POLLIN) != 0 {
-                    let count = buffer.withUnsafeMutableBytes { Glibc.read(fds[index].fd, $0.baseAddress, $0.count) }
-                    if count < 0 && errno != EAGAIN && errno != EINTR {
-                        throw SystemError(call: "read", object: paths[index], code: errno)
-                    }
+                    let fd = fds[index].fd
+                    let count = (try systemCall("read", paths[index], expecting: [.wouldBlock]) {
+                        buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+                    }).get(orElse: 0)
                     guard count > 0 else { continue }
                     for offset in stride(from: 0, to: count - eventSize + 1, by: eventSize)
                     where isPowerPress(buffer[offset..<offset + eventSize]) {

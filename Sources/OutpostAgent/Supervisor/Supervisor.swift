@@ -34,7 +34,7 @@ public enum FeedVerdict: Sendable, Equatable {
     case withhold(component: String, detail: String)
 }
 
-public final class Supervisor: @unchecked Sendable {
+public final class Supervisor: Sendable {
     struct Entry {
         var spec: ComponentSpec
         var state = ComponentState.starting
@@ -61,8 +61,13 @@ public final class Supervisor: @unchecked Sendable {
     private let log: @Sendable (String) -> Void
     private let clock: @Sendable () -> Int64
     /// How long PERSIST may refuse writes before the watchdog feed stops:
-    /// long enough for the storage component's backoff retries.
-    public var persistGraceMilliseconds: Int64 = 30_000
+    /// long enough for the storage component's backoff retries. Read by the
+    /// feeder thread, set by tests and the agent: hence atomic.
+    public var persistGraceMilliseconds: Int64 {
+        get { persistGrace.load(ordering: .relaxed) }
+        set { persistGrace.store(newValue, ordering: .relaxed) }
+    }
+    private let persistGrace = Atomic<Int64>(30_000)
 
     init(reaper: Reaper, log: @escaping @Sendable (String) -> Void = { Console.line($0) },
                 clock: @escaping @Sendable () -> Int64 = { MonotonicClock.now().milliseconds }) {

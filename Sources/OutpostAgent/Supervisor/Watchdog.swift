@@ -13,7 +13,7 @@ import OutpostPlatform
 import Synchronization
 
 /// One opened watchdog device.
-public final class Watchdog: @unchecked Sendable {
+public final class Watchdog: Sendable {
     /// What `outpostd status` says about the device.
     public struct Info: Sendable, Equatable {
         public var device: String

@@ -52,7 +52,7 @@ public enum UpdateRebootReason: Sendable, Equatable {
     case testFailed(version: String?, reason: String)
 }
 
-public final class UpdateService: @unchecked Sendable {
+public final class UpdateService: Sendable {
     public let diskPath: String
     public let bootedPartUUID: String
     public let version: String
