@@ -52,6 +52,6 @@ func usageErrorsExitTwoWithTheUsageOnStandardError(arguments: [String]) throws {
     let result = try outpostd(["status", "--json"])
     #expect(result.code == 1)
     #expect(result.out.isEmpty)
-    #expect(result.err.hasPrefix("outpostd: status: cannot reach PID 1: connect(/run/outpost/control.sock)"), "\(result.err)")
+    #expect(result.err.hasPrefix("outpostd: status: cannot reach PID 1: connect /run/outpost/control.sock"), "\(result.err)")
     #expect(result.err.split(separator: "\n").count == 1)
 }

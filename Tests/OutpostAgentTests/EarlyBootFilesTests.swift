@@ -1,5 +1,6 @@
 import Testing
 @testable import OutpostAgent
+import OutpostPlatform
 
 @Test func moduleListKeepsOrderAndSkipsComments() {
     let text = "# written by OutpostBuilder\n/lib/modules/x/virtio.ko\n\n  /lib/modules/x/virtio_blk.ko  # disk\n"

@@ -3,7 +3,6 @@ import Synchronization
 import Testing
 @testable import OutpostAgent
 import OutpostPlatform
-import Synchronization
 
 // The supervisor's decisions, without threads or devices: backoff, crash
 // loops, reboot reasons, liveness and the watchdog verdict.
