@@ -179,10 +179,6 @@ private final class FakeClock: Sendable {
     #expect(!PowerButton.isPowerPress(event[...]))
 }
 
-@Test func statusJSONEscapesStrings() {
-    #expect(JSON.object([("a", .string("q\"\\\n\u{1}"))]).rendered == #"{"a":"q\"\\\n\u0001"}"#)
-}
-
 #if DEBUG || OUTPOST_FAULT_INJECTION
 @Test func theFaultFileParsesEveryCommandAndNamesABadLine() throws {
     let commands = try FaultInjection.parse("hang init\ncrash control 2\n# note\nhelper crashy exit 3\norphans 8\nstatus --json\nreboot update IMGB\n")

@@ -1,10 +1,16 @@
 // What `outpostd status [--json]` prints. Rendered inside PID 1 (the only
 // process that knows the component states) and sent over the control socket,
 // so the client needs no parser and the text and JSON views never disagree.
+// The JSON view is this type's `Encodable` conformance, rendered like every
+// document on the device by JSONDocument (FoundationEssentials' JSONEncoder,
+// keys sorted). Its field names are read by bench/agent-footprint.sh and the
+// QEMU tests, so they change only with care; absent values are `null`, never
+// missing, so a reader can tell "unknown" from "not reported by this version".
 
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostNetwork
 import OutpostPlatform
 
 /// A point-in-time view of the agent.
@@ -19,10 +25,13 @@ public struct StatusReport: Sendable {
     public var process: ProcessStats.Sample
     public var cpuPercentLastMinute: Double?
     public var orphansReaped: Int
-    /// The network manager's own status document (JSON), when it runs.
-    public var networkJSON: String?
+    /// The network manager's own status document, when it runs.
+    public var network: NetworkStatusDocument?
     public var networkActive: String??
+}
 
+extension StatusReport {
+    /// Samples the agent now.
     init(agent: Agent) {
         uptimeSeconds = ProcessStats.uptimeSeconds() ?? 0
         slot = agent.slot
@@ -36,10 +45,13 @@ public struct StatusReport: Sendable {
         let now = MonotonicClock.now().milliseconds
         cpuPercentLastMinute = agent.cpu.withLock { $0.percent(now: now, ticks: sample.cpuTicks) }
         orphansReaped = agent.reaper.orphansReaped
-        networkJSON = agent.network?.statusJSON()
+        network = agent.network?.statusDocument()
         networkActive = agent.network.map { $0.activePort }
     }
+}
 
+extension StatusReport {
+    /// The view a person reads: `outpostd status` and the console's `status`.
     public func text() -> String {
         var lines = [
             "uptime: \(Int(uptimeSeconds)) s",
@@ -74,36 +86,103 @@ public struct StatusReport: Sendable {
         return lines.joined(separator: "\n") + "\n"
     }
 
+    /// The one-line JSON document (with a trailing newline) for
+    /// `status --json` and /persist/status/last-status.json.
     public func json() -> String {
-        var boot: [(String, JSON)] = [("reason", .string(lastBoot.reason.rawValue))]
-        if let c = lastBoot.component { boot.append(("component", .string(c))) }
-        if let t = lastBoot.time { boot.append(("time", .int(t))) }
-        if let d = lastBoot.detail { boot.append(("detail", .string(d))) }
-        let watchdogJSON: JSON = watchdog.map { w in
-            .object([("device", .string(w.device)), ("identity", .string(w.identity)),
-                     ("timeoutSeconds", .int(Int64(w.timeoutSeconds))), ("software", .bool(w.isSoftware)),
-                     ("bootStatus", w.bootStatusFlags.map { .int(Int64($0)) } ?? .null)])
-        } ?? .object([("device", .null), ("error", .string(watchdogError ?? "not opened"))])
-        let componentsJSON = JSON.array(components.map { c in
-            .object([("name", .string(c.name)), ("kind", .string(c.kind)), ("critical", .bool(c.critical)),
-                     ("state", .string(c.state.rawValue)), ("restarts", .int(Int64(c.restarts))),
-                     ("pid", c.pid.map { .int(Int64($0)) } ?? .null),
-                     ("lastBeatAgeMs", c.lastBeatAgeMilliseconds.map { .int($0) } ?? .null),
-                     ("lastError", c.lastError.map { .string($0) } ?? .null)])
-        })
-        let agent = JSON.object([
-            ("pid", .int(Int64(process.pid))), ("rssKiB", process.rssKiB.map { .int($0) } ?? .null),
-            ("threads", process.threads.map { .int($0) } ?? .null),
-            ("cpuTicks", process.cpuTicks.map { .int($0) } ?? .null),
-            ("cpuPercentLastMinute", cpuPercentLastMinute.map { .double($0) } ?? .null),
-            ("zombies", .int(Int64(process.zombies))), ("orphansReaped", .int(Int64(orphansReaped))),
-        ])
-        return JSON.object([
-            ("uptimeSeconds", .double(uptimeSeconds)), ("slot", .string(slot)), ("version", .string(version)),
-            ("lastBoot", .object(boot)), ("watchdog", watchdogJSON), ("components", componentsJSON), ("agent", agent),
-            ("network", networkJSON.map { .raw($0) } ?? .null),
-        ]).rendered + "\n"
+        do {
+            return try JSONDocument.line(self) + "\n"
+        } catch {
+            let fallback = (try? JSONDocument.line(["error": "status: cannot encode: \(error)"]))
+            return (fallback ?? #"{"error":"status: cannot encode"}"#) + "\n"
+        }
     }
+}
+
+extension StatusReport: Encodable {
+    private enum Keys: String, CodingKey {
+        case uptimeSeconds, slot, version, lastBoot, watchdog, components, agent, network
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: Keys.self)
+        try container.encode(hundredths(uptimeSeconds), forKey: .uptimeSeconds)
+        try container.encode(slot, forKey: .slot)
+        try container.encode(version, forKey: .version)
+        try container.encode(lastBoot, forKey: .lastBoot)
+        try container.encode(WatchdogDocument(info: watchdog, error: watchdogError), forKey: .watchdog)
+        try container.encode(components, forKey: .components)
+        try container.encode(AgentDocument(process: process, cpuPercentLastMinute: cpuPercentLastMinute,
+                                           orphansReaped: orphansReaped), forKey: .agent)
+        try container.encode(network, forKey: .network)
+    }
+
+    /// `watchdog`: the device in use, or why there is none.
+    private struct WatchdogDocument: Encodable {
+        var info: Watchdog.Info?
+        var error: String?
+
+        enum Keys: String, CodingKey { case device, identity, timeoutSeconds, software, bootStatus, error }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: Keys.self)
+            guard let info else {
+                try container.encodeNil(forKey: .device)
+                try container.encode(error ?? "not opened", forKey: .error)
+                return
+            }
+            try container.encode(info.device, forKey: .device)
+            try container.encode(info.identity, forKey: .identity)
+            try container.encode(info.timeoutSeconds, forKey: .timeoutSeconds)
+            try container.encode(info.isSoftware, forKey: .software)
+            try container.encode(info.bootStatusFlags, forKey: .bootStatus)
+        }
+    }
+
+    /// `agent`: outpostd's own footprint and the process table's health.
+    private struct AgentDocument: Encodable {
+        var process: ProcessStats.Sample
+        var cpuPercentLastMinute: Double?
+        var orphansReaped: Int
+
+        enum Keys: String, CodingKey {
+            case pid, rssKiB, threads, cpuTicks, cpuPercentLastMinute, zombies, orphansReaped
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: Keys.self)
+            try container.encode(process.pid, forKey: .pid)
+            try container.encode(process.rssKiB, forKey: .rssKiB)
+            try container.encode(process.threads, forKey: .threads)
+            try container.encode(process.cpuTicks, forKey: .cpuTicks)
+            try container.encode(cpuPercentLastMinute.flatMap(hundredths), forKey: .cpuPercentLastMinute)
+            try container.encode(process.zombies, forKey: .zombies)
+            try container.encode(orphansReaped, forKey: .orphansReaped)
+        }
+    }
+}
+
+extension ComponentStatus: Encodable {
+    private enum Keys: String, CodingKey {
+        case name, kind, critical, state, restarts, pid, lastBeatAgeMs, lastError
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: Keys.self)
+        try container.encode(name, forKey: .name)
+        try container.encode(kind, forKey: .kind)
+        try container.encode(critical, forKey: .critical)
+        try container.encode(state.rawValue, forKey: .state)
+        try container.encode(restarts, forKey: .restarts)
+        try container.encode(pid, forKey: .pid)
+        try container.encode(lastBeatAgeMilliseconds, forKey: .lastBeatAgeMs)
+        try container.encode(lastError, forKey: .lastError)
+    }
+}
+
+/// Two decimals are all a person or a script needs of a rate or an uptime;
+/// a value that is not finite (no samples yet) is `null`, which JSON can hold.
+func hundredths(_ value: Double) -> Double? {
+    value.isFinite ? (value * 100).rounded() / 100 : nil
 }
 
 func formatted(_ value: Double) -> String {
@@ -114,47 +193,6 @@ func formatted(_ value: Double) -> String {
 
 extension String {
     func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
-}
-
-/// A minimal JSON value with ordered keys: enough for the status report
-/// without pulling Foundation into the static PID 1 binary.
-public indirect enum JSON: Sendable {
-    case null, bool(Bool), int(Int64), double(Double), string(String)
-    case array([JSON]), object([(String, JSON)])
-    /// An already rendered JSON document (another module's report).
-    case raw(String)
-
-    public var rendered: String {
-        switch self {
-        case .null: return "null"
-        case .bool(let b): return b ? "true" : "false"
-        case .int(let i): return String(i)
-        case .double(let d): return d.isFinite ? formatted(d) : "null"
-        case .string(let s): return JSON.quote(s)
-        case .raw(let text): return text
-        case .array(let items): return "[" + items.map(\.rendered).joined(separator: ",") + "]"
-        case .object(let fields): return "{" + fields.map { JSON.quote($0.0) + ":" + $0.1.rendered }
-            .joined(separator: ",") + "}"
-        }
-    }
-
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
-    }
 }
 
 /// Figures about outpostd itself and the process table, from /proc.

@@ -100,7 +100,8 @@ enum UpdateCommand {
         return out
     }
 
-    struct StatusJSON: Encodable {
+    /// `update status --json`: the engine's bookkeeping as stored, plus the slots.
+    struct StatusDocument: Encodable {
         struct Slot: Encodable { var name: String; var number: Int; var state: String }
         var booted: String
         var slots: [Slot]
@@ -108,11 +109,10 @@ enum UpdateCommand {
     }
 
     static func render(json s: UpdateStatus) throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let body = StatusJSON(booted: s.booted, slots: s.slots.map { .init(name: $0.name, number: $0.number, state: $0.state) },
-                              state: s.state)
-        return String(decoding: try encoder.encode(body), as: UTF8.self) + "\n"
+        let body = StatusDocument(booted: s.booted,
+                                  slots: s.slots.map { .init(name: $0.name, number: $0.number, state: $0.state) },
+                                  state: s.state)
+        return try JSONDocument.indented(body) + "\n"
     }
 }
 
