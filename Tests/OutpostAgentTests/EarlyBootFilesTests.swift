@@ -1,7 +1,6 @@
 import OutpostPlatform
 import Testing
 @testable import OutpostAgent
-import OutpostPlatform
 
 @Test func moduleListKeepsOrderAndSkipsComments() {
     let text = "# written by OutpostBuilder\n/lib/modules/x/virtio.ko\n\n  /lib/modules/x/virtio_blk.ko  # disk\n"
