@@ -1,6 +1,6 @@
 // outpostd: the device agent. As PID 1 (/init of the initramfs) it runs
 // early boot and then stays PID 1 as the supervisor; see
-// OutpostAgent/EarlyBoot.swift and OutpostAgent/InitProcess.swift. PID 1
+// OutpostAgent/EarlyBoot/EarlyBoot.swift and OutpostAgent/Supervisor/InitProcess.swift. PID 1
 // never parses a command line: the kernel passes init whatever words the
 // boot loader left over, and none of them may turn PID 1 into a client.
 // Any other invocation is a client command (`outpostd status`), parsed by

@@ -1,6 +1,6 @@
 // Runs a helper program (mke2fs, resize2fs, tune2fs) to completion from
-// PID 1. Starting and waiting go through the one Reaper (Supervisor/
-// Reaper.swift), like every other child of outpostd; this side only turns
+// PID 1. Starting and waiting go through the one Reaper (Reaper.swift
+// beside this file), like every other child of outpostd; this side only turns
 // the exit into a typed error a console line can show.
 
 #if canImport(Glibc)
