@@ -59,7 +59,10 @@ let package = Package(
 
         // Device side: early boot, supervisor, updater, network.
         .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform"]),
-        .executableTarget(name: "outpostd", dependencies: ["OutpostAgent"]),
+        .executableTarget(name: "outpostd", dependencies: [
+            "OutpostAgent",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .target(name: "OutpostNetwork", dependencies: ["CNetlink", "OutpostHTTP", "OutpostPlatform"]),
 
         // What tests share (commands, the openssl PKI, the seeded generator, temporary
@@ -72,7 +75,7 @@ let package = Package(
         .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle", "OutpostTestSupport"]),
         .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk", "OutpostTestSupport"]),
         .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk", "OutpostTestSupport"]),
-        .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk", "OutpostTestSupport"]),
+        .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk", "OutpostPlatform", "OutpostTestSupport"]),
         .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostHTTP", "OutpostTestSupport"], exclude: ["connect-proxy.py", "short-lease-dhcpd.py"]),
         .testTarget(name: "OutpostHTTPTests", dependencies: ["OutpostHTTP", "OutpostTestSupport"]),
         // Boots the built image in QEMU; needs ./build.sh's outputs in out/.

@@ -2,8 +2,8 @@ import FoundationEssentials
 
 /// `outpostd status --json`'s network section; field names are the wire format the controller
 /// will read later, so they change only with care.
-struct NetworkStatusDocument: Encodable {
-    struct Port: Encodable {
+public struct NetworkStatusDocument: Encodable, Sendable {
+    public struct Port: Encodable, Sendable {
         var mode: String
         var carrier: Bool
         var address: String?
@@ -33,9 +33,19 @@ struct NetworkStatusDocument: Encodable {
 }
 
 extension NetworkService {
-    /// Per port: carrier, address, gateway, DNS, cost, proxy, test result, last error and last
-    /// change; the active port; the configuration's origin and any configuration error.
+    /// The status document rendered as one line of JSON, keys sorted (the console's
+    /// `network status --json`).
     public func statusJSON() -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        guard let data = try? encoder.encode(statusDocument()) else { return #"{"error":"network status: cannot encode"}"# }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// Per port: carrier, address, gateway, DNS, cost, proxy, test result, last error and last
+    /// change; the active port; the configuration's origin and any configuration error. The
+    /// agent embeds it under `network` in `outpostd status --json`.
+    public func statusDocument() -> NetworkStatusDocument {
         let s = snapshot()
         var ports: [String: NetworkStatusDocument.Port] = [:]
         for port in s.config?.ports ?? [] {
@@ -56,10 +66,7 @@ extension NetworkService {
             active: s.status?.active, configOrigin: s.origin, configError: s.configError, lastPush: s.lastPush,
             probe: s.config?.probe?.description, routeChanges: s.status?.routeChanges ?? 0, error: s.status?.lastError,
             healthy: isHealthy, ports: ports)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        guard let data = try? encoder.encode(document) else { return #"{"error":"network status: cannot encode"}"# }
-        return String(decoding: data, as: UTF8.self)
+        return document
     }
 
     /// Short lines for the local console when the controller stays unreachable, so a

@@ -1,7 +1,10 @@
 // outpostd: the device agent. As PID 1 (/init of the initramfs) it runs
 // early boot and then stays PID 1 as the supervisor; see
-// OutpostAgent/EarlyBoot.swift and OutpostAgent/InitProcess.swift. Any other
-// invocation is a client command (`outpostd status`), see AgentCommand.
+// OutpostAgent/EarlyBoot/EarlyBoot.swift and OutpostAgent/Supervisor/InitProcess.swift. PID 1
+// never parses a command line: the kernel passes init whatever words the
+// boot loader left over, and none of them may turn PID 1 into a client.
+// Any other invocation is a client command (`outpostd status`), parsed by
+// swift-argument-parser in OutpostdCommand.swift.
 
 #if canImport(Glibc)
 import Glibc
@@ -12,4 +15,4 @@ if getpid() == 1 {
     EarlyBoot.runAsInit()
 }
 
-exit(AgentCommand.main(CommandLine.arguments))
+exit(Outpostd.run(Array(CommandLine.arguments.dropFirst())))

@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 @testable import OutpostAgent
+import OutpostPlatform
 
 // The supervisor's decisions, without threads or devices: backoff, crash
 // loops, reboot reasons, liveness and the watchdog verdict.
@@ -176,10 +177,6 @@ private final class FakeClock: Sendable {
     #expect(PowerButton.isPowerPress(event[...]))
     event[20] = 0 // release
     #expect(!PowerButton.isPowerPress(event[...]))
-}
-
-@Test func statusJSONEscapesStrings() {
-    #expect(JSON.object([("a", .string("q\"\\\n\u{1}"))]).rendered == #"{"a":"q\"\\\n\u0001"}"#)
 }
 
 #if DEBUG || OUTPOST_FAULT_INJECTION

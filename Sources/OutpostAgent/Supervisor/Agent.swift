@@ -30,7 +30,8 @@ public final class Agent: Sendable {
     public let lastBoot: LastBoot
     public let watchdog: Watchdog?
     public let watchdogError: String?
-    public let reaper = Reaper()
+    /// The process's one reaper: PID 1 collects every child and orphan through it.
+    public let reaper = Reaper.shared
     public let supervisor: Supervisor
     let timing: Timing
     let cpu = Mutex(CPUSampler())

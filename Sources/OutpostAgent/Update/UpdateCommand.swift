@@ -11,38 +11,6 @@ import OutpostHTTP
 import OutpostUpdate
 
 enum UpdateCommand {
-    static func main(_ words: [String]) -> Int32 {
-        switch words.first {
-        case "apply":
-            let rest = Array(words.dropFirst())
-            var caFiles: [String] = [], positional: [String] = [], force = false, reboot = true
-            var words = rest.makeIterator()
-            while let word = words.next() {
-                switch word {
-                case "--ca":
-                    guard let file = words.next() else { return usage("--ca needs a PEM file") }
-                    caFiles.append(file)
-                case "--force": force = true
-                case "--no-reboot": reboot = false
-                default:
-                    if word.hasPrefix("--") { return usage("unknown option '\(word)' for update apply") }
-                    positional.append(word)
-                }
-            }
-            guard positional.count == 1, let source = positional.first else { return usage("apply needs one FILE or URL") }
-            return apply(source, caFiles: caFiles, force: force, reboot: reboot)
-        case "status":
-            return status(json: words.contains("--json"))
-        default:
-            return usage("unknown update command '\(words.joined(separator: " "))'")
-        }
-    }
-
-    static func usage(_ message: String) -> Int32 {
-        AgentCommand.write(2, "outpostd: \(message)\n" + AgentCommand.usage)
-        return 2
-    }
-
     static func fail(_ message: String) -> Int32 {
         AgentCommand.write(2, "outpostd: update: \(message)\n")
         return 1
@@ -132,7 +100,8 @@ enum UpdateCommand {
         return out
     }
 
-    struct StatusJSON: Encodable {
+    /// `update status --json`: the engine's bookkeeping as stored, plus the slots.
+    struct StatusDocument: Encodable {
         struct Slot: Encodable { var name: String; var number: Int; var state: String }
         var booted: String
         var slots: [Slot]
@@ -140,11 +109,10 @@ enum UpdateCommand {
     }
 
     static func render(json s: UpdateStatus) throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let body = StatusJSON(booted: s.booted, slots: s.slots.map { .init(name: $0.name, number: $0.number, state: $0.state) },
-                              state: s.state)
-        return String(decoding: try encoder.encode(body), as: UTF8.self) + "\n"
+        let body = StatusDocument(booted: s.booted,
+                                  slots: s.slots.map { .init(name: $0.name, number: $0.number, state: $0.state) },
+                                  state: s.state)
+        return try JSONDocument.indented(body) + "\n"
     }
 }
 

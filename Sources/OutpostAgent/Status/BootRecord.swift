@@ -35,14 +35,8 @@ public struct BootRecord: Equatable, Sendable {
 
     /// The JSON text, keys sorted, so the file is stable and diffable.
     public var json: String {
-        let pcrText = pcrs.keys.sorted().map { "\"\($0)\": \(Self.quote(pcrs[$0] ?? ""))" }.joined(separator: ", ")
-        return "{\n"
-            + "  \"partuuid\": \(Self.quote(partUUID)),\n"
-            + "  \"pcr\": {\(pcrText)},\n"
-            + "  \"rescue\": \(rescueReason.map(Self.quote) ?? "null"),\n"
-            + "  \"slot\": \(Self.quote(slot)),\n"
-            + "  \"version\": \(Self.quote(version))\n"
-            + "}\n"
+        // Only a non-finite number can fail to encode, and this document holds none.
+        ((try? JSONDocument.indented(self)) ?? "{}") + "\n"
     }
 
     /// Writes the record atomically: temp file, fsync, rename, fsync the directory.
@@ -50,8 +44,20 @@ public struct BootRecord: Equatable, Sendable {
         try? Sys.mkdir(directory, 0o755)
         try FileIO.writeAtomically(Array(json.utf8), to: directory + "/boot.json", mode: 0o644)
     }
+}
 
-    static func quote(_ s: String) -> String { JSON.quote(s) }
+extension BootRecord: Encodable {
+    private enum Keys: String, CodingKey { case partuuid, pcr, rescue, slot, version }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: Keys.self)
+        try container.encode(partUUID, forKey: .partuuid)
+        // Keys "8", "9": JSON object keys are strings.
+        try container.encode(pcrs, forKey: .pcr)
+        try container.encode(rescueReason, forKey: .rescue)
+        try container.encode(slot, forKey: .slot)
+        try container.encode(version, forKey: .version)
+    }
 }
 
 extension String {

@@ -18,7 +18,7 @@
 //   otherwise                      → power-loss (time ≈ last heartbeat)
 
 /// The one-word reasons of the ready line and `outpostd status`.
-public enum RebootReason: String, Sendable, CaseIterable {
+public enum RebootReason: String, Sendable, CaseIterable, Encodable {
     case firstBoot = "first-boot"
     case user
     case watchdog
@@ -66,8 +66,9 @@ extension String {
     }
 }
 
-/// The reason this boot happened, with what is known about it.
-public struct LastBoot: Sendable, Equatable {
+/// The reason this boot happened, with what is known about it. Encoded as
+/// `lastBoot` in the status document; fields that are not known are left out.
+public struct LastBoot: Sendable, Equatable, Encodable {
     public var reason: RebootReason
     /// The component that hung, crash-looped or asked for the reboot.
     public var component: String?

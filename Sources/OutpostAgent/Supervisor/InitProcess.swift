@@ -78,27 +78,21 @@ public enum InitProcess {
         }
     }
 
-    /// Collects every exited child without blocking.
-    static func reapAll() {
-        var status: Int32 = 0
-        while let pid = try? systemCall("waitpid", "any child", { waitpid(-1, &status, WNOHANG) }), pid > 0 {}
-    }
-
     /// Stops all other processes, flushes and unmounts PERSIST, runs
     /// `beforeReboot` (the watchdog's magic close), then powers off or
     /// reboots. Unmount failures fall back to a read-only remount so the ext4
     /// journal is clean either way.
-    public static func shutdown(persistMount: String?, powerOff: Bool, reaper: Reaper? = nil,
+    public static func shutdown(persistMount: String?, powerOff: Bool, reaper: Reaper = .shared,
                                 beforeReboot: () -> Void = {}) -> Never {
         _ = kill(-1, SIGTERM)
         let deadline = MonotonicClock.now().milliseconds + 3000
         while MonotonicClock.now().milliseconds < deadline {
-            if let reaper { reaper.reapAll() } else { reapAll() }
+            reaper.reapAll()
             if kill(-1, 0) != 0 && errno == ESRCH { break }
             MonotonicClock.sleep(for: .milliseconds(100))
         }
         _ = kill(-1, SIGKILL)
-        if let reaper { reaper.reapAll() } else { reapAll() }
+        reaper.reapAll()
         sync()
         if let persistMount {
             do {

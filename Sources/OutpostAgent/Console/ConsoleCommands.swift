@@ -71,7 +71,7 @@ enum ConsoleCommands {
             return network.connectivityReport().map { $0.hasPrefix("network:") ? $0 : "network: " + $0 }
         case ["network", "status", "--json"]:
             guard let network = agent.network else { return ["network status: the network manager is not running"] }
-            return [network.statusJSON()]
+            return [(try? JSONDocument.line(network.statusDocument())) ?? "network status: cannot encode"]
         default:
             let shown = String(typed.unicodeScalars.filter { $0.value >= 32 && $0.value < 127 }.prefix(40))
             return ["unknown console command '\(shown)'; type help"]

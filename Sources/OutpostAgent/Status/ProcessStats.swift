@@ -1,0 +1,55 @@
+// outpostd's own footprint (RSS, threads, CPU) and the process table's
+// health (zombies), read from /proc for the status report and the bench.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Figures about outpostd itself and the process table, from /proc.
+public enum ProcessStats {
+    public struct Sample: Sendable {
+        public var pid: Int32
+        public var rssKiB: Int64?
+        public var threads: Int64?
+        public var cpuTicks: Int64?
+        public var zombies: Int
+    }
+
+    static func sample() -> Sample {
+        let status = (try? Sys.readText("/proc/self/status")) ?? ""
+        func field(_ name: String) -> Int64? {
+            guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(name + ":") }) else { return nil }
+            return line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first.flatMap { Int64($0) }
+        }
+        return Sample(pid: getpid(), rssKiB: field("VmRSS"), threads: field("Threads"), cpuTicks: cpuTicks(),
+                      zombies: zombieCount())
+    }
+
+    /// utime + stime of this process in clock ticks (fields 14 and 15 of
+    /// /proc/self/stat, counted after the parenthesised command name).
+    static func cpuTicks() -> Int64? {
+        guard let text = try? Sys.readText("/proc/self/stat") else { return nil }
+        return statFields(text).flatMap { fields in
+            fields.count > 12 ? (Int64(fields[11]) ?? 0) + (Int64(fields[12]) ?? 0) : nil
+        }
+    }
+
+    /// Fields after "pid (comm) ": index 0 is the state letter.
+    static func statFields(_ text: String) -> [Substring]? {
+        guard let close = text.lastIndex(of: ")") else { return nil }
+        return text[text.index(after: close)...].split(separator: " ")
+    }
+
+    /// Processes in state Z: children nobody has waited for yet.
+    static func zombieCount() -> Int {
+        let names = (try? Sys.listDirectory("/proc")) ?? []
+        return names.filter { $0.allSatisfy(\.isNumber) }.reduce(0) { count, pid in
+            guard let text = try? Sys.readText("/proc/\(pid)/stat"), statFields(text)?.first == "Z" else { return count }
+            return count + 1
+        }
+    }
+
+    static func uptimeSeconds() -> Double? {
+        (try? Sys.readText("/proc/uptime")).flatMap { Double($0.split(separator: " ").first ?? "") }
+    }
+}

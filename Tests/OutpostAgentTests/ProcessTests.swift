@@ -1,0 +1,59 @@
+import Synchronization
+import Testing
+@testable import OutpostAgent
+import OutpostPlatform
+
+// The one child/exit model (Processes/): spawn through the shim, every exit
+// through the reaper. Each test uses its own reaper with the `ownChildren`
+// scope, as any process but PID 1 does, so it never takes another test's child.
+
+@Test func aChildThatExitsAtOnceIsNeverMissedAndItsStatusIsDecoded() throws {
+    let reaper = Reaper(scope: .ownChildren)
+    #expect(try reaper.run("/bin/true", [], timeout: .seconds(10)) == .exited(0))
+    #expect(try reaper.run("/bin/sh", ["-c", "exit 3"], timeout: .seconds(10)) == .exited(3))
+    #expect(try reaper.run("/bin/sh", ["-c", "kill -9 $$"], timeout: .seconds(10)) == .signaled(9))
+    #expect(reaper.subscribedPIDs.isEmpty)
+    #expect(reaper.orphansReaped == 0)
+}
+
+@Test func aSubscriberHearsTheExitFromWhicheverThreadReaps() throws {
+    let reaper = Reaper(scope: .ownChildren)
+    let heard = Mutex<[ChildExit]>([])
+    let pid = try reaper.spawn("/bin/sh", ["-c", "exit 7"]) { exit in heard.withLock { $0.append(exit) } }
+    #expect(pid > 0)
+    #expect(reaper.subscribedPIDs == [pid])
+    let deadline = Deadline(after: .seconds(10))
+    while heard.withLock({ $0.isEmpty }) && !deadline.hasPassed {
+        reaper.reapAll()
+        MonotonicClock.sleep(for: .milliseconds(5))
+    }
+    #expect(heard.withLock { $0 } == [.exited(7)])
+    #expect(reaper.subscribedPIDs.isEmpty)
+}
+
+@Test func aChildPastItsTimeoutIsKilledAndReportedAsSuch() throws {
+    let reaper = Reaper(scope: .ownChildren)
+    let started = MonotonicClock.now()
+    #expect(try reaper.run("/bin/sleep", ["30"], timeout: .milliseconds(200)) == nil)
+    #expect(started.elapsed < .seconds(10))
+    #expect(throws: SubprocessError.timedOut(path: "/bin/sleep", seconds: 0)) {
+        try Subprocess.run("/bin/sleep", ["30"], timeout: .milliseconds(100), reaper: reaper)
+    }
+    #expect(reaper.subscribedPIDs.isEmpty)
+}
+
+@Test func subprocessFeedsStandardInputAndNamesHowAToolFailed() throws {
+    let reaper = Reaper(scope: .ownChildren)
+    let check = ["-c", #"read word; test "$word" = hello"#]
+    try Subprocess.run("/bin/sh", check, input: "hello\n", reaper: reaper)
+    #expect(throws: SubprocessError.exited(path: "/bin/sh", status: 1)) {
+        try Subprocess.run("/bin/sh", check, input: "goodbye\n", reaper: reaper)
+    }
+    #expect(throws: SubprocessError.killed(path: "/bin/sh", signal: 15)) {
+        try Subprocess.run("/bin/sh", ["-c", "kill -15 $$"], reaper: reaper)
+    }
+    #expect(throws: SubprocessError.notFound(path: "/nonexistent/mke2fs")) {
+        try Subprocess.run("/nonexistent/mke2fs", [], reaper: reaper)
+    }
+    #expect(SubprocessError.exited(path: "/sbin/mke2fs", status: 1).description == "/sbin/mke2fs exited with status 1")
+}
