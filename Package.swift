@@ -11,8 +11,11 @@ let package = Package(
         .executable(name: "outpostd", targets: ["outpostd"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", exact: "4.5.2"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", exact: "1.0.2"),
+        // swift-subprocess asks for swift-system "from: 1.5.0"; pinned here so the
+        // resolved version cannot drift.
         .package(url: "https://github.com/apple/swift-system", exact: "1.8.1"),
     ],
     targets: [
@@ -43,13 +46,20 @@ let package = Package(
         // commit, fall back. Pure Swift, so the power-cut simulator runs it.
         .target(name: "OutpostUpdate", dependencies: ["OutpostDisk", "OutpostBundle", "OutpostPlatform"]),
 
+        // The host's one process runner (swift-subprocess): build tools, swtpm, QEMU.
+        .target(name: "OutpostProcess", dependencies: [
+            .product(name: "Subprocess", package: "swift-subprocess"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // Host side: layout spec → filesystems → verity → disk → outputs.
         .target(name: "OutpostBuilder", dependencies: [
-            "OutpostDisk",
+            "OutpostDisk", "OutpostProcess",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // `outpost run`: boots an image in QEMU with swtpm and OVMF. Builds nothing.
+        .target(name: "OutpostQEMU", dependencies: ["OutpostProcess"]),
         .executableTarget(name: "outpost", dependencies: [
-            "OutpostBuilder", "OutpostDisk", "OutpostBundle", "OutpostUpdate",
+            "OutpostBuilder", "OutpostQEMU", "OutpostDisk", "OutpostBundle", "OutpostUpdate",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

@@ -1,55 +1,26 @@
 import Foundation
+import OutpostProcess
 
 /// Runs the external tools the builder leans on (mkfs.*, mtools, mksquashfs,
-/// qemu-img) with a fixed environment, so their output does not depend on
-/// the caller's locale or clock.
+/// qemu-img, apt-get, dpkg-deb, depmod) through the host's one process runner,
+/// with a fixed locale and time zone so their output does not depend on the
+/// caller's.
 public enum Tool {
-    /// Runs `argv`, returning stdout. A non-zero exit throws with the last line of stderr.
+    /// Runs `argv` with standard input from /dev/null, returning stdout. A
+    /// non-zero exit throws `HostProcessError`: one line with the command, its
+    /// status and the last line of stderr.
+    ///
+    /// - Parameter extra: environment changes; an empty value removes the variable
+    ///   (mksquashfs refuses SOURCE_DATE_EPOCH together with explicit -mkfs-time/-all-time).
     @discardableResult
-    public static func run(_ argv: [String], environment extra: [String: String] = [:], stdin: FileHandle? = nil) throws -> String {
-        guard let exe = argv.first else { return "" }
-        guard let path = which(exe) else { throw BuilderError.toolMissing(exe) }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = Array(argv.dropFirst())
-        var env = ProcessInfo.processInfo.environment
-        env["LC_ALL"] = "C"
-        env["TZ"] = "UTC"
-        // An empty value removes the variable (mksquashfs refuses
-        // SOURCE_DATE_EPOCH together with explicit -mkfs-time/-all-time).
-        for (k, v) in extra { env[k] = v.isEmpty ? nil : v }
-        p.environment = env
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        if let stdin { p.standardInput = stdin }
-        do { try p.run() } catch { throw BuilderError.toolMissing(exe) }
-        // Drain both pipes concurrently so a chatty tool cannot block on a full pipe.
-        nonisolated(unsafe) var errData = Data()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async {
-            errData = err.fileHandleForReading.readDataToEndOfFile()
-            group.leave()
-        }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        group.wait()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            throw BuilderError.tool(command: argv.prefix(2).joined(separator: " "), status: p.terminationStatus,
-                                    stderr: String(decoding: errData, as: UTF8.self))
-        }
-        return String(decoding: outData, as: UTF8.self)
+    public static func run(_ argv: [String], environment extra: [String: String] = [:], in directory: URL? = nil) throws -> String {
+        var env: [String: String?] = ["LC_ALL": "C", "TZ": "UTC"]
+        for (k, v) in extra { env[k] = v.isEmpty ? String?.none : v }
+        return try HostProcess.output(argv, environment: env, directory: directory?.path)
     }
 
-    /// Resolves a program name through PATH, also looking in the sbin
-    /// directories that a non-root PATH often lacks.
-    public static func which(_ name: String) -> String? {
-        if name.contains("/") { return FileManager.default.isExecutableFile(atPath: name) ? name : nil }
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
-        let dirs = path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        return dirs.map { $0 + "/" + name }.first { FileManager.default.isExecutableFile(atPath: $0) }
-    }
+    /// Resolves a program name through PATH (and the sbin directories).
+    public static func which(_ name: String) -> String? { HostProcess.which(name) }
 }
 
 /// Progress lines for long steps, on stderr so `--json` output stays clean.

@@ -1,13 +1,14 @@
 import ArgumentParser
 import Foundation
-import OutpostBuilder
+import OutpostQEMU
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Boot an image in QEMU: OVMF, swtpm TPM, i6300esb watchdog, virtio disk and NIC.",
         discussion: """
-            Interactive by default: the serial console is this terminal (Ctrl-A X quits QEMU). \
-            With --headless the console is copied to stdout and the command exits 0 as soon as \
+            Interactive by default: the serial console is this terminal (Ctrl-A X quits QEMU, \
+            Ctrl-A C switches to the QEMU monitor) and the command exits with QEMU's status; the terminal's \
+            settings, swtpm and temporary files are cleaned up however QEMU ends. With --headless the console is copied to stdout and the command exits 0 as soon as \
             the 'outpost: ready' line appears, 1 on timeout or if QEMU stops first.
             """)
 
@@ -42,7 +43,11 @@ struct Run: ParsableCommand {
         o.extraDisks = disk
         o.powerOffAtMarker = powerOff
         o.consoleInput = consoleInput
-        let ready = try QEMURunner.run(o)
-        if headless && !ready { throw ExitCode.failure }
+        let outcome = try QEMURunner.run(o)
+        if headless {
+            if !outcome.ready { throw ExitCode.failure }
+        } else if outcome.exitStatus != 0 {
+            throw ExitCode(outcome.exitStatus)
+        }
     }
 }

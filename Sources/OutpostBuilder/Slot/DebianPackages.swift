@@ -38,7 +38,7 @@ public struct DebianPackages {
             let batch = pending.sorted()
             done.formUnion(batch)
             pending.removeAll()
-            let output = try HostTool.run("apt-cache", [
+            let output = try Tool.run(["apt-cache", 
                 "depends", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",
                 "--no-replaces", "--no-enhances",
             ] + batch)
@@ -95,7 +95,7 @@ public struct DebianPackages {
                 debs.append(cached)
                 continue
             }
-            try HostTool.run("apt-get", ["download", "-q", "\(name)=\(version)"], in: cache)
+            try Tool.run(["apt-get", "download", "-q", "\(name)=\(version)"], in: cache)
             guard let fetched = try cachedDeb(prefix: prefix) else {
                 throw SlotAssemblyError.fileMissing(what: "downloaded \(name)", path: cache.path)
             }
@@ -108,12 +108,12 @@ public struct DebianPackages {
     public func unpack(_ debs: [URL], into root: URL) throws {
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         for deb in debs {
-            try HostTool.run("dpkg-deb", ["-x", deb.path, root.path])
+            try Tool.run(["dpkg-deb", "-x", deb.path, root.path])
         }
     }
 
     func candidateVersion(of name: String) throws -> String {
-        let policy = try HostTool.run("apt-cache", ["policy", name])
+        let policy = try Tool.run(["apt-cache", "policy", name])
         for line in policy.split(separator: "\n") {
             let text = line.trimmingCharacters(in: .whitespaces)
             if text.hasPrefix("Candidate:") {

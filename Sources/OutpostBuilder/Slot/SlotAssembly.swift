@@ -69,7 +69,7 @@ public struct SlotAssembly {
             try? fm.removeItem(at: tree)
             try packages.unpack([deb], into: tree)
             let version = try kernelVersion(in: tree)
-            try HostTool.run("depmod", ["-b", tree.path, version])
+            try Tool.run(["depmod", "-b", tree.path, version])
             try Data().write(to: marker)
         }
         let version = try kernelVersion(in: tree)
@@ -128,11 +128,11 @@ public struct SlotAssembly {
             let source = kernel.modulesDirectory.appendingPathComponent(file)
             if fm.fileExists(atPath: source.path) { try copy(source, to: modules.appendingPathComponent(file)) }
         }
-        try HostTool.run("depmod", ["-b", root.path, kernel.version])
+        try Tool.run(["depmod", "-b", root.path, kernel.version])
 
         let overlay = rootfs.appendingPathComponent("overlay")
         if fm.fileExists(atPath: overlay.path) {
-            try HostTool.run("cp", ["-R", "--no-preserve=ownership", overlay.path + "/.", root.path])
+            try Tool.run(["cp", "-R", "--no-preserve=ownership", overlay.path + "/.", root.path])
         }
         // Mount points early boot and the agent rely on; the root is read-only.
         for dir in ["dev", "proc", "sys", "run", "tmp", "config", "persist", "mnt", "etc", "sbin"] {
@@ -180,7 +180,7 @@ public struct SlotAssembly {
         guard compression == .gzip else { return cpio }
         let gz = work.appendingPathComponent("initrd.img")
         try? FileManager.default.removeItem(at: gz)
-        try HostTool.run("sh", ["-c", "gzip -n -9 -c \"$0\" > \"$1\"", cpio.path, gz.path])
+        try Tool.run(["sh", "-c", "gzip -n -9 -c \"$0\" > \"$1\"", cpio.path, gz.path])
         try FileManager.default.removeItem(at: cpio)
         return gz
     }
@@ -188,7 +188,7 @@ public struct SlotAssembly {
     /// (path in the initramfs, source file) for every library `ldd` lists.
     func sharedLibraries(of binary: URL, libraryRoot: URL?) throws -> [(String, URL)] {
         var result: [(String, URL)] = []
-        for line in try HostTool.run("ldd", [binary.path]).split(separator: "\n") {
+        for line in try Tool.run(["ldd", binary.path]).split(separator: "\n") {
             let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
             let hostPath: String
             let archivePath: String
