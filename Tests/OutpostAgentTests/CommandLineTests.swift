@@ -28,6 +28,8 @@ private func outpostd(_ arguments: [String]) throws -> (code: Int32, out: String
     (["update", "apply", "--help"], ["<FILE|URL>", "--ca <PEM>", "--force", "--no-reboot", "https://"]),
     (["update", "status", "--help"], ["USAGE: outpostd update status [--json]", "security floor"]),
     (["help", "update", "apply"], ["--no-reboot"]),
+    (["help"], ["status", "update"]),
+    (["-h"], ["status", "update"]),
 ])
 func everyCommandHasCompleteHelpOnStandardOutputAndExitsZero(arguments: [String], mentions: [String]) throws {
     let result = try outpostd(arguments)

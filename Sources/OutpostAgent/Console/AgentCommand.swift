@@ -9,6 +9,7 @@ import Glibc
 #endif
 import OutpostPlatform
 
+/// The client commands' work, callable from the argument parser in outpostd.
 public enum AgentCommand {
     /// `outpostd status [--json]`: asks the running PID 1 over the control socket.
     public static func status(json: Bool) -> Int32 {

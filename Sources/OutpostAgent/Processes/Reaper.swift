@@ -40,6 +40,7 @@ public enum ChildExit: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Starts children and hands each one's exit to whoever subscribed before it started.
 public final class Reaper: Sendable {
     /// Which children `reapAll` collects.
     public enum Scope: Sendable {
