@@ -67,12 +67,13 @@ let package = Package(
         .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk"]),
         .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle"]),
         .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk"]),
-        .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk"]),
+        .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk", "OutpostProcess"]),
         .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk"], exclude: ["boot-direct.sh"]),
         .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostHTTP"], exclude: ["connect-proxy.py", "short-lease-dhcpd.py"]),
         .testTarget(name: "OutpostHTTPTests", dependencies: ["OutpostHTTP"]),
         // Boots the built image in QEMU; needs ./build.sh's outputs in out/.
-        .testTarget(name: "OutpostSystemTests", dependencies: ["OutpostDisk"]),
+        // pty-run.py drives `outpost run` in a pseudo-terminal for TerminalTests.
+        .testTarget(name: "OutpostSystemTests", dependencies: ["OutpostDisk"], exclude: ["pty-run.py"]),
     ],
     swiftLanguageModes: [.v6]
 )
