@@ -64,16 +64,21 @@ let package = Package(
         .executableTarget(name: "outpostd", dependencies: ["OutpostAgent"]),
         .target(name: "OutpostNetwork", dependencies: ["CNetlink", "OutpostHTTP"]),
 
-        .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk"]),
-        .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle"]),
-        .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk"]),
-        .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk", "OutpostProcess"]),
-        .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk"], exclude: ["boot-direct.sh"]),
-        .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostHTTP"], exclude: ["connect-proxy.py", "short-lease-dhcpd.py"]),
-        .testTarget(name: "OutpostHTTPTests", dependencies: ["OutpostHTTP"]),
+        // What tests share (commands, the openssl PKI, the seeded generator, temporary
+        // directories, deadlines); only test targets depend on it.
+        .target(name: "OutpostTestSupport", path: "Tests/OutpostTestSupport"),
+
+        .testTarget(name: "OutpostTestSupportTests", dependencies: ["OutpostTestSupport"]),
+        .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk", "OutpostTestSupport"]),
+        .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle", "OutpostTestSupport"]),
+        .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk", "OutpostTestSupport"]),
+        .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk", "OutpostProcess", "OutpostTestSupport"]),
+        .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk", "OutpostTestSupport"]),
+        .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostHTTP", "OutpostTestSupport"], exclude: ["connect-proxy.py", "short-lease-dhcpd.py"]),
+        .testTarget(name: "OutpostHTTPTests", dependencies: ["OutpostHTTP", "OutpostTestSupport"]),
         // Boots the built image in QEMU; needs ./build.sh's outputs in out/.
         // pty-run.py drives `outpost run` in a pseudo-terminal for TerminalTests.
-        .testTarget(name: "OutpostSystemTests", dependencies: ["OutpostDisk"], exclude: ["pty-run.py"]),
+        .testTarget(name: "OutpostSystemTests", dependencies: ["OutpostDisk", "OutpostTestSupport"], exclude: ["pty-run.py"]),
     ],
     swiftLanguageModes: [.v6]
 )

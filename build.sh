@@ -15,7 +15,18 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/n
 export OUTPOST_CACHE=${OUTPOST_CACHE:-/var/cache/outpost}
 
 log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
+die() { printf 'build.sh: error: %s\n' "$*" >&2; STEP=""; exit 1; }
+
+# Every step names itself in STEP; whatever ends the script early (set -e, a
+# failed pipeline, a tool's exit) is reported as one line naming that step.
+STEP=""
+on_exit() {
+    local rc=$?
+    if [ "$rc" -ne 0 ] && [ -n "$STEP" ]; then
+        printf 'build.sh: error: step "%s" failed (exit %d); the lines above say why\n' "$STEP" "$rc" >&2
+    fi
+}
+trap on_exit EXIT
 
 # Debian packages the build and the tests use. Installed only when missing,
 # with one `apt-get update` first, so a second run does nothing.
@@ -27,7 +38,21 @@ PACKAGES=(
     dpkg-dev openssl iproute2 dnsmasq busybox-static binutils
 )
 
+# apt's package lists exist once `apt-get update` has run; the slot build
+# resolves and downloads root packages through them even when every host
+# package is already installed.
+apt_lists_ready() {
+    compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null
+}
+
+apt_update() {
+    [ "$(id -u)" = 0 ] || die "apt-get update needs root ($1)"
+    log "apt-get update ($1)"
+    apt-get update -q >&2 || die "apt-get update failed ($1); check /etc/apt/sources.list.d and the network"
+}
+
 deps() {
+    STEP="install Debian packages"
     local missing=()
     for p in "${PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,12 +60,16 @@ deps() {
     if ((${#missing[@]})); then
         log "installing Debian packages: ${missing[*]}"
         [ "$(id -u)" = 0 ] || die "installing packages needs root (missing: ${missing[*]})"
-        apt-get update -q >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+        apt_update "${#missing[@]} packages missing"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+            || die "apt-get install failed for: ${missing[*]}"
+    elif ! apt_lists_ready; then
+        apt_update "no package lists yet; the slot build resolves Debian packages through them"
     fi
 }
 
 build_host() {
+    STEP="build the host CLI"
     log "building the host CLI (outpost)"
     swift build "${SWIFT_FLAGS[@]}" --product outpost >&2
     mkdir -p "$OUT/bin"
@@ -51,6 +80,7 @@ VERSION=${OUTPOST_VERSION:-$(cat VERSION)}
 
 # Stage-1 GRUB for the EFI partition (cached by grub/build-grub.sh).
 build_grub() {
+    STEP="build GRUB"
     log "GRUB (x86_64-efi, with outpost_select)"
     grub/build-grub.sh "$OUT/grub" >&2
     mkdir -p "$OUT/efi/EFI/BOOT"
@@ -60,6 +90,7 @@ build_grub() {
 
 # The device agent: release, static Swift runtime, FoundationEssentials only.
 build_outpostd() {
+    STEP="build outpostd"
     log "building outpostd (release, --static-swift-stdlib)"
     swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd >&2
     # Stripped: the slot carries no debug symbols (18 MB instead of 38 MB).
@@ -76,6 +107,7 @@ dev_key() {
 }
 
 build_slot() {
+    STEP="build the slot image"
     dev_key
     log "building the slot image (version $VERSION)"
     "$OUT/bin/outpost" slot build --outpostd "$OUT/bin/outpostd" --image-version "$VERSION" \
@@ -84,6 +116,7 @@ build_slot() {
 }
 
 build_image() {
+    STEP="build the disk image"
     mkdir -p "$OUT"
     [ -d "$OUT/dev-config" ] || log "creating a development CONFIG directory in out/dev-config"
     scripts/dev-config.sh "$OUT/dev-config"
@@ -97,6 +130,7 @@ build_image() {
 # compiled with OUTPOST_FAULT_INJECTION (in its own build tree), in its own
 # slot and image. Release images never contain the fault code.
 build_outpostd_fault() {
+    STEP="build outpostd with fault injection"
     log "building outpostd with fault injection (tests only)"
     local f=(--scratch-path "${OUTPOST_SCRATCH:-$ROOT/.build}-fault" -c release --static-swift-stdlib
              -Xswiftc -DOUTPOST_FAULT_INJECTION --product outpostd)
@@ -105,6 +139,7 @@ build_outpostd_fault() {
 }
 
 build_fault_image() {
+    STEP="build the fault-injection image"
     log "building out/outpost-fault.img (fault injection; tests only)"
     "$OUT/bin/outpost" slot build --outpostd "$OUT/bin/outpostd-fault" --image-version "$VERSION" \
         --trust "${OUTPOST_TRUST_DIR:-$OUT/keys}" \
@@ -117,6 +152,7 @@ build_fault_image() {
 # out/update.bundle for the image just built, signed with a development key
 # created on first use (production keys come from OUTPOST_SIGNING_KEY).
 build_bundle() {
+    STEP="build the update bundle"
     dev_key
     log "building out/update.bundle"
     "$OUT/bin/outpost" bundle create --quiet --key "${OUTPOST_SIGNING_KEY:-$OUT/keys/dev.key.pem}" \
@@ -137,6 +173,9 @@ build_all() {
 }
 
 run_tests() {
+    STEP="run the tests"
+    log "fresh-machine setup test (isolated apt state, empty cache)"
+    Tests/fresh-path/fresh-path.sh
     log "building and running the Swift test suites"
     swift build "${SWIFT_FLAGS[@]}" --build-tests >&2
     OUTPOST_OUT=$OUT swift test "${SWIFT_FLAGS[@]}" --skip-build --skip OutpostNetworkTests 2>&1

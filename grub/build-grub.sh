@@ -47,7 +47,12 @@ MODULES=(
 log() { echo "build-grub: $*"; }
 die() { echo "build-grub: error: $*" >&2; exit 1; }
 
-[ $# -eq 1 ] || die "usage: build-grub.sh OUTDIR"
+# --resolve-only: do the apt setup (deb-src entry, source version, update
+# fallback), print "grub2 VERSION cache DIR [cached]" and stop; the fresh-machine
+# test runs this against an isolated apt state.
+RESOLVE_ONLY=0
+if [ "${1:-}" = "--resolve-only" ]; then RESOLVE_ONLY=1; shift; fi
+[ $# -eq 1 ] || die "usage: build-grub.sh [--resolve-only] OUTDIR"
 OUTDIR="$1"
 for f in build-grub.sh outpost_select.c Makefile.core.def early.cfg stage1.cfg; do
   [ -f "$HERE/$f" ] || die "missing input $HERE/$f"
@@ -88,7 +93,7 @@ src_version() {
 VERSION="$(src_version)"
 if [ -z "$VERSION" ]; then
   log "apt-get update (no grub2 source package known yet)"
-  as_root apt-get update -qq >/dev/null || die "apt-get update failed"
+  as_root apt-get update -qq >/dev/null || die "apt-get update failed; check /etc/apt/sources.list.d and the network"
   VERSION="$(src_version)"
   [ -n "$VERSION" ] || die "apt knows no grub2 source package even after apt-get update"
 fi
@@ -103,6 +108,12 @@ publish() {
     || die "cannot copy the result to $OUTDIR"
   log "wrote $OUTDIR/BOOTX64.EFI and $OUTDIR/grub.cfg (grub2 $VERSION, cache $CACHE_DIR)"
 }
+
+if [ "$RESOLVE_ONLY" = 1 ]; then
+  state=""; [ -f "$CACHE_DIR/BOOTX64.EFI" ] && state=" cached"
+  echo "grub2 $VERSION cache $CACHE_DIR$state"
+  exit 0
+fi
 
 if [ -f "$CACHE_DIR/BOOTX64.EFI" ]; then
   log "cached: $CACHE_DIR"

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import OutpostDisk
+import OutpostTestSupport
 
 /// Decodes `outpost image inspect --json`.
 struct InspectJSON: Decodable {
@@ -98,7 +99,7 @@ struct ImageTests {
     }
 
     @Test func aRandomTableWrittenBySgdiskReadsBackIdentically() throws {
-        var rng = SystemRandomNumberGenerator()
+        var rng = SplitMix64.forTest()
         let d = try Support.tempDir("sgdisk")
         defer { try? FileManager.default.removeItem(atPath: d) }
         for round in 0..<3 {

@@ -1,7 +1,8 @@
 import Foundation
+import OutpostTestSupport
 
-/// Helpers shared by the builder tests: run a command, make a scratch
-/// directory, find the `outpost` binary built from this package.
+/// Helpers shared by the builder tests: find the `outpost` binary built from this package,
+/// build a small image from a fixture (commands and directories come from OutpostTestSupport).
 enum Support {
     static let packageRoot: String = {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
@@ -11,36 +12,14 @@ enum Support {
         ProcessInfo.processInfo.environment["OUTPOST_BIN"] ?? packageRoot + "/.build/debug/outpost"
     }
 
-    struct Result { var status: Int32; var stdout: String; var stderr: String }
+    typealias Result = CommandResult
 
     @discardableResult
-    static func run(_ argv: [String], env: [String: String] = [:], cwd: String? = nil) throws -> Result {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: argv[0].hasPrefix("/") ? argv[0] : "/usr/bin/env")
-        p.arguments = argv[0].hasPrefix("/") ? Array(argv.dropFirst()) : argv
-        var e = ProcessInfo.processInfo.environment
-        e["PATH"] = (e["PATH"] ?? "/usr/bin:/bin") + ":/usr/sbin:/sbin"
-        for (k, v) in env { e[k] = v }
-        p.environment = e
-        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        nonisolated(unsafe) var errData = Data()
-        let t = Thread { errData = err.fileHandleForReading.readDataToEndOfFile() }
-        t.start()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        while !t.isFinished { usleep(1000) }
-        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
+    static func run(_ argv: [String], env: [String: String] = [:]) throws -> Result {
+        try runCommand(argv, environment: env)
     }
 
-    static func tempDir(_ tag: String) throws -> String {
-        let d = NSTemporaryDirectory() + "outpost-test-\(tag)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
-    }
+    static func tempDir(_ tag: String) throws -> String { try TemporaryDirectory.create(tag) }
 
     /// A small layout so each image builds in about a second.
     static let smallLayout = """

@@ -1,4 +1,5 @@
 import Foundation
+import OutpostTestSupport
 import Testing
 @testable import OutpostBuilder
 
@@ -8,7 +9,7 @@ struct VerityTests {
     func veritysetupVerifiesTheSwiftTree(blocks: Int) throws {
         let d = try Support.tempDir("verity-\(blocks)")
         defer { try? FileManager.default.removeItem(atPath: d) }
-        var rng = SplitMix(seed: UInt64(blocks))
+        var rng = SplitMix64(seed: UInt64(blocks))
         let data = (0..<blocks).map { _ in (0..<4096).map { _ in UInt8(truncatingIfNeeded: rng.next()) } }
         let salt = (0..<32).map { UInt8($0 * 7 & 0xFF) }
         let tree = VerityTree.compute(dataBlocks: UInt64(blocks), salt: salt) { data[Int($0)] }
@@ -36,14 +37,3 @@ struct VerityTests {
     }
 }
 
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

@@ -1,5 +1,6 @@
 import Foundation
 import OutpostBundle
+import OutpostTestSupport
 import Testing
 
 @Suite struct BundleFormatTests {
@@ -128,7 +129,7 @@ import Testing
     }
 
     @Test func trustStoreLoadsPublicKeysSkipsPrivateOnesAndReadsRevocations() throws {
-        let dir = try tempDirectory()
+        let dir = try TemporaryDirectory.create("bundle")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let second = SigningKey.generate()
         try key.publicPEM.write(toFile: dir + "/a.pub.pem", atomically: true, encoding: .utf8)

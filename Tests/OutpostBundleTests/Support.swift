@@ -1,22 +1,12 @@
 import Crypto
 import Foundation
 import OutpostBundle
+import OutpostTestSupport
 
-/// A deterministic pseudo-random generator so every failure reproduces.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
+/// A payload that is the same on every run.
 func payload(_ size: Int, seed: UInt64 = 1) -> [UInt8] {
-    var g = SplitMix64(state: seed)
-    return (0..<size).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+    var g = SplitMix64(seed: seed)
+    return g.bytes(size)
 }
 
 func manifest(for payload: [UInt8], version: String = "2.0.0", security: UInt64 = 3,
@@ -41,8 +31,3 @@ func verifyAll(_ bytes: [UInt8], trust: TrustStore, policy: BundlePolicy = Bundl
     return v
 }
 
-func tempDirectory() throws -> String {
-    let p = NSTemporaryDirectory() + "outpost-bundle-\(UUID().uuidString)"
-    try FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
-    return p
-}

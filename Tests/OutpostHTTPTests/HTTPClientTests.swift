@@ -1,4 +1,5 @@
 import Foundation
+import OutpostTestSupport
 import Testing
 @testable import OutpostHTTP
 
@@ -23,7 +24,7 @@ struct HTTPClientTests {
     }
 
     @Test func httpsWithTheRightAnchorReturnsTheBody() throws {
-        let tmp = try TempDir("tls")
+        let tmp = try TemporaryDirectory("tls")
         let pki = try TestPKI(dir: tmp.path)
         let payload = testPayload(100_000)
         FileManager.default.createFile(atPath: tmp.path + "/payload", contents: Data(payload))
@@ -39,7 +40,7 @@ struct HTTPClientTests {
     }
 
     @Test func anUntrustedCertificateOrAWrongNameIsRefusedWithTheReason() throws {
-        let tmp = try TempDir("tls-bad")
+        let tmp = try TemporaryDirectory("tls-bad")
         let pki = try TestPKI(dir: tmp.path)
         FileManager.default.createFile(atPath: tmp.path + "/payload", contents: Data("x".utf8))
         let server = try TestServer(dir: tmp.path, mode: "serve", payload: tmp.path + "/payload", tls: pki)
@@ -65,7 +66,7 @@ struct HTTPClientTests {
     }
 
     @Test func httpsGoesThroughAnHTTPProxyWithConnect() throws {
-        let tmp = try TempDir("proxy")
+        let tmp = try TemporaryDirectory("proxy")
         let pki = try TestPKI(dir: tmp.path)
         let payload = testPayload(50_000)
         FileManager.default.createFile(atPath: tmp.path + "/payload", contents: Data(payload))
@@ -88,7 +89,7 @@ struct HTTPClientTests {
     }
 
     @Test func aConnectionPinnedToAnInterfaceUsesIt() throws {
-        let tmp = try TempDir("bind")
+        let tmp = try TemporaryDirectory("bind")
         FileManager.default.createFile(atPath: tmp.path + "/payload", contents: Data("pinned".utf8))
         let server = try TestServer(dir: tmp.path, mode: "serve", payload: tmp.path + "/payload")
         var options = HTTPOptions()
@@ -106,9 +107,12 @@ struct HTTPClientTests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
         ]
-        var rng = SystemRandomNumberGenerator()
+        var rng = SplitMix64.forTest()
         var replies = fixed.map { Array($0.utf8) }
         let seed = Array("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n4\r\nbody\r\n0\r\n\r\n".utf8)
+        // Well-formed replies among the noise: a client that refused everything fails here.
+        let wellFormed = [seed, Array("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody".utf8)]
+        replies += wellFormed
         for _ in 0..<150 {
             var mutated = seed
             for _ in 0..<Int.random(in: 1...6, using: &rng) {
@@ -117,17 +121,23 @@ struct HTTPClientTests {
             if Bool.random(using: &rng) { mutated = Array(mutated.prefix(Int.random(in: 0...mutated.count, using: &rng))) }
             replies.append(mutated)
         }
-        var errors = 0
+        var errors = 0, accepted = 0
         for reply in replies {
             let server = try CannedServer(reply: reply)
             var options = HTTPOptions()
             options.connectTimeout = .seconds(5)
             options.idleTimeout = .seconds(5)
-            do { _ = try HTTPClient.get(try HTTPURL("http://127.0.0.1:\(server.port)/"), options: options, limit: 1 << 16) } catch {
+            do {
+                let (status, body) = try HTTPClient.get(try HTTPURL("http://127.0.0.1:\(server.port)/"), options: options, limit: 1 << 16)
+                accepted += 1
+                if wellFormed.contains(reply) { #expect(status == 200 && body == Array("body".utf8)) }
+            } catch {
                 errors += 1
                 #expect(!error.description.contains("\n"), "one line: \(error)")
+                #expect(!wellFormed.contains(reply), "a well-formed reply was refused: \(error)")
             }
         }
+        #expect(accepted >= wellFormed.count, "\(accepted) accepted (seed \(rng.seed))")
         #expect(errors >= fixed.count, "every fixed malformed reply is an error (\(errors) errors)")
     }
 }

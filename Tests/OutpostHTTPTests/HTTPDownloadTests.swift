@@ -1,4 +1,5 @@
 import Foundation
+import OutpostTestSupport
 import Testing
 @testable import OutpostHTTP
 
@@ -8,7 +9,7 @@ import Testing
 struct HTTPDownloadTests {
     @Test(arguments: [false, true])
     func anInterruptedDownloadResumesAndSendsAtMostFivePercentExtra(tls: Bool) throws {
-        let tmp = try TempDir("download")
+        let tmp = try TemporaryDirectory("download")
         let pki = tls ? try TestPKI(dir: tmp.path) : nil
         let payload = testPayload(3 << 20)
         FileManager.default.createFile(atPath: tmp.path + "/payload", contents: Data(payload))
@@ -32,7 +33,7 @@ struct HTTPDownloadTests {
 
     @Test func aServerErrorIsNotRetriedAndNamesTheURL() throws {
         let server = try CannedServer(reply: Array("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".utf8))
-        let tmp = try TempDir("download-404")
+        let tmp = try TemporaryDirectory("download-404")
         let download = HTTPDownload(url: try HTTPURL("http://127.0.0.1:\(server.port)/missing.bundle"), destination: tmp.path + "/d")
         do { try download.run(); Issue.record("a 404 was accepted") } catch {
             #expect(error == .status(code: 404, url: "http://127.0.0.1:\(server.port)/missing.bundle"))

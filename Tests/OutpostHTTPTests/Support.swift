@@ -1,59 +1,11 @@
 import Foundation
+import OutpostTestSupport
 import Testing
 @testable import OutpostHTTP
-
-/// A throwaway PKI made with the openssl CLI: a CA, a server certificate for
-/// 127.0.0.1 (IP SAN only) signed by it, and an unrelated CA.
-struct TestPKI {
-    let dir: String
-    var ca: String { dir + "/ca.pem" }
-    var otherCA: String { dir + "/other-ca.pem" }
-    var cert: String { dir + "/server.pem" }
-    var key: String { dir + "/server.key" }
-
-    init(dir: String) throws {
-        self.dir = dir
-        for name in ["ca", "other-ca"] {
-            try run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-keyout", "\(dir)/\(name).key", "-out", "\(dir)/\(name).pem", "-days", "2", "-subj", "/CN=outpost test \(name)")
-        }
-        try run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", key, "-out", dir + "/server.csr", "-subj", "/CN=127.0.0.1")
-        try "subjectAltName=IP:127.0.0.1\n".write(toFile: dir + "/san.ext", atomically: true, encoding: .utf8)
-        try run("openssl", "x509", "-req", "-in", dir + "/server.csr", "-CA", ca, "-CAkey", dir + "/ca.key",
-                "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", dir + "/san.ext")
-    }
-}
-
-@discardableResult
-func run(_ args: String...) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    let text = String(decoding: data, as: UTF8.self)
-    guard p.terminationStatus == 0 else { throw TestFailure("\(args.joined(separator: " ")): \(text)") }
-    return text
-}
 
 struct TestFailure: Error, CustomStringConvertible {
     var description: String
     init(_ d: String) { description = d }
-}
-
-/// A temporary folder removed at the end of the test.
-final class TempDir {
-    let path: String
-    init(_ tag: String) throws {
-        path = NSTemporaryDirectory() + "outpost-\(tag)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
 }
 
 /// The test web server (python3's http.server), started and killed by PID.
@@ -63,7 +15,7 @@ final class TempDir {
 /// requests in `counter` ("SENT REQUESTS"), and tunnels CONNECT when `proxy`.
 final class TestServer {
     static let script = #"""
-    import http.server, socketserver, ssl, sys, socket, threading, select
+    import http.server, socketserver, ssl, sys, socket, threading, select, os
     mode, payload, counter = sys.argv[1], sys.argv[2], sys.argv[3]
     cert = sys.argv[4] if len(sys.argv) > 5 else None
     key = sys.argv[5] if len(sys.argv) > 5 else None
@@ -134,13 +86,14 @@ final class TestServer {
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
         srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    print(srv.server_address[1], flush=True)
+    open(counter + '.port.tmp', 'w').write(str(srv.server_address[1]))
+    os.rename(counter + '.port.tmp', counter + '.port')
     srv.timeout = 30
     threading.Timer(120, lambda: srv.shutdown()).start()
     srv.serve_forever()
     """#
 
-    let process = Process()
+    let process: ChildProcess
     let port: Int
     let counter: String
 
@@ -149,30 +102,28 @@ final class TestServer {
         let script = dir + "/server-\(UInt32.random(in: 0...UInt32.max)).py"
         try Self.script.write(toFile: script, atomically: true, encoding: .utf8)
         counter = script + ".count"
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", script, mode, payload, counter] + (tls.map { [$0.cert, $0.key] } ?? [])
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        var text = ""
-        let deadline = Date().addingTimeInterval(20)
-        while !text.contains("\n") && Date() < deadline {
-            let d = out.fileHandleForReading.availableData
-            if d.isEmpty { break }
-            text += String(decoding: d, as: UTF8.self)
+        let child = try ChildProcess(["python3", script, mode, payload, counter] + (tls.map { [$0.cert, $0.key] } ?? []))
+        process = child
+        // The server writes its port to a file once it listens (renamed into place, never half-written).
+        var port: Int?
+        do {
+            let portFile = counter + ".port"
+            try waitFor("test server listening", within: .seconds(20)) {
+                port = (try? String(contentsOfFile: portFile, encoding: .utf8)).flatMap { Int($0) }
+                return port != nil || !child.isRunning
+            }
+        } catch {
+            child.kill()
+            throw error
         }
-        guard let port = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            kill(process.processIdentifier, SIGKILL)
-            throw TestFailure("test server did not start: '\(text)'")
+        guard let port else {
+            child.kill()
+            throw TestFailure("test server exited before it listened")
         }
         self.port = port
     }
 
-    deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-    }
+    deinit { process.kill() }
 
     /// (body bytes sent, requests served) so far.
     func counted() throws -> (sent: UInt64, requests: Int) {

@@ -1,4 +1,5 @@
 import Foundation
+import OutpostTestSupport
 import Testing
 import OutpostHTTP
 @testable import OutpostNetwork
@@ -24,24 +25,10 @@ extension FailoverTests {
     srv.serve_forever()
     """#
 
-    /// CA, other CA, and a server certificate for 10.200.0.1 signed by the CA.
-    private static func makePKI(_ dir: String) throws -> (ca: String, otherCA: String, cert: String, key: String) {
-        for name in ["ca", "other-ca"] {
-            try sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                   "-keyout", "\(dir)/\(name).key", "-out", "\(dir)/\(name).pem", "-days", "2", "-subj", "/CN=probe \(name)")
-        }
-        try sh("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-               "-keyout", "\(dir)/server.key", "-out", "\(dir)/server.csr", "-subj", "/CN=10.200.0.1")
-        try Data("subjectAltName=IP:10.200.0.1\n".utf8).write(to: URL(fileURLWithPath: dir + "/san.ext"))
-        try sh("openssl", "x509", "-req", "-in", "\(dir)/server.csr", "-CA", "\(dir)/ca.pem", "-CAkey", "\(dir)/ca.key",
-               "-CAcreateserial", "-out", "\(dir)/server.pem", "-days", "2", "-extfile", "\(dir)/san.ext")
-        return ("\(dir)/ca.pem", "\(dir)/other-ca.pem", "\(dir)/server.pem", "\(dir)/server.key")
-    }
-
     @Test func anHTTPSControllerEndpointIsProbedThroughEachPortAndAnUntrustedOneIsNot() throws {
         let net = try NamespaceHarness()
         defer { net.tearDown() }
-        let pki = try Self.makePKI(net.workDir)
+        let pki = try TestPKI(dir: net.workDir, serverName: "10.200.0.1")
         let script = net.workDir + "/tls-server.py"
         try Data(Self.tlsServer.utf8).write(to: URL(fileURLWithPath: script))
         var servers: [ChildProcess] = []

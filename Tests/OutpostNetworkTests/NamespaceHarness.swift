@@ -1,4 +1,5 @@
 import Foundation
+import OutpostTestSupport
 @testable import OutpostNetwork
 
 /// Four network namespaces the test creates and deletes by name:
@@ -55,13 +56,12 @@ final class NamespaceHarness: @unchecked Sendable {
     init(dhcpOn: Set<String> = Set(ports), sharedSubnet: Bool = false, deviceNames: [String: String] = [:]) throws {
         tag = String(UInt32.random(in: 0...0xFFFFFF), radix: 16)
         device = "opn-\(tag)-dev"
-        workDir = FileManager.default.temporaryDirectory.appendingPathComponent("opn-\(tag)").path
+        workDir = try TemporaryDirectory.create("opn-\(tag)")
         self.sharedSubnet = sharedSubnet
         do { try setUp(dhcpOn: dhcpOn, deviceNames: deviceNames) } catch { tearDown(); throw error }
     }
 
     private func setUp(dhcpOn: Set<String>, deviceNames: [String: String]) throws {
-        try FileManager.default.createDirectory(atPath: workDir, withIntermediateDirectories: true)
         try sh("ip", "netns", "add", device)
         try sh("ip", "-n", device, "link", "set", "lo", "up")
         for port in Self.ports {
@@ -117,9 +117,7 @@ final class NamespaceHarness: @unchecked Sendable {
     func stopDHCPServer(_ port: String) {
         guard let pid = dnsmasq.removeValue(forKey: port) else { return }
         kill(pid, SIGTERM)
-        let deadline = Date().addingTimeInterval(3)
-        while processAlive(pid) && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
-        if processAlive(pid) { kill(pid, SIGKILL) }
+        if Self.waitUntil(.seconds(3), every: 0.02, { !processAlive(pid) }) == nil { kill(pid, SIGKILL) }
     }
 
     private func spawn(_ arguments: [String]) throws -> ChildProcess {
@@ -196,31 +194,11 @@ final class NamespaceHarness: @unchecked Sendable {
     func defaultRoute() -> String { (try? sh("ip", "-n", device, "route", "show", "default", "metric", "0")) ?? "" }
 
     /// Waits (bounded) until `condition` holds; returns the time it took, or nil on timeout.
+    /// `every` is in seconds, as the suites have always written it.
     @discardableResult
     static func waitUntil(_ limit: Duration, every: Double = 0.005, _ condition: () -> Bool) -> Duration? {
-        let start = ContinuousClock.now
-        while start.duration(to: .now) < limit {
-            if condition() { return start.duration(to: .now) }
-            Thread.sleep(forTimeInterval: every)
-        }
-        return nil
+        OutpostTestSupport.waitUntil(limit, every: .nanoseconds(Int64(every * 1e9)), condition)
     }
 }
 
 enum HarnessError: Error { case timeout(String), command(String) }
-
-@discardableResult
-func sh(_ args: String...) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    let text = String(decoding: data, as: UTF8.self)
-    guard p.terminationStatus == 0 else { throw HarnessError.command("\(args.joined(separator: " ")): \(text)") }
-    return text
-}

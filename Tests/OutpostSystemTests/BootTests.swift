@@ -47,7 +47,7 @@ extension QEMU {
             let grown = try h.gpt()
             let persist = try #require(factory.number(named: "PERSIST"))
             #expect(grown.entries[persist - 1].lastLBA > factory.entries[persist - 1].lastLBA)
-            #expect(try Harness.sh(["sgdisk", "-v", h.image]).out.contains("No problems found"))
+            #expect(try Harness.sh(["sgdisk", "-v", h.image]).stdout.contains("No problems found"))
             let pcrA = try h.persistFile("/status/boot.json")
             #expect(pcrA.contains(m.slots["IMGA"]?.pcr8.lowercased() ?? "missing"), "PCR 8 of IMGA: \(pcrA)")
             #expect(pcrA.contains(m.slots["IMGA"]?.pcr9.lowercased() ?? "missing"), "PCR 9 of IMGA: \(pcrA)")
@@ -92,7 +92,7 @@ extension QEMU {
             #expect(try h.cgptAttr(2) == "0")
             #expect(try h.cgptAttr(3) == "0x3")
             let v = try Harness.sh(["sgdisk", "-v", h.image])
-            #expect(v.out.contains("No problems found"))
+            #expect(v.stdout.contains("No problems found"))
         }
 
         @Test func aFlippedByteInTheRootIsCaughtByDmVerity() throws {

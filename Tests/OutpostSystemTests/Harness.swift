@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import OutpostDisk
+import OutpostTestSupport
 
 /// Every QEMU suite, one at a time. Each guest runs under TCG; several at once on a
 /// two-core machine starve one another's virtual CPUs while their virtual clocks (and the
@@ -27,9 +28,7 @@ struct Harness {
     init(_ tag: String) throws {
         for p in [Harness.outpost, Harness.out + "/outpost.img", Harness.out + "/measurements.json", Harness.out + "/slot.json"]
         where !FileManager.default.fileExists(atPath: p) { throw Missing(path: p) }
-        dir = NSTemporaryDirectory() + "outpost-sys-\(tag)-\(getpid())"
-        try? FileManager.default.removeItem(atPath: dir)
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        dir = try TemporaryDirectory.create("sys-\(tag)")
         image = dir + "/disk.img"
         try Harness.sh(["cp", "--sparse=always", Harness.out + "/outpost.img", image])
     }
@@ -59,15 +58,15 @@ struct Harness {
         for u in until { args += ["--until", u] }
         for d in disks { args += ["--disk", d] }
         if powerOff { args.append("--power-off") }
-        let r = try Harness.sh(args + [image], check: false)
-        let console = (try? String(contentsOfFile: log, encoding: .utf8)) ?? r.out
+        let r = try Harness.sh(args + [image], check: false, timeout: .seconds(timeout + 120))
+        let console = (try? String(contentsOfFile: log, encoding: .utf8)) ?? r.stdout
         return Boot(exitCode: r.status, console: console)
     }
 
     func gpt() throws -> GPT { try GPTDisk.read(FileBlockDevice(path: image, writable: false)).gpt }
 
     func cgptAttr(_ index: Int) throws -> String {
-        try Harness.sh(["cgpt", "show", "-i", String(index), "-A", image]).out.trimmingCharacters(in: .whitespacesAndNewlines)
+        try Harness.sh(["cgpt", "show", "-i", String(index), "-A", image]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     func cgptSet(_ index: Int, _ raw: String) throws {
@@ -101,7 +100,7 @@ struct Harness {
         try Harness.sh(["dd", "if=\(image)", "of=\(fs)", "bs=512", "skip=\(p.firstLBA)", "count=\(p.sectorCount)",
                         "conv=sparse", "status=none"])
         _ = try Harness.sh(["e2fsck", "-fy", fs], check: false)
-        return try Harness.sh(["debugfs", "-R", "cat \(path)", fs]).out
+        return try Harness.sh(["debugfs", "-R", "cat \(path)", fs]).stdout
     }
 
     struct Manifest: Decodable { var size: UInt64; var rootOffset: UInt64; var rootDataBlocks: UInt64; var version: String }
@@ -118,25 +117,12 @@ struct Harness {
         try JSONDecoder().decode(Measurements.self, from: Data(contentsOf: URL(fileURLWithPath: out + "/measurements.json")))
     }
 
-    struct Result { var status: Int32; var out: String }
-
+    /// Runs a command (OutpostTestSupport's runner); with `check`, a non-zero exit throws.
     @discardableResult
-    static func sh(_ argv: [String], check: Bool = true) throws -> Result {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = argv
-        var env = ProcessInfo.processInfo.environment
-        env["PATH"] = (env["PATH"] ?? "/usr/bin:/bin") + ":/usr/sbin:/sbin"
-        p.environment = env
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        let r = Result(status: p.terminationStatus, out: String(decoding: data, as: UTF8.self))
+    static func sh(_ argv: [String], check: Bool = true, timeout: Duration = .seconds(900)) throws -> CommandResult {
+        let r = try runCommand(argv, timeout: timeout)
         if check && r.status != 0 {
-            throw NSError(domain: "\(argv.joined(separator: " ")) exited \(r.status)", code: Int(r.status))
+            throw TestSupportError.failed(command: argv.joined(separator: " "), status: r.status, output: r.output)
         }
         return r
     }
@@ -149,9 +135,7 @@ extension Harness {
     init(_ tag: String, imageNamed name: String) throws {
         let source = Harness.out + "/" + name
         guard FileManager.default.fileExists(atPath: source) else { throw Missing(path: source) }
-        dir = NSTemporaryDirectory() + "outpost-sys-\(tag)-\(getpid())"
-        try? FileManager.default.removeItem(atPath: dir)
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        dir = try TemporaryDirectory.create("sys-\(tag)")
         image = dir + "/disk.img"
         try Harness.sh(["cp", "--sparse=always", source, image])
     }
@@ -179,33 +163,23 @@ extension Harness {
     /// A QEMU boot running in the background: console lines with the host
     /// time they appeared, and the monitor for system_powerdown.
     final class LiveBoot {
-        let process = Process()
+        let process: ChildProcess
         let log: String
         let monitor: String
         private var offset = 0
         private var partial = ""
         private(set) var lines: [(at: Date, text: String)] = []
 
-        private var input: FileHandle?
-
         /// `arguments` go to `outpost run` (e.g. "--disk", "--nics"); with
         /// `consoleInput`, `type(_:)` sends text to the serial console.
         init(_ h: Harness, timeout: Int, arguments: [String] = [], consoleInput: Bool = false) throws {
             log = h.dir + "/live-\(UInt32.random(in: 0...UInt32.max)).log"
             monitor = h.dir + "/mon-\(UInt32.random(in: 0...UInt32.max)).sock"
-            process.executableURL = URL(fileURLWithPath: Harness.outpost)
             // A marker that never appears: the boot ends when the guest powers off or at the timeout.
-            process.arguments = ["run", "--headless", "--timeout", String(timeout), "--console-log", log,
-                                 "--monitor", monitor, "--until", "never-printed-marker"]
-                + arguments + (consoleInput ? ["--console-input"] : []) + [h.image]
-            if consoleInput {
-                let pipe = Pipe()
-                process.standardInput = pipe
-                input = pipe.fileHandleForWriting
-            }
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
+            process = try ChildProcess([Harness.outpost, "run", "--headless", "--timeout", String(timeout), "--console-log", log,
+                                        "--monitor", monitor, "--until", "never-printed-marker"]
+                                       + arguments + (consoleInput ? ["--console-input"] : []) + [h.image],
+                                       withInput: consoleInput)
         }
 
         /// Reads new console lines; returns the first line containing `text`
@@ -245,8 +219,7 @@ extension Harness {
 
         /// Types `text` on the serial console (needs `consoleInput`).
         func type(_ text: String) throws {
-            guard let input else { throw NSError(domain: "LiveBoot started without console input", code: 1) }
-            try input.write(contentsOf: Data(text.utf8))
+            try process.write(text)
         }
 
         /// Sends one command to the QEMU monitor (human monitor protocol).
@@ -281,7 +254,7 @@ extension Harness {
                 try? monitorCommand("quit")
                 let grace = Date().addingTimeInterval(15)
                 while process.isRunning && Date() < grace { usleep(200_000) }
-                if process.isRunning { process.terminate(); process.waitUntilExit() }
+                if process.isRunning { process.terminate() }
             }
             poll()
             return exited

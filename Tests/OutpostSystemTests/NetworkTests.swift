@@ -1,4 +1,5 @@
 import Foundation
+import OutpostTestSupport
 import Testing
 
 /// The network manager in the real image: three virtio NICs on QEMU
@@ -13,7 +14,7 @@ extension QEMU {
         /// A probe endpoint on 127.0.0.1 that appends "<unix time> <port>" for each
         /// request, the port taken from the X-Outpost-Port header.
         static let server = #"""
-        import http.server, socketserver, sys, time, threading
+        import http.server, socketserver, sys, time, threading, os
         log = sys.argv[1]
         class H(http.server.BaseHTTPRequestHandler):
             def log_message(self, *a): pass
@@ -28,7 +29,8 @@ extension QEMU {
         class S(socketserver.ThreadingMixIn, socketserver.TCPServer):
             daemon_threads = True
         srv = S(('127.0.0.1', 0), H)
-        print(srv.server_address[1], flush=True)
+        open(log + '.port.tmp', 'w').write(str(srv.server_address[1]))
+        os.rename(log + '.port.tmp', log + '.port')
         threading.Timer(900, srv.shutdown).start()
         srv.serve_forever()
         """#
@@ -47,16 +49,14 @@ extension QEMU {
             defer { h.cleanup() }
             let log = h.dir + "/probes.log"
             try Self.server.write(toFile: h.dir + "/probe.py", atomically: true, encoding: .utf8)
-            let server = Process()
-            server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            server.arguments = ["python3", h.dir + "/probe.py", log]
-            let out = Pipe()
-            server.standardOutput = out
-            server.standardError = FileHandle.nullDevice
-            try server.run()
-            defer { if server.isRunning { kill(server.processIdentifier, SIGKILL) } }
-            let portLine = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
-            let port = try #require(Int(portLine.trimmingCharacters(in: .whitespacesAndNewlines)), "probe server: '\(portLine)'")
+            let server = try ChildProcess(["python3", h.dir + "/probe.py", log])
+            defer { server.kill() }
+            var listening: Int?
+            try waitFor("probe server listening", within: .seconds(20)) {
+                listening = (try? String(contentsOfFile: log + ".port", encoding: .utf8)).flatMap { Int($0) }
+                return listening != nil || !server.isRunning
+            }
+            let port = try #require(listening, "probe server exited before it listened")
 
             // CONFIG: the development one with a network config that probes the host.
             let config = h.dir + "/config"

@@ -49,14 +49,14 @@ extension QEMU {
             #expect(status.contains(#""name":"power-button","kind":"task""#), "\(status)")
 
             // And the release binary has no fault injection compiled in.
-            let strings = try Harness.sh(["strings", Harness.out + "/bin/outpostd"]).out
+            let strings = try Harness.sh(["strings", Harness.out + "/bin/outpostd"]).stdout
             #expect(!strings.contains("outpost-fault-injection") && !strings.contains("/persist/debug/fault"))
         }
 
         @Test func aHungMainLoopIsResetByTheHardwareWatchdogAndNamedAtTheNextBoot() throws {
             let h = try Harness("sup-hang", imageNamed: "outpost-fault.img")
             defer { h.cleanup() }
-            #expect(try Harness.sh(["strings", Harness.out + "/bin/outpostd-fault"]).out.contains("outpost-fault-injection"))
+            #expect(try Harness.sh(["strings", Harness.out + "/bin/outpostd-fault"]).stdout.contains("outpost-fault-injection"))
             _ = try h.boot() // first boot creates PERSIST
             try h.writePersistFile("/debug/fault", "sleep 3\nhang init\n")
             let live = try Harness.LiveBoot(h, timeout: 400)

@@ -17,7 +17,7 @@ extension QEMU {
             try Harness.sh(["cp", "-a", Harness.out + "/slot-work/root", work + "-root"])
             try "NAME=Outpost\nVERSION=\(version)\n".write(toFile: work + "-root/etc/outpost-release", atomically: false, encoding: .utf8)
             try tweakRoot(work + "-root")
-            let kernel = try Harness.sh(["sh", "-c", "ls /var/cache/outpost/kernels/*/boot/vmlinuz-* ${OUTPOST_CACHE:-/var/cache/outpost}/kernels/*/boot/vmlinuz-* 2>/dev/null | head -1"]).out
+            let kernel = try Harness.sh(["sh", "-c", "ls /var/cache/outpost/kernels/*/boot/vmlinuz-* ${OUTPOST_CACHE:-/var/cache/outpost}/kernels/*/boot/vmlinuz-* 2>/dev/null | head -1"]).stdout
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             try Harness.sh([Harness.outpost, "slot", "build", "--quiet", "--kernel", kernel,
                             "--initramfs", initramfs ?? Harness.out + "/slot-work/initrd.img", "--root-dir", work + "-root",

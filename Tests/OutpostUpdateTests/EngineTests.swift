@@ -1,6 +1,7 @@
 import Foundation
 import OutpostBundle
 import OutpostDisk
+import OutpostTestSupport
 import OutpostUpdate
 import Testing
 
@@ -120,8 +121,7 @@ import Testing
     }
 
     @Test func directoryStateStoreRoundTripsAtomically() throws {
-        let dir = NSTemporaryDirectory() + "outpost-state-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = try TemporaryDirectory.create("state")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let store = DirectoryStateStore(directory: dir)
         #expect(try store.load() == DeviceUpdateState())

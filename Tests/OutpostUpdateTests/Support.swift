@@ -1,6 +1,7 @@
 import Crypto
 import OutpostBundle
 import OutpostDisk
+import OutpostTestSupport
 import OutpostUpdate
 
 /// A disk that loses power during its k-th write (0-based): that write lands
@@ -63,20 +64,10 @@ final class CountingDevice: BlockDevice {
     func flush() throws { try inner.flush() }
 }
 
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
+/// Bytes that are the same on every run.
 func randomBytes(_ n: Int, seed: UInt64) -> [UInt8] {
-    var g = SplitMix64(state: seed)
-    return (0..<n).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+    var g = SplitMix64(seed: seed)
+    return g.bytes(n)
 }
 
 func sha(_ b: [UInt8]) -> String { hex(Array(SHA256.hash(data: b))) }
