@@ -84,12 +84,13 @@ let package = Package(
         .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk", "OutpostTestSupport"]),
         .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle", "OutpostTestSupport"]),
         .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk", "OutpostTestSupport"]),
-        .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk", "OutpostTestSupport"]),
+        .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk", "OutpostProcess", "OutpostTestSupport"]),
         .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk", "OutpostPlatform", "OutpostTestSupport"]),
         .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostHTTP", "OutpostTestSupport"], exclude: ["connect-proxy.py", "short-lease-dhcpd.py"]),
         .testTarget(name: "OutpostHTTPTests", dependencies: ["OutpostHTTP", "OutpostTestSupport"]),
         // Boots the built image in QEMU; needs ./build.sh's outputs in out/.
-        .testTarget(name: "OutpostSystemTests", dependencies: ["OutpostDisk", "OutpostTestSupport"]),
+        // pty-run.py drives `outpost run` in a pseudo-terminal for TerminalTests.
+        .testTarget(name: "OutpostSystemTests", dependencies: ["OutpostDisk", "OutpostTestSupport"], exclude: ["pty-run.py"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -192,6 +192,8 @@ case "${1:-build}" in
     run)
         build_all
         log "booting out/outpost.img in QEMU (TCG); quit with Ctrl-A X"
+        # exec, not a child: outpost stays this shell's foreground job, and QEMU,
+        # started in outpost's own process group, may therefore use the terminal.
         exec "$OUT/bin/outpost" run "$OUT/outpost.img"
         ;;
     test)

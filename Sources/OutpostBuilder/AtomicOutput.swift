@@ -1,12 +1,16 @@
 import Foundation
 
-/// Every build output is written under `OUTPUT.partial` (with scratch space
-/// in `OUTPUT.work`) and renamed into place only when complete, so a failed
-/// or interrupted build never leaves a half-written image behind.
-enum AtomicOutput {
-    static func produce<T>(_ output: String, _ body: (_ partial: String, _ work: String) throws -> T) throws -> T {
+/// Every host output (image, slot, qcow2, update bundle) is written under
+/// `OUTPUT.partial` (with scratch space in `OUTPUT.work`), flushed to disk and
+/// renamed into place only when complete, so a failed or interrupted build
+/// never leaves a half-written output behind, and a power cut never leaves a
+/// renamed but empty one. The one host-side atomic writer; `outpost bundle
+/// create` uses it too.
+public enum AtomicOutput {
+    public static func produce<T>(_ output: String, _ body: (_ partial: String, _ work: String) throws -> T) throws -> T {
         let fm = FileManager.default
-        try fm.createDirectory(at: URL(fileURLWithPath: output).deletingLastPathComponent(), withIntermediateDirectories: true)
+        let directory = URL(fileURLWithPath: output).deletingLastPathComponent().path
+        try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let partial = output + ".partial", work = output + ".work"
         try? fm.removeItem(atPath: partial)
         try? fm.removeItem(atPath: work)
@@ -14,13 +18,23 @@ enum AtomicOutput {
         defer { try? fm.removeItem(atPath: work) }
         do {
             let result = try body(partial, work)
-            try? fm.removeItem(atPath: output)
-            try fm.moveItem(atPath: partial, toPath: output)
+            try flush(partial)
+            // rename(2) replaces an existing file in one step.
+            guard rename(partial, output) == 0 else { throw BuilderError.io(path: output, message: "rename: \(String(cString: strerror(errno)))") }
+            try flush(directory)
             return result
         } catch {
             try? fm.removeItem(atPath: partial)
             throw error
         }
+    }
+
+    /// fsync(2) of a file or directory.
+    static func flush(_ path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw BuilderError.io(path: path, message: "open: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw BuilderError.io(path: path, message: "fsync: \(String(cString: strerror(errno)))") }
     }
 }
 

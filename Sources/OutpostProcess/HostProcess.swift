@@ -124,36 +124,43 @@ public enum HostProcess {
 
     /// Runs `argv` to completion with standard input from /dev/null and returns
     /// its standard output. A failure throws one line: the command, its exit
-    /// status and the last line of its standard error.
+    /// status and the last line of its standard error. Blocks the calling
+    /// thread (see `blockingCall` for which threads may call it).
     ///
     /// - Parameter environment: changes to the inherited environment; nil removes a variable.
     @discardableResult
     public static func output(_ argv: [String], environment: [String: String?] = [:],
                               directory: String? = nil) throws -> String {
+        try blockingCall { try await output(argv, environment: environment, directory: directory) }
+    }
+
+    /// `output(_:environment:directory:)` for async callers.
+    @discardableResult
+    public static func output(_ argv: [String], environment: [String: String?] = [:],
+                              directory: String? = nil) async throws -> String {
         let (executable, arguments) = try resolve(argv)
         let label = commandLabel(argv)
         let config = Configuration(executable: .path(FilePath(executable)), arguments: Arguments(arguments),
                                    environment: environmentChanges(environment),
                                    workingDirectory: directory.map { FilePath($0) })
-        let (termination, out, err) = try blockingCall { () async throws -> (Termination, [UInt8], String) in
-            let result = try await launching(label) {
-                try await Subprocess.run(config, input: .none, output: .sequence, error: .sequence) { execution in
-                    // Both pipes are drained at once so a chatty tool never blocks on a full one.
-                    async let stderrTail = tail(of: execution.standardError, keeping: 64 * 1024)
-                    var stdout: [UInt8] = []
-                    for try await chunk in execution.standardOutput {
-                        chunk.withUnsafeBytes { stdout.append(contentsOf: $0) }
-                    }
-                    return (stdout, try await stderrTail)
+        let result = try await launching(label) {
+            try await Subprocess.run(config, input: .none, output: .sequence, error: .sequence) { execution in
+                // Both pipes are drained at once so a chatty tool never blocks on a full one.
+                async let stderrTail = tail(of: execution.standardError, keeping: 64 * 1024)
+                var stdout: [UInt8] = []
+                for try await chunk in execution.standardOutput {
+                    chunk.withUnsafeBytes { stdout.append(contentsOf: $0) }
                 }
+                return (stdout, try await stderrTail)
             }
-            let (stdout, stderr) = result.closureResult
-            return (Termination(result.terminationStatus), stdout, String(decoding: stderr, as: UTF8.self))
         }
+        let (stdout, stderr) = result.closureResult
+        let termination = Termination(result.terminationStatus)
         guard termination.succeeded else {
-            throw HostProcessError.failed(command: label, termination: termination, stderr: err)
+            throw HostProcessError.failed(command: label, termination: termination,
+                                          stderr: String(decoding: stderr, as: UTF8.self))
         }
-        return String(decoding: out, as: UTF8.self)
+        return String(decoding: stdout, as: UTF8.self)
     }
 
     /// Runs `argv` until it exits and returns how it ended; `started` receives
@@ -166,18 +173,25 @@ public enum HostProcess {
     /// SIGTTOU/SIGTTIN (Foundation's `Process` moved children to a group of
     /// their own). Signal dispositions and the mask are reset to defaults in the
     /// child, so an ignored SIGINT here does not make QEMU ignore it.
+    ///
+    /// Blocks the calling thread (see `blockingCall` for which threads may call it).
     public static func run(_ argv: [String], environment: [String: String?] = [:], stdin: StandardInput = .null,
                            output: OutputMode, started: @escaping @Sendable (RunningProcess) -> Void = { _ in })
         throws -> Termination {
+        try blockingCall { try await run(argv, environment: environment, stdin: stdin, output: output, started: started) }
+    }
+
+    /// `run(_:environment:stdin:output:started:)` for async callers.
+    public static func run(_ argv: [String], environment: [String: String?] = [:], stdin: StandardInput = .null,
+                           output: OutputMode, started: @escaping @Sendable (RunningProcess) -> Void = { _ in })
+        async throws -> Termination {
         let (executable, arguments) = try resolve(argv)
         let label = commandLabel(argv)
         let config = Configuration(executable: .path(FilePath(executable)), arguments: Arguments(arguments),
                                    environment: environmentChanges(environment))
-        return try blockingCall {
-            switch stdin {
-            case .null: return try await run(config, label, input: .none, output, started)
-            case .inherit: return try await run(config, label, input: .currentStandardInput, output, started)
-            }
+        switch stdin {
+        case .null: return try await run(config, label, input: .none, output, started)
+        case .inherit: return try await run(config, label, input: .currentStandardInput, output, started)
         }
     }
 

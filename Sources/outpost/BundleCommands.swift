@@ -132,13 +132,12 @@ struct BundleCreate: ParsableCommand {
     }
 
     private func writeBundle(prologue: [UInt8], payload: FilePayloadSource, progress: OutpostBuilder.Progress) throws {
-        let partial = output + ".partial"
-        let fm = FileManager.default
-        try? fm.removeItem(atPath: partial)
-        guard fm.createFile(atPath: partial, contents: Data(prologue)), let h = FileHandle(forWritingAtPath: partial) else {
-            throw BundleError.system(.current("create", partial))
-        }
-        do {
+        try AtomicOutput.produce(output) { partial, _ in
+            guard FileManager.default.createFile(atPath: partial, contents: Data(prologue)),
+                  let h = FileHandle(forWritingAtPath: partial) else {
+                throw BundleError.system(.current("create", partial))
+            }
+            defer { try? h.close() }
             try h.seekToEnd()
             var off: UInt64 = 0
             while off < payload.size {
@@ -147,14 +146,6 @@ struct BundleCreate: ParsableCommand {
                 off += UInt64(n)
                 progress.percent("payload", done: off, total: payload.size)
             }
-            try h.synchronize()
-            try h.close()
-            try? fm.removeItem(atPath: output)
-            try fm.moveItem(atPath: partial, toPath: output)
-        } catch {
-            try? h.close()
-            try? fm.removeItem(atPath: partial)
-            throw error
         }
     }
 }

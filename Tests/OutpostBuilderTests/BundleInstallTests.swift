@@ -11,7 +11,7 @@ struct BundleInstallTests {
         let dir = try Support.tempDir("stage")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let slotBytes = (0..<(4 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 11) }
-        FileManager.default.createFile(atPath: dir + "/slot.img", contents: Data(slotBytes))
+        _ = FileManager.default.createFile(atPath: dir + "/slot.img", contents: Data(slotBytes))
         let sha = try Support.run(["sha256sum", dir + "/slot.img"]).stdout.prefix(64)
         try """
         {"version":"2.0.0","size":\(slotBytes.count),"sha256":"\(sha)","rootOffset":0,"rootDataBlocks":1,"hashOffset":4096,
