@@ -142,7 +142,7 @@ func testPayload(_ count: Int) -> [UInt8] {
 
 /// A one-shot in-process TCP server on 127.0.0.1 that answers any request
 /// with `reply` and closes: malformed responses on demand.
-final class CannedServer: @unchecked Sendable {
+final class CannedServer: Sendable {
     let fd: Int32
     let port: Int
     private let done = DispatchSemaphore(value: 0)

@@ -15,6 +15,8 @@ import OutpostTestSupport
 /// device's default route uses. With `sharedSubnet`, every upstream is 10.0.2.2/24 and hands
 /// out 10.0.2.15, as QEMU user-mode networking does. Every address lives inside these
 /// namespaces; every process started here is killed by its PID at teardown.
+// @unchecked: the process lists change only on the test's own thread (init, setCarrier,
+// teardown); the managers' threads only read the immutable names and paths.
 final class NamespaceHarness: @unchecked Sendable {
     static let ports = ["eth0", "wlan0", "wwan0"]
     static let probeURL = "http://10.200.0.1:8080/id"

@@ -3,8 +3,7 @@ import Foundation
 /// A fresh directory under the system's temporary directory, removed when this object goes
 /// away (or at `remove()`). Keep the object alive for as long as the files are in use:
 /// `withExtendedLifetime` or a later use of `path` does that.
-public final class TemporaryDirectory: @unchecked Sendable {
-    // @unchecked: `path` is immutable; removal is idempotent.
+public final class TemporaryDirectory: Sendable {
     public let path: String
 
     public init(_ tag: String) throws {
