@@ -10,6 +10,7 @@
 import Glibc
 #endif
 import CBlkid
+import OutpostPlatform
 
 /// One GPT entry of a disk, with the device node that exposes it.
 public struct PartitionInfo: Equatable, Sendable {
@@ -70,7 +71,7 @@ public enum BlockDevices {
     /// most `timeoutMilliseconds` (devices probe asynchronously after their
     /// driver loads). Returns the disk and the partition, or nil.
     public static func waitForPartition(partUUID: String, timeoutMilliseconds: Int64) -> (DiskInfo, PartitionInfo)? {
-        let deadline = Sys.monotonicMilliseconds() + timeoutMilliseconds
+        let deadline = MonotonicClock.now().milliseconds + timeoutMilliseconds
         while true {
             for disk in scanDisks() {
                 if let part = disk.partitions.first(where: { $0.partUUID == partUUID.uppercased() }),
@@ -78,8 +79,8 @@ public enum BlockDevices {
                     return (disk, part)
                 }
             }
-            if Sys.monotonicMilliseconds() >= deadline { return nil }
-            Sys.sleep(milliseconds: 100)
+            if MonotonicClock.now().milliseconds >= deadline { return nil }
+            MonotonicClock.sleep(for: .milliseconds(100))
         }
     }
 
@@ -117,9 +118,9 @@ public enum BlockDevices {
 
     /// The filesystem libblkid finds on a device, or nil when the device
     /// holds no recognisable filesystem (a fresh PERSIST).
-    public static func filesystem(devicePath: String) throws(SystemCallError) -> FilesystemSignature? {
+    public static func filesystem(devicePath: String) throws(SystemError) -> FilesystemSignature? {
         guard let probe = blkid_new_probe_from_filename(devicePath) else {
-            throw SystemCallError(call: "blkid_new_probe_from_filename", target: devicePath, errno: errno)
+            throw SystemError(call: "blkid_new_probe_from_filename", object: devicePath, code: errno)
         }
         defer { blkid_free_probe(probe) }
         blkid_probe_enable_superblocks(probe, 1)
@@ -133,7 +134,7 @@ public enum BlockDevices {
             // Two signatures at once: never guess which one is meant.
             return FilesystemSignature(type: "ambivalent", label: nil)
         default:
-            throw SystemCallError(call: "blkid_do_safeprobe", target: devicePath, errno: errno == 0 ? EIO : errno)
+            throw SystemError(call: "blkid_do_safeprobe", object: devicePath, code: errno == 0 ? EIO : errno)
         }
     }
 

@@ -6,6 +6,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
 
 /// The record of one boot, written once PERSIST is mounted.
 public struct BootRecord: Equatable, Sendable {
@@ -45,33 +46,12 @@ public struct BootRecord: Equatable, Sendable {
     }
 
     /// Writes the record atomically: temp file, fsync, rename, fsync the directory.
-    public func write(directory: String = BootRecord.directory) throws(SystemCallError) {
+    public func write(directory: String = BootRecord.directory) throws(SystemError) {
         try? Sys.mkdir(directory, 0o755)
-        try AtomicFile.write(directory + "/boot.json", Array(json.utf8))
+        try FileIO.writeAtomically(Array(json.utf8), to: directory + "/boot.json", mode: 0o644)
     }
 
     static func quote(_ s: String) -> String { JSON.quote(s) }
-}
-
-/// Crash-safe replacement of small state files on PERSIST.
-enum AtomicFile {
-    static func write(_ path: String, _ bytes: [UInt8]) throws(SystemCallError) {
-        let temp = path + ".tmp"
-        let fd = try Sys.open(temp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        do {
-            try Sys.writeAll(fd, bytes, target: temp)
-            _ = try retrying("fsync", temp) { Glibc.fsync(fd) }
-        } catch {
-            Sys.close(fd)
-            throw error
-        }
-        Sys.close(fd)
-        _ = try retrying("rename", path) { Glibc.rename(temp, path) }
-        let dir = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
-        let dfd = try Sys.open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY)
-        defer { Sys.close(dfd) }
-        _ = try retrying("fsync", dir) { Glibc.fsync(dfd) }
-    }
 }
 
 extension String {

@@ -12,14 +12,15 @@ import Glibc
 #endif
 import OutpostDisk
 import OutpostShims
+import OutpostPlatform
 
 /// Why CONFIG or PERSIST could not be brought up.
 public enum DataPartitionError: Error, Equatable, CustomStringConvertible {
     case missing(name: String, disk: String)
-    case probeFailed(name: String, SystemCallError)
+    case probeFailed(name: String, SystemError)
     case foreignFilesystem(name: String, device: String, type: String)
     case formatFailed(name: String, device: String, SubprocessError)
-    case mountFailed(name: String, SystemCallError)
+    case mountFailed(name: String, SystemError)
 
     public var description: String {
         switch self {
@@ -160,7 +161,7 @@ public enum DataPartitions {
         do {
             let fd = try Sys.open(disk.devicePath, O_RDONLY)
             defer { Sys.close(fd) }
-            try retrying("ioctl(BLKPG_RESIZE_PARTITION)", "\(disk.devicePath) partition \(partition.number)") {
+            try systemCall("ioctl(BLKPG_RESIZE_PARTITION)", "\(disk.devicePath) partition \(partition.number)") {
                 OutpostShims_blkpg_resize_partition(fd, Int32(partition.number),
                                                      Int64(grown.firstLBA * 512), Int64(grown.sectorCount * 512))
             }
@@ -174,7 +175,7 @@ public enum DataPartitions {
         case table(disk: String, String)
         case notInTable(number: Int)
         case resize(SubprocessError)
-        case kernel(SystemCallError)
+        case kernel(SystemError)
 
         public var description: String {
             switch self {

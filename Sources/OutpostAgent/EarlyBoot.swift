@@ -12,19 +12,20 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
 
 /// Why early boot could not bring the system up. Each description is the
 /// rest of the console line after "outpost: error: ".
 public enum EarlyBootError: Error, CustomStringConvertible {
-    case apiFilesystems(SystemCallError)
-    case commandLineUnreadable(SystemCallError)
+    case apiFilesystems(SystemError)
+    case commandLineUnreadable(SystemError)
     case commandLine(BootParameterError)
     case slotNotFound(partUUID: String, waitedMilliseconds: Int64, disks: [String])
     case rootOutsideSlot(slot: String, device: String, needed: UInt64, size: UInt64)
-    case veritySetup(slot: String, device: String, SystemCallError)
+    case veritySetup(slot: String, device: String, SystemError)
     case verityCorrupt(slot: String, device: String, rootOffset: UInt64, errno: Int32)
-    case rootMount(slot: String, device: String, SystemCallError)
-    case switchRoot(SystemCallError)
+    case rootMount(slot: String, device: String, SystemError)
+    case switchRoot(SystemError)
     case persistMissing(disk: String)
     case persist(DataPartitionError)
 
@@ -44,7 +45,7 @@ public enum EarlyBootError: Error, CustomStringConvertible {
         case .veritySetup(let slot, let device, let error):
             return "dm-verity setup for slot \(slot) (\(device)) failed: \(error)"
         case .verityCorrupt(let slot, let device, let offset, let code):
-            return "verity: root of slot \(slot) (\(device)) failed verification at root byte \(offset): \(errnoName(code))"
+            return "verity: root of slot \(slot) (\(device)) failed verification at root byte \(offset): \(Errno(rawValue: code)) (errno \(code))"
         case .rootMount(let slot, let device, let error):
             return "verity: cannot mount the root of slot \(slot) (\(device)): \(error)"
         case .switchRoot(let error):
@@ -89,7 +90,7 @@ public enum EarlyBoot {
             Console.attachIfNeeded()
             Console.line("error: \(error)")
             Console.line("rebooting in \(errorRebootDelayMilliseconds / 1000) s")
-            Sys.sleep(milliseconds: errorRebootDelayMilliseconds)
+            MonotonicClock.sleep(for: .milliseconds(errorRebootDelayMilliseconds))
             InitProcess.shutdown(persistMount: persistMounted ? DataPartitions.persistMount : nil, powerOff: false)
         }
     }
@@ -188,13 +189,13 @@ public enum EarlyBoot {
 /// Prints per-step timings when the command line has `outpost.debug`.
 struct StepClock {
     var enabled: Bool
-    var last = Sys.monotonicMilliseconds()
+    var last = MonotonicClock.now().milliseconds
 
     init(enabled: Bool) { self.enabled = enabled }
 
     mutating func mark(_ step: String) {
         guard enabled else { return }
-        let now = Sys.monotonicMilliseconds()
+        let now = MonotonicClock.now().milliseconds
         Console.line("debug: \(step): +\(now - last) ms (\(now) ms since boot)")
         last = now
     }

@@ -11,6 +11,7 @@
 import Glibc
 #endif
 import OutpostShims
+import OutpostPlatform
 
 public enum InitProcess {
     /// The signals PID 1 waits for. SIGCHLD keeps its default disposition
@@ -80,11 +81,7 @@ public enum InitProcess {
     /// Collects every exited child without blocking.
     static func reapAll() {
         var status: Int32 = 0
-        while true {
-            let pid = waitpid(-1, &status, WNOHANG)
-            if pid > 0 || (pid < 0 && errno == EINTR) { continue }
-            return
-        }
+        while let pid = try? systemCall("waitpid", "any child", { waitpid(-1, &status, WNOHANG) }), pid > 0 {}
     }
 
     /// Stops all other processes, flushes and unmounts PERSIST, runs
@@ -94,11 +91,11 @@ public enum InitProcess {
     public static func shutdown(persistMount: String?, powerOff: Bool, reaper: Reaper? = nil,
                                 beforeReboot: () -> Void = {}) -> Never {
         _ = kill(-1, SIGTERM)
-        let deadline = Sys.monotonicMilliseconds() + 3000
-        while Sys.monotonicMilliseconds() < deadline {
+        let deadline = MonotonicClock.now().milliseconds + 3000
+        while MonotonicClock.now().milliseconds < deadline {
             if let reaper { reaper.reapAll() } else { reapAll() }
             if kill(-1, 0) != 0 && errno == ESRCH { break }
-            Sys.sleep(milliseconds: 100)
+            MonotonicClock.sleep(for: .milliseconds(100))
         }
         _ = kill(-1, SIGKILL)
         if let reaper { reaper.reapAll() } else { reapAll() }

@@ -8,13 +8,14 @@
 import Glibc
 #endif
 import OutpostShims
+import OutpostPlatform
 
 /// A module that could not be loaded; early boot reports these and goes on,
 /// because a missing optional driver must not stop the boot, and a missing
 /// essential one fails later with a clearer error (no slot, no dm-verity).
 public struct ModuleLoadFailure: Equatable, Sendable {
     public var path: String
-    public var error: SystemCallError
+    public var error: SystemError
 }
 
 public enum KernelModules {
@@ -45,15 +46,11 @@ public enum KernelModules {
         return failures
     }
 
-    static func loadOne(_ path: String) throws(SystemCallError) {
+    static func loadOne(_ path: String) throws(SystemError) {
         let fd = try Sys.open(path, O_RDONLY)
         defer { Sys.close(fd) }
-        while OutpostShims_finit_module(fd, "", 0) != 0 {
-            let code = errno
-            if code == EINTR { continue }
-            if code == EEXIST { return }
-            throw SystemCallError(call: "finit_module", target: path, errno: code)
-        }
+        // EEXIST: already loaded (built in, or loaded as a dependency) is success.
+        _ = try systemCall("finit_module", path, expecting: [.fileExists]) { OutpostShims_finit_module(fd, "", 0) }
     }
 }
 

@@ -7,11 +7,12 @@
 import Glibc
 #endif
 import OutpostShims
+import OutpostPlatform
 
 /// A helper program that could not run or did not succeed.
 public enum SubprocessError: Error, Equatable, CustomStringConvertible {
     case notFound(path: String)
-    case spawnFailed(path: String, SystemCallError)
+    case spawnFailed(path: String, SystemError)
     case exited(path: String, status: Int32)
     case killed(path: String, signal: Int32)
 
@@ -45,7 +46,7 @@ public enum Subprocess {
             var fds: [Int32] = [-1, -1]
             // Early boot is single-threaded, so pipe + FD_CLOEXEC cannot race an exec.
             guard pipe(&fds) == 0 else {
-                throw .spawnFailed(path: path, SystemCallError(call: "pipe", target: path, errno: errno))
+                throw .spawnFailed(path: path, SystemError(call: "pipe", object: path, code: errno))
             }
             _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
             _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
@@ -73,12 +74,11 @@ public enum Subprocess {
             }
         }
         guard spawned == 0 else {
-            throw .spawnFailed(path: path, SystemCallError(call: "fork", target: path, errno: errno))
+            throw .spawnFailed(path: path, SystemError(call: "fork", object: path, code: errno))
         }
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 {
-            if errno == EINTR { continue }
-            throw .spawnFailed(path: path, SystemCallError(call: "waitpid", target: path, errno: errno))
+        do throws(SystemError) { try systemCall("waitpid", path) { waitpid(pid, &status, 0) } } catch {
+            throw .spawnFailed(path: path, error)
         }
         let signal = status & 0x7f
         if signal != 0 { throw .killed(path: path, signal: signal) }

@@ -7,6 +7,7 @@
 import Glibc
 #endif
 import OutpostShims
+import OutpostPlatform
 
 public enum SwitchRoot {
     /// The API filesystems that early boot mounted and the real root reuses.
@@ -14,7 +15,7 @@ public enum SwitchRoot {
 
     /// Mounts /proc, /sys and /dev (devtmpfs) in the initramfs. Must run
     /// before anything reads /proc/cmdline or /sys/block.
-    public static func mountAPIFilesystems() throws(SystemCallError) {
+    public static func mountAPIFilesystems() throws(SystemError) {
         let nosuidNodevNoexec = UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC)
         try Sys.mkdir("/proc")
         try Sys.mount(source: "proc", target: "/proc", type: "proc", flags: nosuidNodevNoexec)
@@ -27,7 +28,7 @@ public enum SwitchRoot {
     /// Moves /dev, /proc and /sys under `newRoot`, frees the initramfs and
     /// makes `newRoot` the process's "/". The mount points must exist in the
     /// new root (the builder creates them).
-    public static func switchRoot(to newRoot: String) throws(SystemCallError) {
+    public static func switchRoot(to newRoot: String) throws(SystemError) {
         for mount in apiMounts {
             try Sys.moveMount(mount, to: newRoot + mount)
         }

@@ -16,6 +16,7 @@
 import Glibc
 #endif
 import OutpostShims
+import OutpostPlatform
 
 /// The mapped device that carries the verified root, ready to mount.
 public struct VerityDevice: Equatable, Sendable {
@@ -42,7 +43,7 @@ public enum VerityRoot {
     /// Creates outpost-root-data and outpost-root for the slot and returns
     /// the verity device. On failure it removes whatever it created, so a
     /// retry (or the error path) leaves no half-built mapping behind.
-    public static func setUp(slot: PartitionInfo, parameters: BootParameters) throws(SystemCallError) -> VerityDevice {
+    public static func setUp(slot: PartitionInfo, parameters: BootParameters) throws(SystemError) -> VerityDevice {
         let control = try openControl()
         defer { Sys.close(control) }
 
@@ -79,7 +80,7 @@ public enum VerityRoot {
         do {
             fd = try Sys.open(device.path, O_RDONLY)
         } catch {
-            throw VerityReadError(device: device.path, offset: 0, errno: error.errno)
+            throw VerityReadError(device: device.path, offset: 0, errno: error.code)
         }
         defer { Sys.close(fd) }
         let chunk = 1 << 20
@@ -95,14 +96,14 @@ public enum VerityRoot {
                 count = try Sys.read(fd, into: UnsafeMutableRawBufferPointer(start: buffer, count: want),
                                      at: offset, target: device.path)
             } catch {
-                throw VerityReadError(device: device.path, offset: offset, errno: error.errno)
+                throw VerityReadError(device: device.path, offset: offset, errno: error.code)
             }
             if count == 0 { throw VerityReadError(device: device.path, offset: offset, errno: EIO) }
             offset += UInt64(count)
         }
     }
 
-    static func openControl() throws(SystemCallError) -> Int32 {
+    static func openControl() throws(SystemError) -> Int32 {
         let path = "/dev/mapper/control"
         if !Sys.exists(path) {
             // devtmpfs normally creates it when dm_mod registers; recreate it
@@ -110,7 +111,7 @@ public enum VerityRoot {
             try Sys.mkdir("/dev/mapper")
             if let (major, minor) = BlockDevices.deviceNumbers(sysfsDir: "/sys/class/misc/device-mapper") {
                 if Glibc.mknod(path, S_IFCHR | 0o600, dev_t(OutpostShims_makedev(major, minor))) != 0 && errno != EEXIST {
-                    throw SystemCallError(call: "mknod", target: path, errno: errno)
+                    throw SystemError(call: "mknod", object: path, code: errno)
                 }
             }
         }
@@ -119,15 +120,15 @@ public enum VerityRoot {
 
     /// DM_DEV_CREATE + DM_TABLE_LOAD (read-only) + resume, then a node under /dev/mapper.
     static func createDevice(control: Int32, name: String, target: String, sectors: UInt64,
-                             table: String) throws(SystemCallError) -> VerityDevice {
+                             table: String) throws(SystemError) -> VerityDevice {
         var major: UInt32 = 0
         var minor: UInt32 = 0
-        try retrying("DM_DEV_CREATE", name) { OutpostShims_dm_create(control, name, nil, &major, &minor) }
+        try systemCall("DM_DEV_CREATE", name) { OutpostShims_dm_create(control, name, nil, &major, &minor) }
         do {
-            try retrying("DM_TABLE_LOAD", "\(name): \(target) \(table)") {
+            try systemCall("DM_TABLE_LOAD", "\(name): \(target) \(table)") {
                 OutpostShims_dm_load_table(control, name, 0, sectors, target, table, 1)
             }
-            try retrying("DM_DEV_SUSPEND(resume)", name) { OutpostShims_dm_resume(control, name) }
+            try systemCall("DM_DEV_SUSPEND(resume)", name) { OutpostShims_dm_resume(control, name) }
             let path = "/dev/mapper/\(name)"
             try Sys.mkdir("/dev/mapper")
             try Sys.mknodBlock(path, major: major, minor: minor)

@@ -2,9 +2,7 @@
 // (field, byte offset, key ID), because the message is all an operator of ten
 // thousand unattended devices gets to see.
 
-#if canImport(Glibc)
-import Glibc
-#endif
+import OutpostPlatform
 
 /// Everything that can be wrong with a bundle, a key or a trust store.
 public enum BundleError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -36,7 +34,8 @@ public enum BundleError: Error, Equatable, Sendable, CustomStringConvertible {
     case source(offset: UInt64, reason: String)
     case key(path: String, reason: String)
     case trustStore(path: String, reason: String)
-    case io(call: String, path: String, errno: Int32)
+    /// A system call on a bundle, key or trust-store file failed.
+    case system(SystemError)
 
     public var description: String {
         switch self {
@@ -64,7 +63,7 @@ public enum BundleError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .source(offset, reason): return "reading the bundle at offset \(offset) failed: \(reason)"
         case let .key(path, reason): return "key \(path): \(reason)"
         case let .trustStore(path, reason): return "trust store \(path): \(reason)"
-        case let .io(call, path, e): return "\(call) \(path): \(String(cString: strerror(e)))"
+        case let .system(error): return error.description
         }
     }
 }

@@ -144,7 +144,7 @@ public enum BundleVerifier {
 
 /// An incremental payload check: feed chunks as they stream past (to the
 /// disk, from the network), then `finish` compares length and digest.
-public struct PayloadDigest {
+public struct PayloadDigest: Sendable {
     public let expectedSize: UInt64
     public let expectedSHA256: String
     public private(set) var count: UInt64 = 0

@@ -6,6 +6,7 @@ import Musl
 import Darwin
 #endif
 import OutpostDisk
+import OutpostPlatform
 
 // Where a bundle's bytes come from. Random access, so the reader can take the
 // header, then the payload twice (verify pass, then write pass) without
@@ -56,14 +57,14 @@ public final class FilePayloadSource: PayloadSource {
 
     static func translate(_ error: Error, path: String, offset: UInt64, count: Int) -> BundleError {
         switch error as? BlockDeviceError {
-        case let .io(call, _, errno)?:
-            return .io(call: call, path: path, errno: errno)
+        case let .system(error)?:
+            return .system(error)
         case let .outOfRange(at, _)?:
             // With 1-byte sectors the "LBA" is the byte offset where data ran out.
             let wanted = offset + UInt64(count) > at ? offset + UInt64(count) - at : 0
             return .truncated(field: "read", offset: at, wanted: wanted, available: 0)
         default:
-            return .io(call: "read", path: path, errno: EIO)
+            return .system(SystemError(call: "read", object: path, errno: .ioError))
         }
     }
 }

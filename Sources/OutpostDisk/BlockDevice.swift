@@ -1,10 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import OutpostPlatform
 
 // The only I/O the on-disk contract does goes through this protocol, so the
 // same GPT code runs on a real disk (agent), an image file (builder) and a
@@ -65,14 +59,14 @@ public final class MemoryBlockDevice: BlockDevice {
 /// Errors a block device reports.
 public enum BlockDeviceError: Error, Equatable, CustomStringConvertible {
     case outOfRange(lba: UInt64, count: Int)
-    case io(call: String, path: String, errno: Int32)
+    /// A read, write, open or flush failed in the kernel.
+    case system(SystemError)
     case powerCut(afterWrites: Int)
 
     public var description: String {
         switch self {
         case let .outOfRange(lba, count): return "access of \(count) sectors at LBA \(lba) is outside the device"
-        case let .io(call, path, errno):
-            return "\(call) failed on \(path): \(String(cString: strerror(errno))) (errno \(errno))"
+        case let .system(error): return error.description
         case let .powerCut(n): return "power cut after \(n) writes"
         }
     }

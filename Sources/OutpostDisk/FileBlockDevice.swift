@@ -6,9 +6,8 @@
 import Glibc
 #elseif canImport(Musl)
 import Musl
-#elseif canImport(Darwin)
-import Darwin
 #endif
+import OutpostPlatform
 
 /// A file or block special file opened for sector I/O.
 public final class FileBlockDevice: BlockDevice {
@@ -27,14 +26,18 @@ public final class FileBlockDevice: BlockDevice {
     public init(path: String, writable: Bool, sectorSize: Int = 512) throws {
         self.path = path
         self.sectorSize = sectorSize
-        var fd: Int32
-        repeat { fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC) } while fd < 0 && errno == EINTR
-        guard fd >= 0 else { throw BlockDeviceError.io(call: "open", path: path, errno: errno) }
-        let end = lseek(fd, 0, SEEK_END)
-        guard end >= 0 else {
-            let e = errno
-            close(fd)
-            throw BlockDeviceError.io(call: "lseek", path: path, errno: e)
+        let fd: Int32
+        let end: off_t
+        do throws(SystemError) {
+            fd = try systemCall("open", path) { open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC) }
+            do throws(SystemError) {
+                end = try systemCall("lseek", path) { lseek(fd, 0, SEEK_END) }
+            } catch {
+                close(fd)
+                throw error
+            }
+        } catch {
+            throw BlockDeviceError.system(error)
         }
         self.fd = fd
         self.writable = writable
@@ -83,24 +86,25 @@ public final class FileBlockDevice: BlockDevice {
         }
         var done = 0
         while done < bytes.count {
-            let n = pwrite(dfd, buffer + done, bytes.count - done, off_t(offset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == EINVAL && done == 0 {
-                    // The file system takes O_DIRECT opens but not these writes.
-                    directRefused = true
-                    return try write(lba: lba, bytes: bytes)
+            do throws(SystemError) {
+                done += try systemCall("pwrite(O_DIRECT)", path) {
+                    pwrite(dfd, buffer + done, bytes.count - done, off_t(offset) + off_t(done))
                 }
-                throw BlockDeviceError.io(call: "pwrite(O_DIRECT)", path: path, errno: errno)
+            } catch where error.errno == .invalidArgument && done == 0 {
+                // The file system takes O_DIRECT opens but not these writes.
+                directRefused = true
+                return try write(lba: lba, bytes: bytes)
+            } catch {
+                throw BlockDeviceError.system(error)
             }
-            done += n
         }
     }
 
     private func openDirect() -> Int32 {
-        var fd: Int32
-        repeat { fd = open(path, O_WRONLY | O_CLOEXEC | Self.oDirect) } while fd < 0 && errno == EINTR
-        if fd < 0 { directRefused = true }
+        guard let fd = try? systemCall("open(O_DIRECT)", path, { open(path, O_WRONLY | O_CLOEXEC | Self.oDirect) }) else {
+            directRefused = true
+            return -1
+        }
         return fd
     }
 
@@ -116,10 +120,11 @@ public final class FileBlockDevice: BlockDevice {
         try buf.withUnsafeMutableBytes { raw in
             guard let base = raw.baseAddress else { return }
             while done < count {
-                let n = pread(fd, base + done, count - done, off_t(offset) + off_t(done))
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw BlockDeviceError.io(call: "pread", path: path, errno: errno)
+                let n: Int
+                do throws(SystemError) {
+                    n = try systemCall("pread", path) { pread(fd, base + done, count - done, off_t(offset) + off_t(done)) }
+                } catch {
+                    throw BlockDeviceError.system(error)
                 }
                 if n == 0 { throw BlockDeviceError.outOfRange(lba: (offset + UInt64(done)) / UInt64(sectorSize), count: 1) }
                 done += n
@@ -141,20 +146,20 @@ public final class FileBlockDevice: BlockDevice {
         try bytes.withUnsafeBytes { raw in
             guard let base = raw.baseAddress else { return }
             while done < bytes.count {
-                let n = pwrite(fd, base + done, bytes.count - done, off_t(offset) + off_t(done))
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw BlockDeviceError.io(call: "pwrite", path: path, errno: errno)
+                do throws(SystemError) {
+                    done += try systemCall("pwrite", path) { pwrite(fd, base + done, bytes.count - done, off_t(offset) + off_t(done)) }
+                } catch {
+                    throw BlockDeviceError.system(error)
                 }
-                done += n
             }
         }
     }
 
     public func flush() throws {
-        while fsync(fd) != 0 {
-            if errno == EINTR { continue }
-            throw BlockDeviceError.io(call: "fsync", path: path, errno: errno)
+        do throws(SystemError) {
+            try systemCall("fsync", path) { fsync(fd) }
+        } catch {
+            throw BlockDeviceError.system(error)
         }
     }
 }

@@ -9,6 +9,7 @@
 import Glibc
 #endif
 import COpenSSL
+import OutpostPlatform
 
 final class Connection {
     let fd: Int32
@@ -42,22 +43,25 @@ final class Connection {
             cursor = ai.pointee.ai_next
             let fd = socket(ai.pointee.ai_family, ai.pointee.ai_socktype | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue),
                             ai.pointee.ai_protocol)
-            guard fd >= 0 else { lastError = .system(call: "socket", target: label, errno: errno); continue }
+            guard fd >= 0 else { lastError = .system(.current("socket", label)); continue }
             let connection = Connection(fd: fd, label: label)
             do {
                 if let device {
                     let ok = device.withCString { setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, $0, socklen_t(strlen($0) + 1)) }
-                    guard ok == 0 else { throw HTTPError.system(call: "SO_BINDTODEVICE \(device)", target: label, errno: errno) }
+                    guard ok == 0 else { throw HTTPError.system(.current("setsockopt(SO_BINDTODEVICE \(device))", label)) }
                 }
+                // Not through systemCall: a connect interrupted by a signal goes
+                // on asynchronously (retrying would give EALREADY), exactly like
+                // EINPROGRESS on this non-blocking socket, so both wait for POLLOUT.
                 if Glibc.connect(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) != 0 {
-                    guard errno == EINPROGRESS || errno == EINTR else { throw HTTPError.system(call: "connect", target: label, errno: errno) }
+                    guard errno == EINPROGRESS || errno == EINTR else { throw HTTPError.system(.current("connect", label)) }
                     try connection.wait(for: Int16(POLLOUT), until: deadline, step: "connect")
                     var error: Int32 = 0
                     var length = socklen_t(MemoryLayout<Int32>.size)
                     guard getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 else {
-                        throw HTTPError.system(call: "getsockopt(SO_ERROR)", target: label, errno: errno)
+                        throw HTTPError.system(.current("getsockopt(SO_ERROR)", label))
                     }
-                    guard error == 0 else { throw HTTPError.system(call: "connect", target: label, errno: error) }
+                    guard error == 0 else { throw HTTPError.system(SystemError(call: "connect", object: label, code: error)) }
                 }
                 return connection
             } catch {
@@ -141,9 +145,14 @@ final class Connection {
                 if n > 0 { return Int(n) }
                 try waitForTLS(ssl, n, until: deadline, step: "send")
             } else {
-                let n = send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
-                if n > 0 { return n }
-                guard n < 0, errno == EAGAIN || errno == EINTR else { throw .system(call: "send", target: label, errno: errno) }
+                let sent: Result<Int, SystemError>
+                do throws(SystemError) {
+                    sent = try systemCall("send", label, expecting: [.wouldBlock]) {
+                        send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
+                    }
+                } catch { throw .system(error) }
+                // A stream socket never takes zero bytes of a non-empty send; treat it as full.
+                if case .success(let n) = sent, n > 0 { return n }
                 try wait(for: Int16(POLLOUT), until: deadline, step: "send")
             }
         }
@@ -162,11 +171,17 @@ final class Connection {
                 if code == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && (n == 0 || errno == ECONNRESET) { return 0 }
                 try waitForTLS(ssl, n, until: deadline, step: "receive")
             } else {
-                let n = recv(fd, buffer.baseAddress, buffer.count, 0)
-                if n >= 0 { return n }
-                if errno == ECONNRESET { return 0 }
-                guard errno == EAGAIN || errno == EINTR else { throw .system(call: "recv", target: label, errno: errno) }
-                try wait(for: Int16(POLLIN), until: deadline, step: "receive")
+                let received: Result<Int, SystemError>
+                do throws(SystemError) {
+                    received = try systemCall("recv", label, expecting: [.wouldBlock, .connectionReset]) {
+                        recv(fd, buffer.baseAddress, buffer.count, 0)
+                    }
+                } catch { throw .system(error) }
+                switch received {
+                case .success(let n): return n
+                case .failure(let error) where error.errno == .connectionReset: return 0
+                case .failure: try wait(for: Int16(POLLIN), until: deadline, step: "receive")
+                }
             }
         }
     }
@@ -183,14 +198,11 @@ final class Connection {
     }
 
     func wait(for events: Int16, until deadline: ContinuousClock.Instant, step: String) throws(HTTPError) {
-        while true {
-            let left = ContinuousClock.now.duration(to: deadline)
-            guard left > .zero else { throw .timeout(step: step, target: label) }
-            let ms = Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
-            var p = pollfd(fd: fd, events: events, revents: 0)
-            let r = poll(&p, 1, ms)
-            if r > 0 { return }
-            if r < 0 && errno != EINTR { throw .system(call: "poll", target: label, errno: errno) }
-        }
+        let left = ContinuousClock.now.duration(to: deadline)
+        guard left > .zero else { throw .timeout(step: step, target: label) }
+        var entries = [pollfd(fd: fd, events: events, revents: 0)]
+        let ready: Int
+        do throws(SystemError) { ready = try pollDescriptors(&entries, timeout: left, object: label) } catch { throw .system(error) }
+        guard ready > 0 else { throw .timeout(step: step, target: label) }
     }
 }

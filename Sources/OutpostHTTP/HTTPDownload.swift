@@ -16,12 +16,14 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
 
 /// Why a download failed, with the URL or the file that failed.
 public enum DownloadError: Error, Equatable, CustomStringConvertible {
     case http(HTTPError)
     case status(code: Int, url: String)
-    case io(step: String, path: String, errno: Int32)
+    /// Writing the downloaded bytes to the destination file failed.
+    case system(SystemError)
     case badRange(url: String, detail: String)
     case gaveUp(url: String, attempts: Int, last: String)
 
@@ -29,7 +31,7 @@ public enum DownloadError: Error, Equatable, CustomStringConvertible {
         switch self {
         case let .http(e): return e.description
         case let .status(c, u): return "\(u) answered HTTP \(c)"
-        case let .io(step, path, e): return "\(step) \(path): \(String(cString: strerror(e)))"
+        case let .system(error): return error.description
         case let .badRange(u, d): return "\(u): \(d)"
         case let .gaveUp(u, n, last): return "download of \(u) failed after \(n) attempts: \(last)"
         }
@@ -65,7 +67,7 @@ public struct HTTPDownload {
                 last = "connection closed early"
             } catch {
                 switch error {
-                case .status, .io, .badRange: throw error   // retrying cannot help
+                case .status, .system, .badRange: throw error   // retrying cannot help
                 case .http(let e): last = e.description
                 case .gaveUp: last = error.description
                 }
@@ -108,8 +110,10 @@ public struct HTTPDownload {
             throw .status(code: response.status, url: url.description)
         }
 
-        let out = open(destination, O_WRONLY | O_CREAT | O_CLOEXEC | (offset == 0 ? O_TRUNC : 0), 0o600)
-        guard out >= 0 else { throw .io(step: "open", path: destination, errno: errno) }
+        let out: Int32
+        do throws(SystemError) {
+            out = try systemCall("open", destination) { open(destination, O_WRONLY | O_CREAT | O_CLOEXEC | (offset == 0 ? O_TRUNC : 0), 0o600) }
+        } catch { throw .system(error) }
         defer { close(out) }
         var chunk = [UInt8](repeating: 0, count: 256 << 10)
         var failure: DownloadError?
@@ -124,18 +128,20 @@ public struct HTTPDownload {
             if n == 0 { break }
             var done = 0
             while done < n {
-                let w = chunk.withUnsafeBytes { raw -> Int in
-                    guard let base = raw.baseAddress else { errno = EFAULT; return -1 }
-                    return pwrite(out, base + done, n - done, off_t(offset) + off_t(done))
-                }
-                if w < 0 { if errno == EINTR { continue }; throw .io(step: "write", path: destination, errno: errno) }
-                done += w
+                do throws(SystemError) {
+                    done += try systemCall("pwrite", destination) {
+                        chunk.withUnsafeBytes { raw -> Int in
+                            guard let base = raw.baseAddress else { errno = EFAULT; return -1 }
+                            return pwrite(out, base + done, n - done, off_t(offset) + off_t(done))
+                        }
+                    }
+                } catch { throw .system(error) }
             }
             offset += UInt64(n)
             received += UInt64(n)
             progress(offset, total)
         }
-        if fsync(out) != 0 { throw .io(step: "fsync", path: destination, errno: errno) }
+        do throws(SystemError) { try systemCall("fsync", destination) { fsync(out) } } catch { throw .system(error) }
         if let failure { throw failure }
         guard let total else { return true }   // no length: the close marked the end
         return offset >= total

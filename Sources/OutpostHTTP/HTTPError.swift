@@ -2,14 +2,13 @@
 // one line a technician reads says where it broke: DNS, TCP, proxy, TLS or
 // the server's answer.
 
-#if canImport(Glibc)
-import Glibc
-#endif
+import OutpostPlatform
 
 public enum HTTPError: Error, Equatable, CustomStringConvertible {
     case badURL(String, reason: String)
     case resolve(host: String, detail: String)
-    case system(call: String, target: String, errno: Int32)
+    /// A socket call failed; the error names the call and the URL or proxy.
+    case system(SystemError)
     case timeout(step: String, target: String)
     case tls(step: String, target: String, detail: String)
     case proxy(proxy: String, statusLine: String)
@@ -20,7 +19,7 @@ public enum HTTPError: Error, Equatable, CustomStringConvertible {
         switch self {
         case let .badURL(u, why): return "'\(u)' is not a usable URL: \(why)"
         case let .resolve(h, d): return "cannot resolve \(h): \(d)"
-        case let .system(call, t, e): return "\(t): \(call): \(String(cString: strerror(e)))"
+        case let .system(error): return error.description
         case let .timeout(step, t): return "\(t): timed out during \(step)"
         case let .tls(step, t, d): return "\(t): TLS \(step): \(d)"
         case let .proxy(p, line): return "proxy \(p) refused CONNECT: '\(line)'"

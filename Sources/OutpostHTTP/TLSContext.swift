@@ -10,8 +10,10 @@ import Glibc
 #endif
 import COpenSSL
 
+// @unchecked: the SSL_CTX is an OpaquePointer, which Swift cannot prove
+// Sendable. OpenSSL documents an SSL_CTX as safe to share between threads
+// for SSL_new once configured, and this one is never changed after init.
 public final class TLSContext: @unchecked Sendable {
-    // SSL_CTX is safe to share between threads once configured; it is never changed after init.
     let context: OpaquePointer
 
     public init(caFiles: [String], systemDefaults: Bool) throws(HTTPError) {

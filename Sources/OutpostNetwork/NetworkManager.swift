@@ -1,5 +1,7 @@
 import FoundationEssentials
 import OutpostHTTP
+import OutpostPlatform
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -54,16 +56,25 @@ public struct NetworkStatus: Sendable {
 /// wake-up pipe), feeds the pure `PortSelector` and applies its decisions; one probe thread
 /// per port tests connectivity through that port; one DHCP client thread per DHCP port.
 /// Carrier loss is handled on the netlink event itself, so failover does not wait for a probe.
-public final class NetworkManager: @unchecked Sendable {
+public final class NetworkManager: Sendable {
     public let config: NetworkConfig
     public let options: ManagerOptions
     private let ranked: [PortConfig]
     /// PAC files of ports that name one, fetched through the port and cached.
     private let pac = PACResolver()
-    private let state: Guarded<State>
-    private var wakePipe: [Int32] = [-1, -1]
-    private var threads: [WorkerThread] = []
-    private var dhcpClients: [DHCPClient] = []
+    private let state: Mutex<State>
+    /// What `start` creates and `stop` takes down; kept apart from `state` so that the
+    /// threads' frequent state updates never wait for a thread start.
+    private let runtime = Mutex(Runtime())
+    /// Raised by `stop`: probe threads sleeping between rounds end at once.
+    private let stopping = StopSignal()
+
+    private struct Runtime {
+        /// Wakes the event thread out of poll(2): a probe result, a lease, or stop.
+        var wakeup: Wakeup?
+        var threads: [NamedThread] = []
+        var dhcpClients: [DHCPClient] = []
+    }
 
     private struct State {
         var observations: [String: PortObservation] = [:]
@@ -90,40 +101,38 @@ public final class NetworkManager: @unchecked Sendable {
             }
             s.status.reports[port.name] = report
         }
-        state = Guarded(s)
-    }
-
-    deinit {
-        for fd in wakePipe where fd >= 0 { close(fd) }
+        state = Mutex(s)
     }
 
     /// Puts the configuration into the kernel (renames by MAC, links up, static addresses and
     /// routes) and starts the threads. Errors on one port are recorded for that port, so the
     /// other ports still come up; a failure to watch links at all is thrown.
     public func start() throws {
-        wakePipe = try makeWakePipe(for: "network manager")
+        let wakeup: Wakeup
+        do { wakeup = try Wakeup(label: "network manager") } catch { throw NetlinkError.system(error) }
+        runtime.withLock { $0.wakeup = wakeup }
         let setup = try NetworkNamespace.run(options.namespace) { [self] in try prepareKernel() }
         state.withLock { $0.running = true; $0.eventLoopAlive = true; $0.status.renamed = setup.renamed }
         do {
             if config.probe != nil {
                 for port in ranked {
-                    threads.append(try WorkerThread(name: "net-probe \(port.name)") { [self] in probeLoop(port) })
+                    try spawn("net-probe \(port.name)") { [self] in probeLoop(port) }
                 }
             }
             for (rank, port) in ranked.enumerated() where port.mode == .dhcp {
                 let client = try DHCPClient(device: port.name, mac: setup.macs[port.name] ?? [], timing: options.dhcp) { [self] event in
                     dhcpEvent(event, port: port.name, rank: rank)
                 }
-                dhcpClients.append(client)
+                runtime.withLock { $0.dhcpClients.append(client) }
             }
             // The clients exist before any thread that reaches them starts.
-            for client in dhcpClients {
-                threads.append(try WorkerThread(name: "net-dhcp \(client.device)") { [self] in dhcpLoop(client) })
+            for client in runtime.withLock({ $0.dhcpClients }) {
+                try spawn("net-dhcp \(client.device)") { [self] in dhcpLoop(client) }
             }
-            threads.append(try WorkerThread(name: "net-events") { [self] in
-                eventLoop(setup.watcher, setup.applier)
+            try spawn("net-events") { [self] in
+                eventLoop(setup.watcher, setup.applier, wakeup)
                 state.withLock { $0.eventLoopAlive = false }
-            })
+            }
         } catch {
             stop()
             throw error
@@ -133,14 +142,26 @@ public final class NetworkManager: @unchecked Sendable {
     /// Stops every thread and waits for them; addresses and routes stay as they are.
     public func stop() {
         state.withLock { $0.running = false }
-        for client in dhcpClients { client.stop() }
+        stopping.raise()
+        let (clients, threads) = runtime.withLock { r in
+            defer { r.threads = [] }
+            return (r.dhcpClients, r.threads)
+        }
+        for client in clients { client.stop() }
         wake()
         for thread in threads { thread.join() }
-        threads = []
+    }
+
+    /// Starts a joinable thread that `stop` joins.
+    private func spawn(_ name: String, _ body: @escaping @Sendable () -> Void) throws(NetlinkError) {
+        let thread: NamedThread
+        do { thread = try NamedThread.start(name: name, body) } catch { throw .system(error) }
+        runtime.withLock { $0.threads.append(thread) }
     }
 
     public func snapshot() -> NetworkStatus {
-        state.withLock { s in
+        let dhcpClients = runtime.withLock { $0.dhcpClients }
+        return state.withLock { s in
             var status = s.status
             status.ports = s.observations
             for client in dhcpClients where status.reports[client.device]?.addressing == nil {
@@ -155,6 +176,9 @@ public final class NetworkManager: @unchecked Sendable {
 
     // MARK: setup
 
+    // @unchecked: LinkWatcher and RouteApplier own netlink sockets made inside the
+    // namespace and are not thread-safe; Setup hands them from the namespace thread that
+    // made them to the event thread, the only one that uses them afterwards.
     private struct Setup: @unchecked Sendable {
         let watcher: LinkWatcher
         let applier: RouteApplier
@@ -190,15 +214,11 @@ public final class NetworkManager: @unchecked Sendable {
 
     // MARK: event thread
 
-    private func wake() {
-        guard wakePipe[1] >= 0 else { return }
-        var byte: UInt8 = 1
-        _ = retryingEINTR { write(wakePipe[1], &byte, 1) }
-    }
+    private func wake() { runtime.withLock { $0.wakeup }?.signal() }
 
     private var isRunning: Bool { state.withLock { $0.running } }
 
-    private func eventLoop(_ watcher: LinkWatcher, _ applier: RouteApplier) {
+    private func eventLoop(_ watcher: LinkWatcher, _ applier: RouteApplier, _ wakeup: Wakeup) {
         apply(links: watcher.links)
         var applied: (name: String?, addressing: PortAddressing?)? = nil
         while isRunning {
@@ -211,15 +231,15 @@ public final class NetworkManager: @unchecked Sendable {
                 activate(decision.active, addressing: addressing, applier: applier, counted: decision.changed)
                 applied = (decision.active, addressing)
             }
-            let timeout = decision.recheckAfter.map(pollMilliseconds) ?? -1
             var fds = [pollfd(fd: watcher.fileDescriptor, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: wakePipe[0], events: Int16(POLLIN), revents: 0)]
-            let r = poll(&fds, 2, timeout)
-            if r < 0 && errno != EINTR { record(error: "poll: \(errnoText(errno))"); return }
-            if fds[1].revents != 0 {
-                var sink = [UInt8](repeating: 0, count: 64)
-                while read(wakePipe[0], &sink, sink.count) > 0 {}
+                       pollfd(fd: wakeup.fileDescriptor, events: Int16(POLLIN), revents: 0)]
+            do throws(SystemError) {
+                _ = try pollDescriptors(&fds, timeout: decision.recheckAfter, object: "network events")
+            } catch {
+                record(error: "\(error)")
+                return
             }
+            if fds[1].revents != 0 { wakeup.consume() }
             if fds[0].revents != 0 {
                 do {
                     let changed = try watcher.drain()
@@ -248,7 +268,7 @@ public final class NetworkManager: @unchecked Sendable {
                 s.observations[name] = o
             }
         }
-        for client in dhcpClients where carrierBack.contains(client.device) { client.kick() }
+        for client in runtime.withLock({ $0.dhcpClients }) where carrierBack.contains(client.device) { client.kick() }
     }
 
     private func activate(_ name: String?, addressing: PortAddressing?, applier: RouteApplier, counted: Bool) {
@@ -307,7 +327,7 @@ public final class NetworkManager: @unchecked Sendable {
                 }
                 if changed { wake() }
             }
-            sleepThread(options.probeInterval)
+            _ = stopping.sleep(for: options.probeInterval)
         }
     }
 

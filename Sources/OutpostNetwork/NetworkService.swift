@@ -3,6 +3,8 @@ import OutpostHTTP
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
+import Synchronization
 
 /// The outcome of a pushed configuration.
 public enum PushResult: Equatable, Sendable, CustomStringConvertible {
@@ -27,7 +29,7 @@ public enum PushResult: Equatable, Sendable, CustomStringConvertible {
 /// last-known-good, else the bootstrap file, else every port on DHCP), tests pushed
 /// configurations on arrival and rolls back a bad one, so the device never locks itself out.
 /// FoundationEssentials only: it links into the static `outpostd`.
-public final class NetworkService: @unchecked Sendable {
+public final class NetworkService: Sendable {
     /// Tunables; the defaults suit a device, tests shorten them.
     public struct Options: Sendable {
         public var holdDown: Duration = .seconds(30)
@@ -49,9 +51,9 @@ public final class NetworkService: @unchecked Sendable {
     public let namespace: String?
     public let options: Options
     private let store: LastKnownGoodStore
-    private let state = Guarded(ServiceState())
+    private let state = Mutex(ServiceState())
     /// Serialises start, stop and push; held for a push's whole test time.
-    private let control = Guarded(())
+    private let control = Mutex(())
 
     private struct ServiceState {
         var manager: NetworkManager?
@@ -63,7 +65,8 @@ public final class NetworkService: @unchecked Sendable {
         var monitorAlive = false
     }
 
-    private var monitor: WorkerThread?
+    /// The thread that remembers a working configuration; started by `start`, joined by `stop`.
+    private let monitor = Mutex<NamedThread?>(nil)
 
     public init(configPath: String, stateDirectory: String, resolvConfPath: String, namespace: String? = nil,
                 options: Options = Options()) {
@@ -94,9 +97,9 @@ public final class NetworkService: @unchecked Sendable {
                 origin = "built-in default (all ports DHCP)"
             }
             do {
-                if let bytes = try AtomicFile.read(configPath) {
+                if let bytes = try FileIO.readIfPresent(configPath) {
                     do {
-                        let bootstrap = try NetworkConfig(json: bytes)
+                        let bootstrap = try NetworkConfig(json: Data(bytes))
                         if lkg.isEmpty { chosen = bootstrap; origin = "bootstrap \(configPath)" }
                     } catch {
                         errors.append("\(configPath): \(error)")
@@ -116,10 +119,11 @@ public final class NetworkService: @unchecked Sendable {
                 s.running = true
                 s.monitorAlive = true
             }
-            monitor = try WorkerThread(name: "net-service") { [self] in
+            let thread = try NamedThread.start(name: "net-service") { [self] in
                 monitorLoop()
                 state.withLock { $0.monitorAlive = false }
             }
+            monitor.withLock { $0 = thread }
         }
     }
 
@@ -132,8 +136,10 @@ public final class NetworkService: @unchecked Sendable {
                 return s.manager
             }
             manager?.stop()
-            monitor?.join()
-            monitor = nil
+            monitor.withLock { thread in
+                defer { thread = nil }
+                return thread
+            }?.join()
         }
     }
 
@@ -243,10 +249,10 @@ public final class NetworkService: @unchecked Sendable {
 
     /// Bounded wait (by `limit`, polling every 20 ms) for the selector to choose a port.
     static func waitForActivePort(_ manager: NetworkManager, within limit: Duration) -> String? {
-        let deadline = ContinuousClock.now + limit
-        while ContinuousClock.now < deadline {
+        let deadline = Deadline(after: limit)
+        while !deadline.hasPassed {
             if let active = manager.snapshot().active { return active }
-            sleepThread(.milliseconds(20))
+            MonotonicClock.sleep(for: .milliseconds(20))
         }
         return manager.snapshot().active
     }
@@ -265,7 +271,7 @@ public final class NetworkService: @unchecked Sendable {
                     if let result { s.configError = result }
                 }
             }
-            sleepThread(.milliseconds(100))
+            MonotonicClock.sleep(for: .milliseconds(100))
         }
     }
 

@@ -1,4 +1,5 @@
 import OutpostDisk
+import OutpostPlatform
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -12,11 +13,13 @@ import Musl
 // medium.
 extension FileBlockDevice: CacheDroppingDevice {
     public func dropCache(offset: UInt64, length: UInt64) throws {
-        var fd: Int32
-        repeat { fd = open(path, O_RDONLY | O_CLOEXEC) } while fd < 0 && errno == EINTR
-        guard fd >= 0 else { throw BlockDeviceError.io(call: "open", path: path, errno: errno) }
+        let fd: Int32
+        do throws(SystemError) { fd = try systemCall("open", path) { open(path, O_RDONLY | O_CLOEXEC) } } catch {
+            throw BlockDeviceError.system(error)
+        }
         defer { close(fd) }
+        // posix_fadvise returns the error number instead of setting errno.
         let rc = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_DONTNEED)
-        guard rc == 0 else { throw BlockDeviceError.io(call: "posix_fadvise", path: path, errno: rc) }
+        guard rc == 0 else { throw BlockDeviceError.system(SystemError(call: "posix_fadvise", object: path, code: rc)) }
     }
 }

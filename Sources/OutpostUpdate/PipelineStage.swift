@@ -12,99 +12,104 @@
 // dropped, never handled out of order, and the failure is what the engine
 // throws, so a torn slot is never marked bootable.
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
+import OutpostPlatform
+import Synchronization
 
+// @unchecked: `work` is not Sendable. It captures the engine's block device
+// and payload digest, which only this stage's thread touches while the
+// stage runs: the engine thread only submits and finishes. All other shared
+// state is in `state`, a Mutex.
 final class PipelineStage: @unchecked Sendable {
     typealias Work = (UInt64, [UInt8]) throws(UpdateError) -> Void
 
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    // Guarded by `mutex`.
-    private var queue: [(lba: UInt64, bytes: [UInt8])] = []
-    private var closed = false
-    private var failure: UpdateError?
-    private let depth: Int
-    private let work: Work
-    private var thread: pthread_t?
-
-    /// Starts the stage's thread; `work` runs on it, one chunk at a time.
-    init(depth: Int = 2, work: @escaping Work) throws(UpdateError) {
-        self.depth = max(1, depth)
-        self.work = work
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(changed, nil)
-        var t = pthread_t()
-        let rc = pthread_create(&t, nil, { raw in
-            guard let raw else { return nil }
-            Unmanaged<PipelineStage>.fromOpaque(raw).takeRetainedValue().drain()
-            return nil
-        }, Unmanaged.passRetained(self).toOpaque())
-        guard rc == 0 else {
-            Unmanaged.passUnretained(self).release()
-            throw .deviceOther(phase: "starting a pipeline thread", offset: 0, reason: String(cString: strerror(rc)))
-        }
-        thread = t
+    private struct State {
+        var queue: [(lba: UInt64, bytes: [UInt8])] = []
+        var closed = false
+        var failure: UpdateError?
     }
 
-    deinit {
-        pthread_cond_destroy(changed)
-        pthread_mutex_destroy(mutex)
-        changed.deallocate()
-        mutex.deallocate()
+    private enum Step {
+        case work(lba: UInt64, bytes: [UInt8])
+        case wait
+        case stop
+    }
+
+    private let state = Mutex(State())
+    /// Wakes the stage's thread: a chunk was queued or the stage was closed.
+    private let queued: Wakeup
+    /// Wakes the submitter: a chunk was done (room in the queue) or failed.
+    private let drained: Wakeup
+    private let depth: Int
+    private let work: Work
+    private let thread = Mutex<NamedThread?>(nil)
+
+    /// Starts the stage's thread; `work` runs on it, one chunk at a time.
+    init(name: String = "update-stage", depth: Int = 2, work: @escaping Work) throws(UpdateError) {
+        self.depth = max(1, depth)
+        self.work = work
+        do throws(SystemError) {
+            queued = try Wakeup(label: name)
+            drained = try Wakeup(label: name)
+            let started = try NamedThread.start(name: name) { [self] in drain() }
+            thread.withLock { $0 = started }
+        } catch {
+            throw .deviceOther(phase: "starting a pipeline thread", offset: 0, reason: error.description)
+        }
     }
 
     /// Queues one chunk, waiting while `depth` chunks are in flight. Throws
     /// the stage's failure as soon as there is one.
     func submit(lba: UInt64, bytes: [UInt8]) throws(UpdateError) {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        while queue.count >= depth && failure == nil { pthread_cond_wait(changed, mutex) }
-        if let failure { throw failure }
-        queue.append((lba, bytes))
-        pthread_cond_broadcast(changed)
+        while true {
+            let accepted: Result<Bool, UpdateError> = state.withLock { state in
+                if let failure = state.failure { return .failure(failure) }
+                guard state.queue.count < depth else { return .success(false) }
+                state.queue.append((lba, bytes))
+                return .success(true)
+            }
+            switch accepted {
+            case .failure(let failure): throw failure
+            case .success(true):
+                queued.signal()
+                return
+            case .success(false):
+                drained.wait()
+            }
+        }
     }
 
     /// Waits until every queued chunk is done (or the first failure) and
     /// joins the stage's thread.
     func finish() throws(UpdateError) {
-        pthread_mutex_lock(mutex)
-        closed = true
-        pthread_cond_broadcast(changed)
-        pthread_mutex_unlock(mutex)
-        if let thread { pthread_join(thread, nil) }
-        thread = nil
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        if let failure { throw failure }
+        state.withLock { $0.closed = true }
+        queued.signal()
+        thread.withLock { $0 }?.join()
+        if let failure = state.withLock({ $0.failure }) { throw failure }
     }
 
     private func drain() {
         while true {
-            pthread_mutex_lock(mutex)
-            while queue.isEmpty && !closed { pthread_cond_wait(changed, mutex) }
-            guard !queue.isEmpty, failure == nil else {
-                pthread_mutex_unlock(mutex)
-                return
+            let step: Step = state.withLock { state in
+                if state.failure != nil { return .stop }
+                if let next = state.queue.first { return .work(lba: next.lba, bytes: next.bytes) }
+                return state.closed ? .stop : .wait
             }
-            let next = queue[0]
-            pthread_mutex_unlock(mutex)
-
-            var error: UpdateError?
-            do { try work(next.lba, next.bytes) } catch let e { error = e }
-
-            pthread_mutex_lock(mutex)
-            queue.removeFirst()
-            if let error {
-                failure = error
-                queue.removeAll()
+            switch step {
+            case .stop: return
+            case .wait: queued.wait()
+            case let .work(lba, bytes):
+                var error: UpdateError?
+                do throws(UpdateError) { try work(lba, bytes) } catch let e { error = e }
+                state.withLock { state in
+                    state.queue.removeFirst()
+                    if let error {
+                        state.failure = error
+                        state.queue.removeAll()
+                    }
+                }
+                drained.signal()
+                if error != nil { return }
             }
-            pthread_cond_broadcast(changed)
-            pthread_mutex_unlock(mutex)
-            if error != nil { return }
         }
     }
 }

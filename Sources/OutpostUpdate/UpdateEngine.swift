@@ -1,5 +1,6 @@
 import OutpostBundle
 import OutpostDisk
+import Synchronization
 
 // The device update engine over a BlockDevice. Pure Swift and no clock but
 // the monotonic one, so the agent, the tests and the power-cut simulator all
@@ -157,14 +158,14 @@ public final class UpdateEngine {
         let digest = DigestBox(PayloadDigest(bundle.manifest))
         var done: UInt64 = 0
         let device = self.device
-        let writer = try PipelineStage { (lba, bytes) throws(UpdateError) in
+        let writer = try PipelineStage(name: "update-write") { (lba, bytes) throws(UpdateError) in
             try io("writing slot \(slot.name)", offset: lba * UInt64(ss)) { try device.writeBulk(lba: lba, bytes: bytes) }
         }
         let hasher: PipelineStage
         do {
-            hasher = try PipelineStage { (lba, bytes) throws(UpdateError) in
+            hasher = try PipelineStage(name: "update-hash") { (lba, bytes) throws(UpdateError) in
                 let useful = min(UInt64(bytes.count), total - (lba - slot.firstLBA) * UInt64(ss))
-                digest.value.update(useful == UInt64(bytes.count) ? bytes : Array(bytes[..<Int(useful)]))
+                digest.value.withLock { $0.update(useful == UInt64(bytes.count) ? bytes : Array(bytes[..<Int(useful)])) }
                 try writer.submit(lba: lba, bytes: bytes)
             }
         } catch {
@@ -198,7 +199,7 @@ public final class UpdateEngine {
             throw error as? UpdateError ?? .deviceOther(phase: "writing slot \(slot.name)", offset: done, reason: "\(error)")
         }
         try stop()
-        let digestValue = digest.value
+        let digestValue = digest.value.withLock { $0 }
         do { try digestValue.finish() } catch { throw .bundle(error) }
         try io("flushing slot \(slot.name)", offset: slot.firstLBA * UInt64(ss)) { try device.flush() }
     }
@@ -261,9 +262,9 @@ struct SlotPair {
     }
 }
 
-/// The running payload digest, owned by the hash stage's thread until the
-/// pipeline is joined.
-final class DigestBox: @unchecked Sendable {
-    var value: PayloadDigest
-    init(_ value: PayloadDigest) { self.value = value }
+/// The running payload digest: updated on the hash stage's thread, read by
+/// the engine after the pipeline is joined.
+final class DigestBox: Sendable {
+    let value: Mutex<PayloadDigest>
+    init(_ value: PayloadDigest) { self.value = Mutex(value) }
 }

@@ -1,5 +1,6 @@
 import OutpostBundle
 import OutpostDisk
+import OutpostPlatform
 
 /// Why an install, a commit or a fallback did not happen, with the phase,
 /// the slot and the byte offset where it matters.
@@ -21,7 +22,8 @@ public enum UpdateError: Error, Equatable, Sendable, CustomStringConvertible {
     /// commit() on a slot that is not being tested.
     case notInProgress(slot: String, state: String)
     case state(path: String, reason: String)
-    case stateIO(call: String, path: String, errno: Int32)
+    /// Reading or replacing the state file failed in the kernel.
+    case stateIO(SystemError)
 
     public var description: String {
         switch self {
@@ -35,7 +37,7 @@ public enum UpdateError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .readbackMismatch(slot, e, a): return "slot \(slot) read back as sha256 \(a), wrote \(e)"
         case let .notInProgress(slot, state): return "slot \(slot) is \(state), not inprogress: nothing to commit"
         case let .state(path, r): return "update state \(path): \(r)"
-        case let .stateIO(call, path, e): return "\(call) failed on \(path) (errno \(e))"
+        case let .stateIO(error): return "update state: \(error)"
         }
     }
 }

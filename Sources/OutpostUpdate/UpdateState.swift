@@ -3,13 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import OutpostPlatform
 
 // The little the device must remember across reboots that the GPT cannot
 // hold: the anti-rollback floor, the versions that failed, the update in
@@ -97,10 +91,10 @@ public final class DirectoryStateStore: UpdateStateStore {
     public init(directory: String) { self.directory = directory }
 
     public func load() throws(UpdateError) -> DeviceUpdateState {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            if FileManager.default.fileExists(atPath: path) { throw .state(path: path, reason: "cannot read the file") }
-            return DeviceUpdateState()
-        }
+        let bytes: [UInt8]?
+        do throws(SystemError) { bytes = try FileIO.readIfPresent(path) } catch { throw .stateIO(error) }
+        guard let bytes else { return DeviceUpdateState() }
+        let data = Data(bytes)
         let s: DeviceUpdateState
         do { s = try JSONDecoder().decode(DeviceUpdateState.self, from: data) } catch {
             throw .state(path: path, reason: "not valid update state (\(error))")
@@ -118,45 +112,8 @@ public final class DirectoryStateStore: UpdateStateStore {
         do { bytes = Array(try enc.encode(state)) + [0x0A] } catch {
             throw .state(path: path, reason: "cannot encode (\(error))")
         }
-        try atomicWrite(bytes, to: path, directory: directory)
-    }
-}
-
-/// Writes `bytes` to `path` so that a crash leaves the old or the new file, never a mix.
-func atomicWrite(_ bytes: [UInt8], to path: String, directory: String) throws(UpdateError) {
-    let tmp = path + ".tmp"
-    var fd: Int32
-    repeat { fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) } while fd < 0 && errno == EINTR
-    guard fd >= 0 else { throw .stateIO(call: "open", path: tmp, errno: errno) }
-    var failure: UpdateError?
-    bytes.withUnsafeBytes { raw in
-        guard let base = raw.baseAddress else { return }
-        var done = 0
-        while done < bytes.count {
-            let n = write(fd, base + done, bytes.count - done)
-            if n < 0 {
-                if errno == EINTR { continue }
-                failure = .stateIO(call: "write", path: tmp, errno: errno)
-                return
-            }
-            done += n
+        do throws(SystemError) { try FileIO.writeAtomically(bytes, to: path, mode: 0o644) } catch {
+            throw .stateIO(error)
         }
     }
-    if failure == nil { failure = fsyncRetrying(fd, path: tmp) }
-    close(fd)
-    if let failure { throw failure }
-    guard rename(tmp, path) == 0 else { throw .stateIO(call: "rename", path: path, errno: errno) }
-    var dfd: Int32
-    repeat { dfd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } while dfd < 0 && errno == EINTR
-    guard dfd >= 0 else { throw .stateIO(call: "open", path: directory, errno: errno) }
-    defer { close(dfd) }
-    if let e = fsyncRetrying(dfd, path: directory) { throw e }
-}
-
-private func fsyncRetrying(_ fd: Int32, path: String) -> UpdateError? {
-    while fsync(fd) != 0 {
-        if errno == EINTR { continue }
-        return .stateIO(call: "fsync", path: path, errno: errno)
-    }
-    return nil
 }

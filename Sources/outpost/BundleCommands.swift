@@ -136,7 +136,7 @@ struct BundleCreate: ParsableCommand {
         let fm = FileManager.default
         try? fm.removeItem(atPath: partial)
         guard fm.createFile(atPath: partial, contents: Data(prologue)), let h = FileHandle(forWritingAtPath: partial) else {
-            throw BundleError.io(call: "create", path: partial, errno: errno)
+            throw BundleError.system(.current("create", partial))
         }
         do {
             try h.seekToEnd()

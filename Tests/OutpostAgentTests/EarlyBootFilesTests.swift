@@ -10,7 +10,7 @@ import Testing
     let failures = KernelModules.load(paths: ["/nonexistent/outpost-test.ko"])
     #expect(failures.count == 1)
     #expect(failures.first?.error.call == "open")
-    #expect(failures.first?.error.errno == 2) // ENOENT
+    #expect(failures.first?.error.code == 2) // ENOENT
 }
 
 @Test func releaseVersionFromOsReleaseStyleFile() {
@@ -21,8 +21,8 @@ import Testing
 }
 
 @Test func systemCallErrorsNameTheCallTheTargetAndTheErrno() {
-    let error = SystemCallError(call: "mount", target: "ext4 /dev/vda5 on /persist", errno: 5)
-    #expect(error.description == "mount(ext4 /dev/vda5 on /persist): EIO (Input/output error)")
+    let error = SystemError(call: "mount", object: "ext4 /dev/vda5 on /persist", code: 5)
+    #expect(error.description == "mount ext4 /dev/vda5 on /persist: Input/output error (errno 5)")
 }
 
 @Test func earlyBootErrorsAreOneLineAndSayWhere() {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import OutpostAgent
 
@@ -111,8 +112,8 @@ private let session = StatusRecord([("boot-id", "b1"), ("slot", "IMGA"), ("time"
 
 // MARK: liveness and the watchdog verdict
 
-private final class FakeClock: @unchecked Sendable {
-    private let now = Locked<Int64>(0)
+private final class FakeClock: Sendable {
+    private let now = Mutex<Int64>(0)
     func advance(_ ms: Int64) { now.withLock { $0 += ms } }
     var value: Int64 { now.withLock { $0 } }
 }

@@ -10,6 +10,7 @@ import Glibc
 #endif
 import OutpostHTTP
 import OutpostNetwork
+import OutpostPlatform
 
 enum NetworkComponent {
     /// Where the service keeps its inputs and outputs on the device.
@@ -43,9 +44,9 @@ enum NetworkComponent {
             defer { service.stop() }
             try context.beat()
             var reported: String?? = .none
-            var unusableSince: Int64? = Sys.monotonicMilliseconds()
+            var unusableSince: Int64? = MonotonicClock.now().milliseconds
             var lastReport: Int64 = 0
-            while context.sleep(milliseconds: 1000) {
+            while context.sleep(for: .milliseconds(1000)) {
                 guard service.isHealthy else { throw NetworkComponentError.stopped }
                 try context.beat()
                 let active = service.activePort
@@ -58,7 +59,7 @@ enum NetworkComponent {
                     }
                     reported = .some(active)
                 }
-                let now = Sys.monotonicMilliseconds()
+                let now = MonotonicClock.now().milliseconds
                 if active != nil {
                     unusableSince = nil
                 } else {

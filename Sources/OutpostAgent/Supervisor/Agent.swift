@@ -6,8 +6,10 @@
 import Glibc
 #endif
 import OutpostNetwork
+import OutpostPlatform
+import Synchronization
 
-public final class Agent: @unchecked Sendable {
+public final class Agent: Sendable {
     /// Timing defaults. The watchdog timeout bounds how long a hang goes
     /// unnoticed by hardware; the PID 1 loop's deadline is well above its
     /// 1 s tick so a slow moment under load is not taken for a hang.
@@ -31,12 +33,20 @@ public final class Agent: @unchecked Sendable {
     public let reaper = Reaper()
     public let supervisor: Supervisor
     let timing: Timing
-    let cpu = Locked(CPUSampler())
+    let cpu = Mutex(CPUSampler())
     /// The update flow's component; set before `start()` when PERSIST is mounted.
-    public var update: UpdateService?
+    public var update: UpdateService? {
+        get { services.withLock { $0.update } }
+        set { services.withLock { $0.update = newValue } }
+    }
     /// The network manager's service; set before `start()`.
-    public var network: NetworkService?
-    private let shutdownStartedAt = Locked<Int64?>(nil)
+    public var network: NetworkService? {
+        get { services.withLock { $0.network } }
+        set { services.withLock { $0.network = newValue } }
+    }
+    /// Set from the PID 1 thread, read by component and status threads.
+    private let services = Mutex<(update: UpdateService?, network: NetworkService?)>((nil, nil))
+    private let shutdownStartedAt = Mutex<Int64?>(nil)
 
     /// Determines the last boot's reason (before anything could overwrite
     /// the evidence), opens the watchdog and records this boot's session.
@@ -102,7 +112,7 @@ public final class Agent: @unchecked Sendable {
         try? FaultInjection.shared.checkpoint("init")
         #endif
         supervisor.beat("init")
-        cpu.withLock { $0.sample(now: Sys.monotonicMilliseconds(), ticks: ProcessStats.cpuTicks()) }
+        cpu.withLock { $0.sample(now: MonotonicClock.now().milliseconds, ticks: ProcessStats.cpuTicks()) }
         return supervisor.tick()
     }
 
@@ -113,14 +123,14 @@ public final class Agent: @unchecked Sendable {
         guard let watchdog else { return }
         let history = history
         do {
-            try Threads.start(name: "watchdog") { [self] in
+            try NamedThread.detach(name: "watchdog") { [self] in
                 var withheld = false
                 var reportedError = false
                 while true {
-                    Sys.sleep(milliseconds: 1000)
+                    MonotonicClock.sleep(for: .milliseconds(1000))
                     var verdict = supervisor.feedVerdict()
                     if let started = shutdownStartedAt.withLock({ $0 }) {
-                        verdict = Sys.monotonicMilliseconds() - started < timing.shutdownFeedMilliseconds
+                        verdict = MonotonicClock.now().milliseconds - started < timing.shutdownFeedMilliseconds
                             ? .feed : .withhold(component: "shutdown", detail: "orderly shutdown did not finish")
                     }
                     #if DEBUG || OUTPOST_FAULT_INJECTION
@@ -151,7 +161,7 @@ public final class Agent: @unchecked Sendable {
     /// An orderly stop: record why, save the final status, stop components.
     /// InitProcess then unmounts PERSIST and calls `disarmWatchdog`.
     public func beginShutdown(_ request: ShutdownRequest) {
-        shutdownStartedAt.withLock { $0 = Sys.monotonicMilliseconds() }
+        shutdownStartedAt.withLock { $0 = MonotonicClock.now().milliseconds }
         var line = "stopping: reason=\(request.reason.rawValue)"
         if let component = request.component { line += " component=\(component)" }
         if let detail = request.detail { line += " (\(detail))" }

@@ -5,6 +5,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
 
 public enum AgentCommand {
     static let usage = """
@@ -72,7 +73,7 @@ public enum AgentCommand {
     static func debug(_ words: [String]) -> Int32 {
         switch (words.first, words.dropFirst().first.flatMap { Int($0) }) {
         case ("sleep", let seconds?):
-            Sys.sleep(milliseconds: seconds * 1000)
+            MonotonicClock.sleep(for: .milliseconds(seconds * 1000))
             return 0
         case ("exit", let code?):
             return Int32(truncatingIfNeeded: code)

@@ -9,6 +9,7 @@
 import Glibc
 #endif
 import OutpostShims
+import OutpostPlatform
 
 /// The reboot-reason records of one PERSIST mount.
 public struct BootHistory: Sendable {
@@ -62,7 +63,7 @@ public struct BootHistory: Sendable {
     }
 
     /// Written at the start of an orderly stop, before anything can hang.
-    public func recordShutdown(_ request: ShutdownRequest) throws(SystemCallError) {
+    public func recordShutdown(_ request: ShutdownRequest) throws(SystemError) {
         var fields = [("boot-id", bootID), ("reason", request.reason.rawValue), ("time", String(wallClockSeconds()))]
         if let component = request.component { fields.append(("component", component)) }
         if let expected = request.expectedSlot { fields.append(("expected-slot", expected)) }
@@ -71,14 +72,14 @@ public struct BootHistory: Sendable {
     }
 
     /// Written by the watchdog feeder just before it stops feeding on purpose.
-    public func recordWatchdogStop(component: String, detail: String) throws(SystemCallError) {
+    public func recordWatchdogStop(component: String, detail: String) throws(SystemError) {
         try writeAtomically(watchdogPath, StatusRecord([
             ("boot-id", bootID), ("component", component), ("time", String(wallClockSeconds())), ("detail", detail),
         ]).text)
     }
 
     /// Proves PERSIST takes writes and marks the last time the system was alive.
-    public func writeHeartbeat() throws(SystemCallError) {
+    public func writeHeartbeat() throws(SystemError) {
         try writeAtomically(heartbeatPath, StatusRecord([("boot-id", bootID), ("time", String(wallClockSeconds()))]).text)
     }
 
@@ -95,7 +96,7 @@ public struct BootHistory: Sendable {
     }
 
     /// Keeps the last 100 reasons, newest last, one record per line.
-    func appendHistory(_ lastBoot: LastBoot) throws(SystemCallError) {
+    func appendHistory(_ lastBoot: LastBoot) throws(SystemError) {
         let old = (try? Sys.readText(historyPath)) ?? ""
         var lines = old.split(separator: "\n").map(String.init)
         let line = lastBoot.record.fields.map { "\($0.0)=\($0.1.replacingNewlines().replacingSpaces())" }
@@ -104,22 +105,9 @@ public struct BootHistory: Sendable {
         try writeAtomically(historyPath, lines.suffix(100).joined(separator: "\n") + "\n")
     }
 
-    /// write → fsync → rename → fsync(directory).
-    public func writeAtomically(_ path: String, _ text: String) throws(SystemCallError) {
-        let temporary = path + ".tmp"
-        let fd = try Sys.open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        do {
-            try Sys.writeAll(fd, Array(text.utf8), target: temporary)
-            try retrying("fsync", temporary) { fsync(fd) }
-        } catch {
-            Sys.close(fd)
-            throw error
-        }
-        Sys.close(fd)
-        try retrying("rename", "\(temporary) to \(path)") { rename(temporary, path) }
-        let directoryFD = try Sys.open(directory, O_RDONLY | O_DIRECTORY)
-        defer { Sys.close(directoryFD) }
-        try retrying("fsync", directory) { fsync(directoryFD) }
+    /// Replaces a status file so a power cut leaves the old or the new text (OutpostPlatform's atomic write).
+    public func writeAtomically(_ path: String, _ text: String) throws(SystemError) {
+        try FileIO.writeAtomically(Array(text.utf8), to: path, mode: 0o644)
     }
 }
 

@@ -57,8 +57,8 @@ public struct ComponentContext: Sendable {
     public var isStopping: Bool { supervisor.stopSignal.isRaised }
 
     /// Sleeps between rounds; false once the system is stopping.
-    public func sleep(milliseconds: Int64) -> Bool {
-        supervisor.stopSignal.sleep(milliseconds: milliseconds)
+    public func sleep(for duration: Duration) -> Bool {
+        supervisor.stopSignal.sleep(for: duration)
     }
 
     /// Asks for an orderly reboot or power-off (a controller command, an update).

@@ -13,6 +13,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
 
 enum ConsoleCommands {
     static let path = "/dev/console"
@@ -29,15 +30,16 @@ enum ConsoleCommands {
             var buffer = [UInt8](repeating: 0, count: 512)
             while !context.isStopping {
                 var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
-                let ready = poll(&fds, 1, 5000)
-                if ready < 0 && errno != EINTR { throw SystemCallError(call: "poll", target: path, errno: errno) }
+                let ready = try pollDescriptors(&fds, timeout: .seconds(5), object: path)
                 try context.beat()
                 guard ready > 0 else { continue }
-                let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-                if count < 0 && errno != EAGAIN && errno != EINTR { throw SystemCallError(call: "read", target: path, errno: errno) }
+                // EAGAIN (nothing after all) counts as -1: neither data nor a hang-up.
+                let count = (try systemCall("read", path, expecting: [.wouldBlock]) {
+                    buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+                }).get(orElse: -1)
                 if count == 0 || fds[0].revents & Int16(POLLHUP) != 0 {
                     // No terminal behind the console (hung up): nothing to serve; check again later.
-                    _ = context.sleep(milliseconds: 5000)
+                    _ = context.sleep(for: .milliseconds(5000))
                     continue
                 }
                 guard count > 0 else { continue }

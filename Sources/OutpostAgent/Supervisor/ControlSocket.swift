@@ -8,6 +8,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
 
 public enum ControlSocket {
     public static let path = "/run/outpost/control.sock"
@@ -20,8 +21,7 @@ public enum ControlSocket {
             defer { Sys.close(listener) }
             while !context.isStopping {
                 var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
-                let ready = poll(&fds, 1, 5000)
-                if ready < 0 && errno != EINTR { throw SystemCallError(call: "poll", target: path, errno: errno) }
+                let ready = try pollDescriptors(&fds, timeout: .seconds(5), object: path)
                 try context.beat()
                 guard ready > 0 else { continue }
                 // accept4 is a GNU extension Swift's Glibc module hides; the
@@ -56,16 +56,16 @@ public enum ControlSocket {
     }
 
     /// Binds and listens, replacing a stale socket file from this boot's past.
-    static func listen(at path: String) throws(SystemCallError) -> Int32 {
+    static func listen(at path: String) throws(SystemError) -> Int32 {
         try Sys.mkdir("/run/outpost", 0o700)
         _ = unlink(path)
-        let fd = try retrying("socket", path) { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
-        do throws(SystemCallError) {
-            _ = try withAddress(path) { address, length throws(SystemCallError) in
-                try retrying("bind", path) { bind(fd, address, length) }
+        let fd = try systemCall("socket", path) { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        do throws(SystemError) {
+            _ = try withAddress(path) { address, length throws(SystemError) in
+                try systemCall("bind", path) { bind(fd, address, length) }
             }
             _ = chmod(path, 0o600)
-            try retrying("listen", path) { Glibc.listen(fd, 4) }
+            try systemCall("listen", path) { Glibc.listen(fd, 4) }
         } catch {
             Sys.close(fd)
             throw error
@@ -74,12 +74,12 @@ public enum ControlSocket {
     }
 
     /// Client side: one request, the whole reply.
-    public static func request(_ line: String, path: String = path) throws(SystemCallError) -> String {
-        let fd = try retrying("socket", path) { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    public static func request(_ line: String, path: String = path) throws(SystemError) -> String {
+        let fd = try systemCall("socket", path) { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         defer { Sys.close(fd) }
         setTimeouts(fd)
-        _ = try withAddress(path) { address, length throws(SystemCallError) in
-            try retrying("connect", path) { connect(fd, address, length) }
+        _ = try withAddress(path) { address, length throws(SystemError) in
+            try systemCall("connect", path) { connect(fd, address, length) }
         }
         try Sys.writeAll(fd, Array((line + "\n").utf8), target: path)
         _ = shutdown(fd, Int32(SHUT_WR))
@@ -90,8 +90,9 @@ public enum ControlSocket {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while bytes.count < limit {
-            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
+            let count = (try? systemCall("read", "control connection") {
+                chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            }) ?? 0
             guard count > 0 else { break }
             bytes += chunk[0..<count]
             if bytes.contains(UInt8(ascii: "\n")) && limit <= 256 { break }
@@ -106,19 +107,19 @@ public enum ControlSocket {
     }
 
     static func withAddress<T>(_ path: String,
-                               _ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemCallError) -> T)
-        throws(SystemCallError) -> T {
+                               _ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemError) -> T)
+        throws(SystemError) -> T {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
         let capacity = MemoryLayout.size(ofValue: address.sun_path)
-        guard bytes.count < capacity else { throw SystemCallError(call: "bind", target: path, errno: ENAMETOOLONG) }
+        guard bytes.count < capacity else { throw SystemError(call: "bind", object: path, code: ENAMETOOLONG) }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             raw.copyBytes(from: bytes)
             raw[bytes.count] = 0
         }
-        return try withUnsafePointer(to: &address) { pointer throws(SystemCallError) -> T in
-            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address throws(SystemCallError) -> T in
+        return try withUnsafePointer(to: &address) { pointer throws(SystemError) -> T in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address throws(SystemError) -> T in
                 try body(address, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }

@@ -19,8 +19,10 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
+import Synchronization
 
-public final class FaultInjection: @unchecked Sendable {
+public final class FaultInjection: Sendable {
     public static let marker = "outpost-fault-injection"
     public static let path = "/persist/debug/fault"
     public static let shared = FaultInjection()
@@ -43,8 +45,8 @@ public final class FaultInjection: @unchecked Sendable {
     }
 
     private enum Fault { case hang, crash(remaining: Int?) }
-    private let faults = Locked<[String: Fault]>([:])
-    private let stopped = Locked(false)
+    private let faults = Mutex<[String: Fault]>([:])
+    private let stopped = Mutex(false)
 
     public var watchdogStopped: Bool { stopped.withLock { $0 } }
 
@@ -102,7 +104,7 @@ public final class FaultInjection: @unchecked Sendable {
         case nil: return
         case .hang:
             Console.line("debug: fault: \(component) hangs now")
-            while true { Sys.sleep(milliseconds: 3_600_000) }
+            while true { MonotonicClock.sleep(for: .milliseconds(3_600_000)) }
         case .crash:
             throw Injected()
         }
@@ -121,7 +123,7 @@ public final class FaultInjection: @unchecked Sendable {
         }
         sync()
         Console.line("debug: fault: \(Self.marker): running \(commands.count) commands")
-        try? Threads.start(name: "fault") { [self] in
+        try? NamedThread.detach(name: "fault") { [self] in
             for command in commands { run(command, agent: agent) }
         }
     }
@@ -143,7 +145,7 @@ public final class FaultInjection: @unchecked Sendable {
         case .panic:
             let fd = Glibc.open("/proc/sysrq-trigger", O_WRONLY)
             if fd >= 0 { _ = Glibc.write(fd, "c", 1) }
-        case .sleep(let seconds): Sys.sleep(milliseconds: seconds * 1000)
+        case .sleep(let seconds): MonotonicClock.sleep(for: .milliseconds(seconds * 1000))
         }
     }
 

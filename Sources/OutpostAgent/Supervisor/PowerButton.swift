@@ -9,6 +9,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
 
 enum PowerButton {
     static let eventType: UInt16 = 1      // EV_KEY
@@ -38,7 +39,7 @@ enum PowerButton {
             let paths = devices()
             guard !paths.isEmpty else {
                 Console.line("warning: power-button: no \"Power Button\" input device (modules button, evdev)")
-                while context.sleep(milliseconds: 3_600_000) {}
+                while context.sleep(for: .milliseconds(3_600_000)) {}
                 return
             }
             var fds: [pollfd] = []
@@ -47,16 +48,13 @@ enum PowerButton {
             try context.beat()
             var buffer = [UInt8](repeating: 0, count: eventSize * 16)
             while !context.isStopping {
-                let ready = poll(&fds, nfds_t(fds.count), 5000)
-                if ready < 0 && errno != EINTR {
-                    throw SystemCallError(call: "poll", target: paths.joined(separator: ","), errno: errno)
-                }
+                _ = try pollDescriptors(&fds, timeout: .seconds(5), object: paths.joined(separator: ","))
                 try context.beat()
                 for index in fds.indices where fds[index].revents & Int16(POLLIN) != 0 {
-                    let count = buffer.withUnsafeMutableBytes { Glibc.read(fds[index].fd, $0.baseAddress, $0.count) }
-                    if count < 0 && errno != EAGAIN && errno != EINTR {
-                        throw SystemCallError(call: "read", target: paths[index], errno: errno)
-                    }
+                    let fd = fds[index].fd
+                    let count = (try systemCall("read", paths[index], expecting: [.wouldBlock]) {
+                        buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+                    }).get(orElse: 0)
                     guard count > 0 else { continue }
                     for offset in stride(from: 0, to: count - eventSize + 1, by: eventSize)
                     where isPowerPress(buffer[offset..<offset + eventSize]) {

@@ -11,6 +11,8 @@
 import Glibc
 #endif
 import OutpostShims
+import OutpostPlatform
+import Synchronization
 
 /// How a child ended, decoded from the wait status.
 public enum ChildExit: Sendable, Equatable, CustomStringConvertible {
@@ -32,12 +34,12 @@ public enum ChildExit: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-public final class Reaper: @unchecked Sendable {
+public final class Reaper: Sendable {
     private struct State {
         var subscribers: [pid_t: @Sendable (ChildExit) -> Void] = [:]
         var orphansReaped = 0
     }
-    private let state = Locked(State())
+    private let state = Mutex(State())
     static let environment = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
 
     public init() {}
@@ -52,21 +54,21 @@ public final class Reaper: @unchecked Sendable {
     /// (on the reaping thread) when it ends.
     @discardableResult
     public func spawn(_ path: String, _ arguments: [String],
-                      onExit: @escaping @Sendable (ChildExit) -> Void) throws(SystemCallError) -> pid_t {
+                      onExit: @escaping @Sendable (ChildExit) -> Void) throws(SystemError) -> pid_t {
         let argv = ([path] + arguments).map { strdup($0) } + [nil]
         let envp = Reaper.environment.map { strdup($0) } + [nil]
         defer {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
         }
-        return try state.withLock { (state: inout State) throws(SystemCallError) -> pid_t in
+        return try state.withLock { (state: inout State) throws(SystemError) -> pid_t in
             var pid: pid_t = 0
             let result = argv.withUnsafeBufferPointer { argvBuffer in
                 envp.withUnsafeBufferPointer { envpBuffer in
                     OutpostShims_spawn(path, argvBuffer.baseAddress, envpBuffer.baseAddress, -1, &pid)
                 }
             }
-            guard result == 0 else { throw SystemCallError(call: "fork", target: path, errno: errno) }
+            guard result == 0 else { throw SystemError(call: "fork", object: path, code: errno) }
             state.subscribers[pid] = onExit
             return pid
         }
@@ -76,9 +78,8 @@ public final class Reaper: @unchecked Sendable {
     public func reapAll() {
         while true {
             var status: Int32 = 0
-            let pid = waitpid(-1, &status, WNOHANG)
-            if pid < 0 && errno == EINTR { continue }
-            guard pid > 0 else { return }
+            // ECHILD (no children left) and any other error end the round like "none ended".
+            guard let pid = try? systemCall("waitpid", "any child", { waitpid(-1, &status, WNOHANG) }), pid > 0 else { return }
             let subscriber = state.withLock { (state: inout State) -> (@Sendable (ChildExit) -> Void)? in
                 guard let subscriber = state.subscribers.removeValue(forKey: pid) else {
                     state.orphansReaped += 1

@@ -5,6 +5,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
 
 /// A point-in-time view of the agent.
 public struct StatusReport: Sendable {
@@ -32,7 +33,7 @@ public struct StatusReport: Sendable {
         watchdogError = agent.watchdogError
         let sample = ProcessStats.sample()
         process = sample
-        let now = Sys.monotonicMilliseconds()
+        let now = MonotonicClock.now().milliseconds
         cpuPercentLastMinute = agent.cpu.withLock { $0.percent(now: now, ticks: sample.cpuTicks) }
         orphansReaped = agent.reaper.orphansReaped
         networkJSON = agent.network?.statusJSON()

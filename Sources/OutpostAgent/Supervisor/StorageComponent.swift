@@ -17,7 +17,7 @@ enum StorageComponent {
                 }
                 supervisor.setPersistWritable(true)
                 try context.beat()
-            } while context.sleep(milliseconds: timing.storageIntervalMilliseconds)
+            } while context.sleep(for: .milliseconds(timing.storageIntervalMilliseconds))
         })
     }
 }

@@ -13,6 +13,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
+import Synchronization
 
 /// One component as `outpostd status` shows it.
 public struct ComponentStatus: Sendable, Equatable {
@@ -32,7 +34,7 @@ public enum FeedVerdict: Sendable, Equatable {
     case withhold(component: String, detail: String)
 }
 
-public final class Supervisor: @unchecked Sendable {
+public final class Supervisor: Sendable {
     struct Entry {
         var spec: ComponentSpec
         var state = ComponentState.starting
@@ -55,15 +57,20 @@ public final class Supervisor: @unchecked Sendable {
 
     let stopSignal = StopSignal()
     let reaper: Reaper
-    private let state = Locked(State())
+    private let state = Mutex(State())
     private let log: @Sendable (String) -> Void
     private let clock: @Sendable () -> Int64
     /// How long PERSIST may refuse writes before the watchdog feed stops:
-    /// long enough for the storage component's backoff retries.
-    public var persistGraceMilliseconds: Int64 = 30_000
+    /// long enough for the storage component's backoff retries. Read by the
+    /// feeder thread, set by tests and the agent: hence atomic.
+    public var persistGraceMilliseconds: Int64 {
+        get { persistGrace.load(ordering: .relaxed) }
+        set { persistGrace.store(newValue, ordering: .relaxed) }
+    }
+    private let persistGrace = Atomic<Int64>(30_000)
 
     init(reaper: Reaper, log: @escaping @Sendable (String) -> Void = { Console.line($0) },
-                clock: @escaping @Sendable () -> Int64 = { Sys.monotonicMilliseconds() }) {
+                clock: @escaping @Sendable () -> Int64 = { MonotonicClock.now().milliseconds }) {
         self.reaper = reaper
         self.log = log
         self.clock = clock
@@ -106,7 +113,7 @@ public final class Supervisor: @unchecked Sendable {
         case .task(let body):
             let context = ComponentContext(name: name, generation: generation, supervisor: self)
             do {
-                try Threads.start(name: name) { [self] in
+                try NamedThread.detach(name: name) { [self] in
                     do {
                         try body(context)
                         if !stopSignal.isRaised { ended(name, generation: generation, error: "\(ComponentReturned())") }
@@ -261,7 +268,7 @@ public final class Supervisor: @unchecked Sendable {
         while clock() < deadline {
             reaper.reapAll()
             if pids.allSatisfy({ kill($0, 0) != 0 }) { break }
-            Sys.sleep(milliseconds: 50)
+            MonotonicClock.sleep(for: .milliseconds(50))
         }
     }
 

@@ -9,9 +9,11 @@
 import Glibc
 #endif
 import OutpostShims
+import OutpostPlatform
+import Synchronization
 
 /// One opened watchdog device.
-public final class Watchdog: @unchecked Sendable {
+public final class Watchdog: Sendable {
     /// What `outpostd status` says about the device.
     public struct Info: Sendable, Equatable {
         public var device: String
@@ -25,10 +27,10 @@ public final class Watchdog: @unchecked Sendable {
 
     public static let softwareIdentity = "Software Watchdog"
     public let info: Info
-    private let fd: Locked<Int32>
+    private let fd: Mutex<Int32>
 
     private init(fd: Int32, info: Info) {
-        self.fd = Locked(fd)
+        self.fd = Mutex(fd)
         self.info = info
     }
 
@@ -44,8 +46,8 @@ public final class Watchdog: @unchecked Sendable {
 
     /// Opens the best device and sets its timeout. Throws when there is no
     /// watchdog at all; the caller reports that in status and runs without one.
-    public static func open(timeoutSeconds: Int) throws(SystemCallError) -> Watchdog {
-        var lastError = SystemCallError(call: "open", target: "/dev/watchdog*", errno: ENOENT)
+    public static func open(timeoutSeconds: Int) throws(SystemError) -> Watchdog {
+        var lastError = SystemError(call: "open", object: "/dev/watchdog*", code: ENOENT)
         for candidate in candidates() {
             do {
                 return try open(device: candidate.device, identityHint: candidate.identity, timeoutSeconds: timeoutSeconds)
@@ -56,28 +58,28 @@ public final class Watchdog: @unchecked Sendable {
         throw lastError
     }
 
-    static func open(device: String, identityHint: String, timeoutSeconds: Int) throws(SystemCallError) -> Watchdog {
+    static func open(device: String, identityHint: String, timeoutSeconds: Int) throws(SystemError) -> Watchdog {
         let fd = try Sys.open(device, O_WRONLY)
         var identityBuffer = [CChar](repeating: 0, count: 33)
         var options: UInt32 = 0
         var identity = identityHint
-        if (try? retrying("ioctl(WDIOC_GETSUPPORT)", device, {
+        if (try? systemCall("ioctl(WDIOC_GETSUPPORT)", device, {
             OutpostShims_watchdog_getsupport(fd, &identityBuffer, &options)
         })) != nil {
             identity = String(decoding: identityBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         }
         var timeout = Int32(timeoutSeconds)
         do {
-            try retrying("ioctl(WDIOC_SETTIMEOUT)", device) { OutpostShims_watchdog_settimeout(fd, &timeout) }
+            try systemCall("ioctl(WDIOC_SETTIMEOUT)", device) { OutpostShims_watchdog_settimeout(fd, &timeout) }
         } catch {
             // Leave the device running on its default timeout rather than unfed.
             var current: Int32 = 0
-            if (try? retrying("ioctl(WDIOC_GETTIMEOUT)", device, { OutpostShims_watchdog_gettimeout(fd, &current) })) != nil {
+            if (try? systemCall("ioctl(WDIOC_GETTIMEOUT)", device, { OutpostShims_watchdog_gettimeout(fd, &current) })) != nil {
                 timeout = current
             }
         }
         var flags: Int32 = 0
-        let bootStatus: Int32? = (try? retrying("ioctl(WDIOC_GETBOOTSTATUS)", device, {
+        let bootStatus: Int32? = (try? systemCall("ioctl(WDIOC_GETBOOTSTATUS)", device, {
             OutpostShims_watchdog_getbootstatus(fd, &flags)
         })) != nil ? flags : nil
         let watchdog = Watchdog(fd: fd, info: Info(device: device, identity: identity, timeoutSeconds: Int(timeout),
@@ -88,19 +90,19 @@ public final class Watchdog: @unchecked Sendable {
     }
 
     /// One keepalive. A closed device (after `disarm`) is left alone.
-    public func feed() throws(SystemCallError) {
+    public func feed() throws(SystemError) {
         let device = info.device
-        try fd.withLock { (fd: inout Int32) throws(SystemCallError) in
+        try fd.withLock { (fd: inout Int32) throws(SystemError) in
             guard fd >= 0 else { return }
-            try retrying("ioctl(WDIOC_KEEPALIVE)", device) { OutpostShims_watchdog_keepalive(fd) }
+            try systemCall("ioctl(WDIOC_KEEPALIVE)", device) { OutpostShims_watchdog_keepalive(fd) }
         }
     }
 
     /// Magic close: 'V' then close(2) disarms the timer. Only for an orderly
     /// shutdown, right before reboot(2).
-    public func disarm() throws(SystemCallError) {
+    public func disarm() throws(SystemError) {
         let device = info.device
-        try fd.withLock { (fd: inout Int32) throws(SystemCallError) in
+        try fd.withLock { (fd: inout Int32) throws(SystemError) in
             guard fd >= 0 else { return }
             defer { Sys.close(fd); fd = -1 }
             try Sys.writeAll(fd, [UInt8(ascii: "V")], target: device)

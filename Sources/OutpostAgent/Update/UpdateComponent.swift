@@ -15,7 +15,7 @@ enum UpdateComponent {
                 unhealthy: { health(supervisor) },
                 alive: { try? context.beat() },
                 reboot: { reason in context.requestShutdown(request(for: reason)) })
-            while context.sleep(milliseconds: 10_000) { try context.beat() }
+            while context.sleep(for: .milliseconds(10_000)) { try context.beat() }
         })
     }
 

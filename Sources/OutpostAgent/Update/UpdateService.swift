@@ -11,6 +11,7 @@ import FoundationEssentials
 import OutpostBundle
 import OutpostDisk
 import OutpostUpdate
+import OutpostPlatform
 
 /// Where the agent's update inputs and outputs live on the device.
 public struct UpdatePaths: Sendable {
@@ -51,7 +52,7 @@ public enum UpdateRebootReason: Sendable, Equatable {
     case testFailed(version: String?, reason: String)
 }
 
-public final class UpdateService: @unchecked Sendable {
+public final class UpdateService: Sendable {
     public let diskPath: String
     public let bootedPartUUID: String
     public let version: String
@@ -125,12 +126,12 @@ public final class UpdateService: @unchecked Sendable {
     /// Polls health once a second for the window. Returns the first reason
     /// the system was unhealthy, or nil if it stayed healthy throughout.
     func testWindow(seconds: Int, unhealthy: () -> String?, alive: () -> Void) -> String? {
-        let end = Sys.monotonicMilliseconds() + Int64(seconds) * 1000
+        let end = MonotonicClock.now().milliseconds + Int64(seconds) * 1000
         repeat {
             alive()
             if let reason = unhealthy() { return reason }
-            Sys.sleep(milliseconds: 1000)
-        } while Sys.monotonicMilliseconds() < end
+            MonotonicClock.sleep(for: .milliseconds(1000))
+        } while MonotonicClock.now().milliseconds < end
         return unhealthy()
     }
 

@@ -2,6 +2,7 @@ import FoundationEssentials
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
 
 /// What a port has to reach the world: from its static settings or from a DHCP lease.
 public struct PortAddressing: Equatable, Sendable {
@@ -47,7 +48,7 @@ final class RouteApplier {
     static func setSysctls() throws(NetworkApplyError) {
         for (path, value) in [("/proc/sys/net/ipv4/conf/all/ignore_routes_with_linkdown", "1"),
                               ("/proc/sys/net/ipv4/conf/default/ignore_routes_with_linkdown", "1")] {
-            do { try AtomicFile.writeInPlace(value + "\n", to: path) } catch { throw .file(error) }
+            do throws(SystemError) { try FileIO.writeInPlace(value + "\n", to: path) } catch { throw .file(error) }
         }
     }
 
@@ -123,6 +124,6 @@ final class RouteApplier {
     /// Writes resolv.conf atomically (temp + rename), so resolvers never read half a file.
     func writeResolvConf(_ servers: [IPv4]) throws(NetworkApplyError) {
         let text = "# written by outpostd: DNS follows the active port\n" + servers.map { "nameserver \($0)\n" }.joined()
-        do { try AtomicFile.write(Data(text.utf8), to: resolvConfPath) } catch { throw .file(error) }
+        do throws(SystemError) { try FileIO.writeAtomically(Array(text.utf8), to: resolvConfPath) } catch { throw .file(error) }
     }
 }

@@ -1,8 +1,9 @@
 import FoundationEssentials
+import OutpostPlatform
 
 /// Why the last-known-good list could not be read or written; names the path and the call.
 public enum LastKnownGoodError: Error, Equatable, CustomStringConvertible {
-    case io(FileError)
+    case io(SystemError)
     case corrupt(path: String, detail: String)
 
     public var description: String {
@@ -17,7 +18,8 @@ public enum LastKnownGoodError: Error, Equatable, CustomStringConvertible {
 /// directory on PERSIST. It is replaced atomically (write temp, fsync, rename, fsync dir) so a
 /// power cut leaves either the old list or the new one, never a torn file.
 ///
-/// File: a JSON list of configuration objects, newest first, each exactly as it was validated.
+/// File: a JSON list of configuration objects, newest first, in the configuration file's own
+/// fields (`NetworkConfig`'s Encodable form, sorted keys).
 public struct LastKnownGoodStore: Sendable {
     public let directory: String
     public let capacity: Int
@@ -30,18 +32,17 @@ public struct LastKnownGoodStore: Sendable {
 
     /// All stored configurations, newest first; an absent file is an empty list.
     public func load() throws(LastKnownGoodError) -> [NetworkConfig] {
-        let data: Data
-        do {
-            guard let bytes = try AtomicFile.read(path) else { return [] }
-            data = bytes
-        } catch { throw .io(error) }
-        guard case .array(let list)? = try? JSONValue.parse(data) else {
+        let bytes: [UInt8]?
+        do throws(SystemError) { bytes = try FileIO.readIfPresent(path) } catch { throw .io(error) }
+        guard let bytes else { return [] }
+        guard let entries = try? JSONDecoder().decode([Entry].self, from: Data(bytes)) else {
             throw .corrupt(path: path, detail: "not a JSON list")
         }
         var configs: [NetworkConfig] = []
-        for (i, entry) in list.enumerated() {
-            do { configs.append(try NetworkConfig(value: entry, source: entry.encoded())) } catch {
-                throw .corrupt(path: path, detail: "entry \(i): \(error)")
+        for (i, entry) in entries.enumerated() {
+            switch entry.config {
+            case .success(let config): configs.append(config)
+            case .failure(let error): throw .corrupt(path: path, detail: "entry \(i): \(error)")
             }
         }
         return configs
@@ -56,13 +57,29 @@ public struct LastKnownGoodStore: Sendable {
     }
 
     private func write(_ configs: [NetworkConfig]) throws(LastKnownGoodError) {
-        // Each source parsed as a JSON object when it was validated, so joining them is a valid list.
-        var data = Data("[\n".utf8)
-        for (i, config) in configs.enumerated() {
-            if i > 0 { data.append(contentsOf: Array(",\n".utf8)) }
-            data.append(config.source)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        let data: Data
+        do { data = try encoder.encode(configs) } catch {
+            throw .corrupt(path: path, detail: "cannot encode: \(error)")
         }
-        data.append(contentsOf: Array("\n]\n".utf8))
-        do { try AtomicFile.write(data, to: path, mode: 0o600) } catch { throw .io(error) }
+        do throws(SystemError) { try FileIO.writeAtomically(Array(data) + [0x0A], to: path, mode: 0o600) } catch {
+            throw .io(error)
+        }
+    }
+
+    /// One list entry, validated like a pushed file; a bad entry is kept as
+    /// its error so the report can say which entry it was.
+    private struct Entry: Decodable {
+        let config: Result<NetworkConfig, NetworkConfigError>
+
+        init(from decoder: any Decoder) throws {
+            do {
+                let document = try NetworkConfig.Document(from: decoder)
+                config = .success(NetworkConfig(document))
+            } catch let error as NetworkConfigError {
+                config = .failure(error)
+            }
+        }
     }
 }

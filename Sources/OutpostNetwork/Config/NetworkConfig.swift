@@ -1,4 +1,5 @@
 import FoundationEssentials
+import OutpostHTTP
 
 /// Why a network configuration was refused. Each case names the field, so the one-line
 /// description tells a technician exactly what to fix; the previous configuration stays active.
@@ -94,7 +95,8 @@ public struct NetworkConfig: Equatable, Sendable {
     public let probe: HTTPURL?
     /// How long a pushed configuration may take to yield a usable port before it is rolled back.
     public let testTime: Duration
-    /// The original bytes, persisted as-is in the last-known-good list.
+    /// The bytes it was parsed from (the canonical encoding for one read back
+    /// from the last-known-good list).
     public let source: Data
 
     /// The built-in fallback when neither the last-known-good list nor the bootstrap file gives a
@@ -114,6 +116,15 @@ public struct NetworkConfig: Equatable, Sendable {
         self.source = source
     }
 
+    /// A configuration read back from its encoded form; `source` is that canonical encoding.
+    init(_ document: Document) {
+        let settings = NetworkConfig(ports: document.ports, probe: document.probe, testTime: document.testTime, source: Data())
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        self.init(ports: document.ports, probe: document.probe, testTime: document.testTime,
+                  source: (try? encoder.encode(settings)) ?? Data())
+    }
+
     /// Ports ordered by preference: cost, then the fixed eth0/wlan0/wwan0 order.
     public var portsByPreference: [PortConfig] {
         ports.sorted { ($0.cost, Self.knownPorts.firstIndex(of: $0.name) ?? 9) < ($1.cost, Self.knownPorts.firstIndex(of: $1.name) ?? 9) }
@@ -127,115 +138,127 @@ public struct NetworkConfig: Equatable, Sendable {
     /// Parses and validates in one step; throws the first problem found, naming its field.
     public init(json: Data) throws(NetworkConfigError) {
         guard json.count <= 256 * 1024 else { throw .malformedJSON(detail: "larger than 256 KiB") }
-        let root: JSONValue
-        do { root = try JSONValue.parse(json) } catch { throw .malformedJSON(detail: error.detail) }
-        try self.init(value: root, source: json)
+        let document: Document
+        do {
+            document = try JSONDecoder().decode(Document.self, from: json)
+        } catch let error as NetworkConfigError {
+            throw error
+        } catch {
+            throw .malformedJSON(detail: Self.summary(of: error))
+        }
+        self.init(ports: document.ports, probe: document.probe, testTime: document.testTime, source: json)
     }
 
-    /// Validates an already parsed tree (a last-known-good entry).
-    public init(value root: JSONValue, source: Data) throws(NetworkConfigError) {
-        guard case .object(let object) = root else { throw .invalid(field: "(root)", value: "\(root)", reason: "is not an object") }
-        for key in object.keys.sorted() where !["ports", "probe", "testTime"].contains(key) {
-            throw .invalid(field: key, value: key, reason: "is not a known setting (ports, probe, testTime)")
-        }
-        guard let portsValue = object["ports"] else { throw .missing(field: "ports") }
-        guard case .object(let ports) = portsValue else { throw .invalid(field: "ports", value: "\(portsValue)", reason: "is not an object") }
-        guard !ports.isEmpty else { throw .noPorts }
-        var parsed: [PortConfig] = []
-        for name in ports.keys.sorted() {
-            guard Self.knownPorts.contains(name) else {
-                throw .invalid(field: "ports.\(name)", value: name, reason: "is not one of eth0, wlan0, wwan0")
-            }
-            guard case .object(let port)? = ports[name] else {
-                throw .invalid(field: "ports.\(name)", value: "\(ports[name] ?? .null)", reason: "is not an object")
-            }
-            parsed.append(try Self.parsePort(name: name, port))
-        }
-        let macs = parsed.compactMap(\.mac)
-        if let duplicate = macs.first(where: { m in macs.filter { $0 == m }.count > 1 }) {
-            throw .invalid(field: "ports.*.mac", value: duplicate, reason: "is given to more than one port")
-        }
+    /// The settings as the file holds them, decoded field by field so that a
+    /// wrong type, an unknown key or a bad value is reported with its path
+    /// ("ports.eth0.cost") instead of the decoder's nested context.
+    struct Document: Decodable {
+        var ports: [PortConfig]
         var probe: HTTPURL?
-        if let value = object["probe"] {
-            guard case .string(let text) = value, let url = HTTPURL(text) else {
-                throw .invalid(field: "probe", value: "\(value)", reason: "is not an http(s)://host[:port]/path URL")
+        var testTime: Duration
+
+        init(from decoder: any Decoder) throws {
+            let root = try ConfigObject(decoder: decoder)
+            for key in root.keys where !["ports", "probe", "testTime"].contains(key) {
+                throw NetworkConfigError.invalid(field: key, value: key, reason: "is not a known setting (ports, probe, testTime)")
             }
-            probe = url
-        }
-        var testTime = Self.defaultTestTime
-        if let value = object["testTime"] {
-            guard case .integer(let seconds) = value, (1...3600).contains(seconds) else {
-                throw .invalid(field: "testTime", value: "\(value)", reason: "is not a whole number of seconds in 1...3600")
+            guard root.has("ports") else { throw NetworkConfigError.missing(field: "ports") }
+            let ports = try root.object("ports")
+            guard !ports.keys.isEmpty else { throw NetworkConfigError.noPorts }
+            var parsed: [PortConfig] = []
+            for name in ports.keys {
+                guard NetworkConfig.knownPorts.contains(name) else {
+                    throw NetworkConfigError.invalid(field: "ports.\(name)", value: name, reason: "is not one of eth0, wlan0, wwan0")
+                }
+                parsed.append(try NetworkConfig.parsePort(name: name, try ports.object(name)))
             }
-            testTime = .seconds(seconds)
+            let macs = parsed.compactMap(\.mac)
+            if let duplicate = macs.first(where: { m in macs.filter { $0 == m }.count > 1 }) {
+                throw NetworkConfigError.invalid(field: "ports.*.mac", value: duplicate, reason: "is given to more than one port")
+            }
+            self.ports = parsed
+            probe = nil
+            if root.has("probe") {
+                guard let text = root.string("probe"), let url = try? HTTPURL(text), url.isIPv4OrName else {
+                    throw NetworkConfigError.invalid(field: "probe", value: root.render("probe"), reason: "is not an http(s)://host[:port]/path URL")
+                }
+                probe = url
+            }
+            testTime = NetworkConfig.defaultTestTime
+            if root.has("testTime") {
+                guard let seconds = root.int("testTime"), (1...3600).contains(seconds) else {
+                    throw NetworkConfigError.invalid(field: "testTime", value: root.render("testTime"),
+                                                     reason: "is not a whole number of seconds in 1...3600")
+                }
+                testTime = .seconds(seconds)
+            }
         }
-        self.init(ports: parsed, probe: probe, testTime: testTime, source: source)
     }
 
     private static let portKeys: Set<String> = ["mode", "cost", "proxy", "pac", "mac", "address", "gateway", "dns"]
 
-    private static func parsePort(name: String, _ port: [String: JSONValue]) throws(NetworkConfigError) -> PortConfig {
-        let f = "ports.\(name)"
-        for key in port.keys.sorted() where !portKeys.contains(key) {
+    private static func parsePort(name: String, _ port: ConfigObject) throws(NetworkConfigError) -> PortConfig {
+        let f = port.path
+        for key in port.keys where !portKeys.contains(key) {
             throw .invalid(field: "\(f).\(key)", value: key, reason: "is not a known port setting")
         }
-        guard let modeValue = port["mode"] else { throw .missing(field: "\(f).mode") }
-        guard case .string(let mode) = modeValue else { throw .invalid(field: "\(f).mode", value: "\(modeValue)", reason: "is not a string") }
-        guard let costValue = port["cost"] else { throw .missing(field: "\(f).cost") }
-        guard case .integer(let cost) = costValue, (0...10_000).contains(cost) else {
-            throw .invalid(field: "\(f).cost", value: "\(costValue)", reason: "is not an integer in 0...10000")
+        guard port.has("mode") else { throw .missing(field: "\(f).mode") }
+        guard let mode = port.string("mode") else { throw .invalid(field: "\(f).mode", value: port.render("mode"), reason: "is not a string") }
+        guard port.has("cost") else { throw .missing(field: "\(f).cost") }
+        guard let cost = port.int("cost"), (0...10_000).contains(cost) else {
+            throw .invalid(field: "\(f).cost", value: port.render("cost"), reason: "is not an integer in 0...10000")
         }
         var proxy: HTTPURL?
-        if let p = port["proxy"] {
-            guard case .string(let s) = p, let url = HTTPURL(s), url.scheme == "http", url.path == "/" else {
-                throw .invalid(field: "\(f).proxy", value: "\(p)", reason: "is not an http://host:port proxy URL")
+        if port.has("proxy") {
+            guard let s = port.string("proxy"), let url = try? HTTPURL(s), url.isIPv4OrName, url.scheme == .http, url.path == "/" else {
+                throw .invalid(field: "\(f).proxy", value: port.render("proxy"), reason: "is not an http://host:port proxy URL")
             }
             proxy = url
         }
         var pac: HTTPURL?
-        if let p = port["pac"] {
-            guard case .string(let s) = p, let url = HTTPURL(s) else {
-                throw .invalid(field: "\(f).pac", value: "\(p)", reason: "is not an http(s) URL")
+        if port.has("pac") {
+            guard let s = port.string("pac"), let url = try? HTTPURL(s), url.isIPv4OrName else {
+                throw .invalid(field: "\(f).pac", value: port.render("pac"), reason: "is not an http(s) URL")
             }
             pac = url
         }
         var mac: String?
-        if let m = port["mac"] {
-            guard case .string(let s) = m, let normal = normalizedMAC(s) else {
-                throw .invalid(field: "\(f).mac", value: "\(m)", reason: "is not a MAC address (six hex pairs separated by ':')")
+        if port.has("mac") {
+            guard let s = port.string("mac"), let normal = normalizedMAC(s) else {
+                throw .invalid(field: "\(f).mac", value: port.render("mac"), reason: "is not a MAC address (six hex pairs separated by ':')")
             }
             mac = normal
         }
         switch mode {
         case "dhcp":
-            for key in ["address", "gateway", "dns"] where port[key] != nil {
-                throw .invalid(field: "\(f).\(key)", value: "\(port[key] ?? .null)", reason: "is only allowed with mode static")
+            for key in ["address", "gateway", "dns"] where port.has(key) {
+                throw .invalid(field: "\(f).\(key)", value: port.render(key), reason: "is only allowed with mode static")
             }
             return PortConfig(name: name, mode: .dhcp, cost: cost, proxy: proxy, pac: pac, mac: mac)
         case "static":
-            guard let addressValue = port["address"] else { throw .missing(field: "\(f).address") }
-            guard case .string(let text) = addressValue else {
-                throw .invalid(field: "\(f).address", value: "\(addressValue)", reason: "is not an IPv4 address with prefix (a.b.c.d/n)")
+            guard port.has("address") else { throw .missing(field: "\(f).address") }
+            guard let text = port.string("address") else {
+                throw .invalid(field: "\(f).address", value: port.render("address"), reason: "is not an IPv4 address with prefix (a.b.c.d/n)")
             }
             let pieces = text.split(separator: "/", omittingEmptySubsequences: false)
             guard pieces.count == 2, let address = IPv4(String(pieces[0])), let prefix = Int(pieces[1]), (1...32).contains(prefix) else {
                 throw .invalid(field: "\(f).address", value: text, reason: "is not an IPv4 address with prefix (a.b.c.d/n)")
             }
-            guard let gwValue = port["gateway"] else { throw .missing(field: "\(f).gateway") }
-            guard case .string(let gwText) = gwValue, let gateway = IPv4(gwText) else {
-                throw .invalid(field: "\(f).gateway", value: "\(gwValue)", reason: "is not an IPv4 address")
+            guard port.has("gateway") else { throw .missing(field: "\(f).gateway") }
+            guard let gwText = port.string("gateway"), let gateway = IPv4(gwText) else {
+                throw .invalid(field: "\(f).gateway", value: port.render("gateway"), reason: "is not an IPv4 address")
             }
             guard gateway.masked(prefix) == address.masked(prefix), gateway != address else {
                 throw .invalid(field: "\(f).gateway", value: gwText, reason: "is not another address inside \(address.masked(prefix))/\(prefix)")
             }
             var dns: [IPv4] = []
-            if let dnsValue = port["dns"] {
-                guard case .array(let list) = dnsValue, list.count <= 3 else {
-                    throw .invalid(field: "\(f).dns", value: "\(dnsValue)", reason: "is not a list of at most 3 addresses")
+            if port.has("dns") {
+                guard let list = port.strings("dns"), list.count <= 3 else {
+                    throw .invalid(field: "\(f).dns", value: port.render("dns"), reason: "is not a list of at most 3 addresses")
                 }
                 for (i, item) in list.enumerated() {
-                    guard case .string(let s) = item, let ip = IPv4(s) else {
-                        throw .invalid(field: "\(f).dns[\(i)]", value: "\(item)", reason: "is not an IPv4 address")
+                    guard let s = item, let ip = IPv4(s) else {
+                        throw .invalid(field: "\(f).dns[\(i)]", value: item ?? "(not a string)", reason: "is not an IPv4 address")
                     }
                     dns.append(ip)
                 }
@@ -245,6 +268,21 @@ public struct NetworkConfig: Equatable, Sendable {
         default:
             throw .invalid(field: "\(f).mode", value: mode, reason: "is not dhcp or static")
         }
+    }
+
+    /// The decoder's complaint about bytes that are not JSON, as one short line.
+    static func summary(of error: any Error) -> String {
+        let text: String
+        switch error {
+        case DecodingError.dataCorrupted(let context):
+            text = context.underlyingError.map { "\($0)" }.flatMap { $0.isEmpty ? nil : $0 } ?? context.debugDescription
+        case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context),
+             DecodingError.keyNotFound(_, let context):
+            text = context.debugDescription
+        default:
+            text = "\(error)"
+        }
+        return oneLine(text, limit: 120)
     }
 
     /// Lower-case "aa:bb:cc:dd:ee:ff", or nil.

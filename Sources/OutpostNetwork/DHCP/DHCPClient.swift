@@ -2,6 +2,8 @@ import FoundationEssentials
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
+import Synchronization
 
 /// A DHCPv4 client for one port (RFC 2131), run on its own thread by the manager.
 ///
@@ -12,7 +14,7 @@ import Glibc
 /// It uses a kernel UDP socket on port 68 pinned to the port with SO_BINDTODEVICE; requests
 /// set the BROADCAST flag, so the server's answers reach the port before it has an address.
 /// Retries back off exponentially up to a bound, and `kick()` (carrier came back) retries at once.
-public final class DHCPClient: @unchecked Sendable {
+public final class DHCPClient: Sendable {
     public struct Timing: Sendable {
         /// First wait for an answer; doubled after each silence up to `maximumRetry`.
         public var initialRetry: Duration = .seconds(2)
@@ -31,20 +33,22 @@ public final class DHCPClient: @unchecked Sendable {
     private let mac: [UInt8]
     private let timing: Timing
     private let report: @Sendable (Event) -> Void
-    private let control = Guarded((stopped: false, kicked: false, lastError: String?.none))
-    private var wake: [Int32] = [-1, -1]
-    private var socketFD: Int32 = -1
+    private let control = Mutex((stopped: false, kicked: false, lastError: String?.none))
+    /// Wakes `run` out of poll(2) for stop and kick.
+    private let wakeup: Wakeup
+    /// The UDP socket; opened and used by the `run` thread, closed at deinit.
+    private let socket = Mutex<Int32>(-1)
+    private var socketFD: Int32 { socket.withLock { $0 } }
 
     public init(device: String, mac: [UInt8], timing: Timing = Timing(), report: @escaping @Sendable (Event) -> Void) throws(NetlinkError) {
         self.device = device
         self.mac = mac
         self.timing = timing
         self.report = report
-        wake = try makeWakePipe(for: "dhcp \(device)")
+        do { wakeup = try Wakeup(label: "dhcp \(device)") } catch { throw .system(error) }
     }
 
     deinit {
-        for fd in wake where fd >= 0 { close(fd) }
         if socketFD >= 0 { close(socketFD) }
     }
 
@@ -62,10 +66,7 @@ public final class DHCPClient: @unchecked Sendable {
         poke()
     }
 
-    private func poke() {
-        var byte: UInt8 = 1
-        _ = retryingEINTR { write(wake[1], &byte, 1) }
-    }
+    private func poke() { wakeup.signal() }
 
     private var stopped: Bool { control.withLock { $0.stopped } }
 
@@ -77,7 +78,7 @@ public final class DHCPClient: @unchecked Sendable {
         var lease: DHCPLease?
         while !stopped {
             if socketFD < 0 {
-                do { socketFD = try openSocket() } catch {
+                do { let fd = try openSocket(); socket.withLock { $0 = fd } } catch {
                     note("\(error)")
                     _ = waitForAnswer(until: .now + backoff, xid: 0) { _ in false }
                     backoff = min(backoff * 2, timing.maximumRetry)
@@ -183,8 +184,8 @@ public final class DHCPClient: @unchecked Sendable {
     // MARK: socket
 
     private func openSocket() throws(NetlinkError) -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { throw .system(call: "socket", target: "dhcp \(device)", errno: errno) }
+        let fd = Glibc.socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { throw .system(.current("socket", "dhcp \(device)")) }
         var one: Int32 = 1
         let size = socklen_t(MemoryLayout<Int32>.size)
         let steps: [(String, () -> Int32)] = [
@@ -199,9 +200,9 @@ public final class DHCPClient: @unchecked Sendable {
             }),
         ]
         for (call, step) in steps where step() != 0 {
-            let e = errno
+            let error = SystemError.current(call, device)
             close(fd)
-            throw .system(call: call, target: device, errno: e)
+            throw .system(error)
         }
         return fd
     }
@@ -212,16 +213,23 @@ public final class DHCPClient: @unchecked Sendable {
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = UInt16(67).bigEndian
         addr.sin_addr.s_addr = address.value.bigEndian
-        let n = withUnsafePointer(to: &addr) { a in
-            a.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                bytes.withUnsafeBytes { buf in retryingEINTR { sendto(socketFD, buf.baseAddress, buf.count, 0, sa, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let fd = socketFD
+        let target = "\(address):67"
+        let sent = Result { () throws(SystemError) -> Int in
+            try withUnsafePointer(to: &addr) { (a) throws(SystemError) -> Int in
+                try a.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(SystemError) -> Int in
+                    try systemCall("sendto", target) {
+                        bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, sa, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                    }
+                }
             }
         }
-        guard n == bytes.count else {
-            note("dhcp \(device): sendto \(address):67: \(errnoText(errno))")
-            return false
+        switch sent {
+        case .success(let n) where n == bytes.count: return true
+        case .success(let n): note("dhcp \(device): sendto \(target): sent \(n) of \(bytes.count) bytes")
+        case .failure(let error): note("dhcp \(device): \(error)")
         }
-        return true
+        return false
     }
 
     /// Waits until `deadline` for a reply with this xid and our hardware address that `accept`
@@ -232,13 +240,12 @@ public final class DHCPClient: @unchecked Sendable {
             if control.withLock({ $0.kicked }) { return nil }
             let left = ContinuousClock.now.duration(to: deadline)
             guard left > .zero else { return nil }
-            var fds = [pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0), pollfd(fd: wake[0], events: Int16(POLLIN), revents: 0)]
-            let r = poll(&fds, 2, pollMilliseconds(left))
-            if r < 0 && errno != EINTR { note("dhcp \(device): poll: \(errnoText(errno))"); return nil }
-            if fds[1].revents != 0 {
-                var sink = [UInt8](repeating: 0, count: 64)
-                while read(wake[0], &sink, sink.count) > 0 {}
+            var fds = [pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeup.fileDescriptor, events: Int16(POLLIN), revents: 0)]
+            do throws(SystemError) { _ = try pollDescriptors(&fds, timeout: left, object: "dhcp \(device)") } catch {
+                note("dhcp \(device): \(error)")
+                return nil
             }
+            if fds[1].revents != 0 { wakeup.consume() }
             guard fds[0].revents != 0 else { continue }
             while true {
                 let n = buffer.withUnsafeMutableBytes { recv(socketFD, $0.baseAddress, $0.count, 0) }

@@ -3,16 +3,17 @@ import FoundationEssentials
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
 
 /// Why talking to the kernel failed; names the libnl or system call and its error.
 public enum NetlinkError: Error, Equatable, CustomStringConvertible {
     case libnl(call: String, code: Int32)
-    case system(call: String, target: String, errno: Int32)
+    case system(SystemError)
 
     public var description: String {
         switch self {
         case .libnl(let call, let code): return "netlink: \(call): \(String(cString: nl_geterror(code)))"
-        case .system(let call, let target, let e): return "\(call) \(target): \(String(cString: strerror(e)))"
+        case .system(let error): return error.description
         }
     }
 }

@@ -3,13 +3,14 @@ import FoundationEssentials
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
 
 /// Why a change to links, addresses or routes failed: the libnl call, its target, the error.
 public enum NetworkApplyError: Error, Equatable, CustomStringConvertible {
     case netlink(call: String, target: String, code: Int32)
     case noSuchLink(name: String)
     case nameTaken(name: String, mac: String)
-    case file(FileError)
+    case file(SystemError)
 
     public var description: String {
         switch self {

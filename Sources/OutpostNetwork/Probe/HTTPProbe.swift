@@ -30,14 +30,8 @@ public enum HTTPProbe {
     /// Returns the response body of a 2xx answer (at most 64 KiB).
     public static func get(_ url: HTTPURL, device: String?, proxy: HTTPURL? = nil, tls: TLSContext? = nil,
                            timeout: Duration) throws(ProbeError) -> String {
-        let target: OutpostHTTP.HTTPURL
         var options = HTTPOptions()
-        do {
-            target = try OutpostHTTP.HTTPURL(url.description)
-            if let proxy { options.proxy = try OutpostHTTP.HTTPURL(proxy.description) }
-        } catch {
-            throw .badURL(url.description)
-        }
+        options.proxy = proxy
         options.device = device
         options.tls = tls
         options.connectTimeout = timeout
@@ -45,7 +39,7 @@ public enum HTTPProbe {
         var headers = [("User-Agent", "outpostd-probe")]
         if let device { headers.append(("X-Outpost-Port", device)) }
         do {
-            let response = try HTTPClient.send(HTTPRequest(target, headers: headers), options: options)
+            let response = try HTTPClient.send(HTTPRequest(url, headers: headers), options: options)
             let body = try response.readAll(limit: 64 << 10)
             guard (200..<300).contains(response.status) else { throw ProbeError.badResponse(status: response.status) }
             return String(decoding: body, as: UTF8.self)

@@ -1,13 +1,14 @@
 import OutpostHTTP
+import Synchronization
 
 /// Which proxy a port's traffic to a URL takes: the port's static `proxy`, or the first
 /// route its PAC file gives for that URL. The PAC file is fetched through the port itself
 /// (pinned, direct), parsed once and kept for `refresh`; a PAC that cannot be fetched or is
 /// outside the supported subset makes the probe fail with that reason, so the console report
 /// shows it instead of the device guessing a route.
-final class PACResolver: @unchecked Sendable {
+final class PACResolver: Sendable {
     private let refresh: Duration
-    private let cache = Guarded([String: (fetched: ContinuousClock.Instant, script: PACScript)]())
+    private let cache = Mutex([String: (fetched: ContinuousClock.Instant, script: PACScript)]())
 
     init(refresh: Duration = .seconds(300)) { self.refresh = refresh }
 
@@ -20,7 +21,7 @@ final class PACResolver: @unchecked Sendable {
         do { routes = try script.routes(url: url.description, host: url.host) } catch { throw .pac(error.description) }
         switch routes.first {
         case .proxy(let host, let port)?:
-            guard let proxy = HTTPURL("http://\(host):\(port)/") else { throw .pac("pac: proxy '\(host):\(port)' is not usable") }
+            guard let proxy = try? HTTPURL("http://\(host):\(port)/"), proxy.isIPv4OrName else { throw .pac("pac: proxy '\(host):\(port)' is not usable") }
             return proxy
         case .direct?, nil:
             return nil

@@ -72,6 +72,12 @@ int OutpostShims_blkpg_resize_partition(int disk_fd, int partno,
 // Names (15 bytes at most) show in /proc/1/task/*/comm.
 void OutpostShims_set_thread_name(const char *name);
 
+// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK): OutpostPlatform's stop signal and
+// wake-ups. <sys/eventfd.h> is not part of Swift's Glibc module. One fd that
+// poll(2) can watch beside sockets, created close-on-exec atomically so a
+// concurrent spawn never inherits it.
+int OutpostShims_eventfd(void);
+
 // --- hardware watchdog (<linux/watchdog.h>) --------------------------------
 // WDIOC_* request numbers are function-like macros (_IOR/_IOWR), which Swift
 // cannot import, and ioctl(2) is variadic. `fd` is an open /dev/watchdogN.
