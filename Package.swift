@@ -76,6 +76,7 @@ let package = Package(
         // only: it links into the static outpostd.
         .target(name: "OutpostFleet", dependencies: [
             "OutpostProto", "OutpostHTTP", "OutpostPlatform", "COpenSSL", "CZlib",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
 
