@@ -29,7 +29,7 @@ final class Connection {
 
     /// Resolves `host`, then tries each address until one connects.
     static func open(host: String, port: Int, device: String?, label: String,
-                     until deadline: ContinuousClock.Instant) throws(HTTPError) -> Connection {
+                     until deadline: Deadline) throws(HTTPError) -> Connection {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -76,7 +76,7 @@ final class Connection {
 
     /// Runs the TLS handshake and checks the server's certificate against
     /// `context`'s anchors and `host` (a name, or an IP literal in the SAN).
-    func startTLS(_ context: TLSContext, host: String, until deadline: ContinuousClock.Instant) throws(HTTPError) {
+    func startTLS(_ context: TLSContext, host: String, until deadline: Deadline) throws(HTTPError) {
         guard let ssl = SSL_new(context.context) else { throw .tls(step: "setup", target: label, detail: TLSContext.lastError()) }
         self.ssl = ssl
         guard let bio = COpenSSL_socket_bio(fd) else { throw .tls(step: "setup", target: label, detail: "cannot allocate a BIO") }
@@ -105,7 +105,7 @@ final class Connection {
                                detail: "certificate not trusted: \(String(cString: X509_verify_cert_error_string(verify)))")
                 }
                 let detail = TLSContext.lastError()
-                throw .tls(step: "handshake", target: label, detail: detail.isEmpty ? "\(Self.describe(code)) (errno \(errno))" : detail)
+                throw .tls(step: "handshake", target: label, detail: detail.isEmpty ? "\(Self.describe(code)): \(Errno(rawValue: errno)) (errno \(errno))" : detail)
             }
         }
     }
@@ -126,7 +126,7 @@ final class Connection {
 
     // MARK: I/O
 
-    func writeAll(_ bytes: [UInt8], until deadline: ContinuousClock.Instant) throws(HTTPError) {
+    func writeAll(_ bytes: [UInt8], until deadline: Deadline) throws(HTTPError) {
         var done = 0
         while done < bytes.count {
             let n = try bytes.withTypedBytes { (raw) throws(HTTPError) -> Int in
@@ -137,7 +137,7 @@ final class Connection {
     }
 
     /// Writes some of `bytes`; waits while the socket is full.
-    private func write(_ bytes: UnsafeRawBufferPointer, until deadline: ContinuousClock.Instant) throws(HTTPError) -> Int {
+    private func write(_ bytes: UnsafeRawBufferPointer, until deadline: Deadline) throws(HTTPError) -> Int {
         while true {
             if let ssl {
                 ERR_clear_error()
@@ -159,7 +159,7 @@ final class Connection {
     }
 
     /// Reads what is available (waiting for at least one byte); 0 at the end of the stream.
-    func read(into buffer: UnsafeMutableRawBufferPointer, until deadline: ContinuousClock.Instant) throws(HTTPError) -> Int {
+    func read(into buffer: UnsafeMutableRawBufferPointer, until deadline: Deadline) throws(HTTPError) -> Int {
         while true {
             if let ssl {
                 ERR_clear_error()
@@ -186,7 +186,7 @@ final class Connection {
         }
     }
 
-    private func waitForTLS(_ ssl: OpaquePointer, _ rc: Int32, until deadline: ContinuousClock.Instant, step: String) throws(HTTPError) {
+    private func waitForTLS(_ ssl: OpaquePointer, _ rc: Int32, until deadline: Deadline, step: String) throws(HTTPError) {
         let code = SSL_get_error(ssl, rc)
         switch code {
         case SSL_ERROR_WANT_READ: try wait(for: Int16(POLLIN), until: deadline, step: step)
@@ -197,8 +197,8 @@ final class Connection {
         }
     }
 
-    func wait(for events: Int16, until deadline: ContinuousClock.Instant, step: String) throws(HTTPError) {
-        let left = ContinuousClock.now.duration(to: deadline)
+    func wait(for events: Int16, until deadline: Deadline, step: String) throws(HTTPError) {
+        let left = deadline.remaining
         guard left > .zero else { throw .timeout(step: step, target: label) }
         var entries = [pollfd(fd: fd, events: events, revents: 0)]
         let ready: Int

@@ -10,6 +10,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostPlatform
 
 /// How to reach the server; the defaults suit a download.
 public struct HTTPOptions: Sendable {
@@ -25,7 +26,7 @@ public struct HTTPOptions: Sendable {
     /// The longest wait for any one read or write after that.
     public var idleTimeout: Duration = .seconds(30)
     /// A bound on the whole exchange, body included, when set.
-    public var deadline: ContinuousClock.Instant?
+    public var deadline: Deadline?
 
     public init() {}
 }
@@ -53,8 +54,7 @@ public enum HTTPClient {
     public static func send(_ request: HTTPRequest, options: HTTPOptions = HTTPOptions()) throws(HTTPError) -> HTTPResponse {
         let url = request.url
         let label = url.description
-        let start = ContinuousClock.now
-        var headDeadline = start + options.connectTimeout
+        var headDeadline = Deadline(after: options.connectTimeout)
         if let overall = options.deadline { headDeadline = min(headDeadline, overall) }
 
         let connection: Connection
@@ -99,7 +99,7 @@ public enum HTTPClient {
     }
 
     /// CONNECT host:port through an HTTP proxy; after a 2xx the socket is a tunnel.
-    static func tunnel(_ connection: Connection, to url: HTTPURL, proxy: HTTPURL, until deadline: ContinuousClock.Instant) throws(HTTPError) {
+    static func tunnel(_ connection: Connection, to url: HTTPURL, proxy: HTTPURL, until deadline: Deadline) throws(HTTPError) {
         let text = "CONNECT \(url.hostPort) HTTP/1.1\r\nHost: \(url.hostPort)\r\n\r\n"
         try connection.writeAll(Array(text.utf8), until: deadline)
         // Read byte by byte up to the blank line: whatever follows belongs to TLS.
@@ -172,8 +172,8 @@ public final class HTTPResponse {
         return nil
     }
 
-    private var deadline: ContinuousClock.Instant {
-        let idle = ContinuousClock.now + options.idleTimeout
+    private var deadline: Deadline {
+        let idle = Deadline(after: options.idleTimeout)
         return options.deadline.map { min($0, idle) } ?? idle
     }
 
@@ -251,7 +251,7 @@ final class ByteReader {
 
     private var available: Int { buffer.count - start }
 
-    private func fill(until deadline: ContinuousClock.Instant) throws(HTTPError) -> Bool {
+    private func fill(until deadline: Deadline) throws(HTTPError) -> Bool {
         if start > 0 && start == buffer.count { buffer.removeAll(keepingCapacity: true); start = 0 }
         var chunk = [UInt8](repeating: 0, count: 16 << 10)
         let n = try chunk.withTypedMutableBytes { (raw) throws(HTTPError) -> Int in try connection.read(into: raw, until: deadline) }
@@ -260,7 +260,7 @@ final class ByteReader {
     }
 
     /// Up to and excluding the blank line that ends the headers.
-    func readHead(until deadline: ContinuousClock.Instant, step: String) throws(HTTPError) -> [UInt8] {
+    func readHead(until deadline: Deadline, step: String) throws(HTTPError) -> [UInt8] {
         let end = try scan(for: [13, 10, 13, 10], limit: HTTPClient.maxHeaderBytes, until: deadline, step: step)
         let head = Array(buffer[start..<end])
         start = end + 4
@@ -268,7 +268,7 @@ final class ByteReader {
     }
 
     /// One CRLF-terminated line, without the CRLF.
-    func readLine(until deadline: ContinuousClock.Instant, step: String) throws(HTTPError) -> String {
+    func readLine(until deadline: Deadline, step: String) throws(HTTPError) -> String {
         let end = try scan(for: [13, 10], limit: 4096, until: deadline, step: step)
         let line = String(decoding: buffer[start..<end], as: UTF8.self)
         start = end + 2
@@ -278,7 +278,7 @@ final class ByteReader {
     /// The index of `needle` at or after `start`, reading more as needed.
     /// `scanned` counts bytes after `start` already searched; it stays valid
     /// when `fill` compacts the buffer, which happens only when it is empty.
-    private func scan(for needle: [UInt8], limit: Int, until deadline: ContinuousClock.Instant, step: String) throws(HTTPError) -> Int {
+    private func scan(for needle: [UInt8], limit: Int, until deadline: Deadline, step: String) throws(HTTPError) -> Int {
         var scanned = 0
         while true {
             var i = start + max(0, scanned - (needle.count - 1))
@@ -298,7 +298,7 @@ final class ByteReader {
     }
 
     /// Buffered bytes first, then the socket.
-    func read(into out: UnsafeMutableRawBufferPointer, until deadline: ContinuousClock.Instant) throws(HTTPError) -> Int {
+    func read(into out: UnsafeMutableRawBufferPointer, until deadline: Deadline) throws(HTTPError) -> Int {
         if available > 0 {
             let n = min(available, out.count)
             buffer.withUnsafeBytes { raw in out.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[start..<start + n])) }

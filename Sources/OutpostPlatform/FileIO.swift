@@ -5,7 +5,7 @@
 // cut at any instant: after it, the old file or the new one is there, never a
 // torn mix and never nothing.
 //
-//   write  dir/.name.tmp-PID-N   (O_EXCL, mode as asked)
+//   write  dir/.name.tmp-PID-N   (mode as asked)
 //   fsync  the temp file         data on disk before the name points at it
 //   rename temp -> dir/name      atomic within one directory
 //   fsync  dir                   the rename itself survives the power cut
@@ -79,7 +79,10 @@ public enum FileIO {
         // never write into one temp file; the last rename wins whole.
         let serial = temporarySerial.add(1, ordering: .relaxed).newValue
         let temp = "\(directory == "/" ? "" : directory)/.\(name).tmp-\(getpid())-\(serial)"
-        let fd = try systemCall("open", temp) { open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode) }
+        // O_TRUNC, not O_EXCL: a file of this name can only be left over from a
+        // process that died mid-write (PID 1 has the same pid every boot), and
+        // it must not block the next write.
+        let fd = try systemCall("open", temp) { open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode) }
         do throws(SystemError) {
             // The umask may have narrowed `mode`; the caller asked for exactly it.
             try systemCall("fchmod", temp) { fchmod(fd, mode) }

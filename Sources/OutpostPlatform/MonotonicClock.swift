@@ -51,7 +51,7 @@ public enum MonotonicClock {
 
 /// A point in time a bounded wait must not pass: "at most five seconds for
 /// the lease", however many times the wait is woken or interrupted.
-public struct Deadline: Hashable, Sendable {
+public struct Deadline: Comparable, Hashable, Sendable {
     public var instant: MonotonicClock.Instant
 
     public init(_ instant: MonotonicClock.Instant) { self.instant = instant }
@@ -66,6 +66,9 @@ public struct Deadline: Hashable, Sendable {
 
     /// The time left as a poll(2) timeout; see `Duration.pollMilliseconds`.
     public var pollMilliseconds: Int32 { remaining.pollMilliseconds }
+
+    /// The earlier deadline comes first: `min` of two is the one that binds.
+    public static func < (a: Deadline, b: Deadline) -> Bool { a.instant < b.instant }
 }
 
 extension Duration {

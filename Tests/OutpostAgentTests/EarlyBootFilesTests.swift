@@ -1,3 +1,4 @@
+import OutpostPlatform
 import Testing
 @testable import OutpostAgent
 

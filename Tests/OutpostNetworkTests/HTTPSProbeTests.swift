@@ -61,7 +61,7 @@ extension FailoverTests {
         try manager.start()
         #expect(NamespaceHarness.waitUntil(.seconds(15)) { manager.snapshot().active == "eth0" } != nil,
                 "\(manager.snapshot().lastProbeError)")
-        let target = try #require(HTTPURL(url))
+        let target = try HTTPURL(url)
         let tls = options.probeTLS
         func viaDefaultRoute() -> String? {
             try? NetworkNamespace.run(net.device) { try HTTPProbe.get(target, device: nil, tls: tls, timeout: .milliseconds(300)) }

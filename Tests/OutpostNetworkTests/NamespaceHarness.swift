@@ -1,4 +1,5 @@
 import Foundation
+import OutpostHTTP
 @testable import OutpostNetwork
 
 /// Four network namespaces the test creates and deletes by name:
@@ -16,7 +17,7 @@ import Foundation
 final class NamespaceHarness: @unchecked Sendable {
     static let ports = ["eth0", "wlan0", "wwan0"]
     static let probeURL = "http://10.200.0.1:8080/id"
-    static let probe = HTTPURL(probeURL)!
+    static let probe = try! HTTPURL(probeURL)
 
     let tag: String
     let device: String

@@ -91,7 +91,8 @@ private func directoryEntries(_ path: String) -> [String] {
     }
 }
 
-@Suite struct FileIOTests {
+// Serialized: one test predicts the next temporary name, which the others' writes would take.
+@Suite(.serialized) struct FileIOTests {
     @Test func atomicWriteReplacesContentWithExactModeAndLeavesNoTemp() throws {
         let dir = try temporaryDirectory()
         defer { removeTree(dir) }
@@ -103,6 +104,21 @@ private func directoryEntries(_ path: String) -> [String] {
         #expect(stat(path, &info) == 0)
         #expect(info.st_mode & 0o7777 == 0o640)
         #expect(directoryEntries(dir) == ["state.json"])
+    }
+
+    @Test func aTempFileLeftByADeadWriterDoesNotBlockTheNextWrite() throws {
+        let dir = try temporaryDirectory()
+        defer { removeTree(dir) }
+        // Find the name this process will use next by provoking one failure, then plant a stale file there.
+        var next = ""
+        do { try FileIO.writeAtomically([1], to: dir + "/missing/x") } catch { next = error.object }
+        let serial = Int(next.split(separator: "-").last ?? "") ?? 0
+        let stale = dir + "/.state.tmp-\(getpid())-\(serial + 1)"
+        let fd = open(stale, O_WRONLY | O_CREAT, 0o600)
+        #expect(fd >= 0)
+        close(fd)
+        try FileIO.writeAtomically(Array("fresh".utf8), to: dir + "/state")
+        #expect(try FileIO.read(dir + "/state") == Array("fresh".utf8))
     }
 
     @Test func atomicWriteIntoMissingDirectoryNamesTheTempFile() throws {

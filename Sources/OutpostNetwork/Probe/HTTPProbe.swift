@@ -1,4 +1,5 @@
 import OutpostHTTP
+import OutpostPlatform
 
 /// Why a connectivity probe failed: the transport's one-line error (DNS, connect, proxy,
 /// TLS) or the server's answer, for the console report.
@@ -35,7 +36,7 @@ public enum HTTPProbe {
         options.device = device
         options.tls = tls
         options.connectTimeout = timeout
-        options.deadline = ContinuousClock.now + timeout
+        options.deadline = Deadline(after: timeout)
         var headers = [("User-Agent", "outpostd-probe")]
         if let device { headers.append(("X-Outpost-Port", device)) }
         do {
