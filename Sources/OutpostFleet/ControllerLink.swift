@@ -83,7 +83,7 @@ final class ControllerLink: Sendable {
             options.tls = tls
             options.connectTimeout = connectTimeout
             options.idleTimeout = connectTimeout
-            options.deadline = ContinuousClock.now + callTimeout
+            options.deadline = Deadline(after: callTimeout)
             do {
                 let response = try HTTPClient.send(request, options: options)
                 let bytes = try response.readAll(limit: limit)
