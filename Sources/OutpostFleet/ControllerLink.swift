@@ -67,7 +67,8 @@ final class ControllerLink: Sendable {
 
     /// Sends one request and reads the whole answer (at most `limit` bytes).
     /// Any HTTP status is an answer; only transport failures move on to the
-    /// next route, and the last one's error is thrown.
+    /// next route. When all fail, the first route's error is thrown: it is the
+    /// one that worked last, so its failure says the most.
     func call(_ path: String, method: String = "POST", body: [UInt8] = [], headers: [(String, String)] = [],
               tls: TLSContext, limit: Int = 4 << 20) throws(FleetError) -> Answer {
         var url = baseURL
@@ -75,7 +76,7 @@ final class ControllerLink: Sendable {
         var request = HTTPRequest(url, method: method, headers: [("Content-Type", APIPath.contentType), ("Accept", APIPath.contentType)] + headers,
                                   body: body)
         request.method = method
-        var lastError: HTTPError?
+        var firstError: HTTPError?
         for route in orderedRoutes() {
             var options = HTTPOptions()
             options.device = route.device
@@ -91,10 +92,10 @@ final class ControllerLink: Sendable {
                 lastAnswer.withLock { $0 = MonotonicClock.now() }
                 return Answer(status: response.status, body: bytes)
             } catch {
-                lastError = error
+                if firstError == nil { firstError = error }
             }
         }
-        throw .transport(endpoint: path, lastError ?? .closed(target: baseURL.description, step: "no route"))
+        throw .transport(endpoint: path, firstError ?? .closed(target: baseURL.description, step: "no route"))
     }
 }
 
