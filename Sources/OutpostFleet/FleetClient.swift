@@ -249,24 +249,27 @@ public final class FleetClient: Sendable {
 
     // MARK: config
 
-    func pollConfig() throws(FleetError) {
+    /// Returns the HTTP status the controller answered (304: unchanged).
+    @discardableResult
+    func pollConfig() throws(FleetError) -> Int {
         var request = Outpost_Api_V1_ConfigRequest()
         request.configHash = loop.withLock { $0.configHash }
         let answer = try link.call(APIPath.config, body: try encode(request), tls: deviceTLS)
         scheduleConfig()
         switch answer.status {
-        case 304: return
+        case 304: return 304
         case 200:
             let response: Outpost_Api_V1_ConfigResponse = try decode(answer.body, what: "config response")
             guard !response.configHash.isEmpty, response.configHash.utf8.count <= 128 else {
                 throw .malformed(what: "config response", detail: "no usable config_hash")
             }
-            if response.configHash == request.configHash { return }
+            if response.configHash == request.configHash { return 200 }
             // Last good first: a crash while applying resumes from it at boot.
             try files.saveConfig(response)
             loop.withLock { $0.configHash = response.configHash; $0.infoDirty = true }
             apply(response.config, atBoot: false)
-        case 503: return  // reachable, upgrading: try again next interval
+            return 200
+        case 503: return 503  // reachable, upgrading: try again next interval
         default: try refused(APIPath.config, answer)
         }
     }
@@ -287,21 +290,22 @@ public final class FleetClient: Sendable {
             if config.intervals.infoIntervalS > 0 { intervals.info = .seconds(Int64(config.intervals.infoIntervalS)) }
             s.intervals = intervals
         }
+        if atBoot { note("applying the last good config \(loop.withLock { $0.configHash }.prefix(12)) from PERSIST") }
         dependencies.updater.apply(config.baseOs)
-        applyNetwork(config.network.networkJson, atBoot: atBoot)
+        applyNetwork(config.network.networkJson)
         applyCommands(config.commands)
     }
 
-    private func applyNetwork(_ json: Data, atBoot: Bool) {
+    private func applyNetwork(_ json: Data) {
         guard !json.isEmpty else { return }
         let digest = SHA256.hash(data: Array(json)).map { byte in
             let hex = String(byte, radix: 16)
             return hex.count == 1 ? "0" + hex : hex
         }.joined()
-        // At boot the network manager already runs its last-known-good; push
-        // only a config that never got a result (a crash mid-push).
+        // A config already pushed (this boot or an earlier one) is not pushed
+        // again: the network manager keeps its own last-known-good. Only one
+        // that never got a result (a crash mid-push) goes again at boot.
         if loop.withLock({ $0.networkPush?.networkSha256 }) == digest { return }
-        _ = atBoot
         let outcome = dependencies.network.push(networkJSON: Array(json))
         var result = Outpost_Api_V1_NetworkPushResult()
         result.networkSha256 = digest
