@@ -9,6 +9,7 @@ let package = Package(
     products: [
         .executable(name: "outpost", targets: ["outpost"]),
         .executable(name: "outpostd", targets: ["outpostd"]),
+        .executable(name: "outpost-controller", targets: ["outpost-controller"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -16,6 +17,16 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", exact: "1.8.1"),
         // The fleet controller (outpost-controller) and the device API's wire format.
         .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", exact: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", exact: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates", exact: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1", exact: "1.7.4"),
+        .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0"),
+        .package(url: "https://github.com/adam-fowler/compress-nio", exact: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", exact: "1.37.0"),
     ],
     targets: [
         // The one C shim: function-like kernel macros, ioctls, fork/exec.
@@ -81,6 +92,30 @@ let package = Package(
         ]),
 
         .testTarget(name: "OutpostPlatformTests", dependencies: ["OutpostPlatform"]),
+        // The reference fleet controller: device API over mutual TLS, the
+        // admin socket, the SQLite store, certificate authority.
+        .target(name: "OutpostController", dependencies: [
+            "OutpostProto", "OutpostBundle",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdTLS", package: "hummingbird"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "CompressNIO", package: "compress-nio"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .executableTarget(name: "outpost-controller", dependencies: [
+            "OutpostController",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
         .testTarget(name: "OutpostDiskTests", dependencies: ["OutpostDisk"]),
         .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle"]),
         .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk"]),
@@ -88,7 +123,19 @@ let package = Package(
         .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk"], exclude: ["boot-direct.sh"]),
         .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostHTTP"], exclude: ["connect-proxy.py", "short-lease-dhcpd.py"]),
         .testTarget(name: "OutpostHTTPTests", dependencies: ["OutpostHTTP"]),
-        .testTarget(name: "OutpostFleetTests", dependencies: ["OutpostFleet", "OutpostProto", "OutpostHTTP", "OutpostPlatform"]),
+        // The device client against the reference controller, in one process.
+        .testTarget(name: "OutpostFleetTests", dependencies: [
+            "OutpostFleet", "OutpostProto", "OutpostHTTP", "OutpostPlatform", "OutpostController",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "OutpostControllerTests", dependencies: [
+            "OutpostController", "OutpostProto", "OutpostBundle",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "CompressNIO", package: "compress-nio"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], exclude: ["wire_client.py"]),
         // Boots the built image in QEMU; needs ./build.sh's outputs in out/.
         .testTarget(name: "OutpostSystemTests", dependencies: ["OutpostDisk"]),
     ],
