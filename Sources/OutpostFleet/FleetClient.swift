@@ -182,12 +182,12 @@ public final class FleetClient: Sendable {
         if now < blockedUntil { return blockedUntil - now }
         do {
             if loop.withLock({ $0.deviceID }) == nil { try register() }
-            let (pollDue, metricsDue) = loop.withLock { ($0.nextConfig <= now, $0.nextMetrics <= now) }
+            let (pollDue, metricsDue, logsDue) = loop.withLock { ($0.nextConfig <= now, $0.nextMetrics <= now, $0.nextLogs <= now) }
             if pollDue { try pollConfig() }
             try composeInfo()
             try sendInfo()
             if metricsDue { sendMetrics() }
-            try sendLogs()
+            if logsDue && logStore.backlog > 0 { try sendLogs() }
             loop.withLock { s in
                 s.failures = 0
                 s.lastError = nil
@@ -416,7 +416,7 @@ public final class FleetClient: Sendable {
     // MARK: logs
 
     func sendLogs() throws(FleetError) {
-        guard loop.withLock({ $0.deviceID }) != nil, loop.withLock({ $0.nextLogs <= MonotonicClock.now() }) else { return }
+        guard loop.withLock({ $0.deviceID }) != nil else { return }
         for _ in 0..<8 {
             guard let batch = try logStore.pendingBatch() else { break }
             var message = Outpost_Api_V1_LogBatch()

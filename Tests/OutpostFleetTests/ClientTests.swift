@@ -10,6 +10,8 @@ import Testing
 final class RecordingDevice: BaseOSUpdater, NetworkConfigurator, PowerControl, DeviceStateSource, Sendable {
     let events = Mutex<[String]>([])
     let pushOutcome: NetworkPushOutcome
+    /// What deviceInfo() reports as the update step's version: tests change it.
+    let updateVersion = Mutex("")
 
     init(pushOutcome: NetworkPushOutcome = .applied) { self.pushOutcome = pushOutcome }
 
@@ -24,6 +26,7 @@ final class RecordingDevice: BaseOSUpdater, NetworkConfigurator, PowerControl, D
     func deviceInfo() -> Outpost_Api_V1_DeviceInfo {
         var info = Outpost_Api_V1_DeviceInfo()
         info.identity.board = "test-board"
+        info.update.version = updateVersion.withLock { $0 }
         return info
     }
     func watchdogState() -> Outpost_Api_V1_WatchdogState? { nil }
@@ -104,6 +107,30 @@ struct ClientTests {
         #expect(device.commands() == ["reboot controller", "retry 2", "shutdown controller"])
         // The info outbox from before the restart is still pending.
         #expect(restarted.outbox.pendingCount == 1)
+    }
+
+    @Test func infoGoesToTheOutboxOnChangeOnlyAndAgainAfterTheInfoInterval() throws {
+        let tmp = try TempDir("info")
+        var configuration = try makeConfig(tmp.path, url: "https://127.0.0.1:9/")
+        configuration.intervals.info = .milliseconds(300)
+        let device = RecordingDevice()
+        let client = try FleetClient(configuration: configuration, dependencies: FleetDependencies(
+            updater: device, network: device, power: device, state: device))
+        try client.composeInfo()
+        let first = try #require(client.outbox.due().first)
+        try client.outbox.delivered(first)
+        try client.composeInfo()
+        #expect(client.outbox.pendingCount == 0)  // unchanged: nothing new
+        device.updateVersion.withLock { $0 = "2.0" }
+        client.stateChanged()
+        try client.composeInfo()
+        let changed = try #require(client.outbox.due().first)
+        #expect(try Outpost_Api_V1_DeviceInfo(serializedBytes: changed.payload).update.version == "2.0")
+        try client.outbox.delivered(changed)
+        // Unchanged, but the info interval has passed: sent again anyway.
+        MonotonicClock.sleep(for: .milliseconds(350))
+        try client.composeInfo()
+        #expect(client.outbox.pendingCount == 1)
     }
 
     @Test func lastGoodConfigIsAppliedAtStartWithNoController() throws {
