@@ -1,0 +1,230 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import OutpostProto
+
+/// The administration API: JSON over HTTP on a UNIX socket (DIR/admin.sock,
+/// mode 0600), so the credential is the file system's: only the data
+/// directory's owner (and root) can administer. Nothing administrative is
+/// reachable on the devices' TLS port.
+///
+///     GET  /devices                     every device (summary)
+///     GET  /devices/REF                 one device: config, info, update history
+///     GET  /devices/REF/logs?after=N&limit=M
+///     GET  /devices/REF/metrics?limit=M
+///     POST /devices/REF/set-os          {"bundle": PATH} or {"url": URL, "version": V}; "activate" (default true)
+///     POST /devices/REF/set-network     {"networkJSON": "..."}
+///     POST /devices/REF/reboot|shutdown|retry-update
+///     POST /devices/REF/intervals       {"config": s, "metrics": s, "info": s}
+///     GET  /onboard                     the allow-list
+///     POST /onboard/allow|remove        {"certPEM": PEM, "serial": S or "*"}
+///     GET  /bundles, POST /bundles      {"path": PATH}
+///
+/// Errors: status 400/404 and {"error": "one line"}.
+public struct AdminRoutes: Sendable {
+    let fleet: Fleet
+    let bundles: BundleStore
+
+    public init(fleet: Fleet, bundles: BundleStore) {
+        self.fleet = fleet
+        self.bundles = bundles
+    }
+
+    public func router() -> Router<BasicRequestContext> {
+        let r = Router(context: BasicRequestContext.self)
+        r.get("/devices") { _, _ in await json { try await deviceList() } }
+        r.get("/devices/:ref") { _, c in await json { try await deviceShow(try ref(c)) } }
+        r.get("/devices/:ref/logs") { q, c in
+            await json { try await deviceLogs(try ref(c), after: UInt64(q.uri.queryParameters.get("after") ?? "") ?? 0,
+                                              limit: Int(q.uri.queryParameters.get("limit") ?? "") ?? 1000) }
+        }
+        r.get("/devices/:ref/metrics") { q, c in
+            await json { try await deviceMetrics(try ref(c), limit: Int(q.uri.queryParameters.get("limit") ?? "") ?? 1) }
+        }
+        r.post("/devices/:ref/:action") { q, c in
+            await json {
+                let body = try await object(q)
+                return try await deviceAction(try ref(c), c.parameters.get("action") ?? "", body)
+            }
+        }
+        r.get("/onboard") { _, _ in
+            await json { try await fleet.store.onboardingEntries().map { ["fingerprint": $0.fingerprint, "serial": $0.serial, "note": $0.note] } }
+        }
+        r.post("/onboard/:action") { q, c in
+            await json {
+                let body = try await object(q)
+                guard let pem = body["certPEM"] as? String else { throw ControllerError.invalidInput("certPEM is missing") }
+                switch c.parameters.get("action") {
+                case "allow":
+                    guard let serial = body["serial"] as? String, !serial.isEmpty else { throw ControllerError.invalidInput("--serial is missing") }
+                    let fp = try await fleet.allowOnboarding(certificatePEM: pem, serial: serial)
+                    return ["fingerprint": fp, "serial": serial]
+                case "remove":
+                    let n = try await fleet.removeOnboarding(certificatePEM: pem, serial: body["serial"] as? String)
+                    return ["removed": n]
+                default:
+                    throw ControllerError.invalidInput("unknown onboard action")
+                }
+            }
+        }
+        r.get("/bundles") { _, _ in await json { bundles.list().map { ["name": ($0.path as NSString).lastPathComponent, "size": $0.size] as [String: Any] } } }
+        r.post("/bundles") { q, _ in
+            await json {
+                let body = try await object(q)
+                guard let path = body["path"] as? String else { throw ControllerError.invalidInput("path is missing") }
+                return try addedJSON(bundles.add(path: path))
+            }
+        }
+        return r
+    }
+
+    private func ref(_ c: BasicRequestContext) throws -> String {
+        guard let r = c.parameters.get("ref"), !r.isEmpty else { throw ControllerError.invalidInput("no device given") }
+        return r
+    }
+
+    private func object(_ req: Request) async throws -> [String: Any] {
+        let buf = try await req.body.collect(upTo: 4 << 20)
+        if buf.readableBytes == 0 { return [:] }
+        guard let o = try? JSONSerialization.jsonObject(with: Data(buf.readableBytesView)) as? [String: Any] else {
+            throw ControllerError.invalidInput("the admin request body is not a JSON object")
+        }
+        return o
+    }
+
+    private func json(_ body: () async throws -> Any) async -> Response {
+        var h = HTTPFields()
+        h[.contentType] = "application/json"
+        do {
+            let v = try await body()
+            return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(bytes: Views.encode(v))))
+        } catch let e as ControllerError {
+            let status: HTTPResponse.Status
+            switch e {
+            case .unknownDevice: status = .notFound
+            case .store, .io: status = .internalServerError
+            default: status = .badRequest
+            }
+            return Response(status: status, headers: h, body: .init(byteBuffer: ByteBuffer(bytes: Views.encode(["error": e.description]))))
+        } catch {
+            return Response(status: .internalServerError, headers: h,
+                            body: .init(byteBuffer: ByteBuffer(bytes: Views.encode(["error": "\(error)"]))))
+        }
+    }
+
+    private func info(_ id: String) async throws -> DeviceInfo? {
+        try await fleet.store.info(deviceID: id).flatMap { try? DeviceInfo(serializedBytes: $0.body) }
+    }
+
+    func deviceList() async throws -> Any {
+        var out: [Any] = []
+        for d in fleet.devices() { out.append(Views.summary(d, info: try await info(d.id))) }
+        return out
+    }
+
+    func deviceShow(_ ref: String) async throws -> Any {
+        let d = try fleet.resolve(ref)
+        let i = try await info(d.id)
+        var o = Views.summary(d, info: i)
+        o["config"] = Views.json(try fleet.config(of: d.id))
+        if let i { o["info"] = Views.json(i) }
+        o["certificateFingerprint"] = d.fingerprint
+        o["updateHistory"] = try await fleet.store.updateHistory(deviceID: d.id).map {
+            ["step": $0.step, "version": $0.version, "reason": $0.reason, "deviceTime": Views.iso($0.deviceTimeMs),
+             "received": Views.iso($0.receivedMs)]
+        }
+        o["logsAcked"] = try await fleet.store.logAck(deviceID: d.id)
+        return o
+    }
+
+    func deviceLogs(_ ref: String, after: UInt64, limit: Int) async throws -> Any {
+        let d = try fleet.resolve(ref)
+        let rows = try await fleet.store.logs(deviceID: d.id, after: after, limit: max(1, min(limit, 10_000)))
+        return ["device": d.id, "acked": try await fleet.store.logAck(deviceID: d.id), "entries": rows.map(Views.logJSON)] as [String: Any]
+    }
+
+    func deviceMetrics(_ ref: String, limit: Int) async throws -> Any {
+        let d = try fleet.resolve(ref)
+        let m = try await fleet.store.metrics(deviceID: d.id, limit: max(1, min(limit, Limits.metricsHistory)))
+        return ["device": d.id, "metrics": m.compactMap { b -> Any? in
+            (try? DeviceMetrics(serializedBytes: b.body)).map { Views.json($0) }
+        }] as [String: Any]
+    }
+
+    private func addedJSON(_ a: BundleStore.Added) -> [String: Any] {
+        ["name": a.name, "version": a.version, "sha256": a.sha256, "size": a.size, "signedBy": a.signedBy]
+    }
+
+    func deviceAction(_ ref: String, _ action: String, _ body: [String: Any]) async throws -> Any {
+        var result: [String: Any] = [:]
+        let record: DeviceRecord
+        switch action {
+        case "set-os":
+            let activate = body["activate"] as? Bool ?? true
+            var base = BaseOS()
+            base.activate = activate
+            if let path = body["bundle"] as? String {
+                let a = try bundles.add(path: path)
+                if let v = body["version"] as? String, !v.isEmpty, v != a.version {
+                    throw ControllerError.invalidInput("--version \(v) does not match the bundle's version \(a.version)")
+                }
+                base.version = a.version
+                base.bundleURL = fleet.url + DeviceAPI.bundles + a.name
+                base.sha256 = a.sha256
+                base.size = a.size
+                result["bundle"] = addedJSON(a)
+            } else if let url = body["url"] as? String {
+                guard url.hasPrefix("https://") || url.hasPrefix("http://"), URL(string: url)?.host != nil else {
+                    throw ControllerError.invalidInput("--bundle '\(url)' is neither a file nor an http(s) URL")
+                }
+                guard let v = body["version"] as? String, !v.isEmpty else {
+                    throw ControllerError.invalidInput("--version is needed with a bundle URL (the controller cannot read its manifest)")
+                }
+                base.version = v
+                base.bundleURL = url
+            } else {
+                throw ControllerError.invalidInput("set-os needs --bundle FILE or URL")
+            }
+            let b = base
+            record = try await fleet.updateConfig(ref) { c in
+                var n = b
+                n.retryCounter = c.commands.updateRetry
+                c.baseOs = n
+            }
+        case "set-network":
+            guard let text = body["networkJSON"] as? String else { throw ControllerError.invalidInput("networkJSON is missing") }
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(text.utf8)), obj is [String: Any] else {
+                throw ControllerError.invalidInput("the network config is not a JSON object")
+            }
+            record = try await fleet.updateConfig(ref) { c in c.network.networkJson = Data(text.utf8) }
+        case "reboot":
+            record = try await fleet.updateConfig(ref) { c in c.commands.reboot &+= 1 }
+        case "shutdown":
+            record = try await fleet.updateConfig(ref) { c in c.commands.shutdown &+= 1 }
+        case "retry-update":
+            record = try await fleet.updateConfig(ref) { c in
+                c.commands.updateRetry &+= 1
+                if c.hasBaseOs { c.baseOs.retryCounter = c.commands.updateRetry }
+            }
+        case "intervals":
+            func seconds(_ k: String) throws -> UInt32? {
+                guard let v = body[k] else { return nil }
+                guard let n = v as? Int, n >= 0, n <= 86_400 else { throw ControllerError.invalidInput("\(k) must be 0–86400 seconds") }
+                return UInt32(n)
+            }
+            let (ci, mi, ii) = (try seconds("config"), try seconds("metrics"), try seconds("info"))
+            record = try await fleet.updateConfig(ref) { c in
+                if let ci { c.intervals.configIntervalS = ci }
+                if let mi { c.intervals.metricsIntervalS = mi }
+                if let ii { c.intervals.infoIntervalS = ii }
+            }
+        default:
+            throw ControllerError.invalidInput("unknown device action '\(action)'")
+        }
+        result["device"] = record.id
+        result["configHash"] = record.configHash
+        result["config"] = Views.json(try fleet.config(of: record.id))
+        return result
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+import Hummingbird
+import HummingbirdTLS
+import Logging
+import NIOCore
+import NIOSSL
+import ServiceLifecycle
+
+/// `outpost-controller serve`: the device API on TLS and the admin API on
+/// the UNIX socket, over one store, until SIGTERM/SIGINT or cancellation.
+public enum ControllerServer {
+    public struct Options: Sendable {
+        public var host: String
+        /// 0: an ephemeral port (tests); the bound port goes to `onRunning`.
+        public var port: Int
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+
+        /// Parses ADDR:PORT, [IPv6]:PORT or :PORT.
+        public static func parse(listen: String) throws(ControllerError) -> Options {
+            let bad = ControllerError.invalidInput("--listen '\(listen)' is not ADDR:PORT")
+            guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]),
+                  (0...65535).contains(port) else { throw bad }
+            var host = String(listen[..<colon])
+            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            if host.isEmpty { host = "0.0.0.0" }
+            return Options(host: host, port: port)
+        }
+    }
+
+    /// Loads the data directory and everything `serve` needs before a socket
+    /// is opened, so a bad directory is one line and exit 1.
+    public static func prepare(_ dir: DataDirectory) async throws -> (Fleet, BundleStore, DataDirectory.Settings) {
+        let settings = try dir.loadSettings()
+        let store = try SQLiteFleetStore(path: dir.database)
+        let fleet = try await Fleet(store: store, url: settings.url)
+        try makeDirectory(dir.bundlesDir, mode: 0o755)
+        return (fleet, BundleStore(directory: dir.bundlesDir, trustDirectory: dir.trustDir), settings)
+    }
+
+    public static func tlsConfiguration(_ dir: DataDirectory) throws(ControllerError) -> TLSChannelConfiguration {
+        let chain: [NIOSSLCertificate]
+        let key: NIOSSLPrivateKey
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(dir.serverCert)
+            key = try NIOSSLPrivateKey(file: dir.serverKey, format: .pem)
+        } catch {
+            throw .certificate(what: dir.serverCert, reason: "cannot load the server certificate and key (\(error))")
+        }
+        var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        tls.minimumTLSVersion = .tlsv12
+        // A client certificate is required, but devices' certificates are
+        // self-made: the chain is not checked here. TLS proves the client
+        // holds the certificate's key; the fingerprint then decides who it
+        // is (DeviceAPIRoutes), which is how a self-signed identity works.
+        tls.certificateVerification = .noHostnameVerification
+        tls.trustRoots = .certificates([])
+        return TLSChannelConfiguration(tlsConfiguration: tls, customVerificationCallback: { _, promise in
+            promise.succeed(.certificateVerified)
+        })
+    }
+
+    /// `signals`: stop gracefully on SIGTERM/SIGINT (the CLI); tests stop it by cancelling.
+    public static func run(_ dir: DataDirectory, _ options: Options, logger: Logger, signals: Bool = true,
+                           onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        let (fleet, bundles, _) = try await prepare(dir)
+        let tls = try tlsConfiguration(dir)
+
+        // Everything this process creates is the owner's only (the socket above all).
+        umask(0o077)
+        var st = stat()
+        if lstat(dir.adminSocket, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFSOCK else {
+                throw ControllerError.dataDirectory(path: dir.path, reason: "\(dir.adminSocket) exists and is not a socket")
+            }
+            unlink(dir.adminSocket)
+        }
+
+        let deviceApp = Application(
+            router: DeviceAPIRoutes(fleet: fleet, bundles: bundles, logger: logger).router(),
+            server: try .tls(.http1(), configuration: tls),
+            configuration: .init(address: .hostname(options.host, port: options.port), serverName: nil, backlog: 1024),
+            onServerRunning: { ch in
+                logger.info("device API on https://\(options.host):\(ch.localAddress?.port ?? 0)")
+                await onRunning(ch.localAddress?.port ?? 0)
+            },
+            logger: logger)
+        let socketPath = dir.adminSocket
+        let adminApp = Application(
+            router: AdminRoutes(fleet: fleet, bundles: bundles).router(),
+            configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: nil),
+            onServerRunning: { _ in
+                chmod(socketPath, 0o600)
+                logger.info("admin socket \(socketPath) (mode 0600)")
+            },
+            logger: logger)
+        let group = ServiceGroup(configuration: .init(
+            services: [deviceApp, adminApp, LastSeenFlusher(fleet: fleet, logger: logger)],
+            gracefulShutdownSignals: signals ? [.sigterm, .sigint] : [],
+            logger: logger))
+        try await group.run()
+        try? await fleet.flushLastSeen()
+    }
+}
+
+/// Writes last-seen times in one batch every few seconds: a poll answered
+/// with 304 stays free of store writes.
+struct LastSeenFlusher: Service {
+    let fleet: Fleet
+    let logger: Logger
+
+    func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(5)) }
+            do { try await fleet.flushLastSeen() } catch { logger.error("\(error)") }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+// What the controller client drives and reads, implemented by the agent.
+// The client never touches the update engine, the network manager or the
+// reboot path itself: it hands them what the controller asked for.
+
+import OutpostProto
+
+/// The base-OS update engine. Calls come from the client's thread and must
+/// return promptly; the engine reports its progress through
+/// `DeviceStateSource.deviceInfo()` (UpdateStatus) and `FleetClient.stateChanged()`.
+public protocol BaseOSUpdater: Sendable {
+    /// The controller's desired base OS (also at boot, from the last good
+    /// config). An empty version means no update is asked for. The engine
+    /// skips a version that failed before unless its retry counter changed.
+    func apply(_ baseOS: Outpost_Api_V1_BaseOS)
+    /// The controller bumped the update-retry counter to `counter`: a failed
+    /// version may be tried again.
+    func retryFailedUpdate(counter: UInt32)
+}
+
+/// What a pushed network configuration came to.
+public enum NetworkPushOutcome: Sendable, Equatable {
+    /// It reached the controller and is kept.
+    case applied
+    /// It cut the device off or failed to apply; the previous one is back.
+    case rolledBack(reason: String)
+    /// Malformed; not applied.
+    case rejected(reason: String)
+}
+
+/// The network manager (NetworkService.push): applies, tests, keeps or rolls back.
+public protocol NetworkConfigurator: Sendable {
+    /// May block while the new configuration is tested.
+    func push(networkJSON: [UInt8]) -> NetworkPushOutcome
+}
+
+/// Reboot and shutdown on the controller's command. The agent records the
+/// boot reason `controller`. Both may return before the machine goes down.
+public protocol PowerControl: Sendable {
+    func reboot(reason: String)
+    func shutdown(reason: String)
+}
+
+/// The device state the client reports. Called from the client's thread.
+public protocol DeviceStateSource: Sendable {
+    /// Identity (os version, board...), slots, update status, last boot and
+    /// ports. The client fills `handled`, `config_hash`, `network_push` and
+    /// `time_unix_ms` itself.
+    func deviceInfo() -> Outpost_Api_V1_DeviceInfo
+    /// The watchdog as the agent feeds it; nil when there is none.
+    func watchdogState() -> Outpost_Api_V1_WatchdogState?
+}
+
+/// Everything the agent hands the client.
+public struct FleetDependencies: Sendable {
+    public var updater: any BaseOSUpdater
+    public var network: any NetworkConfigurator
+    public var power: any PowerControl
+    public var state: any DeviceStateSource
+    /// The ways out to the controller, best first: the agent maps
+    /// NetworkService.controllerPorts to routes (with each port's proxy).
+    /// Empty: connect without binding to a port.
+    public var routes: @Sendable () -> [ControllerRoute]
+    /// The client's own lines ("registered as ...", errors). Default: into
+    /// the log store, tagged "fleet".
+    public var log: (@Sendable (String) -> Void)?
+
+    public init(updater: any BaseOSUpdater, network: any NetworkConfigurator, power: any PowerControl,
+                state: any DeviceStateSource, routes: @escaping @Sendable () -> [ControllerRoute] = { [] },
+                log: (@Sendable (String) -> Void)? = nil) {
+        self.updater = updater
+        self.network = network
+        self.power = power
+        self.state = state
+        self.routes = routes
+        self.log = log
+    }
+}

@@ -1,0 +1,235 @@
+import ArgumentParser
+import Foundation
+import OutpostController
+
+struct DeviceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "device",
+        abstract: "See and steer devices (through the running controller's admin socket).",
+        discussion: "DEVICE is a device id, a unique id prefix (4+ characters) or a serial.",
+        subcommands: [List.self, Show.self, Logs.self, Metrics.self, SetOS.self, SetNetwork.self, Reboot.self, Shutdown.self,
+                      RetryUpdate.self, SetIntervals.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Every registered device: slot, version, last boot reason, ports.")
+        @OptionGroup var data: DataOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                let v = try data.admin.call("GET", "/devices")
+                if json { return printJSON(v) }
+                let rows = v as? [[String: Any]] ?? []
+                print(pad(["ID", "SERIAL", "SLOT", "VERSION", "BOOT", "UPDATE", "LAST SEEN", "PORTS"]))
+                for r in rows {
+                    let ports = (r["ports"] as? [[String: Any]] ?? []).map { p in
+                        "\(p["name"] as? String ?? "")\((p["active"] as? Bool ?? false) ? "*" : "")=\((p["addresses"] as? [String] ?? []).joined(separator: ","))"
+                    }.joined(separator: " ")
+                    print(pad([s(r, "id"), s(r, "serial"), s(r, "slot"), s(r, "version"), s(r, "lastBoot"), s(r, "update"),
+                               s(r, "lastSeen"), ports]))
+                }
+            }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One device: its config, its latest info and the update steps it went through.")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The device.") var device: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                let v = try data.admin.call("GET", "/devices/\(esc(device))")
+                if json { return printJSON(v) }
+                let o = v as? [String: Any] ?? [:]
+                for k in ["id", "serial", "registered", "lastSeen", "slot", "version", "lastBoot", "update", "configHash", "logsAcked"] {
+                    print("\(k.padding(toLength: 12, withPad: " ", startingAt: 0)) \(o[k].map { "\($0)" } ?? "")")
+                }
+                if let info = o["info"] as? [String: Any] {
+                    for slot in info["slots"] as? [[String: Any]] ?? [] {
+                        print("slot         \(s(slot, "label")) \(s(slot, "state")) \(s(slot, "version"))\((slot["booted"] as? Bool ?? false) ? " (booted)" : "")")
+                    }
+                    if let u = info["update"] as? [String: Any], let step = u["step"] {
+                        print("update now   \(step) \(s(u, "version")) \(s(u, "reason"))")
+                    }
+                    if let n = info["networkPush"] as? [String: Any], let out = n["outcome"] as? String, out != "OUTCOME_UNSPECIFIED" {
+                        print("network push \(out) \(s(n, "reason"))")
+                    }
+                }
+                for h in o["updateHistory"] as? [[String: Any]] ?? [] {
+                    print("history      \(s(h, "received"))  \(s(h, "step")) \(s(h, "version")) \(s(h, "reason"))")
+                }
+                if let c = o["config"] { print("config"); printJSON(c) }
+            }
+        }
+    }
+
+    struct Logs: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The device's log entries, in sequence order.")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The device.") var device: String
+        @Option(help: "Only entries after this sequence.") var after: UInt64 = 0
+        @Flag(help: "Keep printing new entries (until interrupted).") var follow = false
+        @Flag(help: "Print JSON (one object per entry, one per line).") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                var mark = after
+                while true {
+                    let v = try data.admin.call("GET", "/devices/\(esc(device))/logs?after=\(mark)&limit=1000")
+                    let entries = (v as? [String: Any])?["entries"] as? [[String: Any]] ?? []
+                    for e in entries {
+                        if json {
+                            let d = (try? JSONSerialization.data(withJSONObject: e, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+                            out(String(decoding: d, as: UTF8.self))
+                        } else {
+                            out("\(e["sequence"] ?? "") \(s(e, "time")) \(s(e, "severity")) \(s(e, "source")): \(s(e, "message"))")
+                        }
+                        if let n = (e["sequence"] as? NSNumber)?.uint64Value { mark = max(mark, n) }
+                    }
+                    if entries.count == 1000 { continue }
+                    guard follow else { return }
+                    try await Task.sleep(for: .seconds(1))
+                }
+            }
+        }
+    }
+
+    struct Metrics: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The device's newest metrics (and, with --history N, the N newest).")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The device.") var device: String
+        @Option(help: "How many reports, newest first.") var history: Int = 1
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                let v = try data.admin.call("GET", "/devices/\(esc(device))/metrics?limit=\(history)")
+                if json { return printJSON(v) }
+                let ms = (v as? [String: Any])?["metrics"] as? [[String: Any]] ?? []
+                if ms.isEmpty { print("no metrics yet") }
+                for m in ms {
+                    let mem = "\(s(m, "memoryUsedBytes"))/\(s(m, "memoryTotalBytes"))"
+                    let persist = "\(s(m, "persistUsedBytes"))/\(s(m, "persistTotalBytes"))"
+                    print("time \(s(m, "timeUnixMs")) uptime \(s(m, "uptimeS"))s cpu \(s(m, "cpuPercent"))% memory \(mem) persist \(persist)")
+                    for p in m["ports"] as? [[String: Any]] ?? [] {
+                        print("  \(s(p, "name")) rx \(s(p, "rxBytes")) B tx \(s(p, "txBytes")) B errors \(s(p, "rxErrors"))/\(s(p, "txErrors"))")
+                    }
+                    if let w = m["watchdog"] as? [String: Any] {
+                        print("  watchdog armed \(s(w, "armed")) timeout \(s(w, "timeoutS"))s last feed \(s(w, "sinceLastFeedS"))s ago")
+                    }
+                }
+            }
+        }
+    }
+
+    struct SetOS: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set-os",
+            abstract: "Ask a device to run a base OS: a bundle FILE (verified and served by the controller) or a URL.")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The device.") var device: String
+        @Option(help: "A signed bundle file, or an http(s) URL of one.") var bundle: String
+        @Option(help: "The bundle's OS version (needed with a URL; checked against a file's manifest).") var version: String?
+        @Flag(help: "Download and verify only; do not install.") var noActivate = false
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                var body: [String: Any] = ["activate": !noActivate]
+                if bundle.hasPrefix("https://") || bundle.hasPrefix("http://") {
+                    body["url"] = bundle
+                } else {
+                    guard FileManager.default.fileExists(atPath: bundle) else { throw ControllerError.invalidInput("--bundle \(bundle): no such file") }
+                    body["bundle"] = DataDirectory(path: bundle).path
+                }
+                if let version { body["version"] = version }
+                try report(try data.admin.call("POST", "/devices/\(esc(device))/set-os", body: body), json: json)
+            }
+        }
+    }
+
+    struct SetNetwork: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "set-network", abstract: "Push a network.json to a device.")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The device.") var device: String
+        @Argument(help: "The network.json file.") var file: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                guard let d = FileManager.default.contents(atPath: file) else { throw ControllerError.io(path: file, reason: "cannot read the file") }
+                try report(try data.admin.call("POST", "/devices/\(esc(device))/set-network",
+                                               body: ["networkJSON": String(decoding: d, as: UTF8.self)]), json: json)
+            }
+        }
+    }
+
+    struct Reboot: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Bump the device's reboot counter: it reboots once.")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The device.") var device: String
+        @Flag(help: "Print JSON.") var json = false
+        func run() async throws { try await oneLine { try report(try data.admin.call("POST", "/devices/\(esc(device))/reboot"), json: json) } }
+    }
+
+    struct Shutdown: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Bump the device's shutdown counter: it powers off once.")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The device.") var device: String
+        @Flag(help: "Print JSON.") var json = false
+        func run() async throws { try await oneLine { try report(try data.admin.call("POST", "/devices/\(esc(device))/shutdown"), json: json) } }
+    }
+
+    struct RetryUpdate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "retry-update",
+                                                        abstract: "Bump the update retry counter: a version that failed is tried again.")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The device.") var device: String
+        @Flag(help: "Print JSON.") var json = false
+        func run() async throws { try await oneLine { try report(try data.admin.call("POST", "/devices/\(esc(device))/retry-update"), json: json) } }
+    }
+
+    struct SetIntervals: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "set-intervals",
+                                                        abstract: "Set the device's config, metrics and info intervals (seconds; 0 = default).")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The device.") var device: String
+        @Option var config: Int?
+        @Option var metrics: Int?
+        @Option var info: Int?
+        @Flag(help: "Print JSON.") var json = false
+        func run() async throws {
+            try await oneLine {
+                var b: [String: Any] = [:]
+                if let config { b["config"] = config }
+                if let metrics { b["metrics"] = metrics }
+                if let info { b["info"] = info }
+                try report(try data.admin.call("POST", "/devices/\(esc(device))/intervals", body: b), json: json)
+            }
+        }
+    }
+}
+
+func report(_ v: Any, json: Bool) throws {
+    if json { return printJSON(v) }
+    let o = v as? [String: Any] ?? [:]
+    if let b = o["bundle"] as? [String: Any] {
+        print("bundle \(s(b, "name")) (version \(s(b, "version")), signed by \(s(b, "signedBy"))) verified and served")
+    }
+    print("device \(s(o, "device")): config \(s(o, "configHash").prefix(16)) (the device picks it up at its next poll)")
+}
+
+/// Unbuffered, so `logs --follow | grep` sees each line as it comes.
+func out(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
+
+func s(_ o: [String: Any], _ k: String) -> String { o[k].map { "\($0)" } ?? "" }
+
+func esc(_ ref: String) -> String { ref.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? ref }
+
+func pad(_ cols: [String]) -> String {
+    let widths = [36, 16, 8, 10, 11, 20, 24]
+    return cols.enumerated().map { i, c in i < widths.count ? c.padding(toLength: max(widths[i], c.count), withPad: " ", startingAt: 0) : c }
+        .joined(separator: " ")
+}

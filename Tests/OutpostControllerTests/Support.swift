@@ -1,0 +1,154 @@
+import CompressNIO
+import NIOCore
+import Crypto
+import Foundation
+import Logging
+import OutpostBundle
+@testable import OutpostController
+import OutpostProto
+import Testing
+
+/// A deterministic pseudo-random generator: a failing seed reproduces.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+func tempDir(_ tag: String) -> String {
+    let p = "/tmp/oc-\(tag)-\(UUID().uuidString.prefix(8))"
+    try? FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
+    return p
+}
+
+func text(_ path: String) throws -> String {
+    guard let d = FileManager.default.contents(atPath: path) else { throw ControllerError.io(path: path, reason: "missing") }
+    return String(decoding: d, as: UTF8.self)
+}
+
+/// A controller on 127.0.0.1 (ephemeral port) over a temporary data
+/// directory, stopped by cancelling its task; restartable on the same data.
+final class RunningController: @unchecked Sendable {
+    let root: String
+    let dir: DataDirectory
+    private(set) var port = 0
+    private var task: Task<Void, Error>?
+
+    init(tag: String, trustKey: SigningKey? = nil) async throws {
+        root = tempDir(tag)
+        dir = DataDirectory(path: root + "/data")
+        var trustFrom: String?
+        if let k = trustKey {
+            let t = root + "/keys"
+            try FileManager.default.createDirectory(atPath: t, withIntermediateDirectories: true)
+            try Data(k.publicPEM.utf8).write(to: URL(fileURLWithPath: t + "/fleet.pub.pem"))
+            try Data(k.privatePEM.utf8).write(to: URL(fileURLWithPath: t + "/fleet.key.pem"))
+            trustFrom = t
+        }
+        try await ControllerInit.run(dir, .init(hosts: ["127.0.0.1", "localhost"], port: 8443, trustFrom: trustFrom))
+        try await start()
+    }
+
+    func start() async throws {
+        let box = PortBox()
+        let dir = self.dir
+        var logger = Logger(label: "test-controller")
+        logger.logLevel = .warning
+        let l = logger
+        task = Task { try await ControllerServer.run(dir, .init(host: "127.0.0.1", port: 0), logger: l, signals: false) { p in box.set(p) } }
+        // Bounded: 30 s for the listener to come up.
+        for _ in 0..<300 {
+            if let p = box.get() { port = p; break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        guard port != 0 else { throw ControllerError.invalidInput("controller did not start in 30 s") }
+        // The admin socket comes up beside the TLS listener.
+        for _ in 0..<100 where !FileManager.default.fileExists(atPath: dir.adminSocket) {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    func stop() async {
+        task?.cancel()
+        _ = await task?.result
+        task = nil
+    }
+
+    var url: String { "https://127.0.0.1:\(port)" }
+    var admin: AdminClient { AdminClient(socketPath: dir.adminSocket) }
+    var store: SQLiteFleetStore { get throws { try SQLiteFleetStore(path: dir.database) } }
+
+    func client(cert: String, key: String) throws -> DeviceClient {
+        try DeviceClient(baseURL: url, rootCAPEM: try text(dir.caCert), certificatePEM: cert, keyPEM: key)
+    }
+
+    func onboardingClient() throws -> DeviceClient {
+        try client(cert: try text(dir.onboardCert), key: try text(dir.configDir + "/onboard.key.pem"))
+    }
+
+    /// Registers a fresh device and returns its client and id.
+    func newDevice(serial: String) async throws -> (DeviceClient, String) {
+        let (c, id, _) = try await newDeviceWithIdentity(serial: serial)
+        return (c, id)
+    }
+
+    func newDeviceWithIdentity(serial: String) async throws -> (DeviceClient, String, PKI.Issued) {
+        let id = try PKI.makeSelfSigned(commonName: serial)
+        let onboard = try onboardingClient()
+        let (status, resp) = try await onboard.register(deviceCertificatePEM: id.certificatePEM, serial: serial)
+        try await onboard.shutdown()
+        guard status == 201, let resp else { throw ControllerError.invalidInput("register answered \(status)") }
+        return (try client(cert: id.certificatePEM, key: id.keyPEM), resp.deviceID, id)
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: root) }
+}
+
+final class PortBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Int?
+    func set(_ v: Int) { lock.lock(); value = v; lock.unlock() }
+    func get() -> Int? { lock.lock(); defer { lock.unlock() }; return value }
+}
+
+func gzip(_ data: Data) throws -> Data {
+    var b = ByteBuffer(bytes: data)
+    let out = try b.compress(with: .gzip())
+    return Data(out.readableBytesView)
+}
+
+func logEntry(_ seq: UInt64, _ message: String) -> LogEntry {
+    var e = LogEntry()
+    e.sequence = seq
+    e.timeUnixMs = UInt64(nowMs())
+    e.source = "test"
+    e.severity = .info
+    e.message = message
+    return e
+}
+
+/// Posts a log batch, gzip-compressed as devices send it; returns (status, acked).
+func sendLogs(_ c: DeviceClient, _ entries: [LogEntry], droppedBefore: UInt64 = 0) async throws -> (Int, UInt64) {
+    var b = LogBatch()
+    b.entries = entries
+    b.droppedBefore = droppedBefore
+    let r = try await c.post(DeviceAPI.logs, try gzip(try b.serializedBytes()), headers: [("Content-Encoding", "gzip")])
+    return (r.status, r.status == 200 ? try LogsResponse(serializedBytes: r.body).ackedSequence : 0)
+}
+
+/// A signed bundle (random payload) as `outpost bundle create` would make it.
+func makeBundle(key: SigningKey, version: String, size: Int, seed: UInt64) throws -> [UInt8] {
+    var g = SplitMix64(state: seed)
+    let payload = (0..<size).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+    let m = BundleManifest(osVersion: version, securityVersion: 1, board: "generic-efi", arch: "x86_64",
+                           payloadSize: UInt64(payload.count), payloadSHA256: hex(Array(SHA256.hash(data: payload))),
+                           verity: .init(rootHash: String(repeating: "ab", count: 32), salt: "0011", rootOffset: 0,
+                                         rootDataBlocks: 1, hashOffset: UInt64(payload.count)),
+                           pcrs: ["IMGA": .init(pcr8: String(repeating: "1", count: 64), pcr9: String(repeating: "2", count: 64))])
+    return try BundleWriter.prologue(manifest: m, keys: [key]) + payload
+}

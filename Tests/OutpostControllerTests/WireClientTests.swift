@@ -1,0 +1,42 @@
+import Foundation
+@testable import OutpostController
+import Testing
+
+/// An independent check of the wire format: a Python client (OpenSSL, the
+/// `cryptography` package, a hand-written protobuf codec) registers and
+/// fetches config over mutual TLS.
+@Suite("Controller wire format (Python client)", .serialized)
+struct WireClientTests {
+    @Test func aPythonClientRegistersAndDecodesItsConfig() async throws {
+        let c = try await RunningController(tag: "wire")
+        defer { Task { await c.stop() } }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("wire_client.py").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", script, "127.0.0.1", String(c.port), c.dir.caCert, c.dir.onboardCert,
+                       c.dir.configDir + "/onboard.key.pem", c.root, "SN-PY"]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        // Bounded: the script's own timeouts are 20 s per request.
+        let deadline = Date().addingTimeInterval(120)
+        while p.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(100)) }
+        if p.isRunning { p.terminate() }
+        p.waitUntilExit()
+        let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 0, "wire_client.py: \(stdout) \(stderr)")
+        let r = try JSONSerialization.jsonObject(with: Data(stdout.utf8)) as? [String: Any] ?? [:]
+        #expect(r["register"] as? Int == 201)
+        #expect(r["onboard_config"] as? Int == 403)
+        #expect(r["config"] as? Int == 200)
+        #expect(r["config_again"] as? Int == 304)
+        #expect(r["hash_matches"] as? Bool == true)
+        let devices = try await c.store.allDevices()
+        #expect(devices.count == 1)
+        #expect(devices.first?.id == r["device_id"] as? String)
+        #expect(devices.first?.serial == "SN-PY")
+        #expect(devices.first?.configHash == r["config_hash"] as? String)
+    }
+}
