@@ -60,10 +60,16 @@ final class RunningController: @unchecked Sendable {
         var logger = Logger(label: "test-controller")
         logger.logLevel = .warning
         let l = logger
-        task = Task { try await ControllerServer.run(dir, .init(host: "127.0.0.1", port: 0), logger: l, signals: false) { p in box.set(p) } }
+        task = Task {
+            do { try await ControllerServer.run(dir, .init(host: "127.0.0.1", port: 0), logger: l, signals: false) { p in box.set(p) } } catch {
+                box.fail(error)
+                throw error
+            }
+        }
         // Bounded: 30 s for the listener to come up.
         for _ in 0..<300 {
             if let p = box.get() { port = p; break }
+            if let e = box.failure() { throw e }
             try await Task.sleep(for: .milliseconds(100))
         }
         guard port != 0 else { throw ControllerError.invalidInput("controller did not start in 30 s") }
@@ -112,7 +118,10 @@ final class RunningController: @unchecked Sendable {
 final class PortBox: @unchecked Sendable {
     private let lock = NSLock()
     private var value: Int?
+    private var error: Error?
     func set(_ v: Int) { lock.lock(); value = v; lock.unlock() }
+    func fail(_ e: Error) { lock.lock(); error = e; lock.unlock() }
+    func failure() -> Error? { lock.lock(); defer { lock.unlock() }; return error }
     func get() -> Int? { lock.lock(); defer { lock.unlock() }; return value }
 }
 
