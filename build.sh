@@ -35,8 +35,10 @@ PACKAGES=(
     qemu-utils qemu-system-x86 ovmf swtpm swtpm-tools
     cryptsetup-bin squashfs-tools cpio gzip xz-utils zstd kmod
     libblkid-dev libnl-3-dev libnl-route-3-dev libtss2-dev libssl-dev pkg-config
-    dpkg-dev openssl iproute2 dnsmasq busybox-static binutils
+    dpkg-dev openssl iproute2 dnsmasq busybox-static binutils zlib1g-dev
 )
+# Python modules the tests' independent clients use (the controller's wire-format client).
+PYTHON_MODULES=(cryptography)
 
 # apt's package lists exist once `apt-get update` has run; the slot build
 # resolves and downloads root packages through them even when every host
@@ -66,6 +68,12 @@ deps() {
     elif ! apt_lists_ready; then
         apt_update "no package lists yet; the slot build resolves Debian packages through them"
     fi
+    local m
+    for m in "${PYTHON_MODULES[@]}"; do
+        python3 -c "import $m" 2>/dev/null && continue
+        log "installing the Python module $m (pip)"
+        python3 -m pip install -q "$m" >&2 || die "pip install $m failed"
+    done
 }
 
 build_host() {
