@@ -193,7 +193,9 @@ public struct DeviceAPIRoutes: Sendable {
     static func gunzip(_ data: Data, limit: Int) throws(APIError) -> Data {
         var buf = ByteBuffer(bytes: data)
         do {
-            let out = try buf.decompress(with: .gzip(), maxSize: limit)
+            // maxSize bounds the allocation; the size check makes the limit exact.
+            let out = try buf.decompress(with: .gzip(), maxSize: limit + 1)
+            guard out.readableBytes <= limit else { throw CompressNIOError.bufferOverflow }
             return Data(out.readableBytesView)
         } catch let e as CompressNIOError where e == .bufferOverflow {
             throw APIError(413, "logs larger than \(limit) bytes once decompressed")

@@ -33,7 +33,7 @@ public enum PKI {
                     SubjectKeyIdentifier(hash: Certificate.PublicKey(key.publicKey))
                 },
                 issuerPrivateKey: .init(key))
-            return Issued(certificatePEM: try cert.serializeAsPEM().pemString, keyPEM: key.pemRepresentation, certificate: cert, key: key)
+            return Issued(certificatePEM: try pemLine(cert), keyPEM: key.pemRepresentation, certificate: cert, key: key)
         } catch {
             throw .certificate(what: "controller CA", reason: "cannot create it (\(error))")
         }
@@ -73,7 +73,7 @@ public enum PKI {
                     try ExtendedKeyUsage([.clientAuth])
                 },
                 issuerPrivateKey: .init(key))
-            return Issued(certificatePEM: try cert.serializeAsPEM().pemString, keyPEM: key.pemRepresentation, certificate: cert, key: key)
+            return Issued(certificatePEM: try pemLine(cert), keyPEM: key.pemRepresentation, certificate: cert, key: key)
         } catch {
             throw .certificate(what: "device certificate", reason: "cannot create it (\(error))")
         }
@@ -96,7 +96,7 @@ public enum PKI {
                     if !extraNames.isEmpty { SubjectAlternativeNames(extraNames) }
                 },
                 issuerPrivateKey: .init(ca.key))
-            return Issued(certificatePEM: try cert.serializeAsPEM().pemString, keyPEM: key.pemRepresentation, certificate: cert, key: key)
+            return Issued(certificatePEM: try pemLine(cert), keyPEM: key.pemRepresentation, certificate: cert, key: key)
         } catch {
             throw .certificate(what: commonName, reason: "cannot create the certificate (\(error))")
         }
@@ -146,6 +146,12 @@ public enum PKI {
 
     public static func fingerprint(pem: String, what: String) throws(ControllerError) -> String {
         fingerprint(der: try der(try parseCertificate(pem: pem, what: what)))
+    }
+
+    /// PEM text ending in a newline, so PEM files can be concatenated (chains).
+    static func pemLine(_ cert: Certificate) throws -> String {
+        let s = try cert.serializeAsPEM().pemString
+        return s.hasSuffix("\n") ? s : s + "\n"
     }
 
     static func ipBytes(_ s: String) -> [UInt8]? {

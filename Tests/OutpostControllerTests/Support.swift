@@ -60,10 +60,16 @@ final class RunningController: @unchecked Sendable {
         var logger = Logger(label: "test-controller")
         logger.logLevel = .warning
         let l = logger
-        task = Task { try await ControllerServer.run(dir, .init(host: "127.0.0.1", port: 0), logger: l, signals: false) { p in box.set(p) } }
+        task = Task {
+            do { try await ControllerServer.run(dir, .init(host: "127.0.0.1", port: 0), logger: l, signals: false) { p in box.set(p) } } catch {
+                box.fail(error)
+                throw error
+            }
+        }
         // Bounded: 30 s for the listener to come up.
         for _ in 0..<300 {
             if let p = box.get() { port = p; break }
+            if let e = box.failure() { throw e }
             try await Task.sleep(for: .milliseconds(100))
         }
         guard port != 0 else { throw ControllerError.invalidInput("controller did not start in 30 s") }
@@ -112,7 +118,10 @@ final class RunningController: @unchecked Sendable {
 final class PortBox: @unchecked Sendable {
     private let lock = NSLock()
     private var value: Int?
+    private var error: Error?
     func set(_ v: Int) { lock.lock(); value = v; lock.unlock() }
+    func fail(_ e: Error) { lock.lock(); error = e; lock.unlock() }
+    func failure() -> Error? { lock.lock(); defer { lock.unlock() }; return error }
     func get() -> Int? { lock.lock(); defer { lock.unlock() }; return value }
 }
 
@@ -151,4 +160,25 @@ func makeBundle(key: SigningKey, version: String, size: Int, seed: UInt64) throw
                                          rootDataBlocks: 1, hashOffset: UInt64(payload.count)),
                            pcrs: ["IMGA": .init(pcr8: String(repeating: "1", count: 64), pcr9: String(repeating: "2", count: 64))])
     return try BundleWriter.prologue(manifest: m, keys: [key]) + payload
+}
+
+/// Admin calls from tests: the client blocks on its socket, so it runs on a
+/// Dispatch thread, never on the (two-thread) cooperative pool that the
+/// controller's own handlers need.
+final class Box<T>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
+}
+
+extension RunningController {
+    func call(_ method: String, _ path: String, body: [String: Any]? = nil) async throws -> Any {
+        let admin = self.admin
+        let b = Box(body)
+        let r: Box<Any> = try await withCheckedThrowingContinuation { cont in
+            DispatchQueue.global().async {
+                do { cont.resume(returning: Box(try admin.call(method, path, body: b.value))) } catch { cont.resume(throwing: error) }
+            }
+        }
+        return r.value
+    }
 }
