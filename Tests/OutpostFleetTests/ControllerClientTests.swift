@@ -124,8 +124,7 @@ func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async thro
     }
 }
 
-@Suite("Fleet: clients against the reference controller", .serialized,
-       .disabled("written against controller 8dc0029, whose serve could not load its server certificate; serve works at d0ac2eb (merged) but this suite has not been run yet: enable and run"))
+@Suite("Fleet: clients against the reference controller", .serialized)
 struct ControllerClientTests {
     static func client(_ controller: ChildController, _ name: String, _ device: RecordingDevice) throws -> FleetClient {
         try FleetClient(configuration: try controller.deviceConfiguration(name),
