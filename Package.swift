@@ -144,8 +144,8 @@ let package = Package(
 
         // The device client against the reference controller, in one process.
         .testTarget(name: "OutpostFleetTests", dependencies: [
+            // OutpostController for its AdminClient; the controller itself runs as a child process.
             "OutpostFleet", "OutpostProto", "OutpostHTTP", "OutpostPlatform", "OutpostController",
-            .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "OutpostControllerTests", dependencies: [
             "OutpostController", "OutpostProto", "OutpostBundle",

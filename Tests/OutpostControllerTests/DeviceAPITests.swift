@@ -48,14 +48,14 @@ struct DeviceAPITests {
         let c = try await RunningController(tag: "allow")
         defer { Task { await c.stop() } }
         let pem = try text(c.dir.onboardCert)
-        _ = try c.admin.call("POST", "/onboard/remove", body: ["certPEM": pem])
+        _ = try await c.call("POST", "/onboard/remove", body: ["certPEM": pem])
         let onboard = try c.onboardingClient()
         let d = try PKI.makeSelfSigned(commonName: "A")
         #expect(try await onboard.register(deviceCertificatePEM: d.certificatePEM, serial: "A-1").0 == 403)
-        _ = try c.admin.call("POST", "/onboard/allow", body: ["certPEM": pem, "serial": "A-1"])
+        _ = try await c.call("POST", "/onboard/allow", body: ["certPEM": pem, "serial": "A-1"])
         #expect(try await onboard.register(deviceCertificatePEM: d.certificatePEM, serial: "A-2").0 == 403)
         #expect(try await onboard.register(deviceCertificatePEM: d.certificatePEM, serial: "A-1").0 == 201)
-        let list = try c.admin.call("GET", "/onboard") as? [[String: Any]] ?? []
+        let list = try await c.call("GET", "/onboard") as? [[String: Any]] ?? []
         #expect(list.map { $0["serial"] as? String } == ["A-1"])
         try await onboard.shutdown()
     }
@@ -72,7 +72,7 @@ struct DeviceAPITests {
         #expect(try await dc.config(hash: h0).0 == 304)
 
         let network = #"{"ports":{"eth0":{"mode":"dhcp","cost":10}}}"#
-        _ = try c.admin.call("POST", "/devices/\(id)/set-network", body: ["networkJSON": network])
+        _ = try await c.call("POST", "/devices/\(id)/set-network", body: ["networkJSON": network])
         let (s1, second) = try await dc.config(hash: h0)
         #expect(s1 == 200)
         let h1 = try #require(second?.configHash)
@@ -81,7 +81,7 @@ struct DeviceAPITests {
         #expect(second?.config.commands.reboot == 0)
 
         // A reboot command is a counter bump, addressed here by serial.
-        _ = try c.admin.call("POST", "/devices/SN-CFG/reboot")
+        _ = try await c.call("POST", "/devices/SN-CFG/reboot")
         let (s2, third) = try await dc.config(hash: h1)
         #expect(s2 == 200)
         #expect(third?.config.commands.reboot == 1)
@@ -89,16 +89,16 @@ struct DeviceAPITests {
         let h2 = try #require(third?.configHash)
         #expect(h2 != h1)
         #expect(try await dc.config(hash: h2).0 == 304)
-        _ = try c.admin.call("POST", "/devices/\(id)/retry-update")
-        _ = try c.admin.call("POST", "/devices/\(id)/shutdown")
+        _ = try await c.call("POST", "/devices/\(id)/retry-update")
+        _ = try await c.call("POST", "/devices/\(id)/shutdown")
         let (_, fourth) = try await dc.config(hash: h2)
         #expect(fourth?.config.commands.updateRetry == 1)
         #expect(fourth?.config.commands.shutdown == 1)
         #expect(fourth?.config.commands.reboot == 1)
 
         // An unknown device and a bad network config are one-line refusals.
-        #expect(throws: ControllerError.self) { try c.admin.call("POST", "/devices/nope-nope/reboot") }
-        #expect(throws: ControllerError.self) { try c.admin.call("POST", "/devices/\(id)/set-network", body: ["networkJSON": "[1"]) }
+        await #expect(throws: ControllerError.self) { try await c.call("POST", "/devices/nope-nope/reboot") }
+        await #expect(throws: ControllerError.self) { try await c.call("POST", "/devices/\(id)/set-network", body: ["networkJSON": "[1"]) }
         try await dc.shutdown()
     }
 
@@ -129,7 +129,7 @@ struct DeviceAPITests {
         let stored = try await c.store.logs(deviceID: id, after: 0, limit: 100)
         #expect(stored.map(\.sequence) == Array(1...10) + [15])
         #expect(stored.first?.message == "line 1")
-        let v = try c.admin.call("GET", "/devices/\(id)/logs?after=8") as? [String: Any]
+        let v = try await c.call("GET", "/devices/\(id)/logs?after=8") as? [String: Any]
         #expect((v?["entries"] as? [[String: Any]])?.count == 3)
         try await again.shutdown()
         await c.stop()

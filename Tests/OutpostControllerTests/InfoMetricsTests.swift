@@ -39,14 +39,14 @@ struct InfoMetricsTests {
         #expect(history.last?.reason == "health check failed")
         #expect(try await c.store.counts(deviceID: id).info == 1)
 
-        let list = try c.admin.call("GET", "/devices") as? [[String: Any]] ?? []
+        let list = try await c.call("GET", "/devices") as? [[String: Any]] ?? []
         let row = try #require(list.first { $0["id"] as? String == id })
         #expect(row["slot"] as? String == "ROOT-A")
         #expect(row["version"] as? String == "1.0.0")
         #expect(row["lastBoot"] as? String == "first-boot")
         #expect(row["update"] as? String == "failed 3.0.0")
         #expect((row["ports"] as? [[String: Any]])?.first?["name"] as? String == "eth0")
-        let show = try c.admin.call("GET", "/devices/\(id)") as? [String: Any]
+        let show = try await c.call("GET", "/devices/\(id)") as? [String: Any]
         #expect((show?["updateHistory"] as? [Any])?.count == 4)
         #expect(((show?["info"] as? [String: Any])?["handled"] as? [String: Any])?["reboot"] as? Int == 1)
         try await dc.shutdown()
@@ -67,7 +67,7 @@ struct InfoMetricsTests {
             #expect(try await dc.post(DeviceAPI.metrics, try m.serializedBytes()).status == 200)
         }
         #expect(try await c.store.counts(deviceID: id).metrics == Limits.metricsHistory)
-        let v = try c.admin.call("GET", "/devices/\(id)/metrics") as? [String: Any]
+        let v = try await c.call("GET", "/devices/\(id)/metrics") as? [String: Any]
         let newest = (v?["metrics"] as? [[String: Any]])?.first
         #expect(newest?["uptimeS"] as? String == String(Limits.metricsHistory + 5))
         try await dc.shutdown()

@@ -100,7 +100,7 @@ struct BundleTests {
         let bytes = try makeBundle(key: key, version: "2.0.0", size: 300_000, seed: 7)
         let path = c.root + "/v2.bundle"
         try Data(bytes).write(to: URL(fileURLWithPath: path))
-        let v = try c.admin.call("POST", "/devices/\(id)/set-os", body: ["bundle": path]) as? [String: Any]
+        let v = try await c.call("POST", "/devices/\(id)/set-os", body: ["bundle": path]) as? [String: Any]
         #expect((v?["bundle"] as? [String: Any])?["version"] as? String == "2.0.0")
 
         let (_, cfg) = try await dc.config(hash: "")
@@ -142,11 +142,11 @@ struct BundleTests {
         let stranger = try makeBundle(key: SigningKey.generate(), version: "9.9.9", size: 10_000, seed: 1)
         let p1 = c.root + "/stranger.bundle"
         try Data(stranger).write(to: URL(fileURLWithPath: p1))
-        #expect(throws: ControllerError.self) { try c.admin.call("POST", "/devices/\(id)/set-os", body: ["bundle": p1]) }
+        await #expect(throws: ControllerError.self) { try await c.call("POST", "/devices/\(id)/set-os", body: ["bundle": p1]) }
         // A URL needs a version.
-        #expect(throws: ControllerError.self) { try c.admin.call("POST", "/devices/\(id)/set-os", body: ["url": "https://x.example/b"]) }
+        await #expect(throws: ControllerError.self) { try await c.call("POST", "/devices/\(id)/set-os", body: ["url": "https://x.example/b"]) }
         #expect(try await dc.config(hash: before?.configHash ?? "").0 == 304)
-        #expect((try c.admin.call("GET", "/bundles") as? [Any])?.isEmpty == true)
+        #expect((try await c.call("GET", "/bundles") as? [Any])?.isEmpty == true)
         try await dc.shutdown()
     }
 }

@@ -161,3 +161,24 @@ func makeBundle(key: SigningKey, version: String, size: Int, seed: UInt64) throw
                            pcrs: ["IMGA": .init(pcr8: String(repeating: "1", count: 64), pcr9: String(repeating: "2", count: 64))])
     return try BundleWriter.prologue(manifest: m, keys: [key]) + payload
 }
+
+/// Admin calls from tests: the client blocks on its socket, so it runs on a
+/// Dispatch thread, never on the (two-thread) cooperative pool that the
+/// controller's own handlers need.
+final class Box<T>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
+}
+
+extension RunningController {
+    func call(_ method: String, _ path: String, body: [String: Any]? = nil) async throws -> Any {
+        let admin = self.admin
+        let b = Box(body)
+        let r: Box<Any> = try await withCheckedThrowingContinuation { cont in
+            DispatchQueue.global().async {
+                do { cont.resume(returning: Box(try admin.call(method, path, body: b.value))) } catch { cont.resume(throwing: error) }
+            }
+        }
+        return r.value
+    }
+}

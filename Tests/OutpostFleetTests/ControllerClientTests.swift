@@ -1,0 +1,228 @@
+import Foundation
+import OutpostController
+import OutpostHTTP
+import OutpostPlatform
+import OutpostProto
+import Synchronization
+import Testing
+@testable import OutpostFleet
+
+/// The reference controller as a child process (`outpost-controller`, built
+/// beside this test bundle) on 127.0.0.1 over a temporary data directory made
+/// by its own `init`; restartable on the same data and port, so a controller
+/// restart and an outage can be staged. A child, not in-process: the test
+/// bundle also links the system OpenSSL (OutpostHTTP), and NIOSSL then fails
+/// to load the server certificate in the same process.
+final class ChildController: @unchecked Sendable {
+    let root: String
+    let dir: DataDirectory
+    let port: Int
+    private var process: Process?
+
+    static var executable: String {
+        let beside = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/outpost-controller"
+        if FileManager.default.isExecutableFile(atPath: beside) { return beside }
+        return FileManager.default.currentDirectoryPath + "/.build/debug/outpost-controller"
+    }
+
+    init(tag: String) async throws {
+        root = NSTemporaryDirectory() + "outpost-fleet-ctl-\(tag)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        dir = DataDirectory(path: root + "/data")
+        port = try Self.freePort()
+        try run(Self.executable, "init", dir.path, "--host", "127.0.0.1", "--port", "\(port)")
+        try await start()
+    }
+
+    deinit {
+        if let p = process, p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        try? FileManager.default.removeItem(atPath: root)
+    }
+
+    /// A port nothing listens on now (bound to 0, read back, closed).
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw TestFailure("cannot find a free port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    func start() async throws {
+        try? FileManager.default.removeItem(atPath: dir.adminSocket)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.executable)
+        p.arguments = ["serve", "--data", dir.path, "--listen", "127.0.0.1:\(port)", "--log-level", "warning"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        process = p
+        // Bounded: 30 s for the admin socket and the TLS port.
+        for _ in 0..<300 {
+            guard p.isRunning else { throw TestFailure("outpost-controller serve exited with \(p.terminationStatus)") }
+            if FileManager.default.fileExists(atPath: dir.adminSocket) && Self.accepts(port) { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw TestFailure("outpost-controller serve did not come up in 30 s")
+    }
+
+    static func accepts(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+    }
+
+    func stop() async {
+        guard let p = process else { return }
+        if p.isRunning { kill(p.processIdentifier, SIGTERM) }
+        for _ in 0..<100 where p.isRunning { try? await Task.sleep(for: .milliseconds(100)) }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+        process = nil
+    }
+
+    /// An admin call (blocking UNIX socket I/O) off the cooperative pool.
+    func admin(_ method: String, _ path: String) async throws -> Any {
+        let client = AdminClient(socketPath: dir.adminSocket)
+        let data = try await offPool { try client.raw(method, path) }
+        return try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+    }
+
+    /// A device's CONFIG + PERSIST: the controller's own CONFIG directory.
+    func deviceConfiguration(_ name: String) throws -> FleetConfiguration {
+        let persist = root + "/devices/" + name
+        try FileManager.default.createDirectory(atPath: persist, withIntermediateDirectories: true)
+        guard var c = try FleetConfiguration.load(configDirectory: dir.configDir, persistDirectory: persist, osVersion: "1.0") else {
+            throw TestFailure("controller CONFIG has no controller-url")
+        }
+        c.serial = "SN-\(name)"
+        return c
+    }
+}
+
+/// Runs blocking client work on its own thread so the controller's tasks
+/// keep the cooperative pool.
+func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (k: CheckedContinuation<T, Error>) in
+        do {
+            try NamedThread.detach(name: "fleet-test") {
+                do { k.resume(returning: try body()) } catch { k.resume(throwing: error) }
+            }
+        } catch { k.resume(throwing: error) }
+    }
+}
+
+@Suite("Fleet: clients against the reference controller", .serialized)
+struct ControllerClientTests {
+    static func client(_ controller: ChildController, _ name: String, _ device: RecordingDevice) throws -> FleetClient {
+        try FleetClient(configuration: try controller.deviceConfiguration(name),
+                        dependencies: FleetDependencies(updater: device, network: device, power: device, state: device))
+    }
+
+    @Test func manyClientsRegisterIdempotentlyAndAnUnchangedConfigCostsA304() async throws {
+        let controller = try await ChildController(tag: "register")
+        let devices = (0..<8).map { _ in RecordingDevice() }
+        let clients = try (0..<8).map { try Self.client(controller, "d\($0)", devices[$0]) }
+        let statuses = try await offPool { () throws -> [[Int]] in
+            try clients.map { client in
+                try client.register()
+                try client.register()  // idempotent: a second registration is fine
+                return [try client.pollConfig(), try client.pollConfig()]
+            }
+        }
+        #expect(statuses.allSatisfy { $0 == [200, 304] }, "\(statuses)")
+        let list = try await controller.admin("GET", "/devices") as? [[String: Any]] ?? []
+        #expect(list.count == 8, "\(list)")
+        #expect(Set(clients.compactMap { $0.status.deviceID }).count == 8)
+        await controller.stop()
+    }
+
+    @Test func eachCounterCommandActsExactlyOnceAlsoAcrossAClientRestart() async throws {
+        let controller = try await ChildController(tag: "counters")
+        let device = RecordingDevice()
+        var client = try Self.client(controller, "c", device)
+        let c1 = client
+        try await offPool { try c1.register(); try c1.pollConfig() }
+        let id = try #require(client.status.deviceID)
+        for action in ["reboot", "shutdown", "retry-update"] {
+            _ = try await controller.admin("POST", "/devices/\(id)/\(action)")
+        }
+        let c2 = client
+        try await offPool { try c2.pollConfig(); try c2.pollConfig() }
+        // All three bumped in one config: the retry is handed on, and shutdown
+        // wins over reboot (both recorded as handled).
+        #expect(device.commands() == ["retry 1", "shutdown controller"], "\(device.commands())")
+        let before = device.commands()
+        // Restart the client: the same counters act no more.
+        client = try Self.client(controller, "c", device)
+        let c3 = client
+        try c3.start()
+        c3.stop()
+        try await offPool { try c3.pollConfig() }
+        #expect(device.commands() == before)
+        _ = try await controller.admin("POST", "/devices/\(id)/reboot")
+        try await offPool { try c3.pollConfig(); try c3.pollConfig() }
+        #expect(device.commands() == before + ["reboot controller"], "\(device.commands())")
+        await controller.stop()
+    }
+
+    @Test func infoPendingWhileTheControllerIsDownArrivesAfterAClientRestart() async throws {
+        let controller = try await ChildController(tag: "outbox")
+        let device = RecordingDevice()
+        let first = try Self.client(controller, "o", device)
+        try await offPool { try first.register() }
+        let id = try #require(first.status.deviceID)
+        await controller.stop()
+        let sendFailed = try await offPool { () throws -> Bool in
+            try first.composeInfo()
+            do { try first.sendInfo(); return false } catch { return true }
+        }
+        #expect(sendFailed)
+        #expect(first.outbox.pendingCount == 1)
+        try await controller.start()
+        let second = try Self.client(controller, "o", device)
+        #expect(second.outbox.pendingCount == 1)
+        try await offPool { try second.sendInfo() }
+        #expect(second.outbox.pendingCount == 0)
+        let shown = try await controller.admin("GET", "/devices/\(id)") as? [String: Any]
+        #expect(shown?["info"] != nil, "\(String(describing: shown))")
+        await controller.stop()
+    }
+
+    @Test func logSequenceHasNoGapAcrossAControllerRestartAndAnOutage() async throws {
+        let controller = try await ChildController(tag: "logs")
+        let device = RecordingDevice()
+        let client = try Self.client(controller, "l", device)
+        for i in 1...50 { client.log(source: "test", "before \(i)") }
+        try await offPool { try client.register(); try client.sendLogs() }
+        let id = try #require(client.status.deviceID)
+        await controller.stop()
+        for i in 1...50 { client.log(source: "test", "outage \(i)") }
+        let uploadFailed = try await offPool { () -> Bool in
+            do { try client.sendLogs(); return false } catch { return true }
+        }
+        #expect(uploadFailed)
+        try await controller.start()
+        let restarted = try Self.client(controller, "l", device)
+        for i in 1...50 { restarted.log(source: "test", "after \(i)") }
+        try await offPool { try restarted.sendLogs() }
+        let logs = try await controller.admin("GET", "/devices/\(id)/logs?limit=10000") as? [String: Any]
+        let sequences = ((logs?["entries"] as? [[String: Any]]) ?? []).compactMap { ($0["sequence"] as? NSNumber)?.uint64Value }
+        #expect(!sequences.isEmpty)
+        #expect(sequences == Array(1...UInt64(sequences.count)), "\(sequences)")
+        #expect(sequences.count >= 150)
+        await controller.stop()
+    }
+}
