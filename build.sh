@@ -3,6 +3,7 @@
 #   ./build.sh          install what is missing, build the host CLI, outpostd and out/outpost.img (+ .qcow2)
 #   ./build.sh run      the above, then boot out/outpost.img in QEMU (serial console on this terminal)
 #   ./build.sh test     the above, then every test
+#   ./build.sh controller  build the reference fleet controller into out/bin/outpost-controller
 #   ./build.sh deps     only install the Debian packages
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -35,7 +36,7 @@ PACKAGES=(
     qemu-utils qemu-system-x86 ovmf swtpm swtpm-tools
     cryptsetup-bin squashfs-tools cpio gzip xz-utils zstd kmod
     libblkid-dev libnl-3-dev libnl-route-3-dev libtss2-dev libssl-dev pkg-config
-    dpkg-dev openssl iproute2 dnsmasq busybox-static binutils zlib1g-dev
+    dpkg-dev openssl iproute2 dnsmasq busybox-static binutils zlib1g-dev libsqlite3-dev
 )
 # Python modules the tests' independent clients use (the controller's wire-format client).
 PYTHON_MODULES=(cryptography)
@@ -85,6 +86,16 @@ build_host() {
 }
 
 VERSION=${OUTPOST_VERSION:-$(cat VERSION)}
+
+# The reference fleet controller (host side; its first build compiles
+# Hummingbird, SwiftNIO and GRDB, which takes several minutes).
+build_controller() {
+    STEP="build outpost-controller"
+    log "building outpost-controller"
+    swift build "${SWIFT_FLAGS[@]}" --product outpost-controller >&2
+    mkdir -p "$OUT/bin"
+    cp "$(swift build "${SWIFT_FLAGS[@]}" --product outpost-controller --show-bin-path)/outpost-controller" "$OUT/bin/outpost-controller"
+}
 
 # Stage-1 GRUB for the EFI partition (cached by grub/build-grub.sh).
 build_grub() {
@@ -206,12 +217,17 @@ case "${1:-build}" in
         ;;
     test)
         build_all
+        build_controller
         build_outpostd_fault
         build_fault_image
         run_tests
         ;;
-    -h|--help|help)
-        sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    controller)
+        deps
+        build_controller
         ;;
-    *) die "unknown command '$1' (use: build, run, test, deps)" ;;
+    -h|--help|help)
+        sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+        ;;
+    *) die "unknown command '$1' (use: build, run, test, controller, deps)" ;;
 esac

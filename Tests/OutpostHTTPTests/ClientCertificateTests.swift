@@ -1,4 +1,5 @@
 import Foundation
+import OutpostTestSupport
 import Testing
 @testable import OutpostHTTP
 
@@ -7,7 +8,8 @@ import Testing
 private final class MutualTLSServer {
     static let script = #"""
     import http.server, socketserver, ssl, sys, threading
-    cert, key, client_ca = sys.argv[1], sys.argv[2], sys.argv[3]
+    import os
+    cert, key, client_ca, port_file = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     class H(http.server.BaseHTTPRequestHandler):
         protocol_version = 'HTTP/1.1'
         def log_message(self, *a): pass
@@ -26,53 +28,53 @@ private final class MutualTLSServer {
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(client_ca)
     srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    print(srv.server_address[1], flush=True)
+    with open(port_file + '.tmp', 'w') as f: f.write(str(srv.server_address[1]))
+    os.rename(port_file + '.tmp', port_file)
     threading.Timer(60, lambda: srv.shutdown()).start()
     srv.serve_forever()
     """#
 
-    let process = Process()
+    let process: ChildProcess
     let port: Int
 
     init(dir: String, pki: TestPKI, clientCA: String) throws {
         let script = dir + "/mtls.py"
         try Self.script.write(toFile: script, atomically: true, encoding: .utf8)
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", script, pki.cert, pki.key, clientCA]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let line = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
-        guard let port = Int(line.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            kill(process.processIdentifier, SIGKILL)
-            throw TestFailure("mutual TLS server did not start: '\(line)'")
+        let child = try ChildProcess(["python3", script, pki.cert, pki.key, clientCA, script + ".port"])
+        process = child
+        // The server writes its port to a file once it listens (renamed into place).
+        var port: Int?
+        do {
+            try waitFor("mutual TLS server listening", within: .seconds(20)) {
+                port = (try? String(contentsOfFile: script + ".port", encoding: .utf8)).flatMap { Int($0) }
+                return port != nil || !child.isRunning
+            }
+        } catch {
+            child.kill()
+            throw error
+        }
+        guard let port else {
+            child.kill()
+            throw TestFailure("mutual TLS server exited before it listened")
         }
         self.port = port
     }
 
-    deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-    }
+    deinit { process.kill() }
 }
 
 @Suite("HTTP client: client certificates (mutual TLS)")
 struct ClientCertificateTests {
     /// A client certificate for CN=device-7 issued by the test CA.
     static func clientCertificate(_ pki: TestPKI, name: String = "device-7") throws -> TLSClientCertificate {
-        let dir = pki.dir
-        try run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", "\(dir)/\(name).key", "-out", "\(dir)/\(name).csr", "-subj", "/CN=\(name)")
-        try run("openssl", "x509", "-req", "-in", "\(dir)/\(name).csr", "-CA", pki.ca, "-CAkey", dir + "/ca.key",
-                "-CAcreateserial", "-out", "\(dir)/\(name).pem", "-days", "2")
-        return TLSClientCertificate(certificatePEM: try String(contentsOfFile: "\(dir)/\(name).pem", encoding: .utf8),
-                                    privateKeyPEM: try String(contentsOfFile: "\(dir)/\(name).key", encoding: .utf8),
+        let (cert, key) = try pki.clientCertificate(name)
+        return TLSClientCertificate(certificatePEM: try String(contentsOfFile: cert, encoding: .utf8),
+                                    privateKeyPEM: try String(contentsOfFile: key, encoding: .utf8),
                                     label: name)
     }
 
     @Test func serverThatRequiresACertificateSeesTheClientsName() throws {
-        let tmp = try TempDir("mtls")
+        let tmp = try TemporaryDirectory("mtls")
         let pki = try TestPKI(dir: tmp.path)
         let server = try MutualTLSServer(dir: tmp.path, pki: pki, clientCA: pki.ca)
         let url = try HTTPURL("https://127.0.0.1:\(server.port)/who")
@@ -89,7 +91,7 @@ struct ClientCertificateTests {
     }
 
     @Test func keyThatDoesNotMatchTheCertificateIsRefusedAtSetup() throws {
-        let tmp = try TempDir("mtls-mismatch")
+        let tmp = try TemporaryDirectory("mtls-mismatch")
         let pki = try TestPKI(dir: tmp.path)
         let one = try Self.clientCertificate(pki, name: "one")
         let two = try Self.clientCertificate(pki, name: "two")
