@@ -6,7 +6,7 @@
 # lookup with no body to decode and nothing to compare, so the ratio
 # config/ping is what the config path itself costs. Goal: >= 2,000 polls/s.
 #
-#   bench/controller-throughput.sh          DEVICES=10000 CLIENTS=64 SECONDS=15
+#   bench/controller-throughput.sh          DEVICES=10000 CLIENTS=64 DURATION=15  (seconds per measurement)
 #
 # The controller and the load generator (`outpost-controller bench poll`, one
 # AsyncHTTPClient per simulated device, each with its own certificate) share
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICES=${DEVICES:-10000}
 CLIENTS=${CLIENTS:-64}
-SECONDS_PER=${SECONDS:-15}
+SECONDS_PER=${DURATION:-15}
 SCRATCH=(${OUTPOST_SCRATCH:+--scratch-path "$OUTPOST_SCRATCH"})
 WORK=$(mktemp -d /tmp/outpost-ctl-bench.XXXXXX)
 SERVE_PID=

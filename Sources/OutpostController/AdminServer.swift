@@ -73,10 +73,20 @@ public struct AdminRoutes: Sendable {
             await json {
                 let body = try await object(q)
                 guard let path = body["path"] as? String else { throw ControllerError.invalidInput("path is missing") }
-                return try addedJSON(bundles.add(path: path))
+                return addedJSON(try await offPool { try bundles.add(path: path) })
             }
         }
         return r
+    }
+
+    /// Verifying and copying a bundle reads the whole file: that runs on a
+    /// Dispatch thread, so the cooperative pool keeps serving devices.
+    private func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { cont in
+            DispatchQueue.global().async {
+                do { cont.resume(returning: try body()) } catch { cont.resume(throwing: error) }
+            }
+        }
     }
 
     private func ref(_ c: BasicRequestContext) throws -> String {
@@ -165,7 +175,7 @@ public struct AdminRoutes: Sendable {
             var base = BaseOS()
             base.activate = activate
             if let path = body["bundle"] as? String {
-                let a = try bundles.add(path: path)
+                let a = try await offPool { try bundles.add(path: path) }
                 if let v = body["version"] as? String, !v.isEmpty, v != a.version {
                     throw ControllerError.invalidInput("--version \(v) does not match the bundle's version \(a.version)")
                 }
