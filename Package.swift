@@ -145,10 +145,10 @@ let package = Package(
         // The device client against the reference controller, in one process.
         .testTarget(name: "OutpostFleetTests", dependencies: [
             // OutpostController for its AdminClient; the controller itself runs as a child process.
-            "OutpostFleet", "OutpostProto", "OutpostHTTP", "OutpostPlatform", "OutpostController",
+            "OutpostFleet", "OutpostProto", "OutpostHTTP", "OutpostPlatform", "OutpostController", "OutpostTestSupport",
         ]),
         .testTarget(name: "OutpostControllerTests", dependencies: [
-            "OutpostController", "OutpostProto", "OutpostBundle",
+            "OutpostController", "OutpostProto", "OutpostBundle", "OutpostTestSupport",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "CompressNIO", package: "compress-nio"),

@@ -3,6 +3,7 @@ import Foundation
 import OutpostBundle
 @testable import OutpostController
 import OutpostProto
+import OutpostTestSupport
 import Testing
 
 /// What the controller refuses, and that a refusal stores nothing.
@@ -11,9 +12,8 @@ struct RefusalTests {
     static let endpoints = [DeviceAPI.register, DeviceAPI.config, DeviceAPI.info, DeviceAPI.metrics, DeviceAPI.logs]
 
     @Test func randomBodiesToEveryEndpointAre400AndStoreNothing() async throws {
-        let seed = UInt64(UInt32.random(in: 1...UInt32.max))
-        print("RefusalTests random bodies: seed \(seed)")
-        var g = SplitMix64(state: seed)
+        var g = SplitMix64.forTest()  // prints the seed; OUTPOST_TEST_SEED replays it
+        let seed = g.seed
         let c = try await RunningController(tag: "fuzz")
         defer { Task { await c.stop() } }
         let (dc, id) = try await c.newDevice(serial: "SN-FUZZ")
@@ -97,7 +97,8 @@ struct BundleTests {
         let c = try await RunningController(tag: "bundle", trustKey: key)
         defer { Task { await c.stop() } }
         let (dc, id) = try await c.newDevice(serial: "SN-OS")
-        let bytes = try makeBundle(key: key, version: "2.0.0", size: 300_000, seed: 7)
+        var random = SplitMix64.forTest()
+        let bytes = try makeBundle(key: key, version: "2.0.0", size: 300_000, random: &random)
         let path = c.root + "/v2.bundle"
         try Data(bytes).write(to: URL(fileURLWithPath: path))
         let v = try await c.call("POST", "/devices/\(id)/set-os", body: ["bundle": path]) as? [String: Any]
@@ -139,7 +140,8 @@ struct BundleTests {
         let (dc, id) = try await c.newDevice(serial: "SN-BAD")
         let (_, before) = try await dc.config(hash: "")
         // Signed by a key the fleet does not trust.
-        let stranger = try makeBundle(key: SigningKey.generate(), version: "9.9.9", size: 10_000, seed: 1)
+        var random = SplitMix64.forTest()
+        let stranger = try makeBundle(key: SigningKey.generate(), version: "9.9.9", size: 10_000, random: &random)
         let p1 = c.root + "/stranger.bundle"
         try Data(stranger).write(to: URL(fileURLWithPath: p1))
         await #expect(throws: ControllerError.self) { try await c.call("POST", "/devices/\(id)/set-os", body: ["bundle": p1]) }

@@ -6,25 +6,8 @@ import Logging
 import OutpostBundle
 @testable import OutpostController
 import OutpostProto
+import OutpostTestSupport
 import Testing
-
-/// A deterministic pseudo-random generator: a failing seed reproduces.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-func tempDir(_ tag: String) -> String {
-    let p = "/tmp/oc-\(tag)-\(UUID().uuidString.prefix(8))"
-    try? FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
-    return p
-}
 
 func text(_ path: String) throws -> String {
     guard let d = FileManager.default.contents(atPath: path) else { throw ControllerError.io(path: path, reason: "missing") }
@@ -40,7 +23,7 @@ final class RunningController: @unchecked Sendable {
     private var task: Task<Void, Error>?
 
     init(tag: String, trustKey: SigningKey? = nil) async throws {
-        root = tempDir(tag)
+        root = try TemporaryDirectory.create("controller-\(tag)")
         dir = DataDirectory(path: root + "/data")
         var trustFrom: String?
         if let k = trustKey {
@@ -150,10 +133,10 @@ func sendLogs(_ c: DeviceClient, _ entries: [LogEntry], droppedBefore: UInt64 = 
     return (r.status, r.status == 200 ? try LogsResponse(serializedBytes: r.body).ackedSequence : 0)
 }
 
-/// A signed bundle (random payload) as `outpost bundle create` would make it.
-func makeBundle(key: SigningKey, version: String, size: Int, seed: UInt64) throws -> [UInt8] {
-    var g = SplitMix64(state: seed)
-    let payload = (0..<size).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+/// A signed bundle (random payload from `random`, whose seed the test prints) as
+/// `outpost bundle create` would make it.
+func makeBundle(key: SigningKey, version: String, size: Int, random: inout SplitMix64) throws -> [UInt8] {
+    let payload = random.bytes(size)
     let m = BundleManifest(osVersion: version, securityVersion: 1, board: "generic-efi", arch: "x86_64",
                            payloadSize: UInt64(payload.count), payloadSHA256: hex(Array(SHA256.hash(data: payload))),
                            verity: .init(rootHash: String(repeating: "ab", count: 32), salt: "0011", rootOffset: 0,

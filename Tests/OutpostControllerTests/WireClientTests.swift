@@ -1,5 +1,6 @@
 import Foundation
 @testable import OutpostController
+import OutpostTestSupport
 import Testing
 
 /// An independent check of the wire format: a Python client (OpenSSL, the
@@ -11,23 +12,16 @@ struct WireClientTests {
         let c = try await RunningController(tag: "wire")
         defer { Task { await c.stop() } }
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("wire_client.py").path
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", script, "127.0.0.1", String(c.port), c.dir.caCert, c.dir.onboardCert,
-                       c.dir.configDir + "/onboard.key.pem", c.root, "SN-PY"]
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        // Bounded: the script's own timeouts are 20 s per request.
-        let deadline = Date().addingTimeInterval(120)
-        while p.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(100)) }
-        if p.isRunning { p.terminate() }
-        p.waitUntilExit()
-        let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(p.terminationStatus == 0, "wire_client.py: \(stdout) \(stderr)")
-        let r = try JSONSerialization.jsonObject(with: Data(stdout.utf8)) as? [String: Any] ?? [:]
+        let argv = ["python3", script, "127.0.0.1", String(c.port), c.dir.caCert, c.dir.onboardCert,
+                    c.dir.configDir + "/onboard.key.pem", c.root, "SN-PY"]
+        // Bounded: the script's own timeouts are 20 s per request; killed by PID past 120 s.
+        // runCommand blocks, so it waits on a Dispatch thread: the in-process controller
+        // needs the (two-thread) cooperative pool to answer the script.
+        let result: CommandResult = try await withCheckedThrowingContinuation { cont in
+            DispatchQueue.global().async { cont.resume(with: Result { try runCommand(argv, timeout: .seconds(120)) }) }
+        }
+        #expect(result.status == 0, "wire_client.py: \(result.stdout) \(result.stderr)")
+        let r = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] ?? [:]
         #expect(r["register"] as? Int == 201)
         #expect(r["onboard_config"] as? Int == 403)
         #expect(r["config"] as? Int == 200)

@@ -1,4 +1,5 @@
 import Foundation
+import OutpostTestSupport
 import OutpostHTTP
 import OutpostPlatform
 import OutpostProto
@@ -38,19 +39,25 @@ final class RecordingDevice: BaseOSUpdater, NetworkConfigurator, PowerControl, D
 /// A CONFIG as `outpost-controller init` writes it, made with the openssl CLI,
 /// pointing at `url`.
 func makeConfig(_ dir: String, url: String) throws -> FleetConfiguration {
+    try makeConfigAndPKI(dir, url: url).configuration
+}
+
+/// `makeConfig`, and the test PKI (openssl CLI, in `dir`/pki) whose CA is CONFIG's root CA:
+/// its server certificate for 127.0.0.1 is one the device trusts, its other CA one it does not.
+func makeConfigAndPKI(_ dir: String, url: String) throws -> (configuration: FleetConfiguration, pki: TestPKI) {
     let config = dir + "/config"
     try FileManager.default.createDirectory(atPath: config, withIntermediateDirectories: true)
-    try run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", config + "/ca.key", "-out", config + "/root-ca.pem", "-days", "2", "-subj", "/CN=test controller CA")
-    try run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", config + "/onboard.key.pem", "-out", config + "/onboard.csr", "-subj", "/CN=onboard")
-    try run("openssl", "x509", "-req", "-in", config + "/onboard.csr", "-CA", config + "/root-ca.pem", "-CAkey", config + "/ca.key",
-            "-CAcreateserial", "-out", config + "/onboard.cert.pem", "-days", "2")
+    try FileManager.default.createDirectory(atPath: dir + "/pki", withIntermediateDirectories: true)
+    let pki = try TestPKI(dir: dir + "/pki")
+    let onboard = try pki.clientCertificate("onboard")
+    try FileManager.default.copyItem(atPath: pki.ca, toPath: config + "/root-ca.pem")
+    try FileManager.default.copyItem(atPath: onboard.cert, toPath: config + "/onboard.cert.pem")
+    try FileManager.default.copyItem(atPath: onboard.key, toPath: config + "/onboard.key.pem")
     try "\(url)\n".write(toFile: config + "/controller-url", atomically: true, encoding: .utf8)
     try "SN-TEST\n".write(toFile: config + "/serial", atomically: true, encoding: .utf8)
     try FileManager.default.createDirectory(atPath: dir + "/persist", withIntermediateDirectories: true)
     let loaded = try FleetConfiguration.load(configDirectory: config, persistDirectory: dir + "/persist", osVersion: "1.0")
-    return try #require(loaded)
+    return (try #require(loaded), pki)
 }
 
 @Suite("Fleet: client facade without a controller")
@@ -67,7 +74,7 @@ struct ClientTests {
     }
 
     @Test func configLoadsFromCONFIGAndAnUnmanagedDeviceHasNone() throws {
-        let tmp = try TempDir("config")
+        let tmp = try TemporaryDirectory("config")
         let configuration = try makeConfig(tmp.path, url: "https://127.0.0.1:9/")
         #expect(configuration.serial == "SN-TEST")
         #expect(configuration.controllerURL.port == 9)
@@ -80,7 +87,7 @@ struct ClientTests {
     }
 
     @Test func eachCounterBumpActsExactlyOnceAlsoAcrossARestart() throws {
-        let tmp = try TempDir("counters")
+        let tmp = try TemporaryDirectory("counters")
         let configuration = try makeConfig(tmp.path, url: "https://127.0.0.1:9/")
         let device = RecordingDevice()
         let deps = FleetDependencies(updater: device, network: device, power: device, state: device)
@@ -110,7 +117,7 @@ struct ClientTests {
     }
 
     @Test func infoGoesToTheOutboxOnChangeOnlyAndAgainAfterTheInfoInterval() throws {
-        let tmp = try TempDir("info")
+        let tmp = try TemporaryDirectory("info")
         var configuration = try makeConfig(tmp.path, url: "https://127.0.0.1:9/")
         configuration.intervals.info = .milliseconds(300)
         let device = RecordingDevice()
@@ -134,7 +141,7 @@ struct ClientTests {
     }
 
     @Test func lastGoodConfigIsAppliedAtStartWithNoController() throws {
-        let tmp = try TempDir("lastgood")
+        let tmp = try TemporaryDirectory("lastgood")
         let configuration = try makeConfig(tmp.path, url: "https://127.0.0.1:9/")
         var stored = Outpost_Api_V1_ConfigResponse()
         stored.config = Self.config(network: "{\"ports\":[]}")
@@ -156,7 +163,7 @@ struct ClientTests {
     }
 
     @Test func anUnreachableControllerIsOneLineAndABackoffNotAStampede() throws {
-        let tmp = try TempDir("unreachable")
+        let tmp = try TemporaryDirectory("unreachable")
         // A port nothing listens on: connection refused at once.
         let configuration = try makeConfig(tmp.path, url: "https://127.0.0.1:9/")
         let device = RecordingDevice()
@@ -176,14 +183,13 @@ struct ClientTests {
     }
 
     @Test func fuzzedResponseBodiesEndInAOneLineErrorNeverACrash() throws {
-        let tmp = try TempDir("fuzz")
+        let tmp = try TemporaryDirectory("fuzz")
         let configuration = try makeConfig(tmp.path, url: "https://127.0.0.1:9/")
         let device = RecordingDevice()
         let client = try FleetClient(configuration: configuration, dependencies: FleetDependencies(
             updater: device, network: device, power: device, state: device))
-        let seed = UInt64.random(in: 0...UInt64.max)
-        print("fuzz seed \(seed)")
-        var random = SeededGenerator(seed: seed)
+        var random = SplitMix64.forTest()  // prints the seed; OUTPOST_TEST_SEED replays it
+        let seed = random.seed
         var valid = Outpost_Api_V1_ConfigResponse()
         valid.config = Self.config(reboot: 3, network: "{}")
         valid.configHash = "deadbeef"

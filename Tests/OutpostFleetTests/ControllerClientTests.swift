@@ -1,4 +1,5 @@
 import Foundation
+import OutpostTestSupport
 import OutpostController
 import OutpostHTTP
 import OutpostPlatform
@@ -17,7 +18,7 @@ final class ChildController: @unchecked Sendable {
     let root: String
     let dir: DataDirectory
     let port: Int
-    private var process: Process?
+    private var process: ChildProcess?
 
     static var executable: String {
         let beside = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/outpost-controller"
@@ -26,16 +27,15 @@ final class ChildController: @unchecked Sendable {
     }
 
     init(tag: String) async throws {
-        root = NSTemporaryDirectory() + "outpost-fleet-ctl-\(tag)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        root = try TemporaryDirectory.create("fleet-ctl-\(tag)")
         dir = DataDirectory(path: root + "/data")
         port = try Self.freePort()
-        try run(Self.executable, "init", dir.path, "--host", "127.0.0.1", "--port", "\(port)")
+        try sh(Self.executable, "init", dir.path, "--host", "127.0.0.1", "--port", "\(port)")
         try await start()
     }
 
     deinit {
-        if let p = process, p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        process?.kill()
         try? FileManager.default.removeItem(atPath: root)
     }
 
@@ -50,26 +50,24 @@ final class ChildController: @unchecked Sendable {
         let bound = withUnsafeMutablePointer(to: &address) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
         }
-        guard bound else { throw TestFailure("cannot find a free port") }
+        guard bound else { throw TestSupportError.spawn(command: "outpost-controller", reason: "no free port on 127.0.0.1") }
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
     func start() async throws {
         try? FileManager.default.removeItem(atPath: dir.adminSocket)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.executable)
-        p.arguments = ["serve", "--data", dir.path, "--listen", "127.0.0.1:\(port)", "--log-level", "warning"]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
+        let serve = [Self.executable, "serve", "--data", dir.path, "--listen", "127.0.0.1:\(port)", "--log-level", "warning"]
+        let p = try ChildProcess(serve)
         process = p
         // Bounded: 30 s for the admin socket and the TLS port.
         for _ in 0..<300 {
-            guard p.isRunning else { throw TestFailure("outpost-controller serve exited with \(p.terminationStatus)") }
+            if let status = p.wait(.zero) {
+                throw TestSupportError.failed(command: serve.joined(separator: " "), status: status, output: "")
+            }
             if FileManager.default.fileExists(atPath: dir.adminSocket) && Self.accepts(port) { return }
             try await Task.sleep(for: .milliseconds(100))
         }
-        throw TestFailure("outpost-controller serve did not come up in 30 s")
+        throw TestSupportError.timedOut(what: "outpost-controller serve listening", after: .seconds(30))
     }
 
     static func accepts(_ port: Int) -> Bool {
@@ -86,10 +84,10 @@ final class ChildController: @unchecked Sendable {
 
     func stop() async {
         guard let p = process else { return }
-        if p.isRunning { kill(p.processIdentifier, SIGTERM) }
+        // SIGTERM by PID, up to 10 s to exit (waiting off the thread), then SIGKILL; always reaped.
+        _ = kill(p.pid, SIGTERM)
         for _ in 0..<100 where p.isRunning { try? await Task.sleep(for: .milliseconds(100)) }
-        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-        p.waitUntilExit()
+        p.kill()
         process = nil
     }
 
@@ -104,9 +102,8 @@ final class ChildController: @unchecked Sendable {
     func deviceConfiguration(_ name: String) throws -> FleetConfiguration {
         let persist = root + "/devices/" + name
         try FileManager.default.createDirectory(atPath: persist, withIntermediateDirectories: true)
-        guard var c = try FleetConfiguration.load(configDirectory: dir.configDir, persistDirectory: persist, osVersion: "1.0") else {
-            throw TestFailure("controller CONFIG has no controller-url")
-        }
+        var c = try #require(try FleetConfiguration.load(configDirectory: dir.configDir, persistDirectory: persist, osVersion: "1.0"),
+                             "controller CONFIG has no controller-url")
         c.serial = "SN-\(name)"
         return c
     }

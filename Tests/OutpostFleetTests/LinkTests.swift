@@ -1,16 +1,18 @@
 import Foundation
+import OutpostTestSupport
 import OutpostHTTP
 import OutpostPlatform
 import Testing
 @testable import OutpostFleet
 
-/// A TLS server (python3's ssl) with a server certificate for 127.0.0.1 issued
-/// by the test controller CA, requiring a client certificate it trusts through
+/// A TLS server (python3's ssl) with the test PKI's server certificate for
+/// 127.0.0.1 (issued by the test controller CA), requiring a client certificate it trusts through
 /// `clientTrust`, answering every POST with the client certificate's CN.
 private final class EchoServer {
     static let script = #"""
     import http.server, socketserver, ssl, sys, threading
-    cert, key, trust = sys.argv[1], sys.argv[2], sys.argv[3]
+    import os
+    cert, key, trust, port_file = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     class H(http.server.BaseHTTPRequestHandler):
         protocol_version = 'HTTP/1.1'
         def log_message(self, *a): pass
@@ -30,50 +32,49 @@ private final class EchoServer {
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(trust)
     srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    print(srv.server_address[1], flush=True)
+    with open(port_file + '.tmp', 'w') as f: f.write(str(srv.server_address[1]))
+    os.rename(port_file + '.tmp', port_file)
     threading.Timer(60, lambda: srv.shutdown()).start()
     srv.serve_forever()
     """#
 
-    let process = Process()
+    let process: ChildProcess
     let port: Int
 
-    init(dir: String, clientTrust: String) throws {
-        let config = dir + "/config"
-        try run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", dir + "/server.key", "-out", dir + "/server.csr", "-subj", "/CN=127.0.0.1")
-        try "subjectAltName=IP:127.0.0.1\n".write(toFile: dir + "/san.ext", atomically: true, encoding: .utf8)
-        try run("openssl", "x509", "-req", "-in", dir + "/server.csr", "-CA", config + "/root-ca.pem", "-CAkey", config + "/ca.key",
-                "-CAcreateserial", "-out", dir + "/server.pem", "-days", "2", "-extfile", dir + "/san.ext")
-        try Self.script.write(toFile: dir + "/echo.py", atomically: true, encoding: .utf8)
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", dir + "/echo.py", dir + "/server.pem", dir + "/server.key", clientTrust]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let line = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
-        guard let port = Int(line.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            kill(process.processIdentifier, SIGKILL)
-            throw TestFailure("echo server did not start: '\(line)'")
+    init(dir: String, pki: TestPKI, clientTrust: String) throws {
+        let script = dir + "/echo.py"
+        try Self.script.write(toFile: script, atomically: true, encoding: .utf8)
+        let child = try ChildProcess(["python3", script, pki.cert, pki.key, clientTrust, script + ".port"])
+        process = child
+        // The server writes its port to a file once it listens (renamed into place).
+        var port: Int?
+        do {
+            try waitFor("echo server listening", within: .seconds(20)) {
+                port = (try? String(contentsOfFile: script + ".port", encoding: .utf8)).flatMap { Int($0) }
+                return port != nil || !child.isRunning
+            }
+        } catch {
+            child.kill()
+            throw error
+        }
+        guard let port else {
+            child.kill()
+            throw TestSupportError.spawn(command: "python3 echo.py", reason: "exited before it listened")
         }
         self.port = port
     }
 
-    deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-    }
+    deinit { process.kill() }
 }
 
 @Suite("Fleet: controller link over mutual TLS")
 struct LinkTests {
     @Test func deviceCertificateIsPresentedAndABrokenRouteFallsThroughToTheNext() throws {
-        let tmp = try TempDir("link")
-        let configuration = try makeConfig(tmp.path, url: "https://127.0.0.1:9/")
+        let tmp = try TemporaryDirectory("link")
+        let (configuration, pki) = try makeConfigAndPKI(tmp.path, url: "https://127.0.0.1:9/")
         let identity = try SoftwareIdentity.loadOrCreate(directory: tmp.path + "/fleet", serial: "SN-LINK")
         // The server trusts exactly the device's self-signed certificate.
-        let server = try EchoServer(dir: tmp.path, clientTrust: tmp.path + "/fleet/device.cert.pem")
+        let server = try EchoServer(dir: tmp.path, pki: pki, clientTrust: tmp.path + "/fleet/device.cert.pem")
         let url = try HTTPURL("https://127.0.0.1:\(server.port)/")
         let routes: [ControllerRoute] = [ControllerRoute(device: "nosuchport0"), .direct]
         let link = ControllerLink(baseURL: url, routes: { routes }, connectTimeout: .seconds(5), callTimeout: .seconds(10))
@@ -99,11 +100,7 @@ struct LinkTests {
         }
 
         // A server certificate from another CA is refused by the device.
-        let otherCA = tmp.path + "/other"
-        try FileManager.default.createDirectory(atPath: otherCA, withIntermediateDirectories: true)
-        try run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", otherCA + "/ca.key", "-out", otherCA + "/ca.pem", "-days", "2", "-subj", "/CN=other")
-        let distrusting = try identity.tlsContext(trusting: [otherCA + "/ca.pem"])
+        let distrusting = try identity.tlsContext(trusting: [pki.otherCA])
         do {
             _ = try link.call(APIPath.ping, tls: distrusting)
             Issue.record("a controller from another CA was trusted")

@@ -1,4 +1,5 @@
 import Foundation
+import OutpostTestSupport
 import OutpostPlatform
 import OutpostProto
 import Testing
@@ -7,7 +8,7 @@ import Testing
 @Suite("Fleet: info outbox, log store, jitter, gzip")
 struct StoreTests {
     @Test func outboxKeepsOnlyTheNewestStatePerObjectAndSurvivesARestart() throws {
-        let tmp = try TempDir("outbox")
+        let tmp = try TemporaryDirectory("outbox")
         let outbox = try InfoOutbox(directory: tmp.path, retryMinimum: .seconds(5), retryMaximum: .seconds(60))
         try outbox.put(key: "device", payload: [1])
         try outbox.put(key: "device", payload: [2])
@@ -34,7 +35,7 @@ struct StoreTests {
     }
 
     @Test func outboxFailureDelaysOnlyThatItemWithGrowingBackoff() throws {
-        let tmp = try TempDir("outbox-retry")
+        let tmp = try TemporaryDirectory("outbox-retry")
         let outbox = try InfoOutbox(directory: tmp.path, retryMinimum: .seconds(10), retryMaximum: .seconds(100))
         try outbox.put(key: "device", payload: [1])
         let now = MonotonicClock.now()
@@ -51,7 +52,7 @@ struct StoreTests {
     }
 
     @Test func logSequenceContinuesAcrossRestartsAndAckingDeletesSentSegments() throws {
-        let tmp = try TempDir("logs")
+        let tmp = try TemporaryDirectory("logs")
         var store: LogStore? = try LogStore(directory: tmp.path, quotaBytes: 1 << 20)
         for i in 1...300 { #expect(try store?.append(source: "test", severity: .info, message: "line \(i)") == UInt64(i)) }
         store = nil
@@ -73,7 +74,7 @@ struct StoreTests {
     }
 
     @Test func aTornRecordAtTheEndIsCutAndItsNumberReused() throws {
-        let tmp = try TempDir("logs-torn")
+        let tmp = try TemporaryDirectory("logs-torn")
         do {
             let store = try LogStore(directory: tmp.path, quotaBytes: 1 << 20)
             for i in 1...5 { try store.append(source: "t", severity: .info, message: "line \(i)") }
@@ -89,7 +90,7 @@ struct StoreTests {
     }
 
     @Test func overQuotaTheOldestUnsentAreDroppedAndOneEntrySaysHowMany() throws {
-        let tmp = try TempDir("logs-quota")
+        let tmp = try TemporaryDirectory("logs-quota")
         let quota = 64 << 10
         let store = try LogStore(directory: tmp.path, quotaBytes: quota)
         let line = String(repeating: "x", count: 200)
@@ -113,7 +114,7 @@ struct StoreTests {
     }
 
     @Test func acknowledgingEverythingThenDroppingNothingKeepsTheBatchEmpty() throws {
-        let tmp = try TempDir("logs-ack")
+        let tmp = try TemporaryDirectory("logs-ack")
         let store = try LogStore(directory: tmp.path, quotaBytes: 1 << 20)
         for i in 1...10 { try store.append(source: "t", severity: .info, message: "\(i)") }
         try store.acknowledge(4)
@@ -125,9 +126,7 @@ struct StoreTests {
     }
 
     @Test func jitteredPeriodsStayWithinPointThreeToOneOfTheInterval() {
-        let seed = UInt64.random(in: 0...UInt64.max)
-        print("jitter seed \(seed)")
-        var random = SeededGenerator(seed: seed)
+        var random = SplitMix64.forTest()  // prints the seed; OUTPOST_TEST_SEED replays it
         var low = Duration.seconds(1000), high = Duration.zero
         for _ in 0..<10_000 {
             let wait = Jitter.period(.seconds(60), using: &random)
@@ -150,14 +149,14 @@ struct StoreTests {
         #expect(packed.count < text.count / 10)
         #expect(packed.prefix(2) == [0x1f, 0x8b])
         #expect(try Gzip.decompress(packed) == text)
-        let tmp = try TempDir("gzip")
+        let tmp = try TemporaryDirectory("gzip")
         try Data(packed).write(to: URL(fileURLWithPath: tmp.path + "/x.gz"))
-        #expect(try run("gzip", "-dc", tmp.path + "/x.gz") == String(decoding: text, as: UTF8.self))
+        #expect(try sh("gzip", "-dc", tmp.path + "/x.gz") == String(decoding: text, as: UTF8.self))
         #expect(throws: FleetError.self) { _ = try Gzip.decompress(Array(packed.prefix(packed.count / 2))) }
     }
 
     @Test func metricsParseProcFilesAndPortCounters() throws {
-        let tmp = try TempDir("metrics")
+        let tmp = try TemporaryDirectory("metrics")
         let proc = tmp.path + "/proc", net = tmp.path + "/net"
         try FileManager.default.createDirectory(atPath: net + "/eth0/statistics", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: net + "/lo/statistics", withIntermediateDirectories: true)
