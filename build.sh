@@ -15,7 +15,25 @@ export PATH=$PATH:/usr/sbin:/sbin
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1700000000)}
 export OUTPOST_CACHE=${OUTPOST_CACHE:-/var/cache/outpost}
 
-log() { printf '==> %s\n' "$*" >&2; }
+# Every log line carries the time since the start; the steps' durations are
+# summed up at the end, so a slow CI run says where its time went.
+TIMINGS=()
+log() {
+    TIMINGS+=("$SECONDS $*")
+    printf '==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2
+}
+print_timings() {
+    [ "${#TIMINGS[@]}" -gt 1 ] || return 0
+    printf 'build.sh: where the time went (%dm%02ds in all):\n' $((SECONDS / 60)) $((SECONDS % 60)) >&2
+    local i start next what
+    for i in "${!TIMINGS[@]}"; do
+        start=${TIMINGS[$i]%% *}
+        what=${TIMINGS[$i]#* }
+        next=$SECONDS
+        [ $((i + 1)) -lt "${#TIMINGS[@]}" ] && next=${TIMINGS[$((i + 1))]%% *}
+        printf '  %5ds  %s\n' $((next - start)) "${what:0:90}" >&2
+    done
+}
 die() { printf 'build.sh: error: %s\n' "$*" >&2; STEP=""; exit 1; }
 
 # Every step names itself in STEP; whatever ends the script early (set -e, a
@@ -23,6 +41,7 @@ die() { printf 'build.sh: error: %s\n' "$*" >&2; STEP=""; exit 1; }
 STEP=""
 on_exit() {
     local rc=$?
+    print_timings
     if [ "$rc" -ne 0 ] && [ -n "$STEP" ]; then
         printf 'build.sh: error: step "%s" failed (exit %d); the lines above say why\n' "$STEP" "$rc" >&2
     fi

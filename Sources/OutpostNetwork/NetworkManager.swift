@@ -221,6 +221,9 @@ public final class NetworkManager: Sendable {
     private func eventLoop(_ watcher: LinkWatcher, _ applier: RouteApplier, _ wakeup: Wakeup) {
         apply(links: watcher.links)
         var applied: (name: String?, addressing: PortAddressing?)? = nil
+        // Links that bounced within one batch are applied down first and their final state on
+        // the next turn, after the selector has seen the loss.
+        var settle: [String: LinkState]?
         while isRunning {
             let (decision, addressing) = state.withLock { s in
                 let d = s.selector.update(s.observations, now: .now)
@@ -230,6 +233,11 @@ public final class NetworkManager: Sendable {
             if decision.changed || applied == nil || applied?.addressing != addressing {
                 activate(decision.active, addressing: addressing, applier: applier, counted: decision.changed)
                 applied = (decision.active, addressing)
+            }
+            if let final = settle {
+                settle = nil
+                apply(links: final)
+                continue
             }
             var fds = [pollfd(fd: watcher.fileDescriptor, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: wakeup.fileDescriptor, events: Int16(POLLIN), revents: 0)]
@@ -243,7 +251,15 @@ public final class NetworkManager: Sendable {
             if fds[0].revents != 0 {
                 do {
                     let changed = try watcher.drain()
-                    if !changed.isEmpty { apply(links: watcher.links.filter { changed.contains($0.key) }) }
+                    let current = watcher.links.filter { changed.contains($0.key) || watcher.bounced.contains($0.key) }
+                    if watcher.bounced.isEmpty {
+                        if !current.isEmpty { apply(links: current) }
+                    } else {
+                        var down = current
+                        for name in watcher.bounced { down[name]?.carrier = false }
+                        apply(links: down)
+                        settle = current
+                    }
                 } catch {
                     record(error: "\(error)")
                 }

@@ -93,37 +93,18 @@ final class TestServer {
     srv.serve_forever()
     """#
 
-    let process: ChildProcess
-    let port: Int
+    private let server: PythonServer
+    var port: Int { server.port }
     let counter: String
 
     /// mode: "serve" or "cut" (the first transfer stops at 40%).
     init(dir: String, mode: String, payload: String, tls: TestPKI? = nil) throws {
-        let script = dir + "/server-\(UInt32.random(in: 0...UInt32.max)).py"
-        try Self.script.write(toFile: script, atomically: true, encoding: .utf8)
-        counter = script + ".count"
-        let child = try ChildProcess(["python3", script, mode, payload, counter] + (tls.map { [$0.cert, $0.key] } ?? []))
-        process = child
-        // The server writes its port to a file once it listens (renamed into place, never half-written).
-        var port: Int?
-        do {
-            let portFile = counter + ".port"
-            try waitFor("test server listening", within: .seconds(20)) {
-                port = (try? String(contentsOfFile: portFile, encoding: .utf8)).flatMap { Int($0) }
-                return port != nil || !child.isRunning
-            }
-        } catch {
-            child.kill()
-            throw error
-        }
-        guard let port else {
-            child.kill()
-            throw TestFailure("test server exited before it listened")
-        }
-        self.port = port
+        let name = "server-\(UInt32.random(in: 0...UInt32.max)).py"
+        counter = dir + "/" + name + ".count"
+        server = try PythonServer(script: Self.script, in: dir, name: name,
+                                  arguments: [mode, payload, counter] + (tls.map { [$0.cert, $0.key] } ?? []),
+                                  portFile: counter + ".port")
     }
-
-    deinit { process.kill() }
 
     /// (body bytes sent, requests served) so far.
     func counted() throws -> (sent: UInt64, requests: Int) {

@@ -85,39 +85,95 @@ extension FailoverTests {
         let start = ContinuousClock.now
         let result = try flapEth0(net, cycles: 100)
         let changes = manager.snapshot().routeChanges - before
-        print("dhcp flapping: \(start.duration(to: .now)), route changes \(changes), unanswered probes \(result.unanswered), back on eth0 after wlan0 in cycles \(result.thrash)")
-        #expect(changes <= 2)
-        #expect(result.unanswered.isEmpty, "probes unanswered: \(result.unanswered)")
-        #expect(result.thrash.isEmpty, "traffic went back to eth0 while it flapped, in cycles \(result.thrash)")
+        print("dhcp flapping: \(start.duration(to: .now)), route changes \(changes), \(result.summary)")
+        expectBoundedFlapping(result, changes: changes)
         #expect(manager.snapshot().reports["eth0"]?.addressing?.address.description == "10.1.0.100")
         #expect(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "eth0" } != nil)
+    }
+}
+
+/// What `flapEth0` saw. `stalls` are stretches in which the flapping thread itself fell behind
+/// (host load) and eth0 stayed up for at least `stableLimit`: there eth0 really was stable, so
+/// the manager may rightly return to it after its hold-down, and pay for that with one more
+/// move and a probe or two lost when the flapping resumes. Those are excused, and only those.
+struct FlapResult {
+    var unanswered: [String] = []
+    var thrash: [Int] = []
+    var stalls: [(from: ContinuousClock.Instant, to: ContinuousClock.Instant)] = []
+    /// Per probe: which cycle, when, and the outcome.
+    fileprivate var probes: [(cycle: Int, at: ContinuousClock.Instant, outcome: String)] = []
+
+    /// Route changes the manager may make: one move to wlan0 and one back at the end, plus a
+    /// return and a move away again for each stall.
+    var allowedRouteChanges: Int { 2 + 2 * stalls.count }
+
+    /// Probes that went unanswered outside a stall and the `grace` after it.
+    func unexcusedUnanswered(grace: Duration) -> [String] {
+        probes.filter { !Self.answered($0.outcome) && !excused($0.at, grace: grace) }.map { "cycle \($0.cycle): \($0.outcome)" }
+    }
+
+    /// Cycles where traffic went back to eth0 outside a stall and the `grace` after it.
+    func unexcusedThrash(grace: Duration) -> [Int] {
+        let thrashCycles = Set(thrash)
+        return probes.filter { thrashCycles.contains($0.cycle) && !excused($0.at, grace: grace) }.map(\.cycle)
+    }
+
+    var summary: String {
+        let longest = stalls.map { $0.from.duration(to: $0.to) }.max()
+        return "unanswered probes \(unanswered), back on eth0 after wlan0 in cycles \(thrash), flapper stalls \(stalls.count)"
+            + (longest.map { " (longest eth0 up \($0))" } ?? "")
+    }
+
+    private static func answered(_ outcome: String) -> Bool { outcome == "eth0-side" || outcome == "wlan0-side" }
+    private func excused(_ at: ContinuousClock.Instant, grace: Duration) -> Bool {
+        stalls.contains { at >= $0.from && at <= $0.to + grace }
     }
 }
 
 /// Flaps eth0's carrier at 10 Hz (50 ms down, 50 ms up on a fixed timeline) and probes through
 /// the default route once per cycle. A probe answered by either side is working traffic (the
 /// kernel may coalesce a 50 ms cut before the first move); once wlan0 has answered, an eth0
-/// answer means the route thrashed back.
-func flapEth0(_ net: NamespaceHarness, cycles: Int) throws -> (unanswered: [String], thrash: [Int]) {
-    var unanswered: [String] = []
-    var thrash: [Int] = []
+/// answer means the route thrashed back. The up-time between cuts is measured, so a stall of
+/// the flapping thread (eth0 really stable for `stableLimit`) is reported, not hidden.
+func flapEth0(_ net: NamespaceHarness, cycles: Int, stableLimit: Duration = .milliseconds(900)) throws -> FlapResult {
+    var result = FlapResult()
     var seenWlan = false
+    var lastUp: ContinuousClock.Instant?
     let start = ContinuousClock.now
     for cycle in 0..<cycles {
         let t = start + .milliseconds(cycle * 100)
         sleepUntil(t)
+        let down = ContinuousClock.now
         try net.setCarrier("eth0", false)
+        if let up = lastUp, up.duration(to: down) >= stableLimit { result.stalls.append((up, down)) }
         sleepUntil(t + .milliseconds(50))
         try net.setCarrier("eth0", true)
+        lastUp = ContinuousClock.now
         guard cycle > 0 else { continue }
+        let at = ContinuousClock.now
         let outcome = net.probeOutcome(timeout: .milliseconds(40))
+        result.probes.append((cycle, at, outcome))
         switch outcome {
         case "wlan0-side": seenWlan = true
-        case "eth0-side": if seenWlan { thrash.append(cycle) }
-        default: unanswered.append("cycle \(cycle): \(outcome)")
+        case "eth0-side": if seenWlan { result.thrash.append(cycle) }
+        default: result.unanswered.append("cycle \(cycle): \(outcome)")
         }
     }
-    return (unanswered, thrash)
+    return result
+}
+
+/// The flapping tests' claims: at most one move away (plus one return and one move per stall of
+/// the flapper), every probe answered, and no return to eth0 while it flaps. Probes within
+/// 1.5 s after a stall may be lost: the manager had rightly returned to a stable eth0.
+func expectBoundedFlapping(_ result: FlapResult, changes: Int, sourceLocation: SourceLocation = #_sourceLocation) {
+    let grace = Duration.milliseconds(1500)
+    #expect(changes <= result.allowedRouteChanges,
+            "route changes \(changes) > \(result.allowedRouteChanges) allowed with \(result.stalls.count) flapper stalls",
+            sourceLocation: sourceLocation)
+    let unanswered = result.unexcusedUnanswered(grace: grace)
+    #expect(unanswered.isEmpty, "probes unanswered: \(unanswered)", sourceLocation: sourceLocation)
+    let thrash = result.unexcusedThrash(grace: grace)
+    #expect(thrash.isEmpty, "traffic went back to eth0 while it flapped, in cycles \(thrash)", sourceLocation: sourceLocation)
 }
 
 func sleepUntil(_ instant: ContinuousClock.Instant) {

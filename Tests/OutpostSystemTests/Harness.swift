@@ -261,5 +261,11 @@ extension Harness {
         }
 
         var console: String { lines.map(\.text).joined(separator: "\n") }
+
+        /// The console lines with index in `from..<to`.
+        func lines(from: Int, to: Int) -> [String] {
+            guard from < to, from >= 0, to <= lines.count else { return [] }
+            return lines[from..<to].map(\.text)
+        }
     }
 }

@@ -79,8 +79,13 @@ extension QEMU {
                 return
             }
             let seconds = reset.at.timeIntervalSince(hang.at)
-            #expect(stopped != nil)
-            #expect(seconds <= Self.initDeadline + Self.watchdogTimeout + 10, "reset took \(seconds) s")
+            // The order, not the wall time (which includes OVMF's restart under TCG and is
+            // printed below as a figure): the hang, then the agent naming the component it
+            // stopped feeding for, then a reset with no orderly reboot in between.
+            #expect(stopped != nil && stopped!.index < reset.index, "\(live.console.suffix(3000))")
+            let between = live.lines(from: hang.index, to: reset.index)
+            #expect(!between.contains { $0.contains("halt: rebooting") || $0.contains("halt: powering off") },
+                    "the agent rebooted itself instead of the watchdog resetting it: \(between)")
             let ready = live.wait(for: "outpost: ready ", after: reset.index, timeout: 240)
             #expect(ready?.text.hasSuffix("last-boot=watchdog") == true, "\(ready?.text ?? live.console.suffix(2000).description)")
             let why = live.wait(for: "last boot: watchdog", after: reset.index, timeout: 10)
@@ -111,8 +116,14 @@ extension QEMU {
 
             // The orphans' parent exited at once; PID 1 inherited and reaped them.
             #expect(live.wait(for: "debug: orphans: started 8", timeout: 60) != nil, "\(live.console.suffix(2000))")
+            // A status sample may catch an orphan between its exit and PID 1's waitpid; what must
+            // hold is that all 8 are reaped and no zombie stays: the sample after it shows none.
             let zombies = live.wait(for: "zombies=", timeout: 60)
-            #expect(zombies?.text.contains("zombies=0 orphans-reaped=8") == true, "\(zombies?.text ?? live.console.suffix(2000).description)")
+            #expect(zombies?.text.contains("orphans-reaped=8") == true, "\(zombies?.text ?? live.console.suffix(2000).description)")
+            if zombies?.text.contains("zombies=0 ") != true {
+                let later = live.wait(for: "\"zombies\":", after: zombies?.index ?? 0, timeout: 30)
+                #expect(later?.text.contains("\"zombies\":0") == true, "a zombie stayed: \(later?.text ?? live.console.suffix(2000).description)")
+            }
             let control = live.wait(for: "  control ", timeout: 10)
             #expect(control?.text.contains("running") == true && control?.text.contains("restarts=2") == true,
                     "\(control?.text ?? "no control line in status")")

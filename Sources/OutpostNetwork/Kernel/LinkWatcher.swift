@@ -37,6 +37,18 @@ public final class LinkWatcher {
     /// Message type being parsed; cache dumps report RTM_NEW*.
     private var messageType = Int32(RTM_NEWLINK)
     private var changed: Set<String> = []
+    /// Links reported without carrier, or whose carrier-change counter moved while the
+    /// carrier looked the same, during the current drain.
+    private var lostCarrier: Set<String> = []
+    /// IFLA_CARRIER_CHANGES per link as last reported: the kernel counts every transition,
+    /// even those its link-event batching never reports one by one.
+    private var carrierChanges: [String: UInt32] = [:]
+    /// After `drain()`: links that lost carrier and got it back within that one batch of
+    /// events, or whose loss the kernel folded away entirely (a 50 ms cut reported only as
+    /// "still up", with the counter two higher). Their final state looks unchanged, but the
+    /// link bounced, and a selector that never saw the loss would count a flapping link as
+    /// stable.
+    public private(set) var bounced: Set<String> = []
 
     /// Opens, subscribes and then dumps the current state, so no change between the two is lost.
     /// Must run in the network namespace to watch: the socket binds to the caller's namespace.
@@ -72,6 +84,8 @@ public final class LinkWatcher {
     /// Reads every queued event; returns the names of links whose state changed.
     public func drain() throws(NetlinkError) -> Set<String> {
         changed = []
+        lostCarrier = []
+        defer { bounced = lostCarrier.filter { links[$0]?.carrier == true } }
         while true {
             let rc = nl_recvmsgs_default(socket)
             if rc >= 0 { continue }
@@ -131,6 +145,18 @@ public final class LinkWatcher {
             names[index] = nil
         } else {
             state.carrier = rtnl_link_get_flags(link) & OutpostNetlink_IFF_LOWER_UP != 0
+        }
+        if !state.carrier { lostCarrier.insert(name) }
+        var changes: UInt32 = 0
+        if messageType != Int32(RTM_DELLINK), rtnl_link_get_carrier_changes(link, &changes) == 0 {
+            // Carrier up now and unchanged since the last report, yet the counter moved: it
+            // went down and came back in between.
+            if let before = carrierChanges[name], changes != before, state.carrier, links[name]?.carrier == true {
+                lostCarrier.insert(name)
+            }
+            carrierChanges[name] = changes
+        } else if messageType == Int32(RTM_DELLINK) {
+            carrierChanges[name] = nil
         }
         if links[name] != state { changed.insert(name) }
         links[name] = state
