@@ -1,7 +1,12 @@
-// swift-tools-version: 6.0
+// swift-tools-version: 6.1
 // Outpost: an appliance OS for edge nodes. The data flows
 // OutpostDisk (on-disk contract) → OutpostBuilder (host) / OutpostAgent (device).
 import PackageDescription
+
+/// The test images' outpostd: `swift build --traits FaultInjection` compiles the fault hooks
+/// into the agent and outpostd only, so that build shares every other module with the release
+/// build instead of needing a build tree of its own. Release images never enable it.
+let faultInjection: [SwiftSetting] = [.define("OUTPOST_FAULT_INJECTION", .when(traits: ["FaultInjection"]))]
 
 let package = Package(
     name: "Outpost",
@@ -11,6 +16,7 @@ let package = Package(
         .executable(name: "outpostd", targets: ["outpostd"]),
         .executable(name: "outpost-controller", targets: ["outpost-controller"]),
     ],
+    traits: [.trait(name: "FaultInjection", description: "Fault hooks in outpostd, for the supervisor's QEMU tests only.")],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", exact: "4.5.2"),
@@ -83,11 +89,12 @@ let package = Package(
         .target(name: "OutpostHTTP", dependencies: ["COpenSSL", "OutpostPlatform"]),
 
         // Device side: early boot, supervisor, updater, network.
-        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform"]),
+        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform"],
+                swiftSettings: faultInjection),
         .executableTarget(name: "outpostd", dependencies: [
             "OutpostAgent",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
+        ], swiftSettings: faultInjection),
         .target(name: "OutpostNetwork", dependencies: ["CNetlink", "OutpostHTTP", "OutpostPlatform"]),
 
         // What tests share (commands, the openssl PKI, the seeded generator, temporary

@@ -164,14 +164,15 @@ build_image() {
         --output "$OUT/outpost.img" --qcow2 "$OUT/outpost.qcow2"
 }
 
-# A debug variant for the fault-injection tests: the same release outpostd
-# compiled with OUTPOST_FAULT_INJECTION (in its own build tree), in its own
-# slot and image. Release images never contain the fault code.
+# A variant for the fault-injection tests: the same release outpostd with the
+# package trait FaultInjection, which recompiles only OutpostAgent and outpostd
+# (every other module is shared with the release build), in its own slot and
+# image. Release images never contain the fault code. The next plain release
+# build recompiles those two modules back (about a minute).
 build_outpostd_fault() {
     STEP="build outpostd with fault injection"
     log "building outpostd with fault injection (tests only)"
-    local f=(--scratch-path "${OUTPOST_SCRATCH:-$ROOT/.build}-fault" -c release --static-swift-stdlib
-             -Xswiftc -DOUTPOST_FAULT_INJECTION --product outpostd)
+    local f=("${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --traits FaultInjection --product outpostd)
     swift build "${f[@]}" >&2
     strip -o "$OUT/bin/outpostd-fault" "$(swift build "${f[@]}" --show-bin-path)/outpostd"
 }
