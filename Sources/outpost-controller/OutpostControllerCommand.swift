@@ -18,6 +18,33 @@ struct OutpostControllerCommand: AsyncParsableCommand {
         through DIR/admin.sock (mode 0600: the directory's owner is the administrator).
         """,
         subcommands: [InitCommand.self, ServeCommand.self, DeviceCommand.self, OnboardCommand.self, BundleCommand.self, BenchCommand.self])
+
+    /// The project's exit codes, as `outpost` and `outpostd` use them: 0 ok (and help), 1 a
+    /// failure (one line, from `oneLine`), 2 a usage error (ArgumentParser's default is 64).
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let code as ExitCode {
+            Foundation.exit(code.rawValue)
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                print(fullMessage(for: error))
+                Foundation.exit(0)
+            }
+            FileHandle.standardError.write(Data("outpost-controller: \(message(for: error))\n".utf8))
+            if code == .validationFailure {
+                FileHandle.standardError.write(Data("See 'outpost-controller --help'.\n".utf8))
+                Foundation.exit(2)
+            }
+            Foundation.exit(code.rawValue)
+        }
+    }
 }
 
 /// Runs `body`; a ControllerError (or any other) is one line on stderr and exit 1.

@@ -128,6 +128,23 @@ struct ControllerClientTests {
                         dependencies: FleetDependencies(updater: device, network: device, power: device, state: device))
     }
 
+    /// The controller's command line keeps the project's exit codes: help 0, a failure 1 with
+    /// one `error:` line, a usage error 2 (not ArgumentParser's 64).
+    @Test func theCommandLineExitsZeroOneOrTwoWithOneLine() throws {
+        let help = try runCommand([ChildController.executable, "--help"])
+        #expect(help.status == 0 && help.stdout.contains("USAGE: outpost-controller"), "\(help.output)")
+        let usage = try runCommand([ChildController.executable, "device", "frobnicate"])
+        #expect(usage.status == 2, "\(usage.status): \(usage.output)")
+        #expect(usage.stderr.hasPrefix("outpost-controller: ") && usage.stderr.contains("frobnicate"), "\(usage.stderr)")
+        let missing = try runCommand([ChildController.executable, "init"])
+        #expect(missing.status == 2, "\(missing.status): \(missing.output)")
+        let tmp = try TemporaryDirectory("ctl-cli")
+        let failure = try runCommand([ChildController.executable, "device", "list", "--data", tmp.path])
+        #expect(failure.status == 1, "\(failure.status): \(failure.output)")
+        let lines = failure.stderr.split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].hasPrefix("outpost-controller: error: ") && lines[0].contains("admin.sock"), "\(failure.stderr)")
+    }
+
     @Test func manyClientsRegisterIdempotentlyAndAnUnchangedConfigCostsA304() async throws {
         let controller = try await ChildController(tag: "register")
         let devices = (0..<8).map { _ in RecordingDevice() }
