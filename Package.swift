@@ -36,6 +36,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
         .package(url: "https://github.com/swift-server/async-http-client", exact: "1.37.0"),
+        // The controller's PostgreSQL store (`serve --database postgres://…`).
+        .package(url: "https://github.com/vapor/postgres-nio", exact: "1.33.2"),
     ],
     targets: [
         // The one C shim: function-like kernel macros, ioctls, fork/exec.
@@ -136,6 +138,7 @@ let package = Package(
             .product(name: "SwiftASN1", package: "swift-asn1"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "PostgresNIO", package: "postgres-nio"),
             .product(name: "CompressNIO", package: "compress-nio"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -161,6 +164,8 @@ let package = Package(
             .product(name: "CompressNIO", package: "compress-nio"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
+            // A database as an older controller left it (migration tests).
+            .product(name: "GRDB", package: "GRDB.swift"),
         ], exclude: ["wire_client.py"]),
         // Boots the built image in QEMU; needs ./build.sh's outputs in out/.
         // pty-run.py drives `outpost run` in a pseudo-terminal for TerminalTests.

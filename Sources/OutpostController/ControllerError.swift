@@ -18,8 +18,10 @@ public enum ControllerError: Error, Equatable, Sendable, CustomStringConvertible
     case ambiguousDevice(String, matches: [String])
     /// A bundle the fleet's devices would refuse (signature, manifest, digest).
     case bundleRefused(path: String, reason: String)
-    /// The store (SQLite) failed.
+    /// The store (SQLite or PostgreSQL) failed.
     case store(String)
+    /// The database was migrated by a newer controller: this one would misread it.
+    case schemaTooNew(database: String, version: Int, known: Int)
     /// The admin socket could not be reached or answered with an error.
     case admin(String)
 
@@ -34,6 +36,8 @@ public enum ControllerError: Error, Equatable, Sendable, CustomStringConvertible
             return "'\(ref)' matches \(matches.count) devices (\(matches.prefix(4).joined(separator: ", "))); give more of the id"
         case let .bundleRefused(path, reason): return "bundle \(path) refused: \(reason)"
         case let .store(message): return "store: \(message)"
+        case let .schemaTooNew(database, version, known):
+            return "\(database) has schema version \(version), newer than this controller's \(known): run a newer outpost-controller"
         case let .admin(message): return message
         }
     }

@@ -30,11 +30,13 @@ public enum ControllerServer {
         }
     }
 
-    /// Loads the data directory and everything `serve` needs before a socket
-    /// is opened, so a bad directory is one line and exit 1.
-    public static func prepare(_ dir: DataDirectory) async throws -> (Fleet, BundleStore, DataDirectory.Settings) {
+    /// Loads the data directory, opens (and migrates) the store and everything `serve` needs
+    /// before a socket is opened, so a bad directory or database is one line and exit 1.
+    /// `store` nil: the data directory's SQLite file.
+    public static func prepare(_ dir: DataDirectory, store location: StoreLocation? = nil,
+                               logger: Logger = Logger(label: "outpost-controller")) async throws -> (Fleet, BundleStore, DataDirectory.Settings) {
         let settings = try dir.loadSettings()
-        let store = try SQLiteFleetStore(path: dir.database)
+        let store = try await (location ?? .sqlite(path: dir.database)).open(logger: logger)
         let fleet = try await Fleet(store: store, url: settings.url)
         try makeDirectory(dir.bundlesDir, mode: 0o755)
         return (fleet, BundleStore(directory: dir.bundlesDir, trustDirectory: dir.trustDir), settings)
@@ -63,9 +65,9 @@ public enum ControllerServer {
     }
 
     /// `signals`: stop gracefully on SIGTERM/SIGINT (the CLI); tests stop it by cancelling.
-    public static func run(_ dir: DataDirectory, _ options: Options, logger: Logger, signals: Bool = true,
+    public static func run(_ dir: DataDirectory, _ options: Options, store: StoreLocation? = nil, logger: Logger, signals: Bool = true,
                            onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
-        let (fleet, bundles, _) = try await prepare(dir)
+        let (fleet, bundles, _) = try await prepare(dir, store: store, logger: logger)
         let tls = try tlsConfiguration(dir)
 
         // Everything this process creates is the owner's only (the socket above all).

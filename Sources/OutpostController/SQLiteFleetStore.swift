@@ -18,41 +18,12 @@ public final class SQLiteFleetStore: FleetStore {
                 try db.execute(sql: "PRAGMA synchronous = NORMAL")
             }
             db = try DatabasePool(path: path, configuration: config)
-            try Self.migrator.migrate(db)
+            try db.write { try SchemaMigrations.migrate(sqlite: $0, name: path) }
+        } catch let e as ControllerError {
+            throw e
         } catch {
             throw .store("cannot open \(path): \(error)")
         }
-    }
-
-    private static var migrator: DatabaseMigrator {
-        var m = DatabaseMigrator()
-        m.registerMigration("v1") { db in
-            try db.execute(sql: """
-                CREATE TABLE onboarding (
-                    fingerprint TEXT NOT NULL, serial TEXT NOT NULL, note TEXT NOT NULL DEFAULT '',
-                    PRIMARY KEY (fingerprint, serial)) WITHOUT ROWID;
-                CREATE TABLE devices (
-                    id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL UNIQUE, cert_pem TEXT NOT NULL,
-                    serial TEXT NOT NULL, onboard_fingerprint TEXT NOT NULL,
-                    registered_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
-                    config BLOB NOT NULL, config_hash TEXT NOT NULL);
-                CREATE TABLE info (
-                    device_id TEXT PRIMARY KEY REFERENCES devices(id), body BLOB NOT NULL, received_ms INTEGER NOT NULL);
-                CREATE TABLE update_steps (
-                    device_id TEXT NOT NULL, step TEXT NOT NULL, version TEXT NOT NULL, reason TEXT NOT NULL,
-                    device_time_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL);
-                CREATE INDEX update_steps_device ON update_steps(device_id);
-                CREATE TABLE metrics (
-                    device_id TEXT NOT NULL, received_ms INTEGER NOT NULL, body BLOB NOT NULL);
-                CREATE INDEX metrics_device ON metrics(device_id, received_ms);
-                CREATE TABLE logs (
-                    device_id TEXT NOT NULL, sequence INTEGER NOT NULL, time_ms INTEGER NOT NULL,
-                    source TEXT NOT NULL, severity INTEGER NOT NULL, message TEXT NOT NULL,
-                    PRIMARY KEY (device_id, sequence)) WITHOUT ROWID;
-                CREATE TABLE log_marks (device_id TEXT PRIMARY KEY, acked INTEGER NOT NULL) WITHOUT ROWID;
-                """)
-        }
-        return m
     }
 
     private func wrap<T>(_ what: String, _ body: () async throws -> T) async throws -> T {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import OutpostController
 
 struct OnboardCommand: AsyncParsableCommand {
@@ -105,11 +106,15 @@ struct BenchCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Write N registered devices straight into the store (controller stopped).")
         @OptionGroup var data: DataOption
         @Option(help: "How many devices.") var count: Int
+        @Option(help: ArgumentHelp("Seed this PostgreSQL database instead of DIR/fleet.sqlite (as serve --database).", valueName: "url"))
+        var database: String?
         func run() async throws {
             try await oneLine {
-                let store = try SQLiteFleetStore(path: data.dir.database)
+                let location = try StoreLocation(database: database, dir: data.dir)
+                let store = try await location.open(logger: Logger(label: "outpost-controller"))
                 try await Fleet.seed(store: store, count: count, onboardFingerprint: "bench-seed")
-                print("seeded \(count) devices into \(data.dir.database)")
+                await (store as? PostgresFleetStore)?.close()
+                print("seeded \(count) devices into \(location)")
             }
         }
     }

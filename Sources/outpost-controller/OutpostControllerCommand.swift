@@ -111,10 +111,15 @@ struct ServeCommand: AsyncParsableCommand {
 
     @OptionGroup var data: DataOption
     @Option(help: "ADDR:PORT to listen on (default 0.0.0.0 and the port of controller-url).") var listen: String?
+    @Option(help: ArgumentHelp(
+        "Keep the fleet in PostgreSQL instead of DIR/fleet.sqlite: postgres://USER[:PASSWORD]@HOST[:PORT]/DB, or postgres://USER@/DB?host=/run/postgresql for a UNIX socket; ?sslmode=require for TLS.",
+        valueName: "url"))
+    var database: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
     func run() async throws {
         try await oneLine {
+            let store = try StoreLocation(database: database, dir: data.dir)
             let settings = try data.dir.loadSettings()
             let opts = try ControllerServer.Options.parse(listen: listen ?? "0.0.0.0:\(settings.port)")
             guard let level = Logger.Level(rawValue: logLevel) else { throw ControllerError.invalidInput("--log-level '\(logLevel)' is not a level") }
@@ -123,7 +128,7 @@ struct ServeCommand: AsyncParsableCommand {
                 h.logLevel = level
                 return h
             }
-            try await ControllerServer.run(data.dir, opts, logger: Logger(label: "outpost-controller"))
+            try await ControllerServer.run(data.dir, opts, store: store, logger: Logger(label: "outpost-controller"))
         }
     }
 }

@@ -21,8 +21,11 @@ final class RunningController: @unchecked Sendable {
     let dir: DataDirectory
     private(set) var port = 0
     private var task: Task<Void, Error>?
+    /// nil: the data directory's SQLite file, as `serve` without --database.
+    let location: StoreLocation?
 
-    init(tag: String, trustKey: SigningKey? = nil) async throws {
+    init(tag: String, trustKey: SigningKey? = nil, store location: StoreLocation? = nil) async throws {
+        self.location = location
         root = try TemporaryDirectory.create("controller-\(tag)")
         dir = DataDirectory(path: root + "/data")
         var trustFrom: String?
@@ -34,17 +37,25 @@ final class RunningController: @unchecked Sendable {
             trustFrom = t
         }
         try await ControllerInit.run(dir, .init(hosts: ["127.0.0.1", "localhost"], port: 8443, trustFrom: trustFrom))
+        if case let .postgres(p) = location {
+            // `init` allows the onboarding certificate in SQLite only; do it where serve will look.
+            let store = try await PostgresFleetStore.open(p, logger: Logger(label: "test-store"), maximumConnections: 2)
+            try await store.allowOnboarding(fingerprint: try PKI.fingerprint(pem: try text(dir.onboardCert), what: "onboarding certificate"),
+                                            serial: "*", note: "test")
+            await store.close()
+        }
         try await start()
     }
 
     func start() async throws {
         let box = PortBox()
         let dir = self.dir
+        let location = self.location
         var logger = Logger(label: "test-controller")
         logger.logLevel = .warning
         let l = logger
         task = Task {
-            do { try await ControllerServer.run(dir, .init(host: "127.0.0.1", port: 0), logger: l, signals: false) { p in box.set(p) } } catch {
+            do { try await ControllerServer.run(dir, .init(host: "127.0.0.1", port: 0), store: location, logger: l, signals: false) { p in box.set(p) } } catch {
                 box.fail(error)
                 throw error
             }

@@ -78,6 +78,12 @@ public func runCommand(_ argv: [String], environment: [String: String] = [:],
 /// a non-zero exit throws with the command and the end of its output.
 @discardableResult
 public func sh(_ argv: String..., timeout: Duration = .seconds(600)) throws -> String {
+    try sh(argv, timeout: timeout)
+}
+
+/// `sh` with the arguments as an array, for argv built up in code.
+@discardableResult
+public func sh(_ argv: [String], timeout: Duration = .seconds(600)) throws -> String {
     let result = try runCommand(argv, timeout: timeout)
     guard result.status == 0 else {
         throw TestSupportError.failed(command: argv.joined(separator: " "), status: result.status, output: result.output)
