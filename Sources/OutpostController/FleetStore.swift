@@ -70,9 +70,9 @@ public struct StoredCounts: Sendable, Equatable {
     public var logs: Int
 }
 
-/// Where the controller keeps its fleet. SQLite (GRDB) is the embedded
-/// default; the protocol is what a PostgreSQL store would implement, so the
-/// HTTP and admin layers never see SQL.
+/// Where the controller keeps its fleet: SQLite (GRDB, `SQLiteFleetStore`) is the embedded
+/// default, PostgreSQL (`PostgresFleetStore`) the shared one; the HTTP and admin layers only see
+/// this protocol, and one test suite (FleetStoreTests) holds both to the same behaviour.
 public protocol FleetStore: Sendable {
     func allowOnboarding(fingerprint: String, serial: String, note: String) async throws
     /// Removes entries for `fingerprint` (one serial, or all when nil); returns how many.
