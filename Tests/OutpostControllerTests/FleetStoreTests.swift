@@ -153,16 +153,16 @@ struct FleetStoreTests {
         try await withStore(backend, "concurrent") { s, _ in
             let id = "aaaa"
             try await s.insertDevices([Self.device(id, registered: 1)])
-            let writers = 6, total: UInt64 = 300
-            // Writer k sends the sequences ≡ k (mod writers) in batches of 5, each batch also
+            let writers = 12, total: UInt64 = 600, batchSize = 2
+            // Writer k sends the sequences ≡ k (mod writers) in batches of two, each batch also
             // resending the previous one's first entry.
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for k in 0..<writers {
                     group.addTask {
                         let mine = (1...total).filter { Int($0 % UInt64(writers)) == k }
                         var previous: LogRow?
-                        for start in stride(from: 0, to: mine.count, by: 5) {
-                            let batch = mine[start..<min(start + 5, mine.count)].map { Self.log($0) }
+                        for start in stride(from: 0, to: mine.count, by: batchSize) {
+                            let batch = mine[start..<min(start + batchSize, mine.count)].map { Self.log($0) }
                             _ = try await s.appendLogs(deviceID: id, entries: batch + (previous.map { [$0] } ?? []), droppedBefore: 0)
                             previous = batch.first
                         }
@@ -171,7 +171,7 @@ struct FleetStoreTests {
                 try await group.waitForAll()
             }
             #expect(try await s.logAck(deviceID: id) == total)
-            #expect(try await s.logs(deviceID: id, after: 0, limit: 1000).map(\.sequence) == Array(1...total))
+            #expect(try await s.logs(deviceID: id, after: 0, limit: 10_000).map(\.sequence) == Array(1...total))
             #expect(try await s.counts(deviceID: id).logs == Int(total))
         }
     }

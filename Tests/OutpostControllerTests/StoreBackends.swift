@@ -57,7 +57,7 @@ final class StoreFixture: Sendable {
         var logger = Logger(label: "store-test")
         logger.logLevel = .warning
         switch location {
-        case let .postgres(p): return try await PostgresFleetStore.open(p, logger: logger, maximumConnections: 8)
+        case let .postgres(p): return try await PostgresFleetStore.open(p, logger: logger, maximumConnections: 12)
         case .sqlite: return try await location.open(logger: logger)
         }
     }
