@@ -4,6 +4,7 @@
 #   ./build.sh run      the above, then boot out/outpost.img in QEMU (serial console on this terminal)
 #   ./build.sh test     the above, then every test
 #   ./build.sh controller  build the reference fleet controller into out/bin/outpost-controller
+#   ./build.sh test-inputs  build what the tests need without running them (then: swift test --filter SUITE)
 #   ./build.sh deps     only install the Debian packages
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -211,6 +212,16 @@ build_all() {
     build_bundle
 }
 
+# Everything the tests boot or run: the image, the controller, and the
+# fault-injection image (`./build.sh test-inputs`, then one suite with
+# `swift test --filter SUITE`).
+build_test_inputs() {
+    build_all
+    build_controller
+    build_outpostd_fault
+    build_fault_image
+}
+
 run_tests() {
     STEP="run the tests"
     log "fresh-machine setup test (isolated apt state, empty cache)"
@@ -236,18 +247,18 @@ case "${1:-build}" in
         exec "$OUT/bin/outpost" run "$OUT/outpost.img"
         ;;
     test)
-        build_all
-        build_controller
-        build_outpostd_fault
-        build_fault_image
+        build_test_inputs
         run_tests
+        ;;
+    test-inputs)
+        build_test_inputs
         ;;
     controller)
         deps
         build_controller
         ;;
     -h|--help|help)
-        sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *) die "unknown command '$1' (use: build, run, test, controller, deps)" ;;
 esac
