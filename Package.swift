@@ -83,7 +83,9 @@ let package = Package(
         .target(name: "OutpostHTTP", dependencies: ["COpenSSL", "OutpostPlatform"]),
 
         // Device side: early boot, supervisor, updater, network.
-        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform"]),
+        // Fleet/ wires the controller client (OutpostFleet) to the update service,
+        // the network manager and the reboot path.
+        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform", "OutpostFleet", "OutpostProto"]),
         .executableTarget(name: "outpostd", dependencies: [
             "OutpostAgent",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

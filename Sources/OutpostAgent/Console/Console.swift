@@ -1,13 +1,38 @@
 // The console is the only user interface early boot has: every outcome is
-// exactly one line starting with "outpost: ".
+// exactly one line starting with "outpost: ". Every line also goes to the
+// controller's log store once the fleet client exists; lines printed before
+// that (early boot, the ready line) wait in a bounded buffer.
 
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostFleet
+import OutpostPlatform
+import Synchronization
 
 /// Writes whole lines to the console with one write(2) each, so kernel
 /// messages cannot split a line that a test or an operator looks for.
 public enum Console {
+    /// One printed line and when (Unix milliseconds), as the log store wants it.
+    public struct Line: Sendable {
+        public var message: String
+        public var timeUnixMs: UInt64
+    }
+
+    /// Where lines go besides the console: nowhere yet (buffering), a sink
+    /// (the fleet client), or nowhere for good (an unmanaged device).
+    struct Tap {
+        var sink: (@Sendable (Line) -> Void)?
+        var buffering = true
+        var buffer: [Line] = []
+        var dropped = 0
+    }
+
+    /// Early boot and the first seconds print a few dozen lines; a device whose
+    /// client cannot start keeps at most this many, then counts what it dropped.
+    static let bufferLimit = 2000
+    static let tap = Mutex(Tap())
+
     /// Makes sure fds 0–2 exist. The kernel opens /dev/console for init only
     /// when the initramfs has that node; if it had none, devtmpfs provides it.
     public static func attachIfNeeded() {
@@ -20,10 +45,43 @@ public enum Console {
         if fd > 2 { Glibc.close(fd) }
     }
 
-    /// Prints `outpost: <message>` as one line.
+    /// Prints `outpost: <message>` as one line, and hands it to the sink (or the buffer).
     public static func line(_ message: String) {
         let bytes = Array("outpost: \(message)\n".utf8)
         // Console output is best effort: there is nobody to report a failure to.
         try? Sys.writeAll(1, bytes, target: "console")
+        let line = Line(message: message, timeUnixMs: Wallclock.unixMilliseconds())
+        let sink = tap.withLock { t -> (@Sendable (Line) -> Void)? in
+            if let sink = t.sink { return sink }
+            if t.buffering {
+                if t.buffer.count < bufferLimit { t.buffer.append(line) } else { t.dropped += 1 }
+            }
+            return nil
+        }
+        sink?(line)
+    }
+
+    /// From now on every line also goes to `sink`; the buffered lines go
+    /// first, in order, followed by one line counting any the buffer dropped.
+    public static func attach(_ sink: @escaping @Sendable (Line) -> Void) {
+        tap.withLock { t in
+            // Inside the lock: no line printed meanwhile can overtake the buffer.
+            for line in t.buffer { sink(line) }
+            if t.dropped > 0 {
+                sink(Line(message: "warning: \(t.dropped) console lines printed before the controller client started were dropped",
+                          timeUnixMs: Wallclock.unixMilliseconds()))
+            }
+            t.buffer = []
+            t.dropped = 0
+            t.sink = sink
+        }
+    }
+
+    /// Nobody will collect the lines (no controller): stop buffering them.
+    public static func discardBuffer() {
+        tap.withLock { t in
+            t.buffering = false
+            t.buffer = []
+        }
     }
 }

@@ -37,6 +37,7 @@ public enum InitProcess {
                                          version: outcome.version)
         }
         agent.network = NetworkComponent.service(persistMount: persistMount)
+        agent.fleet = FleetComponent.setup(agent: agent)
         let lastBoot = "last-boot=\(agent.lastBoot.reason.rawValue)"
         if let reason = outcome.rescueReason {
             Console.line("rescue slot=\(outcome.slotName) reason=\(reason) \(lastBoot)")
