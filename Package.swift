@@ -1,4 +1,4 @@
-// swift-tools-version: 6.0
+// swift-tools-version: 6.1
 // Outpost: an appliance OS for edge nodes. The data flows
 // OutpostDisk (on-disk contract) → OutpostBuilder (host) / OutpostAgent (device).
 import PackageDescription
@@ -19,7 +19,9 @@ let package = Package(
         // resolved version cannot drift.
         .package(url: "https://github.com/apple/swift-system", exact: "1.8.1"),
         // The fleet controller (outpost-controller) and the device API's wire format.
-        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+        // No default traits: BinaryDelimitedStreams imports full Foundation (and
+        // ICU, ~47 MB) into the static outpostd; nothing here uses it or FieldMask.
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0", traits: []),
         .package(url: "https://github.com/hummingbird-project/hummingbird", exact: "2.28.1"),
         .package(url: "https://github.com/apple/swift-nio-ssl", exact: "2.37.6"),
         .package(url: "https://github.com/apple/swift-certificates", exact: "1.21.1"),
