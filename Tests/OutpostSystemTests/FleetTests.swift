@@ -149,7 +149,13 @@ extension QEMU {
             }, "the ready line never reached `device logs`: \(controller.logs(id).suffix(10))")
             let sequences = logs.compactMap { ($0["sequence"] as? NSNumber)?.uint64Value }
             #expect(sequences.first == 1 && sequences == Array(1...UInt64(sequences.count)), "gap in \(sequences)")
-            #expect(logs.contains { ($0["message"] as? String)?.hasPrefix("fleet: managed by") == true })
+            // The ready line was printed before the client existed (Console's buffer), the client's own line after.
+            func sequence(_ prefix: String) -> UInt64? {
+                logs.first { ($0["message"] as? String)?.hasPrefix(prefix) == true }.flatMap { ($0["sequence"] as? NSNumber)?.uint64Value }
+            }
+            let readySequence = try #require(sequence("ready slot=IMGA"))
+            let managedSequence = try #require(sequence("fleet: managed by"))
+            #expect(readySequence < managedSequence)
             print("fleet: \(logs.count) log entries, sequences 1...\(sequences.last ?? 0) without a gap")
 
             // (b) `device reboot` bumps the counter: exactly one reboot, recorded as `controller`.

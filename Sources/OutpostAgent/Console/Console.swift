@@ -19,18 +19,49 @@ public enum Console {
         public var timeUnixMs: UInt64
     }
 
+    public typealias Sink = @Sendable (Line) -> Void
+
     /// Where lines go besides the console: nowhere yet (buffering), a sink
     /// (the fleet client), or nowhere for good (an unmanaged device).
     struct Tap {
-        var sink: (@Sendable (Line) -> Void)?
+        var sink: Sink?
         var buffering = true
         var buffer: [Line] = []
         var dropped = 0
+        /// Early boot and the first seconds print a few dozen lines; a device whose
+        /// client cannot start keeps at most this many, then counts what it dropped.
+        var limit = 2000
+
+        /// The sink to hand `line` to, or nil once it is buffered (or discarded).
+        mutating func route(_ line: Line) -> Sink? {
+            if let sink { return sink }
+            if buffering {
+                if buffer.count < limit { buffer.append(line) } else { dropped += 1 }
+            }
+            return nil
+        }
+
+        /// Installs `sink`; returns what it must get first, in order: the
+        /// buffered lines and one line counting those the buffer dropped.
+        mutating func attach(_ sink: @escaping Sink, now: UInt64) -> [Line] {
+            var replay = buffer
+            if dropped > 0 {
+                replay.append(Line(message: "warning: \(dropped) console lines printed before the controller client started were dropped",
+                                   timeUnixMs: now))
+            }
+            buffer = []
+            dropped = 0
+            self.sink = sink
+            return replay
+        }
+
+        mutating func discard() {
+            buffering = false
+            buffer = []
+            dropped = 0
+        }
     }
 
-    /// Early boot and the first seconds print a few dozen lines; a device whose
-    /// client cannot start keeps at most this many, then counts what it dropped.
-    static let bufferLimit = 2000
     static let tap = Mutex(Tap())
 
     /// Makes sure fds 0–2 exist. The kernel opens /dev/console for init only
@@ -51,37 +82,20 @@ public enum Console {
         // Console output is best effort: there is nobody to report a failure to.
         try? Sys.writeAll(1, bytes, target: "console")
         let line = Line(message: message, timeUnixMs: Wallclock.unixMilliseconds())
-        let sink = tap.withLock { t -> (@Sendable (Line) -> Void)? in
-            if let sink = t.sink { return sink }
-            if t.buffering {
-                if t.buffer.count < bufferLimit { t.buffer.append(line) } else { t.dropped += 1 }
-            }
-            return nil
-        }
-        sink?(line)
+        tap.withLock { $0.route(line) }?(line)
     }
 
     /// From now on every line also goes to `sink`; the buffered lines go
     /// first, in order, followed by one line counting any the buffer dropped.
-    public static func attach(_ sink: @escaping @Sendable (Line) -> Void) {
+    public static func attach(_ sink: @escaping Sink) {
         tap.withLock { t in
             // Inside the lock: no line printed meanwhile can overtake the buffer.
-            for line in t.buffer { sink(line) }
-            if t.dropped > 0 {
-                sink(Line(message: "warning: \(t.dropped) console lines printed before the controller client started were dropped",
-                          timeUnixMs: Wallclock.unixMilliseconds()))
-            }
-            t.buffer = []
-            t.dropped = 0
-            t.sink = sink
+            for line in t.attach(sink, now: Wallclock.unixMilliseconds()) { sink(line) }
         }
     }
 
     /// Nobody will collect the lines (no controller): stop buffering them.
     public static func discardBuffer() {
-        tap.withLock { t in
-            t.buffering = false
-            t.buffer = []
-        }
+        tap.withLock { $0.discard() }
     }
 }
