@@ -8,7 +8,8 @@ import Testing
 /// its boot log arrives without a sequence gap, a reboot command acts once,
 /// `set-os` to v2 downloads over HTTPS from the controller, installs, restarts
 /// and commits after its test window; v3 with the controller stopped through
-/// its whole window is not committed and the device falls back to v2.
+/// its whole window is not committed and the device falls back to v2, and v3
+/// is not tried again until `retry-update` bumps the counter.
 extension QEMU {
     @Suite("Fleet management in QEMU", .serialized)
     struct FleetTests {
@@ -93,7 +94,7 @@ extension QEMU {
             return probe()
         }
 
-        @Test func registersReportsBootLogsRebootsOnceOnCommandUpdatesToV2AndWithoutItsControllerFallsBack() throws {
+        @Test func registersReportsBootLogsRebootsOnceOnCommandUpdatesToV2AndWithoutItsControllerFallsBackUntilRetried() throws {
             let h = try Harness("fleet")
             defer { h.cleanup() }
             guard FileManager.default.fileExists(atPath: Self.controller) else { throw Harness.Missing(path: Self.controller) }
@@ -214,6 +215,26 @@ extension QEMU {
             }
             #expect(reported != nil, "device show never reported v3 failed: \(controller.show(id)["update"] ?? "-")")
             print("fleet: v3 not committed without its controller: \(fellBack.text)")
+
+            // (e) v3 is not tried again while the retry counter stays (several 10 s config polls)...
+            #expect(live.wait(for: "update: version=3.0.0 failed before; waiting for the controller's retry counter",
+                              after: fellBack.index, timeout: 60) != nil, "\(live.console.suffix(2000))")
+            let quiet = live.lines.count
+            usleep(35_000_000)
+            #expect(live.wait(for: "update: installing version=3.0.0", after: quiet, timeout: 0) == nil)
+            // ...until `retry-update` bumps it; with its controller there this time, it commits.
+            try controller.admin(["device", "retry-update", id, "--json"])
+            let retried = try #require(live.wait(for: "update: retrying version=3.0.0 (retry counter 1)", after: quiet, timeout: 180),
+                                       "\(live.console.suffix(3000))")
+            let v3Committed = live.wait(for: "update: committed version=3.0.0 slot=IMGA", after: retried.index,
+                                        timeout: Double(Self.testWindowSeconds) + 600)
+            #expect(v3Committed != nil, "\(live.console.suffix(3000))")
+            let shownV3 = Self.poll(120) { () -> [String: Any]? in
+                let s = controller.show(id)
+                return (s["version"] as? String) == "3.0.0" && (s["update"] as? String) == "committed 3.0.0" ? s : nil
+            }
+            #expect(shownV3 != nil, "device show never reported v3 committed: \(controller.show(id)["update"] ?? "-")")
+            print("fleet: v3 retried after retry-update and committed: \(v3Committed?.text ?? "-")")
         }
     }
 }
