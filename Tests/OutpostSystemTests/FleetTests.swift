@@ -94,6 +94,28 @@ extension QEMU {
             return probe()
         }
 
+        /// The development image's CONFIG names no controller: said once, shown in status, no client.
+        @Test func anImageWithoutAControllerURLIsUnmanagedAndSaysSoOnce() throws {
+            let h = try Harness("unmanaged")
+            defer { h.cleanup() }
+            let live = try Harness.LiveBoot(h, timeout: 400, consoleInput: true)
+            defer {
+                try? live.monitorCommand("quit")
+                _ = live.waitForExit(timeout: 30)
+            }
+            let ready = try #require(live.wait(for: "outpost: ready slot=IMGA", timeout: 300), "\(live.console.suffix(3000))")
+            let unmanaged = try #require(live.wait(for: "outpost: fleet: unmanaged (no controller-url on CONFIG)", after: ready.index,
+                                                   timeout: 30), "\(live.console.suffix(3000))")
+            _ = try #require(live.wait(for: "outpost: network: active port", after: ready.index, timeout: 120))
+            try live.type("status\n")
+            let inStatus = live.wait(for: "outpost: agent: pid=1", after: unmanaged.index, timeout: 30)
+            #expect(inStatus != nil, "\(live.console.suffix(2000))")
+            let statusLines = live.lines[(unmanaged.index + 1)...].map(\.text)
+            #expect(statusLines.contains { $0.contains("outpost: fleet: unmanaged (no controller-url on CONFIG)") }, "status: \(statusLines)")
+            #expect(!live.lines.contains { $0.text.contains("fleet: managed by") || $0.text.contains("fleet: controller /api") })
+            #expect(!live.lines.contains { $0.text.contains("  fleet ") }, "no fleet component runs")
+        }
+
         @Test func registersReportsBootLogsRebootsOnceOnCommandUpdatesToV2AndWithoutItsControllerFallsBackUntilRetried() throws {
             let h = try Harness("fleet")
             defer { h.cleanup() }
