@@ -132,8 +132,15 @@ build_outpostd() {
     STEP="build outpostd"
     log "building outpostd (release, --static-swift-stdlib)"
     swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd >&2
-    # Stripped: the slot carries no debug symbols (18 MB instead of 38 MB).
-    strip -o "$OUT/bin/outpostd" "$(swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd"
+    local bin
+    bin="$(swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd"
+    # FoundationEssentials only: one call that binds to full Foundation's overload
+    # (e.g. String.contains when a dependency makes Foundation visible) links ICU, +47 MB.
+    if nm "$bin" | grep -q -m1 '10Foundation\|FoundationInternationalization\|_FoundationICU'; then
+        die "outpostd links full Foundation (nm shows Foundation symbols); use FoundationEssentials or stdlib API"
+    fi
+    # Stripped: the slot carries no debug symbols (24 MB instead of 57 MB).
+    strip -o "$OUT/bin/outpostd" "$bin"
 }
 
 # The development signing key, created on first use; its public half is the
