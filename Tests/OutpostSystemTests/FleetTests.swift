@@ -18,24 +18,6 @@ extension QEMU {
         /// (network up, first backoff) under TCG; every boot with a trial waits it out.
         static let testWindowSeconds = 40
 
-        /// A TCP port on 127.0.0.1 nobody listens on now.
-        static func freePort() throws -> Int {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            address.sin_port = 0
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let bound = withUnsafeMutablePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { p -> Int32 in
-                    guard bind(fd, p, length) == 0 else { return -1 }
-                    return getsockname(fd, p, &length)
-                }
-            }
-            guard bound == 0 else { throw TestSupportError.spawn(command: "bind", reason: "errno \(errno)") }
-            return Int(UInt16(bigEndian: address.sin_port))
-        }
 
         /// The running controller child; `start` again after `stop` serves the same data.
         final class Controller {
@@ -122,7 +104,7 @@ extension QEMU {
             guard FileManager.default.fileExists(atPath: Self.controller) else { throw Harness.Missing(path: Self.controller) }
 
             // The controller's data and the CONFIG it writes; the image is built from that CONFIG.
-            let port = try Self.freePort()
+            let port = try freeLoopbackPort()
             let data = h.dir + "/fleet"
             try Harness.sh([Self.controller, "init", data, "--host", "10.0.2.2", "--port", String(port),
                             "--trust", Harness.out + "/keys"])
