@@ -25,7 +25,9 @@ let package = Package(
         // resolved version cannot drift.
         .package(url: "https://github.com/apple/swift-system", exact: "1.8.1"),
         // The fleet controller (outpost-controller) and the device API's wire format.
-        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+        // No default traits: BinaryDelimitedStreams imports full Foundation (and
+        // ICU, ~47 MB) into the static outpostd; nothing here uses it or FieldMask.
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0", traits: []),
         .package(url: "https://github.com/hummingbird-project/hummingbird", exact: "2.28.1"),
         .package(url: "https://github.com/apple/swift-nio-ssl", exact: "2.37.6"),
         .package(url: "https://github.com/apple/swift-certificates", exact: "1.21.1"),
@@ -91,7 +93,9 @@ let package = Package(
         .target(name: "OutpostHTTP", dependencies: ["COpenSSL", "OutpostPlatform"]),
 
         // Device side: early boot, supervisor, updater, network.
-        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform"],
+        // Fleet/ wires the controller client (OutpostFleet) to the update service,
+        // the network manager and the reboot path.
+        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform", "OutpostFleet", "OutpostProto"],
                 swiftSettings: faultInjection),
         .executableTarget(name: "outpostd", dependencies: [
             "OutpostAgent",
@@ -109,7 +113,7 @@ let package = Package(
         .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle", "OutpostTestSupport"]),
         .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk", "OutpostTestSupport"]),
         .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk", "OutpostProcess", "OutpostTestSupport"]),
-        .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk", "OutpostPlatform", "OutpostTestSupport"]),
+        .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk", "OutpostPlatform", "OutpostUpdate", "OutpostBundle", "OutpostTestSupport"]),
         .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostHTTP", "OutpostTestSupport"], exclude: ["connect-proxy.py", "short-lease-dhcpd.py"]),
         .testTarget(name: "OutpostHTTPTests", dependencies: ["OutpostHTTP", "OutpostTestSupport"]),
 

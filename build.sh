@@ -4,6 +4,7 @@
 #   ./build.sh run      the above, then boot out/outpost.img in QEMU (serial console on this terminal)
 #   ./build.sh test     the above, then every test
 #   ./build.sh controller  build the reference fleet controller into out/bin/outpost-controller
+#   ./build.sh test-inputs  build what the tests need without running them (then: swift test --filter SUITE)
 #   ./build.sh deps     only install the Debian packages
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -131,8 +132,15 @@ build_outpostd() {
     STEP="build outpostd"
     log "building outpostd (release, --static-swift-stdlib)"
     swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd >&2
-    # Stripped: the slot carries no debug symbols (18 MB instead of 38 MB).
-    strip -o "$OUT/bin/outpostd" "$(swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd"
+    local bin
+    bin="$(swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd"
+    # FoundationEssentials only: one call that binds to full Foundation's overload
+    # (e.g. String.contains when a dependency makes Foundation visible) links ICU, +47 MB.
+    if nm "$bin" | grep -q -m1 '10Foundation\|FoundationInternationalization\|_FoundationICU'; then
+        die "outpostd links full Foundation (nm shows Foundation symbols); use FoundationEssentials or stdlib API"
+    fi
+    # Stripped: the slot carries no debug symbols (24 MB instead of 57 MB).
+    strip -o "$OUT/bin/outpostd" "$bin"
 }
 
 # The development signing key, created on first use; its public half is the
@@ -211,6 +219,16 @@ build_all() {
     build_bundle
 }
 
+# Everything the tests boot or run: the image, the controller, and the
+# fault-injection image (`./build.sh test-inputs`, then one suite with
+# `swift test --filter SUITE`).
+build_test_inputs() {
+    build_all
+    build_controller
+    build_outpostd_fault
+    build_fault_image
+}
+
 run_tests() {
     STEP="run the tests"
     log "fresh-machine setup test (isolated apt state, empty cache)"
@@ -236,18 +254,18 @@ case "${1:-build}" in
         exec "$OUT/bin/outpost" run "$OUT/outpost.img"
         ;;
     test)
-        build_all
-        build_controller
-        build_outpostd_fault
-        build_fault_image
+        build_test_inputs
         run_tests
+        ;;
+    test-inputs)
+        build_test_inputs
         ;;
     controller)
         deps
         build_controller
         ;;
     -h|--help|help)
-        sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *) die "unknown command '$1' (use: build, run, test, controller, deps)" ;;
 esac

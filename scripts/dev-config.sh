@@ -1,7 +1,10 @@
 #!/bin/sh
 # Creates a development CONFIG directory: a throwaway root CA, an onboarding
-# certificate signed by it, the controller URL and a DHCP network config.
-# Used by ./build.sh when no --config is given; never for production devices.
+# certificate signed by it and a DHCP network config. No controller-url: a
+# development image is unmanaged (outpostd starts no controller client, and a
+# trial update commits on health alone). `outpost-controller init` writes the
+# CONFIG of a managed device. Used by ./build.sh when no --config is given;
+# never for production devices.
 set -eu
 dir=${1:?usage: dev-config.sh DIR}
 mkdir -p "$dir"
@@ -18,6 +21,8 @@ cat > "$dir/network.json" <<'JSON'
   }
 }
 JSON
+# Directories made before development images were unmanaged named a controller nobody runs.
+rm -f "$dir/controller-url"
 [ -f "$dir/onboard.cert.pem" ] && exit 0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -29,5 +34,4 @@ openssl x509 -req -in "$tmp/onboard.csr" -CA "$tmp/root-ca.pem" -CAkey "$tmp/ca.
     -days 3650 -out "$tmp/onboard.cert.pem" 2>/dev/null
 cp "$tmp/root-ca.pem" "$tmp/onboard.key.pem" "$tmp/onboard.cert.pem" "$dir/"
 cp "$tmp/ca.key" "$dir/.dev-ca.key"
-echo "https://10.0.2.2:8443" > "$dir/controller-url"
 chmod 600 "$dir/onboard.key.pem" "$dir/.dev-ca.key"

@@ -6,12 +6,14 @@ import Foundation
 public struct ConfigInputs: Sendable {
     /// The files every device needs to find and authenticate to its controller.
     public static let required: [(name: String, what: String)] = [
-        ("controller-url", "controller URL"),
         ("root-ca.pem", "controller root CA certificate"),
         ("onboard.cert.pem", "onboarding certificate"),
         ("onboard.key.pem", "onboarding private key"),
         ("network.json", "bootstrap network configuration"),
     ]
+
+    /// Checked when present: the controller's URL (`outpost-controller init` writes it).
+    public static let optional = ["controller-url"]
 
     public var directory: String
     /// Regular files to copy, by name, sorted so the image is reproducible.
@@ -29,6 +31,12 @@ public struct ConfigInputs: Sendable {
                 throw BuilderError.missingInput(path: p, what: "CONFIG file (\(what))")
             }
             try check(name: name, data: data, path: p)
+        }
+        // Optional: with no controller-url the device is unmanaged (a development
+        // image); one that is there must be a URL the device can use.
+        for name in optional {
+            let p = directory + "/" + name
+            if let data = FileManager.default.contents(atPath: p) { try check(name: name, data: data, path: p) }
         }
         let names = try FileManager.default.contentsOfDirectory(atPath: directory).filter { n in
             var d: ObjCBool = false

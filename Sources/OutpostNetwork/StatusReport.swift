@@ -4,32 +4,32 @@ import FoundationEssentials
 /// will read later, so they change only with care.
 public struct NetworkStatusDocument: Encodable, Sendable {
     public struct Port: Encodable, Sendable {
-        var mode: String
-        var carrier: Bool
-        var address: String?
-        var gateway: String?
-        var dns: [String]
-        var cost: Int
-        var proxy: String?
-        var pac: String?
+        public var mode: String
+        public var carrier: Bool
+        public var address: String?
+        public var gateway: String?
+        public var dns: [String]
+        public var cost: Int
+        public var proxy: String?
+        public var pac: String?
         /// "passed", "failed", or "not configured" (no probe URL: carrier, address and route suffice).
-        var test: String
-        var usable: Bool
-        var lastError: String?
-        var lastLeaseLoss: String?
+        public var test: String
+        public var usable: Bool
+        public var lastError: String?
+        public var lastLeaseLoss: String?
         /// Unix seconds of the last change of carrier, address or test result.
-        var lastChange: Int?
-        var renamedFrom: String?
+        public var lastChange: Int?
+        public var renamedFrom: String?
     }
-    var active: String?
-    var configOrigin: String
-    var configError: String?
-    var lastPush: String?
-    var probe: String?
-    var routeChanges: Int
-    var error: String?
-    var healthy: Bool
-    var ports: [String: Port]
+    public var active: String?
+    public var configOrigin: String
+    public var configError: String?
+    public var lastPush: String?
+    public var probe: String?
+    public var routeChanges: Int
+    public var error: String?
+    public var healthy: Bool
+    public var ports: [String: Port]
 }
 
 extension NetworkService {

@@ -41,6 +41,9 @@ enum Support {
         try smallLayout.write(toFile: d + "/layout.json", atomically: true, encoding: .utf8)
         let r = try run([packageRoot + "/scripts/dev-config.sh", d + "/config"])
         guard r.status == 0 else { throw NSError(domain: "dev-config", code: Int(r.status)) }
+        // A managed device's CONFIG (as `outpost-controller init` writes it) names its controller;
+        // the development CONFIG does not, and the image tests check that the file is carried.
+        try "https://10.0.2.2:8443\n".write(toFile: d + "/config/controller-url", atomically: true, encoding: .utf8)
         var payload = [UInt8](repeating: 0, count: 3 << 20)
         for i in stride(from: 0, to: payload.count, by: 4096) { payload[i] = UInt8(truncatingIfNeeded: i / 4096 + 1) }
         _ = FileManager.default.createFile(atPath: d + "/slot.img", contents: Data(payload))

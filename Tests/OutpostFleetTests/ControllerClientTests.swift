@@ -29,7 +29,7 @@ final class ChildController: @unchecked Sendable {
     init(tag: String) async throws {
         root = try TemporaryDirectory.create("fleet-ctl-\(tag)")
         dir = DataDirectory(path: root + "/data")
-        port = try Self.freePort()
+        port = try freeLoopbackPort()
         try sh(Self.executable, "init", dir.path, "--host", "127.0.0.1", "--port", "\(port)")
         try await start()
     }
@@ -39,20 +39,6 @@ final class ChildController: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: root)
     }
 
-    /// A port nothing listens on now (bound to 0, read back, closed).
-    static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        guard bound else { throw TestSupportError.spawn(command: "outpost-controller", reason: "no free port on 127.0.0.1") }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
 
     func start() async throws {
         try? FileManager.default.removeItem(atPath: dir.adminSocket)

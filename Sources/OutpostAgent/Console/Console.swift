@@ -1,13 +1,69 @@
 // The console is the only user interface early boot has: every outcome is
-// exactly one line starting with "outpost: ".
+// exactly one line starting with "outpost: ". Every line also goes to the
+// controller's log store once the fleet client exists; lines printed before
+// that (early boot, the ready line) wait in a bounded buffer.
 
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostFleet
+import OutpostPlatform
+import Synchronization
 
 /// Writes whole lines to the console with one write(2) each, so kernel
 /// messages cannot split a line that a test or an operator looks for.
 public enum Console {
+    /// One printed line and when (Unix milliseconds), as the log store wants it.
+    public struct Line: Sendable {
+        public var message: String
+        public var timeUnixMs: UInt64
+    }
+
+    public typealias Sink = @Sendable (Line) -> Void
+
+    /// Where lines go besides the console: nowhere yet (buffering), a sink
+    /// (the fleet client), or nowhere for good (an unmanaged device).
+    struct Tap {
+        var sink: Sink?
+        var buffering = true
+        var buffer: [Line] = []
+        var dropped = 0
+        /// Early boot and the first seconds print a few dozen lines; a device whose
+        /// client cannot start keeps at most this many, then counts what it dropped.
+        var limit = 2000
+
+        /// The sink to hand `line` to, or nil once it is buffered (or discarded).
+        mutating func route(_ line: Line) -> Sink? {
+            if let sink { return sink }
+            if buffering {
+                if buffer.count < limit { buffer.append(line) } else { dropped += 1 }
+            }
+            return nil
+        }
+
+        /// Installs `sink`; returns what it must get first, in order: the
+        /// buffered lines and one line counting those the buffer dropped.
+        mutating func attach(_ sink: @escaping Sink, now: UInt64) -> [Line] {
+            var replay = buffer
+            if dropped > 0 {
+                replay.append(Line(message: "warning: \(dropped) console lines printed before the controller client started were dropped",
+                                   timeUnixMs: now))
+            }
+            buffer = []
+            dropped = 0
+            self.sink = sink
+            return replay
+        }
+
+        mutating func discard() {
+            buffering = false
+            buffer = []
+            dropped = 0
+        }
+    }
+
+    static let tap = Mutex(Tap())
+
     /// Makes sure fds 0–2 exist. The kernel opens /dev/console for init only
     /// when the initramfs has that node; if it had none, devtmpfs provides it.
     public static func attachIfNeeded() {
@@ -20,10 +76,26 @@ public enum Console {
         if fd > 2 { Glibc.close(fd) }
     }
 
-    /// Prints `outpost: <message>` as one line.
+    /// Prints `outpost: <message>` as one line, and hands it to the sink (or the buffer).
     public static func line(_ message: String) {
         let bytes = Array("outpost: \(message)\n".utf8)
         // Console output is best effort: there is nobody to report a failure to.
         try? Sys.writeAll(1, bytes, target: "console")
+        let line = Line(message: message, timeUnixMs: Wallclock.unixMilliseconds())
+        tap.withLock { $0.route(line) }?(line)
+    }
+
+    /// From now on every line also goes to `sink`; the buffered lines go
+    /// first, in order, followed by one line counting any the buffer dropped.
+    public static func attach(_ sink: @escaping Sink) {
+        tap.withLock { t in
+            // Inside the lock: no line printed meanwhile can overtake the buffer.
+            for line in t.attach(sink, now: Wallclock.unixMilliseconds()) { sink(line) }
+        }
+    }
+
+    /// Nobody will collect the lines (no controller): stop buffering them.
+    public static func discardBuffer() {
+        tap.withLock { $0.discard() }
     }
 }

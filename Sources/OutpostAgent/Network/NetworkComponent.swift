@@ -36,7 +36,8 @@ enum NetworkComponent {
         return NetworkService(configPath: bootstrapConfig, stateDirectory: state, resolvConfPath: resolvConf, options: options)
     }
 
-    static func spec(_ service: NetworkService) -> ComponentSpec {
+    /// `changed` is told when the active port or the controller's ports change (the fleet client's info).
+    static func spec(_ service: NetworkService, changed: @escaping @Sendable () -> Void = {}) -> ComponentSpec {
         ComponentSpec(name: "network", livenessDeadlineMilliseconds: 30_000, body: .task { context in
             try? Sys.mkdir("/run/outpost", 0o755)
             try? Sys.mkdir(service.stateDirectory, 0o700)
@@ -46,10 +47,16 @@ enum NetworkComponent {
             var reported: String?? = .none
             var unusableSince: Int64? = MonotonicClock.now().milliseconds
             var lastReport: Int64 = 0
+            var lastPorts: [String] = []
             while context.sleep(for: .milliseconds(1000)) {
                 guard service.isHealthy else { throw NetworkComponentError.stopped }
                 try context.beat()
                 let active = service.activePort
+                let ports = service.controllerPorts
+                if reported != .some(active) || ports != lastPorts {
+                    lastPorts = ports
+                    changed()
+                }
                 // Boot starts with no port; that is news only once a port was active (or after 30 s, below).
                 if reported != .some(active) && !(reported == nil && active == nil) {
                     if let active {

@@ -134,7 +134,10 @@ enum Pstore {
         guard let names = try? Sys.listDirectory(mount) else { return nil }
         for name in names where name.hasPrefix("dmesg-") {
             let path = mount + "/" + name
-            guard let text = try? Sys.readText(path), text.contains("Kernel panic") || text.contains("Panic#") else {
+            // Searched in the UTF-8 view: String.contains would bind to full Foundation's
+            // overload when a dependency makes it visible, linking ICU (~47 MB) into outpostd.
+            guard let text = try? Sys.readText(path),
+                  text.utf8.firstRange(of: "Kernel panic".utf8) != nil || text.utf8.firstRange(of: "Panic#".utf8) != nil else {
                 continue
             }
             var info = stat()

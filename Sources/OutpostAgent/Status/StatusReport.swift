@@ -28,6 +28,8 @@ public struct StatusReport: Sendable {
     /// The network manager's own status document, when it runs.
     public var network: NetworkStatusDocument?
     public var networkActive: String??
+    /// The controller connection (nil: the agent has not decided yet).
+    public var fleet: FleetStatusDocument? = nil
 }
 
 extension StatusReport {
@@ -47,6 +49,7 @@ extension StatusReport {
         orphansReaped = agent.reaper.orphansReaped
         network = agent.network?.statusDocument()
         networkActive = agent.network.map { $0.activePort }
+        fleet = agent.fleet.map(FleetStatusDocument.init)
     }
 }
 
@@ -80,6 +83,7 @@ extension StatusReport {
         if let networkActive {
             lines.append("network: active port \(networkActive ?? "none") (outpostd status --json has every port)")
         }
+        if let fleet { lines.append(fleet.line) }
         lines.append("agent: pid=\(process.pid) rss=\(process.rssKiB ?? 0) KiB threads=\(process.threads ?? 0)"
                      + " cpu-1min=\(cpuPercentLastMinute.map { formatted($0) + "%" } ?? "n/a")"
                      + " zombies=\(process.zombies) orphans-reaped=\(orphansReaped)")
@@ -100,7 +104,7 @@ extension StatusReport {
 
 extension StatusReport: Encodable {
     private enum Keys: String, CodingKey {
-        case uptimeSeconds, slot, version, lastBoot, watchdog, components, agent, network
+        case uptimeSeconds, slot, version, lastBoot, watchdog, components, agent, network, fleet
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -114,6 +118,7 @@ extension StatusReport: Encodable {
         try container.encode(AgentDocument(process: process, cpuPercentLastMinute: cpuPercentLastMinute,
                                            orphansReaped: orphansReaped), forKey: .agent)
         try container.encode(network, forKey: .network)
+        try container.encode(fleet, forKey: .fleet)
     }
 
     /// `watchdog`: the device in use, or why there is none.

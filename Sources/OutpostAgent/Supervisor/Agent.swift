@@ -45,8 +45,20 @@ public final class Agent: Sendable {
         get { services.withLock { $0.network } }
         set { services.withLock { $0.network = newValue } }
     }
+    /// The controller client, or why there is none; set before `start()`.
+    public var fleet: FleetSetup? {
+        get { services.withLock { $0.fleet } }
+        set { services.withLock { $0.fleet = newValue } }
+    }
+    /// The running client of a managed device.
+    public var fleetClient: FleetAgent? {
+        if case .managed(let fleet) = fleet { return fleet }
+        return nil
+    }
+    /// When the feeder last fed the watchdog (monotonic ms; 0: never).
+    let lastFeed = Atomic<Int64>(0)
     /// Set from the PID 1 thread, read by component and status threads.
-    private let services = Mutex<(update: UpdateService?, network: NetworkService?)>((nil, nil))
+    private let services = Mutex<(update: UpdateService?, network: NetworkService?, fleet: FleetSetup?)>((nil, nil, nil))
     private let shutdownStartedAt = Mutex<Int64?>(nil)
 
     /// Determines the last boot's reason (before anything could overwrite
@@ -94,7 +106,10 @@ public final class Agent: Sendable {
         supervisor.add(PowerButton.spec())
         supervisor.add(ConsoleCommands.spec(agent: self))
         if let network {
-            supervisor.add(NetworkComponent.spec(network))
+            supervisor.add(NetworkComponent.spec(network, changed: { [self] in fleetClient?.client.stateChanged() }))
+        }
+        if let fleetClient {
+            supervisor.add(FleetComponent.spec(fleetClient))
         }
         if let update {
             supervisor.add(UpdateComponent.spec(update, supervisor: supervisor))
@@ -140,7 +155,10 @@ public final class Agent: Sendable {
                     if withheld { continue }
                     switch verdict {
                     case .feed:
-                        do { try watchdog.feed() } catch {
+                        do {
+                            try watchdog.feed()
+                            lastFeed.store(MonotonicClock.now().milliseconds, ordering: .relaxed)
+                        } catch {
                             if !reportedError { Console.line("warning: watchdog: \(error)") }
                             reportedError = true
                         }

@@ -50,6 +50,9 @@ public enum InitProcess {
             if let detail = agent.lastBoot.detail { line += " (\(detail))" }
             Console.line(line)
         }
+        // After the ready line (which reaches the controller from Console's buffer),
+        // before any component: a trial's test window needs to know whether it is managed.
+        agent.fleet = FleetComponent.setup(agent: agent)
         agent.start()
 
         var set = signalSet()

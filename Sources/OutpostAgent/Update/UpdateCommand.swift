@@ -39,7 +39,7 @@ enum UpdateCommand {
             let service = try service()
             let engine = try service.engine()
             var file = source
-            let remote = source.contains("://")
+            let remote = source.utf8.firstRange(of: "://".utf8) != nil  // not Foundation's contains (see BootHistory)
             if remote {
                 let url = try HTTPURL(source)
                 file = service.paths.stateDirectory + "/download.bundle"

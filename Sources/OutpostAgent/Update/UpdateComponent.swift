@@ -1,5 +1,5 @@
 // The update flow as a supervised component: it runs once per boot (trial,
-// commit, fallback record, update media), then idles. What "healthy" means
+// commit, fallback record, update media), then serves the controller's requests. What "healthy" means
 // during a trial is the supervisor's own watchdog verdict (every critical
 // component within its deadline, PERSIST accepting writes) plus the root's
 // self-test marker, which a deliberately broken test build carries.
@@ -15,7 +15,12 @@ enum UpdateComponent {
                 unhealthy: { health(supervisor) },
                 alive: { try? context.beat() },
                 reboot: { reason in context.requestShutdown(request(for: reason)) })
-            while context.sleep(for: .milliseconds(10_000)) { try context.beat() }
+            // Then the controller's requests (a managed device), checked every second.
+            while context.sleep(for: .milliseconds(1000)) {
+                try context.beat()
+                service.serveController(alive: { try? context.beat() },
+                                        reboot: { reason in context.requestShutdown(request(for: reason)) })
+            }
         })
     }
 

@@ -12,6 +12,7 @@ import OutpostBundle
 import OutpostDisk
 import OutpostUpdate
 import OutpostPlatform
+import Synchronization
 
 /// Where the agent's update inputs and outputs live on the device.
 public struct UpdatePaths: Sendable {
@@ -57,6 +58,8 @@ public final class UpdateService: Sendable {
     public let bootedPartUUID: String
     public let version: String
     public let paths: UpdatePaths
+    /// What the controller asked for and where the flow is (ControllerUpdates.swift).
+    let controller = Mutex(ControllerUpdateState())
 
     public init(diskPath: String, bootedPartUUID: String, version: String, paths: UpdatePaths = UpdatePaths()) {
         self.diskPath = diskPath
@@ -93,24 +96,31 @@ public final class UpdateService: Sendable {
             Console.line("warning: update: after-boot check failed: \(error)")
             return
         }
+        recordBootStatus(status, state: try? engine.store.load())
         switch status {
         case let .testing(slot, trialVersion):
             let (policy, warning) = UpdatePolicy.load(path: paths.configFile)
             if let warning { Console.line("warning: update: \(warning)") }
             Console.line("update: testing version=\(trialVersion ?? version) slot=\(slot) window=\(policy.testWindowSeconds)s")
-            if let reason = testWindow(seconds: policy.testWindowSeconds, unhealthy: unhealthy, alive: alive) {
+            // A managed device also needs its controller within the window (a 503 counts).
+            if let reason = testWindow(seconds: policy.testWindowSeconds, unhealthy: unhealthy, alive: alive)
+                ?? controllerVerdict(windowSeconds: policy.testWindowSeconds) {
                 Console.line("update: test of version=\(trialVersion ?? version) failed: \(reason); restarting to fall back")
                 do { try engine.recordTestFailure(booted: booted, reason: reason) } catch {
                     Console.line("warning: update: cannot record the failure: \(error)")
                 }
+                controller.withLock { $0.restarting = true }
+                setProgress(.failed, version: trialVersion ?? version, reason: "test window: \(reason)")
                 reboot(.testFailed(version: trialVersion, reason: reason))
                 return
             }
             do {
                 try engine.commit(booted: booted)
                 Console.line("update: committed version=\(trialVersion ?? version) slot=\(slot)")
+                setProgress(.committed, version: trialVersion ?? version)
             } catch {
                 Console.line("warning: update: commit failed: \(error)")
+                setProgress(.failed, version: trialVersion ?? version, reason: "commit: \(error)")
                 return
             }
         case let .fellBack(failedSlot, failedVersion, reason):
@@ -127,9 +137,16 @@ public final class UpdateService: Sendable {
     /// the system was unhealthy, or nil if it stayed healthy throughout.
     func testWindow(seconds: Int, unhealthy: () -> String?, alive: () -> Void) -> String? {
         let end = MonotonicClock.now().milliseconds + Int64(seconds) * 1000
+        var reported = Int64.max
         repeat {
             alive()
             if let reason = unhealthy() { return reason }
+            // The controller sees the seconds left, refreshed every 30 s (not every second: each is an info report).
+            let left = max(0, end - MonotonicClock.now().milliseconds) / 1000
+            if reported - left >= 30 {
+                reported = left
+                setProgress(.testing, version: progress.version) { $0.secondsLeft = Int(left) }
+            }
             MonotonicClock.sleep(for: .milliseconds(1000))
         } while MonotonicClock.now().milliseconds < end
         return unhealthy()
@@ -151,7 +168,10 @@ public final class UpdateService: Sendable {
                     continue
                 }
                 Console.line("update: installing \(bundle) (version \(manifest))")
+                setProgress(.installing, version: manifest)
                 let report = try engine.install(source, booted: booted)
+                controller.withLock { $0.restarting = true }
+                setProgress(.rebooting, version: report.version)
                 Console.line("update: installed version=\(report.version) slot=\(report.slot); restarting into it")
                 reboot(.update(version: report.version, slot: report.slot))
                 return

@@ -1,0 +1,199 @@
+// The controller client (OutpostFleet.FleetClient) as one of PID 1's
+// components. CONFIG decides: no controller-url means an unmanaged device,
+// said once on the console and in status, and nothing starts. A managed one
+// gets a client wired to the agent's real parts (FleetAdapters.swift), every
+// console line (early boot's too, from Console's buffer) in its log store,
+// and the update test window's extra condition: the controller answered.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import OutpostFleet
+import OutpostProto
+import Synchronization
+
+/// A managed device's client and what the agent needs beside it.
+public final class FleetAgent: Sendable {
+    public let client: FleetClient
+    /// Set by the first run of the component body; a restarted body reuses the running client.
+    let started = Atomic<Bool>(false)
+
+    init(client: FleetClient) { self.client = client }
+}
+
+/// Whether the device is managed, as status shows it.
+public enum FleetSetup: Sendable {
+    case managed(FleetAgent)
+    /// Unmanaged or not started, and why.
+    case off(String)
+}
+
+enum FleetComponent {
+    static let configDirectory = "/config"
+
+    /// Builds the client when CONFIG names a controller. Call before the
+    /// components start, so the update service knows the commit condition
+    /// before a trial boot's test window begins.
+    static func setup(agent: Agent) -> FleetSetup {
+        func off(_ why: String, warning: Bool = false) -> FleetSetup {
+            Console.line((warning ? "warning: fleet: " : "fleet: ") + why)
+            Console.discardBuffer()
+            return .off(why)
+        }
+        guard let persist = agent.persistMount else { return off("not started: PERSIST is not mounted", warning: true) }
+        let configuration: FleetConfiguration
+        do {
+            guard let loaded = try FleetConfiguration.load(configDirectory: configDirectory, persistDirectory: persist,
+                                                           osVersion: agent.version) else {
+                return off("unmanaged (no controller-url on CONFIG)")
+            }
+            configuration = loaded
+        } catch {
+            return off("not started: \(error)", warning: true)
+        }
+        let network = agent.network
+        let dependencies = FleetDependencies(
+            updater: agent.update.map { FleetUpdater(service: $0) } ?? NoUpdater(),
+            network: FleetNetwork(service: network),
+            power: FleetPower(supervisor: agent.supervisor),
+            state: AgentStateSource(agent: agent),
+            routes: { network?.controllerRoutes() ?? [] },
+            // The client's own lines go to the console, and from there into its log store.
+            log: { Console.line("fleet: \($0)") })
+        let client: FleetClient
+        do {
+            client = try FleetClient(configuration: configuration, dependencies: dependencies)
+        } catch {
+            return off("not started: \(error)", warning: true)
+        }
+        Console.attach { line in
+            let (source, severity) = classify(line.message)
+            _ = try? client.logStore.append(source: source, severity: severity, message: line.message,
+                                            timeUnixMs: line.timeUnixMs)
+        }
+        if let update = agent.update {
+            do {
+                let tls = try client.identity.tlsContext(trusting: [configuration.rootCAFile])
+                let controller = configuration.controllerURL.hostPort
+                update.attachController(downloadTLS: tls, onChange: { client.stateChanged() }, verdict: { seconds in
+                    client.controllerReachable(within: .seconds(seconds))
+                        ? nil : "the controller \(controller) was not reachable during the \(seconds) s test window"
+                })
+            } catch {
+                Console.line("warning: fleet: no TLS context for downloads: \(error)")
+            }
+        }
+        Console.line("fleet: managed by \(configuration.controllerURL.hostPort) (serial \(client.identity.serial))")
+        return .managed(FleetAgent(client: client))
+    }
+
+    static func spec(_ fleet: FleetAgent) -> ComponentSpec {
+        ComponentSpec(name: "fleet", livenessDeadlineMilliseconds: 30_000, body: .task { context in
+            if !fleet.started.exchange(true, ordering: .acquiringAndReleasing) {
+                do {
+                    try fleet.client.start()
+                } catch {
+                    fleet.started.store(false, ordering: .releasing)
+                    throw error
+                }
+            }
+            try context.beat()
+            while context.sleep(for: .milliseconds(5000)) { try context.beat() }
+            // The system is stopping: join the client's thread, flush the log store.
+            fleet.client.stop()
+        })
+    }
+
+    /// The log entry's source and severity from a console line's prefix.
+    static func classify(_ message: String) -> (String, Outpost_Api_V1_Severity) {
+        var text = Substring(message)
+        var severity = Outpost_Api_V1_Severity.info
+        if text.hasPrefix("warning: ") {
+            severity = .warning
+            text = text.dropFirst("warning: ".count)
+        } else if text.hasPrefix("error: ") {
+            severity = .error
+            text = text.dropFirst("error: ".count)
+        }
+        let word = text.prefix { $0 != ":" && $0 != " " }
+        let sources: Set<Substring> = ["update", "network", "watchdog", "fleet", "component", "storage", "power", "debug", "halt"]
+        return (sources.contains(word) && text.dropFirst(word.count).hasPrefix(":") ? String(word) : "outpostd", severity)
+    }
+}
+
+/// `fleet` in `outpostd status --json`: the controller connection, or why there is none.
+public struct FleetStatusDocument: Encodable, Sendable, Equatable {
+    public var managed: Bool
+    public var note: String?
+    public var controller: String?
+    public var registered: Bool
+    public var deviceId: String?
+    public var configHash: String?
+    public var secondsSinceContact: Int?
+    public var lastError: String?
+    public var pendingInfo: Int
+    public var logBacklog: UInt64
+    public var route: String?
+
+    init(_ setup: FleetSetup) {
+        switch setup {
+        case .off(let why):
+            self.init(managed: false, note: why, controller: nil, registered: false, deviceId: nil, configHash: nil,
+                      secondsSinceContact: nil, lastError: nil, pendingInfo: 0, logBacklog: 0, route: nil)
+        case .managed(let fleet):
+            let s = fleet.client.status
+            self.init(managed: true, note: nil, controller: fleet.client.configuration.controllerURL.hostPort,
+                      registered: s.registered, deviceId: s.deviceID, configHash: s.configHash.isEmpty ? nil : s.configHash,
+                      secondsSinceContact: s.secondsSinceContact, lastError: s.lastError, pendingInfo: s.pendingInfo,
+                      logBacklog: s.logBacklog, route: s.route)
+        }
+    }
+
+    init(managed: Bool, note: String?, controller: String?, registered: Bool, deviceId: String?, configHash: String?,
+         secondsSinceContact: Int?, lastError: String?, pendingInfo: Int, logBacklog: UInt64, route: String?) {
+        self.managed = managed
+        self.note = note
+        self.controller = controller
+        self.registered = registered
+        self.deviceId = deviceId
+        self.configHash = configHash
+        self.secondsSinceContact = secondsSinceContact
+        self.lastError = lastError
+        self.pendingInfo = pendingInfo
+        self.logBacklog = logBacklog
+        self.route = route
+    }
+
+    private enum Keys: String, CodingKey {
+        case managed, note, controller, registered, deviceId, configHash, secondsSinceContact, lastError, pendingInfo,
+             logBacklog, route
+    }
+
+    /// Every key always present (null when unknown), like the rest of the status document.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.encode(managed, forKey: .managed)
+        try c.encode(note, forKey: .note)
+        try c.encode(controller, forKey: .controller)
+        try c.encode(registered, forKey: .registered)
+        try c.encode(deviceId, forKey: .deviceId)
+        try c.encode(configHash, forKey: .configHash)
+        try c.encode(secondsSinceContact, forKey: .secondsSinceContact)
+        try c.encode(lastError, forKey: .lastError)
+        try c.encode(pendingInfo, forKey: .pendingInfo)
+        try c.encode(logBacklog, forKey: .logBacklog)
+        try c.encode(route, forKey: .route)
+    }
+
+    /// The console's one line.
+    var line: String {
+        guard managed else { return "fleet: \(note ?? "unmanaged")" }
+        var line = "fleet: controller \(controller ?? "?") "
+        line += registered ? "registered as \(deviceId ?? "?")" : "not registered yet"
+        line += ", last contact " + (secondsSinceContact.map { "\($0) s ago" } ?? "never this boot")
+        if let route { line += ", via \(route)" }
+        line += ", info pending \(pendingInfo), log backlog \(logBacklog)"
+        if let lastError { line += ", last error: \(lastError)" }
+        return line
+    }
+}

@@ -1,0 +1,244 @@
+import Foundation
+import OutpostTestSupport
+import Testing
+
+/// The managed device end to end: the real `outpost-controller` on the host's
+/// loopback (the guest reaches it at 10.0.2.2), an image built from its
+/// `init` CONFIG, one QEMU session across every reboot. The device registers,
+/// its boot log arrives without a sequence gap, a reboot command acts once,
+/// `set-os` to v2 downloads over HTTPS from the controller, installs, restarts
+/// and commits after its test window; v3 with the controller stopped through
+/// its whole window is not committed and the device falls back to v2, and v3
+/// is not tried again until `retry-update` bumps the counter.
+extension QEMU {
+    @Suite("Fleet management in QEMU", .serialized)
+    struct FleetTests {
+        static var controller: String { Harness.out + "/bin/outpost-controller" }
+        /// Long enough for a booted guest's client to reach the controller once
+        /// (network up, first backoff) under TCG; every boot with a trial waits it out.
+        static let testWindowSeconds = 40
+
+
+        /// The running controller child; `start` again after `stop` serves the same data.
+        final class Controller {
+            let data: String
+            let port: Int
+            var process: ChildProcess?
+
+            init(data: String, port: Int) {
+                self.data = data
+                self.port = port
+            }
+
+            func start() throws {
+                let child = try ChildProcess([FleetTests.controller, "serve", "--data", data, "--listen", "127.0.0.1:\(port)"])
+                process = child
+                try waitFor("the controller's admin socket", within: .seconds(60), every: .milliseconds(200)) {
+                    !child.isRunning || (try? self.admin(["device", "list", "--json"])) != nil
+                }
+                guard child.isRunning else { throw TestSupportError.spawn(command: "outpost-controller serve", reason: "exited") }
+            }
+
+            /// Stops the child by its PID.
+            func stop() {
+                process?.terminate()
+                process = nil
+            }
+
+            /// One admin command; its stdout parsed as JSON.
+            @discardableResult
+            func admin(_ arguments: [String]) throws -> Any {
+                let r = try Harness.sh([FleetTests.controller] + arguments + ["--data", data], timeout: .seconds(120))
+                return try JSONSerialization.jsonObject(with: Data(r.stdout.utf8), options: [.fragmentsAllowed])
+            }
+
+            func devices() -> [[String: Any]] { ((try? admin(["device", "list", "--json"])) as? [[String: Any]]) ?? [] }
+
+            func show(_ id: String) -> [String: Any] { ((try? admin(["device", "show", id, "--json"])) as? [String: Any]) ?? [:] }
+
+            /// Every log entry the controller holds for `id` (one JSON object per line).
+            func logs(_ id: String) -> [[String: Any]] {
+                guard let r = try? Harness.sh([FleetTests.controller, "device", "logs", id, "--json", "--data", data],
+                                              timeout: .seconds(120)) else { return [] }
+                return r.stdout.split(separator: "\n").compactMap {
+                    try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+                }
+            }
+        }
+
+        /// Polls `probe` every 2 s until it returns a value, at most `seconds`.
+        static func poll<T>(_ seconds: Double, _ probe: () -> T?) -> T? {
+            let deadline = Date().addingTimeInterval(seconds)
+            repeat {
+                if let value = probe() { return value }
+                usleep(2_000_000)
+            } while Date() < deadline
+            return probe()
+        }
+
+        /// The development image's CONFIG names no controller: said once, shown in status, no client.
+        @Test func anImageWithoutAControllerURLIsUnmanagedAndSaysSoOnce() throws {
+            let h = try Harness("unmanaged")
+            defer { h.cleanup() }
+            let live = try Harness.LiveBoot(h, timeout: 400, consoleInput: true)
+            defer {
+                try? live.monitorCommand("quit")
+                _ = live.waitForExit(timeout: 30)
+            }
+            let ready = try #require(live.wait(for: "outpost: ready slot=IMGA", timeout: 300), "\(live.console.suffix(3000))")
+            let unmanaged = try #require(live.wait(for: "outpost: fleet: unmanaged (no controller-url on CONFIG)", after: ready.index,
+                                                   timeout: 30), "\(live.console.suffix(3000))")
+            _ = try #require(live.wait(for: "outpost: network: active port", after: ready.index, timeout: 120))
+            try live.type("status\n")
+            let inStatus = live.wait(for: "outpost: agent: pid=1", after: unmanaged.index, timeout: 30)
+            #expect(inStatus != nil, "\(live.console.suffix(2000))")
+            let statusLines = live.lines[(unmanaged.index + 1)...].map(\.text)
+            #expect(statusLines.contains { $0.contains("outpost: fleet: unmanaged (no controller-url on CONFIG)") }, "status: \(statusLines)")
+            #expect(!live.lines.contains { $0.text.contains("fleet: managed by") || $0.text.contains("fleet: controller /api") })
+            #expect(!live.lines.contains { $0.text.contains("  fleet ") }, "no fleet component runs")
+        }
+
+        @Test func registersReportsBootLogsRebootsOnceOnCommandUpdatesToV2AndWithoutItsControllerFallsBackUntilRetried() throws {
+            let h = try Harness("fleet")
+            defer { h.cleanup() }
+            guard FileManager.default.fileExists(atPath: Self.controller) else { throw Harness.Missing(path: Self.controller) }
+
+            // The controller's data and the CONFIG it writes; the image is built from that CONFIG.
+            let port = try freeLoopbackPort()
+            let data = h.dir + "/fleet"
+            try Harness.sh([Self.controller, "init", data, "--host", "10.0.2.2", "--port", String(port),
+                            "--trust", Harness.out + "/keys"])
+            let config = data + "/config"
+            try #"{"testWindowSeconds": \#(Self.testWindowSeconds)}"#.write(toFile: config + "/update.json", atomically: false,
+                                                                            encoding: .utf8)
+            try Harness.sh([Harness.outpost, "image", "build", "--quiet", "--config", config, "--slot", Harness.out + "/slot.img",
+                            "--efi", Harness.out + "/efi", "--output", h.image])
+            let v2 = try UpdateTests.bundle(h, version: "2.0.0", security: 2)
+            let v3 = try UpdateTests.bundle(h, version: "3.0.0", security: 3)
+
+            let controller = Controller(data: data, port: port)
+            try controller.start()
+            defer { controller.stop() }
+
+            let live = try Harness.LiveBoot(h, timeout: 1500, consoleInput: true)
+            defer {
+                try? live.monitorCommand("quit")
+                _ = live.waitForExit(timeout: 30)
+            }
+
+            // (a) It boots, registers and shows up with slot, version, last boot and ports.
+            let ready = try #require(live.wait(for: "outpost: ready slot=IMGA version=1.0.0", timeout: 300),
+                                     "\(live.console.suffix(4000))")
+            #expect(live.wait(for: "outpost: fleet: managed by 10.0.2.2:\(port)", timeout: 5) != nil)
+            let device = try #require(Self.poll(180) { () -> [String: Any]? in
+                controller.devices().first { ($0["slot"] as? String) == "IMGA" && !((($0["ports"] as? [Any]) ?? []).isEmpty) }
+            }, "no device with ports in `device list`: \(controller.devices()) \(live.console.suffix(3000))")
+            let id = try #require(device["id"] as? String)
+            #expect(device["version"] as? String == "1.0.0", "\(device)")
+            #expect(device["lastBoot"] as? String == "first-boot", "\(device)")
+            let ports = (device["ports"] as? [[String: Any]]) ?? []
+            #expect(ports.contains { $0["name"] as? String == "eth0" && ($0["active"] as? Bool) == true }, "\(ports)")
+            print("fleet: registered \(id): \(device)")
+            // The console's `status` names the controller and the registration.
+            try live.type("status\n")
+            let statusLine = live.wait(for: "outpost: fleet: controller 10.0.2.2:\(port) registered as \(id)", after: ready.index,
+                                       timeout: 30)
+            #expect(statusLine != nil, "\(live.console.suffix(2000))")
+            // Config polls every 10 s from here on, so commands are picked up quickly.
+            try controller.admin(["device", "set-intervals", id, "--config", "10", "--json"])
+
+            // Boot log lines, printed before the client existed, arrive with no sequence gap.
+            let logs = try #require(Self.poll(120) { () -> [[String: Any]]? in
+                let entries = controller.logs(id)
+                return entries.contains { ($0["message"] as? String)?.contains("ready slot=IMGA version=1.0.0") == true } ? entries : nil
+            }, "the ready line never reached `device logs`: \(controller.logs(id).suffix(10))")
+            let sequences = logs.compactMap { ($0["sequence"] as? NSNumber)?.uint64Value }
+            #expect(sequences.first == 1 && sequences == Array(1...UInt64(sequences.count)), "gap in \(sequences)")
+            // The ready line was printed before the client existed (Console's buffer), the client's own line after.
+            func sequence(_ prefix: String) -> UInt64? {
+                logs.first { ($0["message"] as? String)?.hasPrefix(prefix) == true }.flatMap { ($0["sequence"] as? NSNumber)?.uint64Value }
+            }
+            let readySequence = try #require(sequence("ready slot=IMGA"))
+            let managedSequence = try #require(sequence("fleet: managed by"))
+            #expect(readySequence < managedSequence)
+            print("fleet: \(logs.count) log entries, sequences 1...\(sequences.last ?? 0) without a gap")
+
+            // (b) `device reboot` bumps the counter: exactly one reboot, recorded as `controller`.
+            try controller.admin(["device", "reboot", id, "--json"])
+            let stopping = try #require(live.wait(for: "outpost: stopping: reason=controller", after: ready.index, timeout: 120),
+                                        "\(live.console.suffix(3000))")
+            let rebooted = try #require(live.wait(for: "outpost: ready slot=IMGA version=1.0.0 last-boot=controller",
+                                                  after: stopping.index, timeout: 300), "\(live.console.suffix(3000))")
+            let afterReboot = try #require(Self.poll(120) { () -> [String: Any]? in
+                let d = controller.devices().first { $0["id"] as? String == id }
+                return d?["lastBoot"] as? String == "controller" ? d : nil
+            }, "device list never showed last boot controller")
+            print("fleet: after the reboot command: \(afterReboot)")
+
+            // (c) set-os v2: download over HTTPS from the controller, install, restart, commit.
+            // The v1 boot after the reboot polls config several times meanwhile: it does not reboot again.
+            try controller.admin(["device", "set-os", id, "--bundle", v2, "--json"])
+            let installed = try #require(live.wait(for: "update: installed version=2.0.0 slot=IMGB", after: rebooted.index,
+                                                   timeout: 600), "\(live.console.suffix(4000))")
+            let between = live.lines[rebooted.index..<installed.index].map(\.text)
+            #expect(!between.contains { $0.contains("stopping:") }, "rebooted again before the update: \(between)")
+            #expect(between.contains { $0.contains("update: downloading version=2.0.0 from https://10.0.2.2:\(port)/") }, "\(between)")
+            let v2Ready = try #require(live.wait(for: "outpost: ready slot=IMGB version=2.0.0 last-boot=update",
+                                                 after: installed.index, timeout: 300), "\(live.console.suffix(3000))")
+            let committed = try #require(live.wait(for: "update: committed version=2.0.0 slot=IMGB", after: v2Ready.index,
+                                                   timeout: Double(Self.testWindowSeconds) + 240), "\(live.console.suffix(3000))")
+            #expect(live.lines.filter { $0.text.contains("outpost: stopping: reason=controller") }.count == 1,
+                    "the reboot command acted more than once")
+            let shown = try #require(Self.poll(120) { () -> [String: Any]? in
+                let s = controller.show(id)
+                return (s["version"] as? String) == "2.0.0" && (s["update"] as? String) == "committed 2.0.0" ? s : nil
+            }, "device show never reported v2 committed: \(controller.show(id))")
+            let steps = ((shown["updateHistory"] as? [[String: Any]]) ?? []).compactMap { $0["step"] as? String }
+            for step in ["downloading", "installing", "rebooting", "testing", "committed"] {
+                #expect(steps.contains(step), "update history \(steps) lacks \(step)")
+            }
+            print("fleet: v2 committed; update history \(steps)")
+
+            // (d) v3 with the controller stopped through its whole test window: not committed, back to v2.
+            try controller.admin(["device", "set-os", id, "--bundle", v3, "--json"])
+            let v3Installed = try #require(live.wait(for: "update: installed version=3.0.0 slot=IMGA", after: committed.index,
+                                                     timeout: 600), "\(live.console.suffix(4000))")
+            controller.stop()
+            let failed = try #require(live.wait(for: "update: test of version=3.0.0 failed: the controller 10.0.2.2:\(port) was not reachable",
+                                                after: v3Installed.index, timeout: Double(Self.testWindowSeconds) + 300),
+                                      "\(live.console.suffix(4000))")
+            #expect(live.wait(for: "update: committed version=3.0.0", after: v3Installed.index, timeout: 0) == nil)
+            let fellBack = try #require(live.wait(for: "update: fell back from IMGA version=3.0.0", after: failed.index, timeout: 300),
+                                        "\(live.console.suffix(3000))")
+            #expect(live.wait(for: "outpost: ready slot=IMGB version=2.0.0", after: failed.index, timeout: 5) != nil)
+            // The controller back: the device reports the failure and v2 running.
+            try controller.start()
+            let reported = Self.poll(180) { () -> [String: Any]? in
+                let s = controller.show(id)
+                return (s["version"] as? String) == "2.0.0" && ((s["update"] as? String) ?? "").hasPrefix("failed 3.0.0") ? s : nil
+            }
+            #expect(reported != nil, "device show never reported v3 failed: \(controller.show(id)["update"] ?? "-")")
+            print("fleet: v3 not committed without its controller: \(fellBack.text)")
+
+            // (e) v3 is not tried again while the retry counter stays (several 10 s config polls)...
+            #expect(live.wait(for: "update: version=3.0.0 failed before; waiting for the controller's retry counter",
+                              after: fellBack.index, timeout: 60) != nil, "\(live.console.suffix(2000))")
+            let quiet = live.lines.count
+            usleep(35_000_000)
+            #expect(live.wait(for: "update: installing version=3.0.0", after: quiet, timeout: 0) == nil)
+            // ...until `retry-update` bumps it; with its controller there this time, it commits.
+            try controller.admin(["device", "retry-update", id, "--json"])
+            let retried = try #require(live.wait(for: "update: retrying version=3.0.0 (retry counter 1)", after: quiet, timeout: 180),
+                                       "\(live.console.suffix(3000))")
+            let v3Committed = live.wait(for: "update: committed version=3.0.0 slot=IMGA", after: retried.index,
+                                        timeout: Double(Self.testWindowSeconds) + 600)
+            #expect(v3Committed != nil, "\(live.console.suffix(3000))")
+            let shownV3 = Self.poll(120) { () -> [String: Any]? in
+                let s = controller.show(id)
+                return (s["version"] as? String) == "3.0.0" && (s["update"] as? String) == "committed 3.0.0" ? s : nil
+            }
+            #expect(shownV3 != nil, "device show never reported v3 committed: \(controller.show(id)["update"] ?? "-")")
+            print("fleet: v3 retried after retry-update and committed: \(v3Committed?.text ?? "-")")
+        }
+    }
+}
