@@ -181,9 +181,12 @@ public struct DeviceAPIRoutes: Sendable {
         case let other?: throw APIError(415, "Content-Encoding '\(other)' is not supported (use gzip)")
         }
         let b = try WireCheck.logs(bytes)
+        // A NUL is valid in a protobuf string but not in PostgreSQL text: stored as U+FFFD on
+        // every store, so one odd line can never wedge a device's log upload.
+        func storable(_ text: String) -> String { text.contains("\u{0}") ? text.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") : text }
         let rows = b.entries.map {
-            LogRow(sequence: $0.sequence, timeMs: Int64(clamping: $0.timeUnixMs), source: $0.source,
-                   severity: $0.severity.rawValue, message: $0.message)
+            LogRow(sequence: $0.sequence, timeMs: Int64(clamping: $0.timeUnixMs), source: storable($0.source),
+                   severity: $0.severity.rawValue, message: storable($0.message))
         }
         var resp = LogsResponse()
         resp.ackedSequence = try await fleet.store.appendLogs(deviceID: e.record.id, entries: rows, droppedBefore: b.droppedBefore)

@@ -15,6 +15,8 @@ struct PostgresControllerTests {
         let (dc, id, identity) = try await c.newDeviceWithIdentity(serial: "SN-PG")
         #expect(try await sendLogs(dc, (1...5).map { logEntry($0, "line \($0)") }) == (200, 5))
         #expect(try await sendLogs(dc, [logEntry(7, "seven")]) == (200, 5))
+        // A NUL (valid in protobuf, not in PostgreSQL text) is stored as U+FFFD, never a failed batch.
+        #expect(try await sendLogs(dc, [logEntry(8, "nul\u{0}here")]) == (200, 5))
         try await dc.shutdown()
         await c.stop()
         // Nothing of the fleet was in the data directory's SQLite file.
@@ -23,14 +25,15 @@ struct PostgresControllerTests {
 
         try await c.start()
         let again = try c.client(cert: identity.certificatePEM, key: identity.keyPEM)
-        #expect(try await sendLogs(again, [logEntry(6, "six")]) == (200, 7))
+        #expect(try await sendLogs(again, [logEntry(6, "six")]) == (200, 8))
         try await again.shutdown()
         await c.stop()
 
         let store = try await fixture.open()
         #expect(try await store.allDevices().map(\.id) == [id])
-        #expect(try await store.logAck(deviceID: id) == 7)
-        #expect(try await store.logs(deviceID: id, after: 0, limit: 10).map(\.message) == (1...5).map { "line \($0)" } + ["six", "seven"])
+        #expect(try await store.logAck(deviceID: id) == 8)
+        #expect(try await store.logs(deviceID: id, after: 0, limit: 10).map(\.message)
+                == (1...5).map { "line \($0)" } + ["six", "seven", "nul\u{FFFD}here"])
         await fixture.close(store)
     }
 
