@@ -7,22 +7,40 @@
 # the stopped disk. Goals: RSS <= 25 MB, CPU <= 1 %.
 #
 #   bench/agent-footprint.sh [IMAGE]     (default: $OUTPOST_OUT/outpost.img)
+#   bench/agent-footprint.sh --managed   the same, with the controller client running: a
+#       controller (`outpost-controller init` + `serve`) on the host's loopback, reached by
+#       the guest at 10.0.2.2, and an image built from its CONFIG and out/slot.img.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUTPOST_OUT:-$PWD/out}
+MANAGED=
+if [ "${1:-}" = "--managed" ]; then MANAGED=1; shift; fi
 IMAGE=${1:-$OUT/outpost.img}
 IDLE=${IDLE:-70}
 export PATH=$PATH:/usr/sbin:/sbin
 WORK=$(mktemp -d /tmp/outpost-footprint.XXXXXX)
 RUN_PID=
+CONTROLLER_PID=
 cleanup() {
-    # Stop only the `outpost run` this script started (it stops its QEMU).
+    # Stop only what this script started: `outpost run` (it stops its QEMU) and the controller.
     if [ -n "$RUN_PID" ] && kill -0 "$RUN_PID" 2>/dev/null; then kill "$RUN_PID"; wait "$RUN_PID" || true; fi
+    if [ -n "$CONTROLLER_PID" ] && kill -0 "$CONTROLLER_PID" 2>/dev/null; then kill "$CONTROLLER_PID"; wait "$CONTROLLER_PID" || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-cp --sparse=always "$IMAGE" "$WORK/disk.img"
+if [ -n "$MANAGED" ]; then
+    [ -x "$OUT/bin/outpost-controller" ] || { echo "agent-footprint: no $OUT/bin/outpost-controller; run ./build.sh controller" >&2; exit 1; }
+    PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$OUT/bin/outpost-controller" init "$WORK/fleet" --host 10.0.2.2 --port "$PORT" >/dev/null
+    "$OUT/bin/outpost" image build --quiet --config "$WORK/fleet/config" --slot "$OUT/slot.img" --efi "$OUT/efi" \
+        --output "$WORK/disk.img"
+    "$OUT/bin/outpost-controller" serve --data "$WORK/fleet" --listen "127.0.0.1:$PORT" --log-level warning \
+        >"$WORK/controller.log" 2>&1 &
+    CONTROLLER_PID=$!
+else
+    cp --sparse=always "$IMAGE" "$WORK/disk.img"
+fi
 monitor() {
     python3 - "$WORK/mon.sock" "$1" <<'PY'
 import socket, sys, time
@@ -43,7 +61,11 @@ wait_for() { # text timeout
     --monitor "$WORK/mon.sock" --until never-printed-marker "$WORK/disk.img" >/dev/null 2>&1 &
 RUN_PID=$!
 wait_for "outpost: ready " 240
-echo "agent-footprint: ready; idling ${IDLE} s" >&2
+if [ -n "$MANAGED" ]; then
+    wait_for "fleet: registered with" 240
+    "$OUT/bin/outpost-controller" device list --data "$WORK/fleet" >&2
+fi
+echo "agent-footprint: ready${MANAGED:+ and registered}; idling ${IDLE} s" >&2
 sleep "$IDLE"
 monitor system_powerdown
 wait_for "outpost: halt: powering off" 90
@@ -61,7 +83,7 @@ s = json.load(open(sys.argv[1]))
 a = s["agent"]
 rss_mb = a["rssKiB"] / 1024
 cpu = a["cpuPercentLastMinute"]
-print(f"outpostd rss={rss_mb:.1f} MiB threads={a['threads']} cpu-last-minute={cpu:.2f}% "
+print(("managed: " if s.get("fleet", {}).get("registered") else "") + f"outpostd rss={rss_mb:.1f} MiB threads={a['threads']} cpu-last-minute={cpu:.2f}% "
       f"(idle {sys.argv[2]} s, uptime {s['uptimeSeconds']:.0f} s, watchdog {s['watchdog'].get('identity')})")
 ok = rss_mb <= 25 and cpu <= 1.0
 print("goals: RSS <= 25 MB, CPU <= 1 %:", "met" if ok else "MISSED")
