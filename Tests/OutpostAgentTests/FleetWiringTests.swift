@@ -38,11 +38,13 @@ import Testing
 }
 
 @Test func consoleLinesAreTaggedByTheirComponentAndSeverity() {
-    #expect(FleetComponent.classify("update: committed version=2.0.0 slot=IMGB") == ("update", .info))
-    #expect(FleetComponent.classify("warning: network: no usable port") == ("network", .warning))
-    #expect(FleetComponent.classify("error: cannot mount PERSIST") == ("outpostd", .error))
-    #expect(FleetComponent.classify("ready slot=IMGA version=1.0.0 last-boot=first-boot") == ("outpostd", .info))
-    #expect(FleetComponent.classify("updated things") == ("outpostd", .info), "a word that only starts like a source")
+    #expect(FleetComponent.classify("update: committed version=2.0.0 slot=IMGB") == ("update", .info, "committed version=2.0.0 slot=IMGB"))
+    #expect(FleetComponent.classify("warning: network: no usable port") == ("network", .warning, "no usable port"))
+    #expect(FleetComponent.classify("error: cannot mount PERSIST") == ("outpostd", .error, "cannot mount PERSIST"))
+    #expect(FleetComponent.classify("ready slot=IMGA version=1.0.0 last-boot=first-boot")
+            == ("outpostd", .info, "ready slot=IMGA version=1.0.0 last-boot=first-boot"))
+    #expect(FleetComponent.classify("updated things") == ("outpostd", .info, "updated things"), "a word that only starts like a source")
+    #expect(FleetComponent.classify("fleet:no space") == ("outpostd", .info, "fleet:no space"), "a source word needs ': '")
 }
 
 /// An update service over a throwaway disk file and state directory; the

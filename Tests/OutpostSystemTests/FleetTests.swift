@@ -159,7 +159,10 @@ extension QEMU {
                 logs.first { ($0["message"] as? String)?.hasPrefix(prefix) == true }.flatMap { ($0["sequence"] as? NSNumber)?.uint64Value }
             }
             let readySequence = try #require(sequence("ready slot=IMGA"))
-            let managedSequence = try #require(sequence("fleet: managed by"))
+            // The source is a field of its own: the text has no "fleet: " prefix.
+            let managedSequence = try #require(logs.first {
+                $0["source"] as? String == "fleet" && ($0["message"] as? String)?.hasPrefix("managed by") == true
+            }.flatMap { ($0["sequence"] as? NSNumber)?.uint64Value }, "\(logs.prefix(8))")
             #expect(readySequence < managedSequence)
             print("fleet: \(logs.count) log entries, sequences 1...\(sequences.last ?? 0) without a gap")
 

@@ -67,8 +67,8 @@ enum FleetComponent {
             return off("not started: \(error)", warning: true)
         }
         Console.attach { line in
-            let (source, severity) = classify(line.message)
-            _ = try? client.logStore.append(source: source, severity: severity, message: line.message,
+            let (source, severity, text) = classify(line.message)
+            _ = try? client.logStore.append(source: source, severity: severity, message: text,
                                             timeUnixMs: line.timeUnixMs)
         }
         if let update = agent.update {
@@ -104,8 +104,10 @@ enum FleetComponent {
         })
     }
 
-    /// The log entry's source and severity from a console line's prefix.
-    static func classify(_ message: String) -> (String, Outpost_Api_V1_Severity) {
+    /// The log entry's source, severity and text from a console line's prefixes: the entry
+    /// carries them as fields, so the text loses them (`device logs` shows "fleet: managed by",
+    /// not "fleet: fleet: managed by").
+    static func classify(_ message: String) -> (source: String, severity: Outpost_Api_V1_Severity, text: String) {
         var text = Substring(message)
         var severity = Outpost_Api_V1_Severity.info
         if text.hasPrefix("warning: ") {
@@ -117,7 +119,8 @@ enum FleetComponent {
         }
         let word = text.prefix { $0 != ":" && $0 != " " }
         let sources: Set<Substring> = ["update", "network", "watchdog", "fleet", "component", "storage", "power", "debug", "halt"]
-        return (sources.contains(word) && text.dropFirst(word.count).hasPrefix(":") ? String(word) : "outpostd", severity)
+        guard sources.contains(word), text.dropFirst(word.count).hasPrefix(": ") else { return ("outpostd", severity, String(text)) }
+        return (String(word), severity, String(text.dropFirst(word.count + 2)))
     }
 }
 
