@@ -136,7 +136,9 @@ build_outpostd() {
     bin="$(swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd"
     # FoundationEssentials only: one call that binds to full Foundation's overload
     # (e.g. String.contains when a dependency makes Foundation visible) links ICU, +47 MB.
-    if nm "$bin" | grep -q -m1 '10Foundation\|FoundationInternationalization\|_FoundationICU'; then
+    # grep reads nm through a process substitution: in a pipeline, grep's early exit on the
+    # first match ends nm with SIGPIPE, and pipefail would turn the match into "no match".
+    if grep -q -m1 '10Foundation\|FoundationInternationalization\|_FoundationICU' <(nm "$bin"); then
         die "outpostd links full Foundation (nm shows Foundation symbols); use FoundationEssentials or stdlib API"
     fi
     # Stripped: the slot carries no debug symbols (24 MB instead of 57 MB).
