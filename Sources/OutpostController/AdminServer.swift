@@ -134,7 +134,7 @@ public struct AdminRoutes: Sendable {
     }
 
     func deviceShow(_ ref: String) async throws -> Any {
-        let d = try fleet.resolve(ref)
+        let d = try await fleet.resolve(ref)
         let i = try await info(d.id)
         var o = Views.summary(d, info: i)
         o["config"] = Views.json(try fleet.config(of: d.id))
@@ -149,13 +149,13 @@ public struct AdminRoutes: Sendable {
     }
 
     func deviceLogs(_ ref: String, after: UInt64, limit: Int) async throws -> Any {
-        let d = try fleet.resolve(ref)
+        let d = try await fleet.resolve(ref)
         let rows = try await fleet.store.logs(deviceID: d.id, after: after, limit: max(1, min(limit, 10_000)))
         return ["device": d.id, "acked": try await fleet.store.logAck(deviceID: d.id), "entries": rows.map(Views.logJSON)] as [String: Any]
     }
 
     func deviceMetrics(_ ref: String, limit: Int) async throws -> Any {
-        let d = try fleet.resolve(ref)
+        let d = try await fleet.resolve(ref)
         let m = try await fleet.store.metrics(deviceID: d.id, limit: max(1, min(limit, Limits.metricsHistory)))
         return ["device": d.id, "metrics": m.compactMap { b -> Any? in
             (try? DeviceMetrics(serializedBytes: b.body)).map { Views.json($0) }

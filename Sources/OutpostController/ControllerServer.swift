@@ -13,9 +13,15 @@ public enum ControllerServer {
         public var host: String
         /// 0: an ephemeral port (tests); the bound port goes to `onRunning`.
         public var port: Int
-        public init(host: String, port: Int) {
+        /// nil: DIR/admin.sock. Replicas sharing a data directory each need their own.
+        public var adminSocket: String?
+        /// How often this process pulls other replicas' changes from the store (`Fleet.refresh`).
+        public var refreshInterval: Duration
+        public init(host: String, port: Int, adminSocket: String? = nil, refreshInterval: Duration = .milliseconds(500)) {
             self.host = host
             self.port = port
+            self.adminSocket = adminSocket
+            self.refreshInterval = refreshInterval
         }
 
         /// Parses ADDR:PORT, [IPv6]:PORT or :PORT.
@@ -72,12 +78,13 @@ public enum ControllerServer {
 
         // Everything this process creates is the owner's only (the socket above all).
         umask(0o077)
+        let socketPath = options.adminSocket ?? dir.adminSocket
         var st = stat()
-        if lstat(dir.adminSocket, &st) == 0 {
+        if lstat(socketPath, &st) == 0 {
             guard (st.st_mode & S_IFMT) == S_IFSOCK else {
-                throw ControllerError.dataDirectory(path: dir.path, reason: "\(dir.adminSocket) exists and is not a socket")
+                throw ControllerError.dataDirectory(path: dir.path, reason: "\(socketPath) exists and is not a socket")
             }
-            unlink(dir.adminSocket)
+            unlink(socketPath)
         }
 
         let deviceApp = Application(
@@ -89,7 +96,6 @@ public enum ControllerServer {
                 await onRunning(ch.localAddress?.port ?? 0)
             },
             logger: logger)
-        let socketPath = dir.adminSocket
         let adminApp = Application(
             router: AdminRoutes(fleet: fleet, bundles: bundles).router(),
             configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: nil),
@@ -99,7 +105,8 @@ public enum ControllerServer {
             },
             logger: logger)
         let group = ServiceGroup(configuration: .init(
-            services: [deviceApp, adminApp, LastSeenFlusher(fleet: fleet, logger: logger)],
+            services: [deviceApp, adminApp, LastSeenFlusher(fleet: fleet, logger: logger),
+                       ChangeFollower(fleet: fleet, interval: options.refreshInterval, logger: logger)],
             gracefulShutdownSignals: signals ? [.sigterm, .sigint] : [],
             logger: logger))
         try await group.run()
@@ -117,6 +124,22 @@ struct LastSeenFlusher: Service {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(5)) }
             do { try await fleet.flushLastSeen() } catch { logger.error("\(error)") }
+        }
+    }
+}
+
+/// Pulls other replicas' registrations, config and onboarding changes into this process's
+/// memory (`Fleet.refresh`): one single-row read per interval when nothing changed.
+struct ChangeFollower: Service {
+    let fleet: Fleet
+    let interval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+            if Task.isCancelled || Task.isShuttingDownGracefully { break }
+            do { try await fleet.refresh() } catch { logger.error("following the store's changes: \(error)") }
         }
     }
 }

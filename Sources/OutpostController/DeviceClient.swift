@@ -19,10 +19,13 @@ public final class DeviceClient: Sendable {
 
     let http: HTTPClient
     public let baseURL: String
+    /// A request's deadline: the HTTP client keeps retrying a refused connection until then.
+    public let timeout: TimeAmount
 
     /// `rootCA`: the controller CA (CONFIG's root-ca.pem); the certificate
     /// and key: the onboarding pair before registration, the device's own after.
-    public init(baseURL: String, rootCAPEM: String, certificatePEM: String, keyPEM: String) throws {
+    public init(baseURL: String, rootCAPEM: String, certificatePEM: String, keyPEM: String, timeout: TimeAmount = .seconds(30)) throws {
+        self.timeout = timeout
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(rootCAPEM.utf8)))
         tls.certificateChain = try NIOSSLCertificate.fromPEMBytes(Array(certificatePEM.utf8)).map { .certificate($0) }
@@ -38,7 +41,7 @@ public final class DeviceClient: Sendable {
     public func shutdown() async throws { try await http.shutdown() }
 
     public func request(_ method: HTTPMethod, _ path: String, body: Data? = nil, headers: [(String, String)] = [],
-                        timeout: TimeAmount = .seconds(30)) async throws -> Reply {
+                        timeout: TimeAmount? = nil) async throws -> Reply {
         var req = HTTPClientRequest(url: baseURL + path)
         req.method = method
         if let body {
@@ -46,7 +49,7 @@ public final class DeviceClient: Sendable {
             req.body = .bytes(ByteBuffer(bytes: body))
         }
         for (k, v) in headers { req.headers.add(name: k, value: v) }
-        let resp = try await http.execute(req, timeout: timeout)
+        let resp = try await http.execute(req, timeout: timeout ?? self.timeout)
         let buf = try await resp.body.collect(upTo: 64 << 20)
         return Reply(status: Int(resp.status.code), body: Data(buf.readableBytesView), headers: resp.headers.map { ($0.name, $0.value) })
     }

@@ -95,7 +95,9 @@ public struct DeviceAPIRoutes: Sendable {
     /// The registered device behind the client certificate, or 403.
     private func device(_ ctx: DeviceContext) async throws(APIError) -> Fleet.Entry {
         let fp = try await fingerprint(ctx)
-        switch fleet.identify(fingerprint: fp) {
+        let caller: Fleet.Caller
+        do { caller = try await fleet.identify(fingerprint: fp) } catch { throw APIError(500, "cannot look the certificate up: \(error)") }
+        switch caller {
         case .device(let e):
             fleet.seen(e.record.id)
             return e
@@ -124,7 +126,7 @@ public struct DeviceAPIRoutes: Sendable {
 
     private func register(_ req: Request, _ ctx: DeviceContext) async throws -> Response {
         let fp = try await fingerprint(ctx)
-        if case .unknown = fleet.identify(fingerprint: fp) {
+        if case .unknown = try await fleet.identify(fingerprint: fp) {
             throw APIError(403, "not an onboarding certificate this controller accepts")
         }
         let r = try WireCheck.register(try await body(req))
@@ -142,25 +144,29 @@ public struct DeviceAPIRoutes: Sendable {
         let e = try await device(ctx)
         let r = try WireCheck.config(try await body(req))
         if r.configHash == e.record.configHash { return Response(status: .notModified) }
-        return Self.proto(e.response)
+        // The device holds a hash this process does not: another replica may have served it a
+        // newer config. The store decides, so a device never gets an older config back.
+        let now = try await fleet.current(e.record.id) ?? e
+        if r.configHash == now.record.configHash { return Response(status: .notModified) }
+        return Self.proto(now.response)
     }
 
     private func info(_ req: Request, _ ctx: DeviceContext) async throws -> Response {
         let e = try await device(ctx)
         let bytes = try await body(req)
         let i = try WireCheck.info(bytes)
-        // A new step (or a new version's) goes into the update history.
-        var step: UpdateStepRecord?
-        if i.hasUpdate {
-            let prev = try await fleet.store.info(deviceID: e.record.id).flatMap { try? DeviceInfo(serializedBytes: $0.body) }
+        // A new step (or a new version's) goes into the update history; the store compares with
+        // the previous info under its lock, so the same report through two replicas counts once.
+        let received = nowMs()
+        try await fleet.store.putInfo(deviceID: e.record.id, body: bytes, receivedMs: received) { previousBody in
+            guard i.hasUpdate else { return nil }
+            let prev = previousBody.flatMap { try? DeviceInfo(serializedBytes: $0) }
             let changed = prev.map { $0.update.step != i.update.step || $0.update.version != i.update.version
                 || $0.update.retryCounter != i.update.retryCounter } ?? true
-            if changed {
-                step = UpdateStepRecord(step: Views.stepName(i.update.step), version: i.update.version, reason: i.update.reason,
-                                        deviceTimeMs: Int64(clamping: i.update.timeUnixMs), receivedMs: nowMs())
-            }
+            guard changed else { return nil }
+            return UpdateStepRecord(step: Views.stepName(i.update.step), version: i.update.version, reason: i.update.reason,
+                                    deviceTimeMs: Int64(clamping: i.update.timeUnixMs), receivedMs: received)
         }
-        try await fleet.store.putInfo(deviceID: e.record.id, body: bytes, receivedMs: nowMs(), step: step)
         return Response(status: .ok)
     }
 

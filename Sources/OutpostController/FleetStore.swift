@@ -70,6 +70,22 @@ public struct StoredCounts: Sendable, Equatable {
     public var logs: Int
 }
 
+/// A device row with the fleet-clock value its last registration or config change took:
+/// replicas compare it to decide which of two copies of a device is newer.
+public struct DeviceChange: Sendable, Equatable {
+    public var record: DeviceRecord
+    public var seq: Int64
+}
+
+/// The fleet clock: the last value handed to a device change, and the onboarding list's
+/// change counter. A value read here is committed, and so is every change below it
+/// (the clock row is locked from the bump to the commit), so a replica that reads the mark
+/// and then the rows past its own mark can never skip a change.
+public struct ChangeMark: Sendable, Equatable {
+    public var devices: Int64
+    public var onboarding: Int64
+}
+
 /// Where the controller keeps its fleet: SQLite (GRDB, `SQLiteFleetStore`) is the embedded
 /// default, PostgreSQL (`PostgresFleetStore`) the shared one; the HTTP and admin layers only see
 /// this protocol, and one test suite (FleetStoreTests) holds both to the same behaviour.
@@ -80,13 +96,34 @@ public protocol FleetStore: Sendable {
     func onboardingEntries() async throws -> [OnboardingEntry]
 
     func allDevices() async throws -> [DeviceRecord]
+    /// Inserts the devices as one change (all or none).
     func insertDevices(_ devices: [DeviceRecord]) async throws
     func updateConfig(deviceID: String, config: Data, hash: String) async throws
+
+    // Replicas: what several controller processes on one database decide through it.
+
+    func changeMark() async throws -> ChangeMark
+    /// Devices whose change sequence is above `seq`.
+    func devices(changedAfter seq: Int64) async throws -> [DeviceChange]
+    func device(fingerprint: String) async throws -> DeviceChange?
+    func device(id: String) async throws -> DeviceChange?
+    /// The serials an onboarding certificate may enrol (empty: not an onboarding certificate).
+    func onboardingSerials(fingerprint: String) async throws -> Set<String>
+    /// Registers `device` unless its fingerprint is registered already: then the existing
+    /// device, `created` false. Two replicas registering one certificate at once make one device.
+    func register(_ device: DeviceRecord) async throws -> (device: DeviceChange, created: Bool)
+    /// Reads the device's row locked, hands it to `change`, and writes the config `change`
+    /// returns (nil: nothing to change) with the next clock value: read-modify-write decided
+    /// by the database, so two administrators on two replicas bumping one counter bump it twice.
+    /// nil when there is no such device.
+    func changeConfig(deviceID: String, _ change: @Sendable (DeviceRecord) throws -> (config: Data, hash: String)?) async throws -> DeviceChange?
     /// Last-seen times, flushed in batches so that polling never waits on a write.
     func touch(lastSeen: [String: Int64]) async throws
 
-    /// Replaces the device's info; appends `step` to its update history when given.
-    func putInfo(deviceID: String, body: Data, receivedMs: Int64, step: UpdateStepRecord?) async throws
+    /// Replaces the device's info and appends what `step` makes of the previous info's body (nil:
+    /// none yet) to the update history, when not nil. One device's info writes run one after the
+    /// other across replicas, so one step is recorded once.
+    func putInfo(deviceID: String, body: Data, receivedMs: Int64, step: @Sendable (Data?) -> UpdateStepRecord?) async throws
     func info(deviceID: String) async throws -> StoredBlob?
     func updateHistory(deviceID: String) async throws -> [UpdateStepRecord]
 
@@ -102,4 +139,11 @@ public protocol FleetStore: Sendable {
     func logAck(deviceID: String) async throws -> UInt64
 
     func counts(deviceID: String) async throws -> StoredCounts
+}
+
+extension FleetStore {
+    /// Replaces the device's info; appends `step` to its update history when given.
+    public func putInfo(deviceID: String, body: Data, receivedMs: Int64, step: UpdateStepRecord?) async throws {
+        try await putInfo(deviceID: deviceID, body: body, receivedMs: receivedMs, step: { _ in step })
+    }
 }

@@ -117,7 +117,10 @@ public final class PostgresFleetStore: FleetStore {
     }
 
     private func run<T>(_ what: String, _ body: () async throws -> T) async throws -> T {
-        do { return try await body() } catch {
+        do { return try await body() } catch let e as ControllerError {
+            // Already one line with its context (or a caller's own refusal from a closure).
+            throw e
+        } catch {
             throw ControllerError.store("\(what): \(Self.reason(error))")
         }
     }
@@ -141,22 +144,26 @@ public final class PostgresFleetStore: FleetStore {
     }
 
     public func allowOnboarding(fingerprint: String, serial: String, note: String) async throws {
-        try await run("allow onboarding") {
-            try await client.query("""
+        let logger = self.logger
+        try await transaction("allow onboarding") { c in
+            try await c.query("""
                 INSERT INTO onboarding (fingerprint, serial, note) VALUES (\(fingerprint), \(serial), \(note))
                 ON CONFLICT (fingerprint, serial) DO UPDATE SET note = EXCLUDED.note
                 """, logger: logger)
+            try await c.query("UPDATE fleet_clock SET onboarding = onboarding + 1 WHERE id = 1", logger: logger)
         }
     }
 
     public func removeOnboarding(fingerprint: String, serial: String?) async throws -> Int {
-        try await run("remove onboarding") {
-            let rows = try await client.query("""
+        let logger = self.logger
+        return try await transaction("remove onboarding") { c in
+            let rows = try await c.query("""
                 DELETE FROM onboarding WHERE fingerprint = \(fingerprint) AND (\(serial)::text IS NULL OR serial = \(serial))
                 RETURNING 1
                 """, logger: logger)
             var n = 0
             for try await _ in rows { n += 1 }
+            if n > 0 { try await c.query("UPDATE fleet_clock SET onboarding = onboarding + 1 WHERE id = 1", logger: logger) }
             return n
         }
     }
@@ -188,24 +195,128 @@ public final class PostgresFleetStore: FleetStore {
         }
     }
 
+    static let deviceColumns = "id, fingerprint, cert_pem, serial, onboard_fingerprint, registered_ms, last_seen_ms, config, config_hash, change_seq"
+
+    /// Rows selected with `deviceColumns`.
+    static func changes(_ rows: PostgresRowSequence) async throws -> [DeviceChange] {
+        var out: [DeviceChange] = []
+        for try await (id, fp, pem, serial, onboard, registered, seen, config, hash, seq)
+            in rows.decode((String, String, String, String, String, Int64, Int64, Data, String, Int64).self) {
+            out.append(DeviceChange(record: DeviceRecord(id: id, fingerprint: fp, certificatePEM: pem, serial: serial, onboardFingerprint: onboard,
+                                                         registeredMs: registered, lastSeenMs: seen, config: config, configHash: hash),
+                                    seq: seq))
+        }
+        return out
+    }
+
+    /// The next device clock value. The clock row stays locked until the transaction ends, so
+    /// values commit in the order they are taken (see `ChangeMark`).
+    static func tick(_ c: PostgresConnection, logger: Logger) async throws -> Int64 {
+        for try await v in try await c.query("UPDATE fleet_clock SET devices = devices + 1 WHERE id = 1 RETURNING devices",
+                                             logger: logger).decode(Int64.self) { return v }
+        throw ControllerError.store("the fleet clock row is missing")
+    }
+
     public func insertDevices(_ devices: [DeviceRecord]) async throws {
         guard !devices.isEmpty else { return }
         let logger = self.logger
         try await transaction("register device") { c in
+            let seq = try await Self.tick(c, logger: logger)
             for d in devices {
                 try await c.query("""
                     INSERT INTO devices (id, fingerprint, cert_pem, serial, onboard_fingerprint, registered_ms, last_seen_ms,
-                                         config, config_hash)
+                                         config, config_hash, change_seq)
                     VALUES (\(d.id), \(d.fingerprint), \(d.certificatePEM), \(d.serial), \(d.onboardFingerprint),
-                            \(d.registeredMs), \(d.lastSeenMs), \(d.config), \(d.configHash))
+                            \(d.registeredMs), \(d.lastSeenMs), \(d.config), \(d.configHash), \(seq))
                     """, logger: logger)
             }
         }
     }
 
     public func updateConfig(deviceID: String, config: Data, hash: String) async throws {
-        try await run("update config") {
-            try await client.query("UPDATE devices SET config = \(config), config_hash = \(hash) WHERE id = \(deviceID)", logger: logger)
+        _ = try await changeConfig(deviceID: deviceID) { _ in (config, hash) }
+    }
+
+    public func changeMark() async throws -> ChangeMark {
+        try await run("read the fleet clock") {
+            for try await (d, o) in try await client.query("SELECT devices, onboarding FROM fleet_clock WHERE id = 1",
+                                                           logger: logger).decode((Int64, Int64).self) {
+                return ChangeMark(devices: d, onboarding: o)
+            }
+            return ChangeMark(devices: 0, onboarding: 0)
+        }
+    }
+
+    public func devices(changedAfter seq: Int64) async throws -> [DeviceChange] {
+        try await run("list changed devices") {
+            try await Self.changes(try await client.query(
+                "SELECT \(unescaped: Self.deviceColumns) FROM devices WHERE change_seq > \(seq) ORDER BY change_seq", logger: logger))
+        }
+    }
+
+    public func device(fingerprint: String) async throws -> DeviceChange? {
+        try await run("find device") {
+            try await Self.changes(try await client.query(
+                "SELECT \(unescaped: Self.deviceColumns) FROM devices WHERE fingerprint = \(fingerprint)", logger: logger)).first
+        }
+    }
+
+    public func device(id: String) async throws -> DeviceChange? {
+        try await run("find device") {
+            try await Self.changes(try await client.query(
+                "SELECT \(unescaped: Self.deviceColumns) FROM devices WHERE id = \(id)", logger: logger)).first
+        }
+    }
+
+    public func onboardingSerials(fingerprint: String) async throws -> Set<String> {
+        try await run("find onboarding") {
+            var out: Set<String> = []
+            for try await s in try await client.query("SELECT serial FROM onboarding WHERE fingerprint = \(fingerprint)",
+                                                      logger: logger).decode(String.self) { out.insert(s) }
+            return out
+        }
+    }
+
+    public func register(_ d: DeviceRecord) async throws -> (device: DeviceChange, created: Bool) {
+        let logger = self.logger
+        return try await transaction("register device") { c in
+            // The clock first: it also serialises registrations, so a second replica registering
+            // the same certificate waits here and then finds the first one's row.
+            let seq = try await Self.tick(c, logger: logger)
+            let inserted = try await c.query("""
+                INSERT INTO devices (id, fingerprint, cert_pem, serial, onboard_fingerprint, registered_ms, last_seen_ms,
+                                     config, config_hash, change_seq)
+                VALUES (\(d.id), \(d.fingerprint), \(d.certificatePEM), \(d.serial), \(d.onboardFingerprint),
+                        \(d.registeredMs), \(d.lastSeenMs), \(d.config), \(d.configHash), \(seq))
+                ON CONFLICT (fingerprint) DO NOTHING RETURNING 1
+                """, logger: logger)
+            var created = false
+            for try await _ in inserted { created = true }
+            if created { return (DeviceChange(record: d, seq: seq), true) }
+            guard let existing = try await Self.changes(try await c.query(
+                "SELECT \(unescaped: Self.deviceColumns) FROM devices WHERE fingerprint = \(d.fingerprint)", logger: logger)).first else {
+                throw ControllerError.store("register device: fingerprint conflict without a row")
+            }
+            return (existing, false)
+        }
+    }
+
+    public func changeConfig(deviceID: String, _ change: @Sendable (DeviceRecord) throws -> (config: Data, hash: String)?) async throws -> DeviceChange? {
+        let logger = self.logger
+        return try await transaction("update config") { c -> DeviceChange? in
+                // NO KEY UPDATE: other devices' rows and foreign-key checks (info) are not blocked.
+                guard var current = try await Self.changes(try await c.query(
+                    "SELECT \(unescaped: Self.deviceColumns) FROM devices WHERE id = \(deviceID) FOR NO KEY UPDATE", logger: logger)).first else {
+                    return nil
+                }
+                guard let (config, hash) = try change(current.record) else { return current }
+                let seq = try await Self.tick(c, logger: logger)
+                try await c.query("UPDATE devices SET config = \(config), config_hash = \(hash), change_seq = \(seq) WHERE id = \(deviceID)",
+                                  logger: logger)
+                current.record.config = config
+                current.record.configHash = hash
+                current.seq = seq
+                return current
         }
     }
 
@@ -213,23 +324,35 @@ public final class PostgresFleetStore: FleetStore {
         guard !lastSeen.isEmpty else { return }
         let ids = Array(lastSeen.keys)
         let times = ids.map { lastSeen[$0] ?? 0 }
-        try await run("last seen") {
+        let logger = self.logger
+        try await transaction("last seen") { c in
+            // Rows locked in id order first: two replicas flushing overlapping batches would
+            // otherwise lock them in join order and could deadlock each other.
+            for try await _ in try await c.query("SELECT 1 FROM devices WHERE id = ANY(\(ids)::text[]) ORDER BY id FOR NO KEY UPDATE",
+                                                 logger: logger) {}
             // One statement for the whole batch: the arrays travel as two parameters.
-            try await client.query("""
+            try await c.query("""
                 UPDATE devices SET last_seen_ms = GREATEST(devices.last_seen_ms, t.ms)
                 FROM unnest(\(ids)::text[], \(times)::bigint[]) AS t(id, ms) WHERE devices.id = t.id
                 """, logger: logger)
         }
     }
 
-    public func putInfo(deviceID: String, body: Data, receivedMs: Int64, step: UpdateStepRecord?) async throws {
+    public func putInfo(deviceID: String, body: Data, receivedMs: Int64, step: @Sendable (Data?) -> UpdateStepRecord?) async throws {
         let logger = self.logger
         try await transaction("store info") { c in
+            // One device's info writes, from any replica, one after the other (the info row may
+            // not exist yet, so the lock is an advisory one on the device).
+            for try await _ in try await c.query("SELECT pg_advisory_xact_lock(hashtext('info:' || \(deviceID)))", logger: logger) {}
+            var previous: Data?
+            for try await b in try await c.query("SELECT body FROM info WHERE device_id = \(deviceID)", logger: logger).decode(Data.self) {
+                previous = b
+            }
             try await c.query("""
                 INSERT INTO info (device_id, body, received_ms) VALUES (\(deviceID), \(body), \(receivedMs))
                 ON CONFLICT (device_id) DO UPDATE SET body = EXCLUDED.body, received_ms = EXCLUDED.received_ms
                 """, logger: logger)
-            if let s = step {
+            if let s = step(previous) {
                 try await c.query("""
                     INSERT INTO update_steps (device_id, step, version, reason, device_time_ms, received_ms)
                     VALUES (\(deviceID), \(s.step), \(s.version), \(s.reason), \(s.deviceTimeMs), \(s.receivedMs))

@@ -37,6 +37,7 @@ public final class SQLiteFleetStore: FleetStore {
             try await db.write { db in
                 try db.execute(sql: "INSERT OR REPLACE INTO onboarding (fingerprint, serial, note) VALUES (?, ?, ?)",
                                arguments: [fingerprint, serial, note])
+                try db.execute(sql: "UPDATE fleet_clock SET onboarding = onboarding + 1")
             }
         }
     }
@@ -49,7 +50,9 @@ public final class SQLiteFleetStore: FleetStore {
                 } else {
                     try db.execute(sql: "DELETE FROM onboarding WHERE fingerprint = ?", arguments: [fingerprint])
                 }
-                return db.changesCount
+                let n = db.changesCount
+                if n > 0 { try db.execute(sql: "UPDATE fleet_clock SET onboarding = onboarding + 1") }
+                return n
             }
         }
     }
@@ -64,14 +67,24 @@ public final class SQLiteFleetStore: FleetStore {
         }
     }
 
+    static func record(_ r: Row) -> DeviceRecord {
+        DeviceRecord(id: r["id"], fingerprint: r["fingerprint"], certificatePEM: r["cert_pem"], serial: r["serial"],
+                     onboardFingerprint: r["onboard_fingerprint"], registeredMs: r["registered_ms"],
+                     lastSeenMs: r["last_seen_ms"], config: r["config"], configHash: r["config_hash"])
+    }
+
+    static func change(_ r: Row) -> DeviceChange { DeviceChange(record: record(r), seq: r["change_seq"]) }
+
+    /// The next device clock value; SQLite runs one write at a time, so it is taken in commit order.
+    static func tick(_ db: Database) throws -> Int64 {
+        try db.execute(sql: "UPDATE fleet_clock SET devices = devices + 1")
+        return try Int64.fetchOne(db, sql: "SELECT devices FROM fleet_clock") ?? 0
+    }
+
     public func allDevices() async throws -> [DeviceRecord] {
         try await wrap("list devices") {
             try await db.read { db in
-                try Row.fetchAll(db, sql: "SELECT * FROM devices ORDER BY registered_ms, id").map { r in
-                    DeviceRecord(id: r["id"], fingerprint: r["fingerprint"], certificatePEM: r["cert_pem"], serial: r["serial"],
-                                 onboardFingerprint: r["onboard_fingerprint"], registeredMs: r["registered_ms"],
-                                 lastSeenMs: r["last_seen_ms"], config: r["config"], configHash: r["config_hash"])
-                }
+                try Row.fetchAll(db, sql: "SELECT * FROM devices ORDER BY registered_ms, id").map(Self.record)
             }
         }
     }
@@ -79,22 +92,96 @@ public final class SQLiteFleetStore: FleetStore {
     public func insertDevices(_ devices: [DeviceRecord]) async throws {
         try await wrap("register device") {
             try await db.write { db in
+                let seq = try Self.tick(db)
                 for d in devices {
                     try db.execute(sql: """
                         INSERT INTO devices (id, fingerprint, cert_pem, serial, onboard_fingerprint, registered_ms,
-                                             last_seen_ms, config, config_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                             last_seen_ms, config, config_hash, change_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                         """, arguments: [d.id, d.fingerprint, d.certificatePEM, d.serial, d.onboardFingerprint,
-                                         d.registeredMs, d.lastSeenMs, d.config, d.configHash])
+                                         d.registeredMs, d.lastSeenMs, d.config, d.configHash, seq])
                 }
             }
         }
     }
 
     public func updateConfig(deviceID: String, config: Data, hash: String) async throws {
-        try await wrap("update config") {
-            try await db.write { db in
-                try db.execute(sql: "UPDATE devices SET config = ?, config_hash = ? WHERE id = ?", arguments: [config, hash, deviceID])
+        _ = try await changeConfig(deviceID: deviceID) { _ in (config, hash) }
+    }
+
+    public func changeMark() async throws -> ChangeMark {
+        try await wrap("read the fleet clock") {
+            try await db.read { db in
+                let r = try Row.fetchOne(db, sql: "SELECT devices, onboarding FROM fleet_clock")
+                return ChangeMark(devices: r?["devices"] ?? 0, onboarding: r?["onboarding"] ?? 0)
             }
+        }
+    }
+
+    public func devices(changedAfter seq: Int64) async throws -> [DeviceChange] {
+        try await wrap("list changed devices") {
+            try await db.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM devices WHERE change_seq > ? ORDER BY change_seq", arguments: [seq]).map(Self.change)
+            }
+        }
+    }
+
+    public func device(fingerprint: String) async throws -> DeviceChange? {
+        try await wrap("find device") {
+            try await db.read { db in
+                try Row.fetchOne(db, sql: "SELECT * FROM devices WHERE fingerprint = ?", arguments: [fingerprint]).map(Self.change)
+            }
+        }
+    }
+
+    public func device(id: String) async throws -> DeviceChange? {
+        try await wrap("find device") {
+            try await db.read { db in
+                try Row.fetchOne(db, sql: "SELECT * FROM devices WHERE id = ?", arguments: [id]).map(Self.change)
+            }
+        }
+    }
+
+    public func onboardingSerials(fingerprint: String) async throws -> Set<String> {
+        try await wrap("find onboarding") {
+            try await db.read { db in
+                Set(try String.fetchAll(db, sql: "SELECT serial FROM onboarding WHERE fingerprint = ?", arguments: [fingerprint]))
+            }
+        }
+    }
+
+    public func register(_ d: DeviceRecord) async throws -> (device: DeviceChange, created: Bool) {
+        try await wrap("register device") {
+            try await db.write { db in
+                if let existing = try Row.fetchOne(db, sql: "SELECT * FROM devices WHERE fingerprint = ?", arguments: [d.fingerprint]) {
+                    return (Self.change(existing), false)
+                }
+                let seq = try Self.tick(db)
+                try db.execute(sql: """
+                    INSERT INTO devices (id, fingerprint, cert_pem, serial, onboard_fingerprint, registered_ms,
+                                         last_seen_ms, config, config_hash, change_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """, arguments: [d.id, d.fingerprint, d.certificatePEM, d.serial, d.onboardFingerprint,
+                                     d.registeredMs, d.lastSeenMs, d.config, d.configHash, seq])
+                return (DeviceChange(record: d, seq: seq), true)
+            }
+        }
+    }
+
+    public func changeConfig(deviceID: String, _ change: @Sendable (DeviceRecord) throws -> (config: Data, hash: String)?) async throws -> DeviceChange? {
+        do {
+            return try await db.write { db -> DeviceChange? in
+                guard let row = try Row.fetchOne(db, sql: "SELECT * FROM devices WHERE id = ?", arguments: [deviceID]) else { return nil }
+                var current = Self.change(row)
+                guard let (config, hash) = try change(current.record) else { return current }
+                let seq = try Self.tick(db)
+                try db.execute(sql: "UPDATE devices SET config = ?, config_hash = ?, change_seq = ? WHERE id = ?",
+                               arguments: [config, hash, seq, deviceID])
+                current.record.config = config
+                current.record.configHash = hash
+                current.seq = seq
+                return current
+            }
+        } catch let e as DatabaseError {
+            throw ControllerError.store("update config: \(e)")
         }
     }
 
@@ -109,12 +196,13 @@ public final class SQLiteFleetStore: FleetStore {
         }
     }
 
-    public func putInfo(deviceID: String, body: Data, receivedMs: Int64, step: UpdateStepRecord?) async throws {
+    public func putInfo(deviceID: String, body: Data, receivedMs: Int64, step: @Sendable (Data?) -> UpdateStepRecord?) async throws {
         try await wrap("store info") {
             try await db.write { db in
+                let previous = try Data.fetchOne(db, sql: "SELECT body FROM info WHERE device_id = ?", arguments: [deviceID])
                 try db.execute(sql: "INSERT OR REPLACE INTO info (device_id, body, received_ms) VALUES (?, ?, ?)",
                                arguments: [deviceID, body, receivedMs])
-                if let s = step {
+                if let s = step(previous) {
                     try db.execute(sql: """
                         INSERT INTO update_steps (device_id, step, version, reason, device_time_ms, received_ms)
                         VALUES (?, ?, ?, ?, ?, ?)

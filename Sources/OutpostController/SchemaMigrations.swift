@@ -33,6 +33,16 @@ enum SchemaMigrations {
             PRIMARY KEY (device_id, sequence)) WITHOUT ROWID;
         CREATE TABLE log_marks (device_id TEXT PRIMARY KEY, acked INTEGER NOT NULL) WITHOUT ROWID;
         """,
+        // 2: replicas. Every registration and config change takes the next value of the fleet
+        // clock (one row) and stamps it on the device row; onboarding changes bump their own
+        // counter. Replicas poll the clock and fetch only the rows past what they hold.
+        """
+        ALTER TABLE devices ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX devices_change ON devices(change_seq);
+        CREATE TABLE fleet_clock (
+            id INTEGER PRIMARY KEY CHECK (id = 1), devices INTEGER NOT NULL, onboarding INTEGER NOT NULL);
+        INSERT INTO fleet_clock (id, devices, onboarding) VALUES (1, 0, 0);
+        """,
     ]
 
     /// PostgreSQL: a list of statements per version (the extended protocol takes one at a
@@ -77,6 +87,16 @@ enum SchemaMigrations {
                 PRIMARY KEY (device_id, sequence))
             """,
             "CREATE TABLE log_marks (device_id TEXT PRIMARY KEY, acked BIGINT NOT NULL)",
+        ],
+        // 2: replicas, as SQLite's version 2.
+        [
+            "ALTER TABLE devices ADD COLUMN change_seq BIGINT NOT NULL DEFAULT 0",
+            "CREATE INDEX devices_change ON devices(change_seq)",
+            """
+            CREATE TABLE fleet_clock (
+                id INTEGER PRIMARY KEY CHECK (id = 1), devices BIGINT NOT NULL, onboarding BIGINT NOT NULL)
+            """,
+            "INSERT INTO fleet_clock (id, devices, onboarding) VALUES (1, 0, 0)",
         ],
     ]
 

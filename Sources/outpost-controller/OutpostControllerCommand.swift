@@ -64,8 +64,14 @@ struct DataOption: ParsableArguments {
     @Option(name: .long, help: "The controller's data directory (made by `init`).")
     var data: String = ProcessInfo.processInfo.environment["OUTPOST_CONTROLLER_DATA"] ?? "."
 
+    @Option(name: .long, help: ArgumentHelp(
+        "The admin socket (default DIR/admin.sock); replicas of `serve` sharing one data directory each need their own.",
+        valueName: "path"))
+    var adminSocket: String?
+
     var dir: DataDirectory { DataDirectory(path: data) }
-    var admin: AdminClient { AdminClient(socketPath: dir.adminSocket) }
+    var socketPath: String { adminSocket.map { DataDirectory(path: $0).path } ?? dir.adminSocket }
+    var admin: AdminClient { AdminClient(socketPath: socketPath) }
 }
 
 func printJSON(_ v: Any) {
@@ -121,7 +127,8 @@ struct ServeCommand: AsyncParsableCommand {
         try await oneLine {
             let store = try StoreLocation(database: database, dir: data.dir)
             let settings = try data.dir.loadSettings()
-            let opts = try ControllerServer.Options.parse(listen: listen ?? "0.0.0.0:\(settings.port)")
+            var opts = try ControllerServer.Options.parse(listen: listen ?? "0.0.0.0:\(settings.port)")
+            opts.adminSocket = data.socketPath
             guard let level = Logger.Level(rawValue: logLevel) else { throw ControllerError.invalidInput("--log-level '\(logLevel)' is not a level") }
             LoggingSystem.bootstrap { label in
                 var h = StreamLogHandler.standardError(label: label)

@@ -84,6 +84,53 @@ struct FleetStoreTests {
     }
 
     @Test(arguments: Backend.allCases)
+    func theFleetClockOrdersRegistrationsConfigChangesAndOnboardingForReplicas(_ backend: Backend) async throws {
+        try await withStore(backend, "clock") { s, _ in
+            #expect(try await s.changeMark() == ChangeMark(devices: 0, onboarding: 0))
+            let (a, created) = try await s.register(Self.device("aaaa", registered: 1))
+            #expect(created && a.seq == 1)
+            // The same certificate again (another replica's racing registration): the first device.
+            var again = Self.device("zzzz", registered: 2)
+            again.fingerprint = a.record.fingerprint
+            let (existing, createdAgain) = try await s.register(again)
+            #expect(!createdAgain && existing.record.id == "aaaa")
+            try await s.insertDevices([Self.device("bbbb", registered: 3)])
+            let mark = try await s.changeMark()
+            #expect(try await s.devices(changedAfter: 0).map(\.record.id) == ["aaaa", "bbbb"])
+
+            // A change the closure declines writes nothing and takes no clock value.
+            #expect(try await s.changeConfig(deviceID: "aaaa") { _ in nil }?.seq == a.seq)
+            let changed = try await s.changeConfig(deviceID: "aaaa") { r in (r.config + Data([7]), "hash-2") }
+            #expect(try #require(changed).seq > mark.devices)
+            #expect(try await s.changeConfig(deviceID: "nope") { _ in (Data(), "x") } == nil)
+            #expect(try await s.devices(changedAfter: mark.devices).map(\.record.configHash) == ["hash-2"])
+            #expect(try await s.device(id: "aaaa")?.record.configHash == "hash-2")
+            #expect(try await s.device(fingerprint: "fp-bbbb")?.record.id == "bbbb")
+            #expect(try await s.device(fingerprint: "fp-none") == nil)
+
+            // Read-modify-write through the store: twelve concurrent bumps are twelve.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<12 {
+                    group.addTask {
+                        _ = try await s.changeConfig(deviceID: "bbbb") { r in (r.config + Data([1]), "length-\(r.config.count + 1)") }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let bumped = try #require(try await s.device(id: "bbbb")).record
+            #expect(bumped.config.count == 4 + 12 && bumped.configHash == "length-16")
+
+            try await s.allowOnboarding(fingerprint: "ob", serial: "*", note: "")
+            #expect(try await s.onboardingSerials(fingerprint: "ob") == ["*"])
+            #expect(try await s.onboardingSerials(fingerprint: "fp-aaaa").isEmpty)
+            #expect(try await s.removeOnboarding(fingerprint: "ob", serial: nil) == 1)
+            // Nothing removed: no change for replicas to pull.
+            #expect(try await s.removeOnboarding(fingerprint: "ob", serial: nil) == 0)
+            #expect(try await s.changeMark().onboarding == 2)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
     func infoKeepsTheNewestAndUpdateStepsAHistory(_ backend: Backend) async throws {
         try await withStore(backend, "info") { s, _ in
             try await s.insertDevices([Self.device("aaaa", registered: 1), Self.device("bbbb", registered: 2)])
@@ -185,7 +232,7 @@ struct FleetStoreTests {
             if round == 0 { try await s.insertDevices([Self.device("aaaa", registered: 1)]) }
             #expect(try await s.allDevices().map(\.id) == ["aaaa"])
             await fixture.close(s)
-            #expect(try schemaVersions(fixture) == [1])
+            #expect(try schemaVersions(fixture) == Array(1...SchemaMigrations.current))
         }
     }
 
@@ -201,9 +248,9 @@ struct FleetStoreTests {
             Issue.record("a version-99 database was opened")
         } catch let e as ControllerError {
             guard case let .schemaTooNew(_, version, known) = e else { Issue.record("wrong error: \(e)"); return }
-            #expect(version == 99 && known == 1)
+            #expect(version == 99 && known == SchemaMigrations.current)
             #expect(!e.description.contains("\n"))
-            #expect(e.description.contains("newer than this controller's 1"))
+            #expect(e.description.contains("newer than this controller's \(SchemaMigrations.current)"))
         }
     }
 
@@ -221,7 +268,7 @@ struct FleetStoreTests {
         try old.close()
         let s = try await fixture.open()
         #expect(try await s.onboardingEntries() == [OnboardingEntry(fingerprint: "fp", serial: "*", note: "created by init")])
-        #expect(try schemaVersions(fixture) == [1])
+        #expect(try schemaVersions(fixture) == Array(1...SchemaMigrations.current))
     }
 
     func schemaVersions(_ f: StoreFixture) throws -> [Int] {

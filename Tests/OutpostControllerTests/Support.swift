@@ -23,11 +23,14 @@ final class RunningController: @unchecked Sendable {
     private var task: Task<Void, Error>?
     /// nil: the data directory's SQLite file, as `serve` without --database.
     let location: StoreLocation?
+    /// The admin socket: the data directory's, or (a replica) one in `root`.
+    let adminSocket: String
 
     init(tag: String, trustKey: SigningKey? = nil, store location: StoreLocation? = nil) async throws {
         self.location = location
         root = try TemporaryDirectory.create("controller-\(tag)")
         dir = DataDirectory(path: root + "/data")
+        adminSocket = dir.adminSocket
         var trustFrom: String?
         if let k = trustKey {
             let t = root + "/keys"
@@ -47,15 +50,26 @@ final class RunningController: @unchecked Sendable {
         try await start()
     }
 
+    /// Another `serve` process on `primary`'s data directory and database, with its own
+    /// listener and admin socket (as `serve --admin-socket PATH`).
+    init(replicaOf primary: RunningController, tag: String) async throws {
+        location = primary.location
+        root = try TemporaryDirectory.create("replica-\(tag)")
+        dir = primary.dir
+        adminSocket = root + "/admin.sock"
+        try await start()
+    }
+
     func start() async throws {
         let box = PortBox()
         let dir = self.dir
+        let adminSocket = self.adminSocket
         let location = self.location
         var logger = Logger(label: "test-controller")
         logger.logLevel = .warning
         let l = logger
         task = Task {
-            do { try await ControllerServer.run(dir, .init(host: "127.0.0.1", port: 0), store: location, logger: l, signals: false) { p in box.set(p) } } catch {
+            do { try await ControllerServer.run(dir, .init(host: "127.0.0.1", port: 0, adminSocket: adminSocket), store: location, logger: l, signals: false) { p in box.set(p) } } catch {
                 box.fail(error)
                 throw error
             }
@@ -68,7 +82,7 @@ final class RunningController: @unchecked Sendable {
         }
         guard port != 0 else { throw ControllerError.invalidInput("controller did not start in 30 s") }
         // The admin socket comes up beside the TLS listener.
-        for _ in 0..<100 where !FileManager.default.fileExists(atPath: dir.adminSocket) {
+        for _ in 0..<100 where !FileManager.default.fileExists(atPath: adminSocket) {
             try await Task.sleep(for: .milliseconds(50))
         }
     }
@@ -80,7 +94,7 @@ final class RunningController: @unchecked Sendable {
     }
 
     var url: String { "https://127.0.0.1:\(port)" }
-    var admin: AdminClient { AdminClient(socketPath: dir.adminSocket) }
+    var admin: AdminClient { AdminClient(socketPath: adminSocket) }
     var store: SQLiteFleetStore { get throws { try SQLiteFleetStore(path: dir.database) } }
 
     func client(cert: String, key: String) throws -> DeviceClient {
