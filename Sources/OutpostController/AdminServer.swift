@@ -9,7 +9,10 @@ import OutpostProto
 /// directory's owner (and root) can administer. Nothing administrative is
 /// reachable on the devices' TLS port.
 ///
-///     GET  /devices                     every device (summary)
+///     GET  /devices?select=SEL          every device (summary), or those the label selector picks
+///     POST /devices/REF/label           {"set": {"k": "v"}, "remove": ["k"]}
+///     POST /bulk/ACTION                 {"select": SEL, …}: a device action (set-os, reboot, shutdown,
+///                                       retry-update) on every device the selector picks
 ///     GET  /devices/REF                 one device: config, info, update history
 ///     GET  /devices/REF/logs?after=N&limit=M
 ///     GET  /devices/REF/metrics?limit=M
@@ -33,7 +36,7 @@ public struct AdminRoutes: Sendable {
 
     public func router() -> Router<BasicRequestContext> {
         let r = Router(context: BasicRequestContext.self)
-        r.get("/devices") { _, _ in await json { try await deviceList() } }
+        r.get("/devices") { q, _ in await json { try await deviceList(select: q.uri.queryParameters.get("select")) } }
         r.get("/devices/:ref") { _, c in await json { try await deviceShow(try ref(c)) } }
         r.get("/devices/:ref/logs") { q, c in
             await json { try await deviceLogs(try ref(c), after: UInt64(q.uri.queryParameters.get("after") ?? "") ?? 0,
@@ -45,7 +48,15 @@ public struct AdminRoutes: Sendable {
         r.post("/devices/:ref/:action") { q, c in
             await json {
                 let body = try await object(q)
-                return try await deviceAction(try ref(c), c.parameters.get("action") ?? "", body)
+                let action = c.parameters.get("action") ?? ""
+                if action == "label" { return try await label(try ref(c), body) }
+                return try await deviceAction(try ref(c), action, body)
+            }
+        }
+        r.post("/bulk/:action") { q, c in
+            await json {
+                let body = try await object(q)
+                return try await bulkAction(c.parameters.get("action") ?? "", body)
             }
         }
         r.get("/onboard") { _, _ in
@@ -127,10 +138,45 @@ public struct AdminRoutes: Sendable {
         try await fleet.store.info(deviceID: id).flatMap { try? DeviceInfo(serializedBytes: $0.body) }
     }
 
-    func deviceList() async throws -> Any {
+    /// The devices `select` picks (all when nil), in registration order, with their labels.
+    func selected(_ select: String?) async throws -> [(DeviceRecord, [String: String])] {
+        let selector = try LabelSelector.parse(select ?? "")
+        let labels = try await fleet.store.labels()
+        return fleet.devices().compactMap { d in
+            let l = labels[d.id] ?? [:]
+            return selector.matches(l) ? (d, l) : nil
+        }
+    }
+
+    func deviceList(select: String?) async throws -> Any {
         var out: [Any] = []
-        for d in fleet.devices() { out.append(Views.summary(d, info: try await info(d.id))) }
+        for (d, labels) in try await selected(select) {
+            var o = Views.summary(d, info: try await info(d.id))
+            o["labels"] = labels
+            out.append(o)
+        }
         return out
+    }
+
+    func label(_ ref: String, _ body: [String: Any]) async throws -> Any {
+        let d = try await fleet.resolve(ref)
+        var set: [String: String] = [:]
+        for (k, v) in body["set"] as? [String: Any] ?? [:] {
+            guard let v = v as? String, case let .set(key, value) = try LabelSelector.parseChange("\(k)=\(v)") else {
+                throw ControllerError.invalidInput("label '\(k)': the value is not a string")
+            }
+            set[key] = value
+        }
+        var remove: [String] = []
+        for k in body["remove"] as? [Any] ?? [] {
+            guard let k = k as? String, case let .remove(key) = try LabelSelector.parseChange(k + "-") else {
+                throw ControllerError.invalidInput("a label key to remove is not a string")
+            }
+            remove.append(key)
+        }
+        if let both = remove.first(where: { set[$0] != nil }) { throw ControllerError.invalidInput("label '\(both)' is both set and removed") }
+        try await fleet.store.setLabels(deviceID: d.id, set: set, remove: remove)
+        return ["device": d.id, "labels": try await fleet.store.labels()[d.id] ?? [:]] as [String: Any]
     }
 
     func deviceShow(_ ref: String) async throws -> Any {
@@ -140,6 +186,7 @@ public struct AdminRoutes: Sendable {
         o["config"] = Views.json(try fleet.config(of: d.id))
         if let i { o["info"] = Views.json(i) }
         o["certificateFingerprint"] = d.fingerprint
+        o["labels"] = try await fleet.store.labels()[d.id] ?? [:]
         o["updateHistory"] = try await fleet.store.updateHistory(deviceID: d.id).map {
             ["step": $0.step, "version": $0.version, "reason": $0.reason, "deviceTime": Views.iso($0.deviceTimeMs),
              "received": Views.iso($0.receivedMs)]
@@ -166,14 +213,21 @@ public struct AdminRoutes: Sendable {
         ["name": a.name, "version": a.version, "sha256": a.sha256, "size": a.size, "signedBy": a.signedBy]
     }
 
-    func deviceAction(_ ref: String, _ action: String, _ body: [String: Any]) async throws -> Any {
-        var result: [String: Any] = [:]
-        let record: DeviceRecord
+    /// What an action does to a device's config, and what to report about it besides.
+    struct ConfigChange {
+        var apply: @Sendable (inout DeviceConfig) throws -> Void
+        var report: [String: Any] = [:]
+    }
+
+    /// A device action's config change; a set-os bundle is verified and added once here,
+    /// however many devices then get it.
+    func configChange(_ action: String, _ body: [String: Any]) async throws -> ConfigChange {
         switch action {
         case "set-os":
             let activate = body["activate"] as? Bool ?? true
             var base = BaseOS()
             base.activate = activate
+            var report: [String: Any] = [:]
             if let path = body["bundle"] as? String {
                 let a = try await offPool { try bundles.add(path: path) }
                 if let v = body["version"] as? String, !v.isEmpty, v != a.version {
@@ -183,7 +237,7 @@ public struct AdminRoutes: Sendable {
                 base.bundleURL = fleet.url + DeviceAPI.bundles + a.name
                 base.sha256 = a.sha256
                 base.size = a.size
-                result["bundle"] = addedJSON(a)
+                report["bundle"] = addedJSON(a)
             } else if let url = body["url"] as? String {
                 guard url.hasPrefix("https://") || url.hasPrefix("http://"), URL(string: url)?.host != nil else {
                     throw ControllerError.invalidInput("--bundle '\(url)' is neither a file nor an http(s) URL")
@@ -197,26 +251,26 @@ public struct AdminRoutes: Sendable {
                 throw ControllerError.invalidInput("set-os needs --bundle FILE or URL")
             }
             let b = base
-            record = try await fleet.updateConfig(ref) { c in
+            return ConfigChange(apply: { c in
                 var n = b
                 n.retryCounter = c.commands.updateRetry
                 c.baseOs = n
-            }
+            }, report: report)
         case "set-network":
             guard let text = body["networkJSON"] as? String else { throw ControllerError.invalidInput("networkJSON is missing") }
             guard let obj = try? JSONSerialization.jsonObject(with: Data(text.utf8)), obj is [String: Any] else {
                 throw ControllerError.invalidInput("the network config is not a JSON object")
             }
-            record = try await fleet.updateConfig(ref) { c in c.network.networkJson = Data(text.utf8) }
+            return ConfigChange(apply: { c in c.network.networkJson = Data(text.utf8) })
         case "reboot":
-            record = try await fleet.updateConfig(ref) { c in c.commands.reboot &+= 1 }
+            return ConfigChange(apply: { c in c.commands.reboot &+= 1 })
         case "shutdown":
-            record = try await fleet.updateConfig(ref) { c in c.commands.shutdown &+= 1 }
+            return ConfigChange(apply: { c in c.commands.shutdown &+= 1 })
         case "retry-update":
-            record = try await fleet.updateConfig(ref) { c in
+            return ConfigChange(apply: { c in
                 c.commands.updateRetry &+= 1
                 if c.hasBaseOs { c.baseOs.retryCounter = c.commands.updateRetry }
-            }
+            })
         case "intervals":
             func seconds(_ k: String) throws -> UInt32? {
                 guard let v = body[k] else { return nil }
@@ -224,17 +278,44 @@ public struct AdminRoutes: Sendable {
                 return UInt32(n)
             }
             let (ci, mi, ii) = (try seconds("config"), try seconds("metrics"), try seconds("info"))
-            record = try await fleet.updateConfig(ref) { c in
+            return ConfigChange(apply: { c in
                 if let ci { c.intervals.configIntervalS = ci }
                 if let mi { c.intervals.metricsIntervalS = mi }
                 if let ii { c.intervals.infoIntervalS = ii }
-            }
+            })
         default:
             throw ControllerError.invalidInput("unknown device action '\(action)'")
         }
+    }
+
+    func deviceAction(_ ref: String, _ action: String, _ body: [String: Any]) async throws -> Any {
+        let change = try await configChange(action, body)
+        let record = try await fleet.updateConfig(ref, change.apply)
+        var result = change.report
         result["device"] = record.id
         result["configHash"] = record.configHash
         result["config"] = Views.json(try fleet.config(of: record.id))
+        return result
+    }
+
+    /// The actions that make sense for many devices at once.
+    static let bulkActions: Set<String> = ["set-os", "reboot", "shutdown", "retry-update"]
+
+    func bulkAction(_ action: String, _ body: [String: Any]) async throws -> Any {
+        guard Self.bulkActions.contains(action) else {
+            throw ControllerError.invalidInput("'\(action)' is not a bulk action (\(Self.bulkActions.sorted().joined(separator: ", ")))")
+        }
+        guard let select = body["select"] as? String else { throw ControllerError.invalidInput("select is missing") }
+        let devices = try await selected(select)
+        let change = try await configChange(action, body)
+        var done: [[String: Any]] = []
+        for (d, _) in devices {
+            let record = try await fleet.updateConfig(d.id, change.apply)
+            done.append(["device": record.id, "configHash": record.configHash])
+        }
+        var result = change.report
+        result["select"] = select
+        result["devices"] = done
         return result
     }
 }

@@ -139,6 +139,11 @@ public protocol FleetStore: Sendable {
     func logAck(deviceID: String) async throws -> UInt64
 
     func counts(deviceID: String) async throws -> StoredCounts
+
+    /// Sets and removes a device's labels in one transaction.
+    func setLabels(deviceID: String, set: [String: String], remove: [String]) async throws
+    /// Every labelled device's labels, by device id (selectors are evaluated over them).
+    func labels() async throws -> [String: [String: String]]
 }
 
 extension FleetStore {

@@ -477,4 +477,30 @@ public final class PostgresFleetStore: FleetStore {
             return StoredCounts(info: 0, metrics: 0, logs: 0)
         }
     }
+
+    public func setLabels(deviceID: String, set: [String: String], remove: [String]) async throws {
+        let logger = self.logger
+        try await transaction("set labels") { c in
+            if !remove.isEmpty {
+                try await c.query("DELETE FROM device_labels WHERE device_id = \(deviceID) AND key = ANY(\(remove)::text[])", logger: logger)
+            }
+            for (k, v) in set.sorted(by: { $0.key < $1.key }) {
+                try await c.query("""
+                    INSERT INTO device_labels (device_id, key, value) VALUES (\(deviceID), \(k), \(v))
+                    ON CONFLICT (device_id, key) DO UPDATE SET value = EXCLUDED.value
+                    """, logger: logger)
+            }
+        }
+    }
+
+    public func labels() async throws -> [String: [String: String]] {
+        try await run("read labels") {
+            var out: [String: [String: String]] = [:]
+            for try await (id, k, v) in try await client.query("SELECT device_id, key, value FROM device_labels",
+                                                               logger: logger).decode((String, String, String).self) {
+                out[id, default: [:]][k] = v
+            }
+            return out
+        }
+    }
 }

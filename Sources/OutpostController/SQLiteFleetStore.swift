@@ -315,4 +315,30 @@ public final class SQLiteFleetStore: FleetStore {
             }
         }
     }
+
+    public func setLabels(deviceID: String, set: [String: String], remove: [String]) async throws {
+        try await wrap("set labels") {
+            try await db.write { db in
+                for k in remove {
+                    try db.execute(sql: "DELETE FROM device_labels WHERE device_id = ? AND key = ?", arguments: [deviceID, k])
+                }
+                for (k, v) in set.sorted(by: { $0.key < $1.key }) {
+                    try db.execute(sql: "INSERT OR REPLACE INTO device_labels (device_id, key, value) VALUES (?, ?, ?)",
+                                   arguments: [deviceID, k, v])
+                }
+            }
+        }
+    }
+
+    public func labels() async throws -> [String: [String: String]] {
+        try await wrap("read labels") {
+            try await db.read { db in
+                var out: [String: [String: String]] = [:]
+                for r in try Row.fetchAll(db, sql: "SELECT device_id, key, value FROM device_labels") {
+                    out[r["device_id"] as String, default: [:]][r["key"] as String] = r["value"] as String
+                }
+                return out
+            }
+        }
+    }
 }

@@ -43,6 +43,12 @@ enum SchemaMigrations {
             id INTEGER PRIMARY KEY CHECK (id = 1), devices INTEGER NOT NULL, onboarding INTEGER NOT NULL);
         INSERT INTO fleet_clock (id, devices, onboarding) VALUES (1, 0, 0);
         """,
+        // 3: device labels, for selectors.
+        """
+        CREATE TABLE device_labels (
+            device_id TEXT NOT NULL REFERENCES devices(id), key TEXT NOT NULL, value TEXT NOT NULL,
+            PRIMARY KEY (device_id, key)) WITHOUT ROWID;
+        """,
     ]
 
     /// PostgreSQL: a list of statements per version (the extended protocol takes one at a
@@ -97,6 +103,14 @@ enum SchemaMigrations {
                 id INTEGER PRIMARY KEY CHECK (id = 1), devices BIGINT NOT NULL, onboarding BIGINT NOT NULL)
             """,
             "INSERT INTO fleet_clock (id, devices, onboarding) VALUES (1, 0, 0)",
+        ],
+        // 3: device labels, as SQLite's version 3.
+        [
+            """
+            CREATE TABLE device_labels (
+                device_id TEXT NOT NULL REFERENCES devices(id), key TEXT NOT NULL, value TEXT NOT NULL,
+                PRIMARY KEY (device_id, key))
+            """,
         ],
     ]
 

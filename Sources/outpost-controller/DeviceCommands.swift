@@ -6,18 +6,28 @@ struct DeviceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "device",
         abstract: "See and steer devices (through the running controller's admin socket).",
-        discussion: "DEVICE is a device id, a unique id prefix (4+ characters) or a serial.",
-        subcommands: [List.self, Show.self, Logs.self, Metrics.self, SetOS.self, SetNetwork.self, Reboot.self, Shutdown.self,
+        discussion: """
+        DEVICE is a device id, a unique id prefix (4+ characters) or a serial.
+
+        SELECTOR picks devices by label (`device label`): \(selectorHelp)
+        """,
+        subcommands: [List.self, Show.self, Label.self, Logs.self, Metrics.self, SetOS.self, SetNetwork.self, Reboot.self, Shutdown.self,
                       RetryUpdate.self, SetIntervals.self])
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Every registered device: slot, version, last boot reason, ports.")
+        static let configuration = CommandConfiguration(abstract: "Every registered device (or those --select picks): slot, version, last boot reason, ports, labels.")
         @OptionGroup var data: DataOption
+        @Option(help: ArgumentHelp("Only the devices this label selector picks.", valueName: "selector")) var select: String?
         @Flag(help: "Print JSON.") var json = false
 
         func run() async throws {
             try await oneLine {
-                let v = try data.admin.call("GET", "/devices")
+                var path = "/devices"
+                if let select {
+                    _ = try LabelSelector.parse(select)
+                    path += "?select=" + (select.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? select)
+                }
+                let v = try data.admin.call("GET", path)
                 if json { return printJSON(v) }
                 let rows = v as? [[String: Any]] ?? []
                 print(pad(["ID", "SERIAL", "SLOT", "VERSION", "BOOT", "UPDATE", "LAST SEEN", "PORTS"]))
@@ -25,8 +35,9 @@ struct DeviceCommand: AsyncParsableCommand {
                     let ports = (r["ports"] as? [[String: Any]] ?? []).map { p in
                         "\(p["name"] as? String ?? "")\((p["active"] as? Bool ?? false) ? "*" : "")=\((p["addresses"] as? [String] ?? []).joined(separator: ","))"
                     }.joined(separator: " ")
+                    let labels = (r["labels"] as? [String: Any] ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
                     print(pad([s(r, "id"), s(r, "serial"), s(r, "slot"), s(r, "version"), s(r, "lastBoot"), s(r, "update"),
-                               s(r, "lastSeen"), ports]))
+                               s(r, "lastSeen"), ports]) + (labels.isEmpty ? "" : "  [" + labels.joined(separator: ",") + "]"))
                 }
             }
         }
@@ -46,6 +57,8 @@ struct DeviceCommand: AsyncParsableCommand {
                 for k in ["id", "serial", "registered", "lastSeen", "slot", "version", "lastBoot", "update", "configHash", "logsAcked"] {
                     print("\(k.padding(toLength: 12, withPad: " ", startingAt: 0)) \(o[k].map { "\($0)" } ?? "")")
                 }
+                let labels = (o["labels"] as? [String: Any] ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+                print("labels       \(labels.joined(separator: ","))")
                 if let info = o["info"] as? [String: Any] {
                     for slot in info["slots"] as? [[String: Any]] ?? [] {
                         print("slot         \(s(slot, "label")) \(s(slot, "state")) \(s(slot, "version"))\((slot["booted"] as? Bool ?? false) ? " (booted)" : "")")
@@ -61,6 +74,35 @@ struct DeviceCommand: AsyncParsableCommand {
                     print("history      \(s(h, "received"))  \(s(h, "step")) \(s(h, "version")) \(s(h, "reason"))")
                 }
                 if let c = o["config"] { print("config"); printJSON(c) }
+            }
+        }
+    }
+
+    struct Label: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set (KEY=VALUE) or remove (KEY-) a device's labels.",
+            discussion: "Keys are [A-Za-z0-9][A-Za-z0-9._/-]*, values [A-Za-z0-9._/-]+, each at most 63 characters.")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The device.") var device: String
+        @Argument(help: ArgumentHelp("KEY=VALUE to set, KEY- to remove.", valueName: "change")) var changes: [String]
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                guard !changes.isEmpty else { throw ControllerError.invalidInput("give at least one KEY=VALUE or KEY-") }
+                var set: [String: String] = [:]
+                var remove: [String] = []
+                for c in changes {
+                    switch try LabelSelector.parseChange(c) {
+                    case let .set(k, v): set[k] = v
+                    case let .remove(k): remove.append(k)
+                    }
+                }
+                let v = try data.admin.call("POST", "/devices/\(esc(device))/label", body: ["set": set, "remove": remove])
+                if json { return printJSON(v) }
+                let o = v as? [String: Any] ?? [:]
+                let labels = (o["labels"] as? [String: Any] ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+                print("device \(s(o, "device")): labels \(labels.isEmpty ? "(none)" : labels.joined(separator: ","))")
             }
         }
     }
@@ -129,7 +171,7 @@ struct DeviceCommand: AsyncParsableCommand {
             commandName: "set-os",
             abstract: "Ask a device to run a base OS: a bundle FILE (verified and served by the controller) or a URL.")
         @OptionGroup var data: DataOption
-        @Argument(help: "The device.") var device: String
+        @OptionGroup var target: Target
         @Option(help: "A signed bundle file, or an http(s) URL of one.") var bundle: String
         @Option(help: "The bundle's OS version (needed with a URL; checked against a file's manifest).") var version: String?
         @Flag(help: "Download and verify only; do not install.") var noActivate = false
@@ -145,7 +187,7 @@ struct DeviceCommand: AsyncParsableCommand {
                     body["bundle"] = DataDirectory(path: bundle).path
                 }
                 if let version { body["version"] = version }
-                try report(try data.admin.call("POST", "/devices/\(esc(device))/set-os", body: body), json: json)
+                try report(try target.call(data, "set-os", body: body), json: json)
             }
         }
     }
@@ -169,26 +211,26 @@ struct DeviceCommand: AsyncParsableCommand {
     struct Reboot: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Bump the device's reboot counter: it reboots once.")
         @OptionGroup var data: DataOption
-        @Argument(help: "The device.") var device: String
+        @OptionGroup var target: Target
         @Flag(help: "Print JSON.") var json = false
-        func run() async throws { try await oneLine { try report(try data.admin.call("POST", "/devices/\(esc(device))/reboot"), json: json) } }
+        func run() async throws { try await oneLine { try report(try target.call(data, "reboot"), json: json) } }
     }
 
     struct Shutdown: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Bump the device's shutdown counter: it powers off once.")
         @OptionGroup var data: DataOption
-        @Argument(help: "The device.") var device: String
+        @OptionGroup var target: Target
         @Flag(help: "Print JSON.") var json = false
-        func run() async throws { try await oneLine { try report(try data.admin.call("POST", "/devices/\(esc(device))/shutdown"), json: json) } }
+        func run() async throws { try await oneLine { try report(try target.call(data, "shutdown"), json: json) } }
     }
 
     struct RetryUpdate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "retry-update",
                                                         abstract: "Bump the update retry counter: a version that failed is tried again.")
         @OptionGroup var data: DataOption
-        @Argument(help: "The device.") var device: String
+        @OptionGroup var target: Target
         @Flag(help: "Print JSON.") var json = false
-        func run() async throws { try await oneLine { try report(try data.admin.call("POST", "/devices/\(esc(device))/retry-update"), json: json) } }
+        func run() async throws { try await oneLine { try report(try target.call(data, "retry-update"), json: json) } }
     }
 
     struct SetIntervals: AsyncParsableCommand {
@@ -212,11 +254,39 @@ struct DeviceCommand: AsyncParsableCommand {
     }
 }
 
+let selectorHelp = "comma-separated terms that must all hold: k=v (label k is v), k!=v (k is not v, or the device has no k), k (has k), !k (lacks k). Keys [A-Za-z0-9][A-Za-z0-9._/-]*, values [A-Za-z0-9._/-]+. The empty selector picks every device."
+
+/// One DEVICE, or every device a --select picks: the bulk commands' target.
+struct Target: ParsableArguments {
+    @Argument(help: "The device (or use --select).") var device: String?
+    @Option(help: ArgumentHelp("Every device this label selector picks, instead of one DEVICE: \(selectorHelp)", valueName: "selector"))
+    var select: String?
+
+    func validate() throws {
+        if (device == nil) == (select == nil) { throw ValidationError("give one DEVICE or --select SELECTOR") }
+    }
+
+    func call(_ data: DataOption, _ action: String, body: [String: Any] = [:]) throws -> Any {
+        if let select {
+            _ = try LabelSelector.parse(select)
+            var b = body
+            b["select"] = select
+            return try data.admin.call("POST", "/bulk/\(action)", body: b)
+        }
+        return try data.admin.call("POST", "/devices/\(esc(device ?? ""))/\(action)", body: body.isEmpty ? nil : body)
+    }
+}
+
 func report(_ v: Any, json: Bool) throws {
     if json { return printJSON(v) }
     let o = v as? [String: Any] ?? [:]
     if let b = o["bundle"] as? [String: Any] {
         print("bundle \(s(b, "name")) (version \(s(b, "version")), signed by \(s(b, "signedBy"))) verified and served")
+    }
+    if let devices = o["devices"] as? [[String: Any]] {
+        for d in devices { print("device \(s(d, "device")): config \(s(d, "configHash").prefix(16))") }
+        print("\(devices.count) devices selected by '\(s(o, "select"))' (each picks its config up at its next poll)")
+        return
     }
     print("device \(s(o, "device")): config \(s(o, "configHash").prefix(16)) (the device picks it up at its next poll)")
 }

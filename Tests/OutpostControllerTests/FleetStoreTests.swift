@@ -131,6 +131,20 @@ struct FleetStoreTests {
     }
 
     @Test(arguments: Backend.allCases)
+    func labelsAreSetReplacedAndRemoved(_ backend: Backend) async throws {
+        try await withStore(backend, "labels") { s, _ in
+            try await s.insertDevices([Self.device("aaaa", registered: 1), Self.device("bbbb", registered: 2)])
+            #expect(try await s.labels().isEmpty)
+            try await s.setLabels(deviceID: "aaaa", set: ["env": "prod", "site": "lab"], remove: [])
+            try await s.setLabels(deviceID: "bbbb", set: ["env": "dev"], remove: ["nothing"])
+            try await s.setLabels(deviceID: "aaaa", set: ["site": "berlin"], remove: ["env"])
+            #expect(try await s.labels() == ["aaaa": ["site": "berlin"], "bbbb": ["env": "dev"]])
+            // A label on an unknown device is refused (foreign key).
+            await #expect(throws: ControllerError.self) { try await s.setLabels(deviceID: "zzzz", set: ["a": "b"], remove: []) }
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
     func infoKeepsTheNewestAndUpdateStepsAHistory(_ backend: Backend) async throws {
         try await withStore(backend, "info") { s, _ in
             try await s.insertDevices([Self.device("aaaa", registered: 1), Self.device("bbbb", registered: 2)])
