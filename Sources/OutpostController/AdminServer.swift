@@ -20,6 +20,10 @@ import OutpostProto
 ///     POST /devices/REF/set-network     {"networkJSON": "..."}
 ///     POST /devices/REF/reboot|shutdown|retry-update
 ///     POST /devices/REF/intervals       {"config": s, "metrics": s, "info": s}
+///     GET  /rollouts, POST /rollouts    list; create {"select", "waves", "soakMs", "deadlineMs",
+///                                       "maxFailuresPercent", and "bundle" or "url"+"version"}
+///     GET  /rollouts/ID|latest          status: waves, failed devices and why, history
+///     POST /rollouts/ID|latest/pause|resume|abort
 ///     GET  /onboard                     the allow-list
 ///     POST /onboard/allow|remove        {"certPEM": PEM, "serial": S or "*"}
 ///     GET  /bundles, POST /bundles      {"path": PATH}
@@ -58,6 +62,12 @@ public struct AdminRoutes: Sendable {
                 let body = try await object(q)
                 return try await bulkAction(c.parameters.get("action") ?? "", body)
             }
+        }
+        r.get("/rollouts") { _, _ in await json { try await rolloutList() } }
+        r.post("/rollouts") { q, _ in await json { try await rolloutCreate(try await object(q)) } }
+        r.get("/rollouts/:id") { _, c in await json { try await rolloutStatus(c.parameters.get("id") ?? "") } }
+        r.post("/rollouts/:id/:action") { _, c in
+            await json { try await rolloutAction(c.parameters.get("id") ?? "", c.parameters.get("action") ?? "") }
         }
         r.get("/onboard") { _, _ in
             await json { try await fleet.store.onboardingEntries().map { ["fingerprint": $0.fingerprint, "serial": $0.serial, "note": $0.note] } }
@@ -219,38 +229,43 @@ public struct AdminRoutes: Sendable {
         var report: [String: Any] = [:]
     }
 
+    /// The BaseOS a set-os or a rollout gives: a bundle FILE (verified, added and served here) or a URL
+    /// and its version.
+    func baseOS(_ body: [String: Any]) async throws -> (BaseOS, [String: Any]) {
+        var base = BaseOS()
+        base.activate = body["activate"] as? Bool ?? true
+        var report: [String: Any] = [:]
+        if let path = body["bundle"] as? String {
+            let a = try await offPool { try bundles.add(path: path) }
+            if let v = body["version"] as? String, !v.isEmpty, v != a.version {
+                throw ControllerError.invalidInput("--version \(v) does not match the bundle's version \(a.version)")
+            }
+            base.version = a.version
+            base.bundleURL = fleet.url + DeviceAPI.bundles + a.name
+            base.sha256 = a.sha256
+            base.size = a.size
+            report["bundle"] = addedJSON(a)
+        } else if let url = body["url"] as? String {
+            guard url.hasPrefix("https://") || url.hasPrefix("http://"), URL(string: url)?.host != nil else {
+                throw ControllerError.invalidInput("--bundle '\(url)' is neither a file nor an http(s) URL")
+            }
+            guard let v = body["version"] as? String, !v.isEmpty else {
+                throw ControllerError.invalidInput("--version is needed with a bundle URL (the controller cannot read its manifest)")
+            }
+            base.version = v
+            base.bundleURL = url
+        } else {
+            throw ControllerError.invalidInput("set-os needs --bundle FILE or URL")
+        }
+        return (base, report)
+    }
+
     /// A device action's config change; a set-os bundle is verified and added once here,
     /// however many devices then get it.
     func configChange(_ action: String, _ body: [String: Any]) async throws -> ConfigChange {
         switch action {
         case "set-os":
-            let activate = body["activate"] as? Bool ?? true
-            var base = BaseOS()
-            base.activate = activate
-            var report: [String: Any] = [:]
-            if let path = body["bundle"] as? String {
-                let a = try await offPool { try bundles.add(path: path) }
-                if let v = body["version"] as? String, !v.isEmpty, v != a.version {
-                    throw ControllerError.invalidInput("--version \(v) does not match the bundle's version \(a.version)")
-                }
-                base.version = a.version
-                base.bundleURL = fleet.url + DeviceAPI.bundles + a.name
-                base.sha256 = a.sha256
-                base.size = a.size
-                report["bundle"] = addedJSON(a)
-            } else if let url = body["url"] as? String {
-                guard url.hasPrefix("https://") || url.hasPrefix("http://"), URL(string: url)?.host != nil else {
-                    throw ControllerError.invalidInput("--bundle '\(url)' is neither a file nor an http(s) URL")
-                }
-                guard let v = body["version"] as? String, !v.isEmpty else {
-                    throw ControllerError.invalidInput("--version is needed with a bundle URL (the controller cannot read its manifest)")
-                }
-                base.version = v
-                base.bundleURL = url
-            } else {
-                throw ControllerError.invalidInput("set-os needs --bundle FILE or URL")
-            }
-            let b = base
+            let (b, report) = try await baseOS(body)
             return ConfigChange(apply: { c in
                 var n = b
                 n.retryCounter = c.commands.updateRetry

@@ -17,11 +17,15 @@ public enum ControllerServer {
         public var adminSocket: String?
         /// How often this process pulls other replicas' changes from the store (`Fleet.refresh`).
         public var refreshInterval: Duration
-        public init(host: String, port: Int, adminSocket: String? = nil, refreshInterval: Duration = .milliseconds(500)) {
+        /// How often the rollout advancer runs; the lease it takes lasts three ticks.
+        public var rolloutTick: Duration
+        public init(host: String, port: Int, adminSocket: String? = nil, refreshInterval: Duration = .milliseconds(500),
+                    rolloutTick: Duration = .seconds(5)) {
             self.host = host
             self.port = port
             self.adminSocket = adminSocket
             self.refreshInterval = refreshInterval
+            self.rolloutTick = rolloutTick
         }
 
         /// Parses ADDR:PORT, [IPv6]:PORT or :PORT.
@@ -106,7 +110,9 @@ public enum ControllerServer {
             logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [deviceApp, adminApp, LastSeenFlusher(fleet: fleet, logger: logger),
-                       ChangeFollower(fleet: fleet, interval: options.refreshInterval, logger: logger)],
+                       ChangeFollower(fleet: fleet, interval: options.refreshInterval, logger: logger),
+                       RolloutService(advancer: RolloutAdvancer(fleet: fleet, leaseTTLMs: 3 * options.rolloutTick.milliseconds),
+                                      interval: options.rolloutTick, logger: logger)],
             gracefulShutdownSignals: signals ? [.sigterm, .sigint] : [],
             logger: logger))
         try await group.run()
@@ -141,5 +147,27 @@ struct ChangeFollower: Service {
             if Task.isCancelled || Task.isShuttingDownGracefully { break }
             do { try await fleet.refresh() } catch { logger.error("following the store's changes: \(error)") }
         }
+    }
+}
+
+/// Runs the rollout advancer every interval (it acts only while this process holds the lease).
+struct RolloutService: Service {
+    let advancer: RolloutAdvancer
+    let interval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+            if Task.isCancelled || Task.isShuttingDownGracefully { break }
+            do { try await advancer.tick() } catch { logger.error("advancing rollouts: \(error)") }
+        }
+    }
+}
+
+extension Duration {
+    var milliseconds: Int64 {
+        let (s, atto) = components
+        return s * 1000 + atto / 1_000_000_000_000_000
     }
 }

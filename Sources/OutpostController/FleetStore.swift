@@ -86,6 +86,54 @@ public struct ChangeMark: Sendable, Equatable {
     public var onboarding: Int64
 }
 
+/// A staged rollout as the store keeps it (see `RolloutAdvancer` for how it moves).
+public struct RolloutRecord: Codable, Sendable, Equatable {
+    public var id: String
+    public var createdMs: Int64
+    public var selector: String
+    public var version: String
+    /// The BaseOS message every device of the rollout gets (its binary encoding).
+    public var baseOS: Data
+    /// Cumulative percentages of the selected devices, increasing, the last 100.
+    public var waves: [Double]
+    public var soakMs: Int64
+    public var deadlineMs: Int64
+    public var maxFailuresPercent: Double
+    /// running, paused, halted, aborted, completed.
+    public var state: String
+    /// The wave under way (0-based); -1 before the first starts.
+    public var wave: Int
+    public var waveStartedMs: Int64
+    /// When every device of the current wave had an outcome (0: not yet); its soak runs from here.
+    public var waveDoneMs: Int64
+    /// Why the rollout halted (or was aborted).
+    public var reason: String
+    /// Bumped by every save: a save names the revision it read, so two writers never both win.
+    public var revision: Int64
+}
+
+/// One device of a rollout: its wave and how it fared.
+public struct RolloutDevice: Codable, Sendable, Equatable {
+    public var rolloutID: String
+    public var deviceID: String
+    public var wave: Int
+    /// pending (its wave has not started), updating, committed, failed.
+    public var state: String
+    public var startedMs: Int64
+    public var doneMs: Int64
+    public var reason: String
+}
+
+/// A line of a rollout's history: created, wave-started, wave-done, halted, paused, resumed, aborted, completed.
+public struct RolloutEvent: Codable, Sendable, Equatable {
+    public var atMs: Int64
+    public var kind: String
+    public var wave: Int
+    public var detail: String
+    /// The controller process that wrote it.
+    public var holder: String
+}
+
 /// Where the controller keeps its fleet: SQLite (GRDB, `SQLiteFleetStore`) is the embedded
 /// default, PostgreSQL (`PostgresFleetStore`) the shared one; the HTTP and admin layers only see
 /// this protocol, and one test suite (FleetStoreTests) holds both to the same behaviour.
@@ -144,6 +192,21 @@ public protocol FleetStore: Sendable {
     func setLabels(deviceID: String, set: [String: String], remove: [String]) async throws
     /// Every labelled device's labels, by device id (selectors are evaluated over them).
     func labels() async throws -> [String: [String: String]]
+
+    // Rollouts.
+
+    func createRollout(_ rollout: RolloutRecord, devices: [RolloutDevice], event: RolloutEvent) async throws
+    /// Newest first.
+    func rollouts() async throws -> [RolloutRecord]
+    func rolloutDevices(rolloutID: String) async throws -> [RolloutDevice]
+    func updateRolloutDevices(_ devices: [RolloutDevice]) async throws
+    /// Writes `rollout` (revision `expectedRevision` + 1) and `event` only if the stored revision is
+    /// still `expectedRevision`; false when another writer got there first.
+    func saveRollout(_ rollout: RolloutRecord, expectedRevision: Int64, event: RolloutEvent?) async throws -> Bool
+    func rolloutEvents(rolloutID: String) async throws -> [RolloutEvent]
+    /// Takes or renews the lease `name` for `holder` until `nowMs + ttlMs`, if it is free,
+    /// expired or already `holder`'s: one conditional write, so one holder at a time.
+    func acquireLease(name: String, holder: String, nowMs: Int64, ttlMs: Int64) async throws -> Bool
 }
 
 extension FleetStore {

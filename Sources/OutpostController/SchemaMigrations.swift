@@ -49,6 +49,23 @@ enum SchemaMigrations {
             device_id TEXT NOT NULL REFERENCES devices(id), key TEXT NOT NULL, value TEXT NOT NULL,
             PRIMARY KEY (device_id, key)) WITHOUT ROWID;
         """,
+        // 4: staged rollouts, their devices and history, and the leases that make one replica act.
+        """
+        CREATE TABLE rollouts (
+            id TEXT PRIMARY KEY, created_ms INTEGER NOT NULL, selector TEXT NOT NULL, version TEXT NOT NULL,
+            base_os BLOB NOT NULL, waves TEXT NOT NULL, soak_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,
+            max_failures REAL NOT NULL, state TEXT NOT NULL, wave INTEGER NOT NULL, wave_started_ms INTEGER NOT NULL,
+            wave_done_ms INTEGER NOT NULL, reason TEXT NOT NULL, revision INTEGER NOT NULL);
+        CREATE TABLE rollout_devices (
+            rollout_id TEXT NOT NULL REFERENCES rollouts(id), device_id TEXT NOT NULL, wave INTEGER NOT NULL,
+            state TEXT NOT NULL, started_ms INTEGER NOT NULL, done_ms INTEGER NOT NULL, reason TEXT NOT NULL,
+            PRIMARY KEY (rollout_id, device_id)) WITHOUT ROWID;
+        CREATE TABLE rollout_events (
+            rollout_id TEXT NOT NULL, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, wave INTEGER NOT NULL,
+            detail TEXT NOT NULL, holder TEXT NOT NULL);
+        CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id);
+        CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;
+        """,
     ]
 
     /// PostgreSQL: a list of statements per version (the extended protocol takes one at a
@@ -111,6 +128,29 @@ enum SchemaMigrations {
                 device_id TEXT NOT NULL REFERENCES devices(id), key TEXT NOT NULL, value TEXT NOT NULL,
                 PRIMARY KEY (device_id, key))
             """,
+        ],
+        // 4: rollouts, as SQLite's version 4.
+        [
+            """
+            CREATE TABLE rollouts (
+                id TEXT PRIMARY KEY, created_ms BIGINT NOT NULL, selector TEXT NOT NULL, version TEXT NOT NULL,
+                base_os BYTEA NOT NULL, waves TEXT NOT NULL, soak_ms BIGINT NOT NULL, deadline_ms BIGINT NOT NULL,
+                max_failures DOUBLE PRECISION NOT NULL, state TEXT NOT NULL, wave BIGINT NOT NULL, wave_started_ms BIGINT NOT NULL,
+                wave_done_ms BIGINT NOT NULL, reason TEXT NOT NULL, revision BIGINT NOT NULL)
+            """,
+            """
+            CREATE TABLE rollout_devices (
+                rollout_id TEXT NOT NULL REFERENCES rollouts(id), device_id TEXT NOT NULL, wave BIGINT NOT NULL,
+                state TEXT NOT NULL, started_ms BIGINT NOT NULL, done_ms BIGINT NOT NULL, reason TEXT NOT NULL,
+                PRIMARY KEY (rollout_id, device_id))
+            """,
+            """
+            CREATE TABLE rollout_events (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, rollout_id TEXT NOT NULL, at_ms BIGINT NOT NULL,
+                kind TEXT NOT NULL, wave BIGINT NOT NULL, detail TEXT NOT NULL, holder TEXT NOT NULL)
+            """,
+            "CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id, id)",
+            "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms BIGINT NOT NULL)",
         ],
     ]
 

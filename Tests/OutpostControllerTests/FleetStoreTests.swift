@@ -145,6 +145,66 @@ struct FleetStoreTests {
     }
 
     @Test(arguments: Backend.allCases)
+    func aLeaseHasOneHolderUntilItExpires(_ backend: Backend) async throws {
+        try await withStore(backend, "lease") { s, _ in
+            #expect(try await s.acquireLease(name: "rollouts", holder: "A", nowMs: 1000, ttlMs: 500))
+            #expect(try await !s.acquireLease(name: "rollouts", holder: "B", nowMs: 1400, ttlMs: 500))
+            // A renews; B still waits past A's first expiry.
+            #expect(try await s.acquireLease(name: "rollouts", holder: "A", nowMs: 1400, ttlMs: 500))
+            #expect(try await !s.acquireLease(name: "rollouts", holder: "B", nowMs: 1800, ttlMs: 500))
+            #expect(try await s.acquireLease(name: "other", holder: "B", nowMs: 1800, ttlMs: 500))
+            // Expired: B takes it, and A has lost it.
+            #expect(try await s.acquireLease(name: "rollouts", holder: "B", nowMs: 2000, ttlMs: 500))
+            #expect(try await !s.acquireLease(name: "rollouts", holder: "A", nowMs: 2100, ttlMs: 500))
+            // Many holders at once on a free lease: exactly one wins.
+            let winners = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for n in 0..<8 { group.addTask { try await s.acquireLease(name: "race", holder: "H\(n)", nowMs: 5000, ttlMs: 500) } }
+                return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            }
+            #expect(winners == 1)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func aRolloutIsSavedOnlyAgainstTheRevisionItWasReadAt(_ backend: Backend) async throws {
+        try await withStore(backend, "rollout") { s, _ in
+            try await s.insertDevices([Self.device("aaaa", registered: 1), Self.device("bbbb", registered: 2)])
+            let r = RolloutRecord(id: "r1", createdMs: 5, selector: "env=prod", version: "2.0.0", baseOS: Data([1, 2]), waves: [50, 100],
+                                  soakMs: 10, deadlineMs: 20, maxFailuresPercent: 2.5, state: "running", wave: -1, waveStartedMs: 0,
+                                  waveDoneMs: 0, reason: "", revision: 0)
+            let devices = [RolloutDevice(rolloutID: "r1", deviceID: "aaaa", wave: 0, state: "pending", startedMs: 0, doneMs: 0, reason: ""),
+                           RolloutDevice(rolloutID: "r1", deviceID: "bbbb", wave: 1, state: "pending", startedMs: 0, doneMs: 0, reason: "")]
+            let created = RolloutEvent(atMs: 5, kind: "created", wave: -1, detail: "2 devices", holder: "admin")
+            try await s.createRollout(r, devices: devices, event: created)
+            #expect(try await s.rollouts() == [r])
+            #expect(try await s.rolloutDevices(rolloutID: "r1") == devices)
+
+            // Two writers that read revision 0 race to start wave one: one wins, one event.
+            var next = r
+            next.wave = 0
+            next.waveStartedMs = 7
+            let started = RolloutEvent(atMs: 7, kind: "wave-started", wave: 0, detail: "", holder: "A")
+            let attempt = next
+            let wins = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for _ in 0..<6 { group.addTask { try await s.saveRollout(attempt, expectedRevision: 0, event: started) } }
+                return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            }
+            #expect(wins == 1)
+            next.revision = 1
+            #expect(try await s.rollouts() == [next])
+            #expect(try await s.rolloutEvents(rolloutID: "r1") == [created, started])
+
+            var a = devices[0]
+            a.state = "failed"
+            a.startedMs = 7
+            a.doneMs = 9
+            a.reason = "reported failed: boom"
+            try await s.updateRolloutDevices([a])
+            #expect(try await s.rolloutDevices(rolloutID: "r1") == [a, devices[1]])
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
     func infoKeepsTheNewestAndUpdateStepsAHistory(_ backend: Backend) async throws {
         try await withStore(backend, "info") { s, _ in
             try await s.insertDevices([Self.device("aaaa", registered: 1), Self.device("bbbb", registered: 2)])

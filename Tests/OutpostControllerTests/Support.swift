@@ -25,9 +25,12 @@ final class RunningController: @unchecked Sendable {
     let location: StoreLocation?
     /// The admin socket: the data directory's, or (a replica) one in `root`.
     let adminSocket: String
+    /// How often the rollout advancer runs (`ControllerServer.Options.rolloutTick`).
+    let rolloutTick: Duration
 
-    init(tag: String, trustKey: SigningKey? = nil, store location: StoreLocation? = nil) async throws {
+    init(tag: String, trustKey: SigningKey? = nil, store location: StoreLocation? = nil, rolloutTick: Duration = .seconds(5)) async throws {
         self.location = location
+        self.rolloutTick = rolloutTick
         root = try TemporaryDirectory.create("controller-\(tag)")
         dir = DataDirectory(path: root + "/data")
         adminSocket = dir.adminSocket
@@ -54,6 +57,7 @@ final class RunningController: @unchecked Sendable {
     /// listener and admin socket (as `serve --admin-socket PATH`).
     init(replicaOf primary: RunningController, tag: String) async throws {
         location = primary.location
+        rolloutTick = primary.rolloutTick
         root = try TemporaryDirectory.create("replica-\(tag)")
         dir = primary.dir
         adminSocket = root + "/admin.sock"
@@ -64,12 +68,13 @@ final class RunningController: @unchecked Sendable {
         let box = PortBox()
         let dir = self.dir
         let adminSocket = self.adminSocket
+        let rolloutTick = self.rolloutTick
         let location = self.location
         var logger = Logger(label: "test-controller")
         logger.logLevel = .warning
         let l = logger
         task = Task {
-            do { try await ControllerServer.run(dir, .init(host: "127.0.0.1", port: 0, adminSocket: adminSocket), store: location, logger: l, signals: false) { p in box.set(p) } } catch {
+            do { try await ControllerServer.run(dir, .init(host: "127.0.0.1", port: 0, adminSocket: adminSocket, rolloutTick: rolloutTick), store: location, logger: l, signals: false) { p in box.set(p) } } catch {
                 box.fail(error)
                 throw error
             }
