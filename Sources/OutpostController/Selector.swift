@@ -54,7 +54,7 @@ public struct LabelSelector: Sendable, Equatable, CustomStringConvertible {
             let start = i
             while i < chars.count, isKeyCharacter(chars[i]) { i += 1 }
             guard i > start else {
-                if i < chars.count { throw fail(i, "'\(chars[i])' cannot start a \(name)") }
+                if i < chars.count, chars[i] != "," { throw fail(i, "'\(chars[i])' cannot start a \(name)") }
                 throw fail(i, "a \(name) is missing")
             }
             guard i - start <= maxLength else { throw fail(start, "a \(name) is longer than \(maxLength) characters") }

@@ -17,7 +17,7 @@ struct OutpostControllerCommand: AsyncParsableCommand {
         then `outpost-controller serve --data DIR`. The device and onboard commands talk to the running controller \
         through DIR/admin.sock (mode 0600: the directory's owner is the administrator).
         """,
-        subcommands: [InitCommand.self, ServeCommand.self, DeviceCommand.self, OnboardCommand.self, BundleCommand.self, BenchCommand.self])
+        subcommands: [InitCommand.self, ServeCommand.self, DeviceCommand.self, RolloutCommand.self, OnboardCommand.self, BundleCommand.self, BenchCommand.self])
 
     /// The project's exit codes, as `outpost` and `outpostd` use them: 0 ok (and help), 1 a
     /// failure (one line, from `oneLine`), 2 a usage error (ArgumentParser's default is 64).
@@ -122,6 +122,8 @@ struct ServeCommand: AsyncParsableCommand {
         valueName: "url"))
     var database: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+    @Option(help: "How often this process advances rollouts (500ms, 5s, …); one replica, the database lease's holder, acts.")
+    var rolloutInterval = "5s"
 
     func run() async throws {
         try await oneLine {
@@ -129,6 +131,9 @@ struct ServeCommand: AsyncParsableCommand {
             let settings = try data.dir.loadSettings()
             var opts = try ControllerServer.Options.parse(listen: listen ?? "0.0.0.0:\(settings.port)")
             opts.adminSocket = data.socketPath
+            let tick = try Rollouts.parseDuration(rolloutInterval, what: "--rollout-interval")
+            guard tick >= 100 else { throw ControllerError.invalidInput("--rollout-interval must be at least 100ms") }
+            opts.rolloutTick = .milliseconds(tick)
             guard let level = Logger.Level(rawValue: logLevel) else { throw ControllerError.invalidInput("--log-level '\(logLevel)' is not a level") }
             LoggingSystem.bootstrap { label in
                 var h = StreamLogHandler.standardError(label: label)

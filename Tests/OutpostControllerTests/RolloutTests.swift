@@ -180,6 +180,34 @@ struct RolloutTests {
         for d in devices { try await d.client.shutdown() }
     }
 
+    @Test func theCommandLineCreatesShowsAndPausesARolloutAndRefusesBadPlansInOneLine() async throws {
+        let (c, devices, bundle) = try await Self.fleet("cli", count: 3)
+        defer { Task { await c.stop() } }
+        let exe = PostgresControllerTests.executable
+        for (argv, says) in [(["--waves", "10%,5%,100%"], "'5%' is not larger than the wave before"),
+                             (["--waves", "10%,50%"], "the last wave must be 100%"),
+                             (["--soak", "10"], "--soak '10' is not a duration"),
+                             (["--max-failures", "150%"], "--max-failures '150%' is not a percentage"),
+                             (["--select", "a=,b"], "at position 3: a value is missing")] {
+            var full = ["rollout", "create", "--data", c.dir.path, "--bundle", bundle, "--select", ""]
+            full += argv
+            let r = try runCommand([exe] + full, timeout: .seconds(60))
+            #expect(r.status == 1, "\(argv): \(r.output)")
+            #expect(r.stderr.split(separator: "\n").count == 1 && r.stderr.contains(says), "\(argv): \(r.stderr)")
+        }
+        let created = try runCommand([exe, "rollout", "create", "--data", c.dir.path, "--bundle", bundle, "--select", "",
+                                      "--waves", "50%,100%", "--soak", "1h", "--deadline", "30m", "--max-failures", "5%"], timeout: .seconds(60))
+        #expect(created.status == 0, "\(created.output)")
+        #expect(created.stdout.contains("version 2.0.0") && created.stdout.contains("0/3 committed"), "\(created.stdout)")
+        let paused = try runCommand([exe, "rollout", "pause", "--data", c.dir.path, "--json"], timeout: .seconds(60))
+        let o = try JSONSerialization.jsonObject(with: Data(paused.stdout.utf8)) as? [String: Any]
+        #expect(o?["state"] as? String == "paused")
+        #expect(o?["soakMs"] as? Int == 3_600_000 && o?["deadlineMs"] as? Int == 1_800_000)
+        let status = try runCommand([exe, "rollout", "status", "--all", "--data", c.dir.path], timeout: .seconds(60))
+        #expect(status.status == 0 && status.stdout.contains("paused"), "\(status.output)")
+        for d in devices { try await d.client.shutdown() }
+    }
+
     /// Two controller processes' advancers on one PostgreSQL: one holds the lease and acts; when
     /// it stops, the other takes over; every wave starts exactly once. Devices are store-level
     /// fakes here (they write the update step as the info endpoint does).
