@@ -19,6 +19,9 @@ public enum ControllerServer {
         public var refreshInterval: Duration
         /// How often the rollout advancer runs; the lease it takes lasts three ticks.
         public var rolloutTick: Duration
+        /// Where to serve /metrics (plain HTTP; nil: no metrics port). Port 0: ephemeral (tests).
+        public var metricsHost: String?
+        public var metricsPort: Int = 0
         public init(host: String, port: Int, adminSocket: String? = nil, refreshInterval: Duration = .milliseconds(500),
                     rolloutTick: Duration = .seconds(5)) {
             self.host = host
@@ -29,8 +32,8 @@ public enum ControllerServer {
         }
 
         /// Parses ADDR:PORT, [IPv6]:PORT or :PORT.
-        public static func parse(listen: String) throws(ControllerError) -> Options {
-            let bad = ControllerError.invalidInput("--listen '\(listen)' is not ADDR:PORT")
+        public static func parse(listen: String, what: String = "--listen") throws(ControllerError) -> Options {
+            let bad = ControllerError.invalidInput("\(what) '\(listen)' is not ADDR:PORT")
             guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]),
                   (0...65535).contains(port) else { throw bad }
             var host = String(listen[..<colon])
@@ -76,6 +79,7 @@ public enum ControllerServer {
 
     /// `signals`: stop gracefully on SIGTERM/SIGINT (the CLI); tests stop it by cancelling.
     public static func run(_ dir: DataDirectory, _ options: Options, store: StoreLocation? = nil, logger: Logger, signals: Bool = true,
+                           onMetricsRunning: @escaping @Sendable (Int) async -> Void = { _ in },
                            onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let (fleet, bundles, _) = try await prepare(dir, store: store, logger: logger)
         let tls = try tlsConfiguration(dir)
@@ -91,8 +95,9 @@ public enum ControllerServer {
             unlink(socketPath)
         }
 
+        let metrics = options.metricsHost.map { _ in ControllerMetrics(fleet: fleet) }
         let deviceApp = Application(
-            router: DeviceAPIRoutes(fleet: fleet, bundles: bundles, logger: logger).router(),
+            router: DeviceAPIRoutes(fleet: fleet, bundles: bundles, logger: logger, metrics: metrics).router(),
             server: try .tls(.http1(), configuration: tls),
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: nil, backlog: 1024),
             onServerRunning: { ch in
@@ -108,8 +113,25 @@ public enum ControllerServer {
                 logger.info("admin socket \(socketPath) (mode 0600)")
             },
             logger: logger)
+        var services: [any Service] = []
+        if let metrics, let host = options.metricsHost {
+            let router = Router()
+            router.get("/metrics") { _, _ -> Response in
+                var h = HTTPFields()
+                h[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+                return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(string: await metrics.render())))
+            }
+            services.append(Application(
+                router: router,
+                configuration: .init(address: .hostname(host, port: options.metricsPort), serverName: nil),
+                onServerRunning: { ch in
+                    logger.info("metrics on http://\(host):\(ch.localAddress?.port ?? 0)/metrics")
+                    await onMetricsRunning(ch.localAddress?.port ?? 0)
+                },
+                logger: logger))
+        }
         let group = ServiceGroup(configuration: .init(
-            services: [deviceApp, adminApp, LastSeenFlusher(fleet: fleet, logger: logger),
+            services: services + [deviceApp, adminApp, LastSeenFlusher(fleet: fleet, logger: logger),
                        ChangeFollower(fleet: fleet, interval: options.refreshInterval, logger: logger),
                        RolloutService(advancer: RolloutAdvancer(fleet: fleet, leaseTTLMs: 3 * options.rolloutTick.milliseconds),
                                       interval: options.rolloutTick, logger: logger)],

@@ -36,29 +36,39 @@ public struct DeviceAPIRoutes: Sendable {
     let fleet: Fleet
     let bundles: BundleStore
     let logger: Logger
+    let metrics: ControllerMetrics?
 
-    public init(fleet: Fleet, bundles: BundleStore, logger: Logger) {
+    public init(fleet: Fleet, bundles: BundleStore, logger: Logger, metrics: ControllerMetrics? = nil) {
         self.fleet = fleet
         self.bundles = bundles
         self.logger = logger
+        self.metrics = metrics
     }
 
     public func router() -> Router<DeviceContext> {
         let r = Router(context: DeviceContext.self)
-        r.post(RouterPath(DeviceAPI.register)) { req, ctx in await handle(req, ctx) { try await register(req, ctx) } }
-        r.get(RouterPath(DeviceAPI.ping)) { req, ctx in await handle(req, ctx) { try await ping(ctx) } }
-        r.post(RouterPath(DeviceAPI.config)) { req, ctx in await handle(req, ctx) { try await config(req, ctx) } }
-        r.post(RouterPath(DeviceAPI.info)) { req, ctx in await handle(req, ctx) { try await info(req, ctx) } }
-        r.post(RouterPath(DeviceAPI.metrics)) { req, ctx in await handle(req, ctx) { try await metrics(req, ctx) } }
-        r.post(RouterPath(DeviceAPI.logs)) { req, ctx in await handle(req, ctx) { try await logs(req, ctx) } }
-        r.get(RouterPath(DeviceAPI.bundles + ":name")) { req, ctx in await handle(req, ctx) { try await bundle(req, ctx, head: false) } }
-        r.head(RouterPath(DeviceAPI.bundles + ":name")) { req, ctx in await handle(req, ctx) { try await bundle(req, ctx, head: true) } }
+        r.post(RouterPath(DeviceAPI.register)) { req, ctx in await handle(req, ctx, "register") { try await register(req, ctx) } }
+        r.get(RouterPath(DeviceAPI.ping)) { req, ctx in await handle(req, ctx, "ping") { try await ping(ctx) } }
+        r.post(RouterPath(DeviceAPI.config)) { req, ctx in await handle(req, ctx, "config") { try await config(req, ctx) } }
+        r.post(RouterPath(DeviceAPI.info)) { req, ctx in await handle(req, ctx, "info") { try await info(req, ctx) } }
+        r.post(RouterPath(DeviceAPI.metrics)) { req, ctx in await handle(req, ctx, "metrics") { try await metrics(req, ctx) } }
+        r.post(RouterPath(DeviceAPI.logs)) { req, ctx in await handle(req, ctx, "logs") { try await logs(req, ctx) } }
+        r.get(RouterPath(DeviceAPI.bundles + ":name")) { req, ctx in await handle(req, ctx, "bundle") { try await bundle(req, ctx, head: false) } }
+        r.head(RouterPath(DeviceAPI.bundles + ":name")) { req, ctx in await handle(req, ctx, "bundle") { try await bundle(req, ctx, head: true) } }
         return r
     }
 
     /// Every refusal is a status and one line of text; nothing is stored
     /// before a request has been fully checked.
-    private func handle(_ req: Request, _ ctx: DeviceContext, _ body: () async throws -> Response) async -> Response {
+    private func handle(_ req: Request, _ ctx: DeviceContext, _ route: String, _ body: () async throws -> Response) async -> Response {
+        guard let metrics else { return await answer(req, ctx, body) }
+        let start = ContinuousClock.now
+        let response = await answer(req, ctx, body)
+        metrics.request(route: route, status: response.status.code, duration: ContinuousClock.now - start)
+        return response
+    }
+
+    private func answer(_ req: Request, _ ctx: DeviceContext, _ body: () async throws -> Response) async -> Response {
         do { return try await body() } catch let e as APIError {
             if e.status >= 500 { logger.error("\(req.method) \(req.uri.path): \(e.message)") }
             else { logger.debug("\(req.method) \(req.uri.path): \(e.status) \(e.message)") }

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import PostgresNIO
+import Synchronization
 
 /// The fleet in PostgreSQL, for fleets larger than one machine's SQLite file. Same semantics as
 /// `SQLiteFleetStore`; every value goes to the server as a bind parameter ($1, $2…:
@@ -16,11 +17,29 @@ public final class PostgresFleetStore: FleetStore {
     /// The pool's `run()`; cancelled by `close()` (or when the store goes away).
     private let runner: Task<Void, Never>
     private let logger: Logger
+    private let maximumConnections: Int
+    private let stats = Mutex(PoolStatistics(maximumConnections: 0, inFlight: 0, succeeded: 0, failed: 0))
 
-    private init(location: PostgresLocation, client: PostgresClient, logger: Logger) {
+    /// What the metrics port shows of the pool: its size, the store operations holding or
+    /// waiting for a connection now, and how many finished.
+    public struct PoolStatistics: Sendable {
+        public var maximumConnections: Int
+        public var inFlight: Int
+        public var succeeded: Int
+        public var failed: Int
+    }
+
+    public var poolStatistics: PoolStatistics {
+        var s = stats.withLock { $0 }
+        s.maximumConnections = maximumConnections
+        return s
+    }
+
+    private init(location: PostgresLocation, client: PostgresClient, logger: Logger, maximumConnections: Int) {
         self.location = location
         self.client = client
         self.logger = logger
+        self.maximumConnections = maximumConnections
         runner = Task { await client.run() }
     }
 
@@ -65,7 +84,8 @@ public final class PostgresFleetStore: FleetStore {
             if let e = error as? ControllerError { throw e }
             throw ControllerError.store("\(location): migrating the schema: \(reason(error))")
         }
-        return PostgresFleetStore(location: location, client: PostgresClient(configuration: pool, backgroundLogger: logger), logger: logger)
+        return PostgresFleetStore(location: location, client: PostgresClient(configuration: pool, backgroundLogger: logger), logger: logger,
+                                  maximumConnections: maximumConnections)
     }
 
     /// Stops the pool and waits for its connections to close.
@@ -117,7 +137,17 @@ public final class PostgresFleetStore: FleetStore {
     }
 
     private func run<T>(_ what: String, _ body: () async throws -> T) async throws -> T {
-        do { return try await body() } catch let e as ControllerError {
+        stats.withLock { $0.inFlight += 1 }
+        var ok = false
+        defer { stats.withLock { s in
+            s.inFlight -= 1
+            if ok { s.succeeded += 1 } else { s.failed += 1 }
+        } }
+        do {
+            let result = try await body()
+            ok = true
+            return result
+        } catch let e as ControllerError {
             // Already one line with its context (or a caller's own refusal from a closure).
             throw e
         } catch {

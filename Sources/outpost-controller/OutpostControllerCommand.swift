@@ -122,6 +122,9 @@ struct ServeCommand: AsyncParsableCommand {
         valueName: "url"))
     var database: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+    @Option(help: ArgumentHelp("Serve Prometheus metrics (requests, latency, devices online, rollout progress, database pool) at http://ADDR:PORT/metrics; off unless given.",
+                               valueName: "addr:port"))
+    var metricsListen: String?
     @Option(help: "How often this process advances rollouts (500ms, 5s, …); one replica, the database lease's holder, acts.")
     var rolloutInterval = "5s"
 
@@ -134,6 +137,11 @@ struct ServeCommand: AsyncParsableCommand {
             let tick = try Rollouts.parseDuration(rolloutInterval, what: "--rollout-interval")
             guard tick >= 100 else { throw ControllerError.invalidInput("--rollout-interval must be at least 100ms") }
             opts.rolloutTick = .milliseconds(tick)
+            if let metricsListen {
+                let m = try ControllerServer.Options.parse(listen: metricsListen, what: "--metrics-listen")
+                opts.metricsHost = m.host
+                opts.metricsPort = m.port
+            }
             guard let level = Logger.Level(rawValue: logLevel) else { throw ControllerError.invalidInput("--log-level '\(logLevel)' is not a level") }
             LoggingSystem.bootstrap { label in
                 var h = StreamLogHandler.standardError(label: label)

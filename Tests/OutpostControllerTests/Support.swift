@@ -27,9 +27,14 @@ final class RunningController: @unchecked Sendable {
     let adminSocket: String
     /// How often the rollout advancer runs (`ControllerServer.Options.rolloutTick`).
     let rolloutTick: Duration
+    /// Serve /metrics on an ephemeral port (`metricsPort` once up).
+    let metrics: Bool
+    private(set) var metricsPort = 0
 
-    init(tag: String, trustKey: SigningKey? = nil, store location: StoreLocation? = nil, rolloutTick: Duration = .seconds(5)) async throws {
+    init(tag: String, trustKey: SigningKey? = nil, store location: StoreLocation? = nil, rolloutTick: Duration = .seconds(5),
+         metrics: Bool = false) async throws {
         self.location = location
+        self.metrics = metrics
         self.rolloutTick = rolloutTick
         root = try TemporaryDirectory.create("controller-\(tag)")
         dir = DataDirectory(path: root + "/data")
@@ -58,6 +63,7 @@ final class RunningController: @unchecked Sendable {
     init(replicaOf primary: RunningController, tag: String) async throws {
         location = primary.location
         rolloutTick = primary.rolloutTick
+        metrics = false
         root = try TemporaryDirectory.create("replica-\(tag)")
         dir = primary.dir
         adminSocket = root + "/admin.sock"
@@ -69,12 +75,17 @@ final class RunningController: @unchecked Sendable {
         let dir = self.dir
         let adminSocket = self.adminSocket
         let rolloutTick = self.rolloutTick
+        let metricsBox = PortBox()
+        var options = ControllerServer.Options(host: "127.0.0.1", port: 0, adminSocket: adminSocket, rolloutTick: rolloutTick)
+        if metrics { options.metricsHost = "127.0.0.1" }
+        let o = options
         let location = self.location
         var logger = Logger(label: "test-controller")
         logger.logLevel = .warning
         let l = logger
         task = Task {
-            do { try await ControllerServer.run(dir, .init(host: "127.0.0.1", port: 0, adminSocket: adminSocket, rolloutTick: rolloutTick), store: location, logger: l, signals: false) { p in box.set(p) } } catch {
+            do { try await ControllerServer.run(dir, o, store: location, logger: l, signals: false,
+                                               onMetricsRunning: { p in metricsBox.set(p) }) { p in box.set(p) } } catch {
                 box.fail(error)
                 throw error
             }
@@ -86,6 +97,8 @@ final class RunningController: @unchecked Sendable {
             try await Task.sleep(for: .milliseconds(100))
         }
         guard port != 0 else { throw ControllerError.invalidInput("controller did not start in 30 s") }
+        for _ in 0..<100 where metrics && metricsBox.get() == nil { try await Task.sleep(for: .milliseconds(50)) }
+        metricsPort = metricsBox.get() ?? 0
         // The admin socket comes up beside the TLS listener.
         for _ in 0..<100 where !FileManager.default.fileExists(atPath: adminSocket) {
             try await Task.sleep(for: .milliseconds(50))
