@@ -42,12 +42,14 @@ struct MetricsTests {
         let http = HTTPClient(eventLoopGroupProvider: .singleton)
         defer { _ = http.shutdown() }
         var text = ""
-        // The advancer starts the wave within a few ticks; read until the gauges show it (bounded).
+        // The advancer starts the wave and gives its devices the base OS within a few ticks (the
+        // wave first, its devices a moment later): read until the gauges show both (bounded).
         for _ in 0..<100 {
             let resp = try await http.execute(HTTPClientRequest(url: "http://127.0.0.1:\(c.metricsPort)/metrics"), timeout: .seconds(10))
             #expect(resp.status == .ok)
             text = String(buffer: try await resp.body.collect(upTo: 1 << 20))
-            if Self.sample(text, "outpost_controller_rollout_wave{rollout=\"\(id)\"}") == 1 { break }
+            if Self.sample(text, "outpost_controller_rollout_wave{rollout=\"\(id)\"}") == 1,
+               Self.sample(text, "outpost_controller_rollout_devices{rollout=\"\(id)\",state=\"updating\"}") == 3 { break }
             try await Task.sleep(for: .milliseconds(50))
         }
         #expect(Self.sample(text, "outpost_controller_requests_total{route=\"config\",status=\"304\"}") == 12, "\(text)")
