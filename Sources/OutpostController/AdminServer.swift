@@ -152,7 +152,7 @@ public struct AdminRoutes: Sendable {
     func selected(_ select: String?) async throws -> [(DeviceRecord, [String: String])] {
         let selector = try LabelSelector.parse(select ?? "")
         let labels = try await fleet.store.labels()
-        return fleet.devices().compactMap { d in
+        return try await fleet.storedDevices().compactMap { d in
             let l = labels[d.id] ?? [:]
             return selector.matches(l) ? (d, l) : nil
         }

@@ -53,7 +53,11 @@ public final class ControllerMetrics: Sendable {
     public func render(now: Int64 = nowMs()) async -> String {
         let devices = fleet.devices()
         registry.makeGauge(descriptor: Self.devices).set(Double(devices.count))
-        registry.makeGauge(descriptor: Self.online).set(Double(devices.filter { now - $0.lastSeenMs <= onlineWindowMs }.count))
+        // From the store: every replica's flushed last-seen times (at most one flush interval old),
+        // not only the devices that called this one.
+        if let online = try? await fleet.store.countSeen(sinceMs: now - onlineWindowMs) {
+            registry.makeGauge(descriptor: Self.online).set(Double(online))
+        }
         if let rollouts = try? await fleet.store.rollouts() {
             for r in rollouts where r.state == "running" || r.state == "paused" || r.state == "halted" {
                 let states = (try? await fleet.store.rolloutDevices(rolloutID: r.id)).map { ds in

@@ -266,6 +266,17 @@ public final class Fleet: Sendable {
         } }.sorted { ($0.registeredMs, $0.id) < ($1.registeredMs, $1.id) }
     }
 
+    /// Every device as the store has it, with the last-seen times this process has not flushed
+    /// yet: what the admin list shows, whichever replica devices call.
+    public func storedDevices() async throws -> [DeviceRecord] {
+        let pending = state.withLock { $0.lastSeen }
+        return try await store.allDevices().map { d in
+            var r = d
+            if let seen = pending[r.id] { r.lastSeenMs = max(r.lastSeenMs, seen) }
+            return r
+        }
+    }
+
     /// A device by id, serial, or an unambiguous id prefix (4+ characters). A reference
     /// memory does not know is tried again after a refresh: another replica may have just
     /// registered the device.

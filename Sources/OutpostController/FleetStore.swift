@@ -167,6 +167,8 @@ public protocol FleetStore: Sendable {
     func changeConfig(deviceID: String, _ change: @Sendable (DeviceRecord) throws -> (config: Data, hash: String)?) async throws -> DeviceChange?
     /// Last-seen times, flushed in batches so that polling never waits on a write.
     func touch(lastSeen: [String: Int64]) async throws
+    /// Devices whose last-seen time is at or after `sinceMs`, across every replica's flushes.
+    func countSeen(sinceMs: Int64) async throws -> Int
 
     /// Replaces the device's info and appends what `step` makes of the previous info's body (nil:
     /// none yet) to the update history, when not nil. One device's info writes run one after the

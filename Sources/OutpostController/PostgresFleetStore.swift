@@ -368,6 +368,14 @@ public final class PostgresFleetStore: FleetStore {
         }
     }
 
+    public func countSeen(sinceMs: Int64) async throws -> Int {
+        try await run("count seen") {
+            for try await n in try await client.query("SELECT count(*) FROM devices WHERE last_seen_ms >= \(sinceMs)",
+                                                      logger: logger).decode(Int64.self) { return Int(n) }
+            return 0
+        }
+    }
+
     public func putInfo(deviceID: String, body: Data, receivedMs: Int64, step: @Sendable (Data?) -> UpdateStepRecord?) async throws {
         let logger = self.logger
         try await transaction("store info") { c in

@@ -196,6 +196,12 @@ public final class SQLiteFleetStore: FleetStore {
         }
     }
 
+    public func countSeen(sinceMs: Int64) async throws -> Int {
+        try await wrap("count seen") {
+            try await db.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM devices WHERE last_seen_ms >= ?", arguments: [sinceMs]) ?? 0 }
+        }
+    }
+
     public func putInfo(deviceID: String, body: Data, receivedMs: Int64, step: @Sendable (Data?) -> UpdateStepRecord?) async throws {
         try await wrap("store info") {
             try await db.write { db in

@@ -127,6 +127,11 @@ struct FleetStoreTests {
             // Nothing removed: no change for replicas to pull.
             #expect(try await s.removeOnboarding(fingerprint: "ob", serial: nil) == 0)
             #expect(try await s.changeMark().onboarding == 2)
+
+            // Online counts come from the flushed last-seen times of every replica.
+            try await s.touch(lastSeen: ["aaaa": 5000])
+            #expect(try await s.countSeen(sinceMs: 5000) == 1)
+            #expect(try await s.countSeen(sinceMs: 0) == 2)
         }
     }
 
