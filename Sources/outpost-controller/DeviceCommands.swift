@@ -17,7 +17,7 @@ struct DeviceCommand: AsyncParsableCommand {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Every registered device (or those --select picks): slot, version, last boot reason, ports, labels.")
         @OptionGroup var data: DataOption
-        @Option(help: ArgumentHelp("Only the devices this label selector picks.", valueName: "selector")) var select: String?
+        @Option(help: ArgumentHelp("Only the devices this label selector picks: \(selectorHelp)", valueName: "selector")) var select: String?
         @Flag(help: "Print JSON.") var json = false
 
         func run() async throws {

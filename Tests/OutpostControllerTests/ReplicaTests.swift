@@ -237,4 +237,69 @@ struct ReplicaTests {
         await a.stop()
         withExtendedLifetime(replicas) {}
     }
+
+    /// Two `serve` processes on one data directory and one PostgreSQL, each with its own admin
+    /// socket: the command line talks to either, and a change made through one reaches a device
+    /// that polls the other.
+    @Test func twoServeProcessesShareADataDirectoryWithTheirOwnAdminSockets() async throws {
+        let fixture = try StoreFixture(.postgres, tag: "serve2")
+        let server = try #require(fixture.server)
+        let t = try TemporaryDirectory("serve2")
+        let dir = DataDirectory(path: t.path + "/data")
+        let exe = PostgresControllerTests.executable
+        let (portA, portB) = (try freeLoopbackPort(), try freeLoopbackPort())
+        try sh(exe, "init", dir.path, "--host", "127.0.0.1", "--port", "\(portA)")
+        let store = try await fixture.open()
+        try await store.allowOnboarding(fingerprint: try PKI.fingerprint(pem: try text(dir.onboardCert), what: "onboarding certificate"),
+                                        serial: "*", note: "test")
+        await fixture.close(store)
+        let url = "postgres://\(server.user)@/\(fixture.name)?host=\(server.root)"
+        let socketB = t.path + "/b.sock"
+        var processes: [ChildProcess] = []
+        defer { for p in processes { p.terminate() } }
+        for (port, extra) in [(portA, [String]()), (portB, ["--admin-socket", socketB])] {
+            processes.append(try ChildProcess([exe, "serve", "--data", dir.path, "--listen", "127.0.0.1:\(port)", "--database", url,
+                                               "--log-level", "warning"] + extra))
+        }
+        for socket in [dir.adminSocket, socketB] {
+            for _ in 0..<300 where !FileManager.default.fileExists(atPath: socket) { try await Task.sleep(for: .milliseconds(100)) }
+            #expect(FileManager.default.fileExists(atPath: socket), "\(socket)")
+        }
+        let identity = try PKI.makeSelfSigned(commonName: "SN-TWO")
+        let ca = try text(dir.caCert)
+        let onboard = try DeviceClient(baseURL: "https://127.0.0.1:\(portA)", rootCAPEM: ca, certificatePEM: try text(dir.onboardCert),
+                                       keyPEM: try text(dir.configDir + "/onboard.key.pem"))
+        let (status, registered) = try await onboard.register(deviceCertificatePEM: identity.certificatePEM, serial: "SN-TWO")
+        try await onboard.shutdown()
+        #expect(status == 201)
+        let id = try #require(registered?.deviceID)
+
+        func cli(_ args: [String]) throws -> CommandResult {
+            try runCommand([exe] + args + ["--data", dir.path], timeout: .seconds(60))
+        }
+        // Labelled through B, listed through B, rebooted by selector through A.
+        let labelled = try cli(["device", "label", "SN-TWO", "env=prod", "--admin-socket", socketB])
+        #expect(labelled.status == 0 && labelled.stdout.contains("env=prod"), "\(labelled.output)")
+        let listed = try cli(["device", "list", "--select", "env=prod", "--json", "--admin-socket", socketB])
+        let rows = try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]]
+        #expect(rows?.compactMap { $0["id"] as? String } == [id])
+        let rebooted = try cli(["device", "reboot", "--select", "env=prod"])
+        #expect(rebooted.status == 0 && rebooted.stdout.contains("1 devices selected"), "\(rebooted.output)")
+
+        // The device polls B, which learns of A's change from the database.
+        let device = try DeviceClient(baseURL: "https://127.0.0.1:\(portB)", rootCAPEM: ca, certificatePEM: identity.certificatePEM,
+                                      keyPEM: identity.keyPEM)
+        var reboot: UInt32 = 0
+        var hash = ""
+        for _ in 0..<200 where reboot == 0 {
+            let (s, resp) = try await device.config(hash: hash)
+            if s == 200, let resp {
+                hash = resp.configHash
+                reboot = resp.config.commands.reboot
+            }
+            if reboot == 0 { try await Task.sleep(for: .milliseconds(25)) }
+        }
+        #expect(reboot == 1)
+        try await device.shutdown()
+    }
 }
