@@ -78,9 +78,9 @@ final class ChildController: @unchecked Sendable {
     }
 
     /// An admin call (blocking UNIX socket I/O) off the cooperative pool.
-    func admin(_ method: String, _ path: String) async throws -> Any {
+    func admin(_ method: String, _ path: String, _ body: [String: String]? = nil) async throws -> Any {
         let client = AdminClient(socketPath: dir.adminSocket)
-        let data = try await offPool { try client.raw(method, path) }
+        let data = try await offPool { try client.raw(method, path, body: body) }
         return try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
     }
 
@@ -176,6 +176,25 @@ struct ControllerClientTests {
         try await offPool { try c3.pollConfig(); try c3.pollConfig() }
         #expect(device.commands() == before + ["reboot controller"], "\(device.commands())")
         await controller.stop()
+    }
+
+    /// A pushed network config is kept only if the device still reaches its controller: the
+    /// check the client hands the network manager pings with the device certificate.
+    @Test func aPushedNetworkConfigIsAcceptedOnlyWhileTheControllerAnswersTheDevice() async throws {
+        let controller = try await ChildController(tag: "netpush")
+        let device = RecordingDevice()
+        let client = try Self.client(controller, "n", device)
+        try await offPool { try client.register(); try client.pollConfig() }
+        let id = try #require(client.status.deviceID)
+        let network = #"{"ports": {"eth0": {"mode": "dhcp", "cost": 10}}}"#
+        _ = try await controller.admin("POST", "/devices/\(id)/set-network", ["networkJSON": network])
+        try await offPool { try client.pollConfig() }
+        #expect(device.recorded.contains("network \(network.utf8.count)"), "\(device.recorded)")
+        let acceptance = try #require(device.acceptance.withLock { $0 })
+        #expect(try await offPool { acceptance("eth0") } == nil)
+        await controller.stop()
+        let refusal = try #require(try await offPool { acceptance("eth0") })
+        #expect(!refusal.contains("\n") && refusal.contains("ping"), "\(refusal)")
     }
 
     @Test func infoPendingWhileTheControllerIsDownArrivesAfterAClientRestart() async throws {
