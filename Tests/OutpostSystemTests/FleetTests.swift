@@ -257,7 +257,8 @@ extension QEMU {
                                                   timeout: Double(Self.testWindowSeconds) + 600), "\(live.console.suffix(4000))")
             let v4FellBack = try #require(live.wait(for: "update: fell back from IMGB version=4.0.0", after: v4Failed.index, timeout: 300),
                                           "\(live.console.suffix(3000))")
-            #expect(live.wait(for: "outpost: ready slot=IMGA version=3.0.0", after: v4FellBack.index, timeout: 5) != nil)
+            #expect(live.wait(for: "outpost: ready slot=IMGA version=3.0.0", after: v4Failed.index, timeout: 5) != nil)
+            print("fleet: \(v4FellBack.text)")
             let shownV4 = Self.poll(180) { () -> String? in
                 let s = controller.show(id)
                 guard (s["version"] as? String) == "3.0.0", ((s["update"] as? String) ?? "").hasPrefix("failed 4.0.0") else { return nil }
