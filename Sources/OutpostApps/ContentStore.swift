@@ -58,7 +58,8 @@ public struct ContentStore: Sendable {
 
     /// The verified image for `source`: from the store when an instance already
     /// fetched it, otherwise downloaded (resuming a partial file), checked and
-    /// stored. Callers fetch one image at a time (the app manager's one thread).
+    /// stored. One fetch or collection runs at a time (an flock on ROOT/.lock), so two
+    /// instances that share an image never write one partial file together.
     public func fetch(_ source: ImageSource, options: HTTPOptions = HTTPOptions(), maxAttempts: Int = 8,
                       progress: (Progress) -> Void = { _ in }) throws(AppsError) -> String {
         if let path = verified(sha256: source.sha256) { return path }
@@ -67,6 +68,10 @@ public struct ContentStore: Sendable {
             try Self.makeDirectory(verifiedDirectory)
             try Self.makeDirectory(downloadingDirectory)
         } catch { throw .system(error) }
+        let lock = try exclusive()
+        defer { _ = close(lock) }
+        // Another fetch may have stored it while this one waited for the lock.
+        if let path = verified(sha256: source.sha256) { return path }
 
         let part = partialPath(sha256: source.sha256)
         var have = Self.fileSize(part)
@@ -118,6 +123,10 @@ public struct ContentStore: Sendable {
     @discardableResult
     public func collectGarbage(referenced: Set<String>) throws(AppsError) -> [String] {
         let keep = Set(referenced.map { $0.lowercased() })
+        var st = stat()
+        guard stat(root, &st) == 0 else { return [] }   // nothing was ever stored
+        let lock = try exclusive()
+        defer { _ = close(lock) }
         var removed: [String] = []
         for (directory, suffix) in [(verifiedDirectory, ""), (downloadingDirectory, ".part")] {
             let names: [String]
@@ -133,6 +142,19 @@ public struct ContentStore: Sendable {
             }
         }
         return removed
+    }
+
+    /// Takes the store's lock (blocking until a running fetch or collection ends); close the fd to release it.
+    func exclusive() throws(AppsError) -> Int32 {
+        let path = root + "/.lock"
+        do throws(SystemError) {
+            let fd = try systemCall("open", path) { open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
+            do throws(SystemError) { try systemCall("flock", path) { flock(fd, LOCK_EX) } } catch {
+                _ = close(fd)
+                throw error
+            }
+            return fd
+        } catch { throw .system(error) }
     }
 
     /// statvfs's f_bavail × f_frsize: what a non-root writer may still use, which is what PERSIST's

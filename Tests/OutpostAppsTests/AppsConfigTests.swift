@@ -58,6 +58,18 @@ struct AppsConfigTests {
         #expect(refusal { _ = try AppsConfig(json: Array("{".utf8)) }.hasPrefix("apps.json: not valid JSON: "))
     }
 
+    @Test func theREADMEsExampleParses() throws {
+        let readme = try String(contentsOfFile: #filePath.replacingOccurrences(of: "Tests/OutpostAppsTests/AppsConfigTests.swift", with: "README.md"), encoding: .utf8)
+        let start = try #require(readme.range(of: "```json\n{ \"apps\""))
+        let end = try #require(readme.range(of: "\n```", range: start.upperBound..<readme.endIndex))
+        let json = String(readme[readme.index(start.lowerBound, offsetBy: 8)..<end.lowerBound])
+            .replacingOccurrences(of: "<64 hex characters>", with: digestA)
+        let app = try #require(try AppsConfig(json: Array(json.utf8)).apps.first)
+        #expect(app.name == "counter")
+        #expect(app.manifest.images[0].maxSizeBytes == 1 << 20)
+        #expect(app.manifest.memoryBytes == 64 << 20)
+    }
+
     @Test func twoInstancesOfOneNameAreRefused() throws {
         let one = try JSONSerialization.jsonObject(with: Data(try appsJSON())) as? [String: [Any]]
         let app = try #require(one?["apps"]?.first)

@@ -133,3 +133,53 @@ struct ContentStoreTests {
         #expect(entries(tmp.path + "/store/verified").isEmpty)
     }
 }
+
+@Suite("Content store: partial files left by an earlier run")
+struct ContentStorePartialTests {
+    @Test func aPartialFileFromAnEarlierRunIsResumedNotRefetched() throws {
+        let tmp = try TemporaryDirectory("store-partial")
+        let image = try servedImage(tmp.path, "app.img", size: 500_000, seed: 7)
+        let server = try RangeFileServer(root: tmp.path)
+        let store = ContentStore(root: tmp.path + "/store", reserve: 0)
+        try FileManager.default.createDirectory(atPath: tmp.path + "/store/downloading", withIntermediateDirectories: true)
+        let whole = try Data(contentsOf: URL(fileURLWithPath: image.path))
+        try whole.prefix(200_000).write(to: URL(fileURLWithPath: tmp.path + "/store/downloading/\(image.sha256).part"))
+        // Only the missing 300,000 bytes must fit.
+        let tight = ContentStore(root: store.root, reserve: 0) { _ throws(AppsError) in 300_000 }
+        let source = ImageSource(name: "app", url: try HTTPURL("http://127.0.0.1:\(server.port)/app.img"), sha256: image.sha256, size: 500_000)
+        let path = try tight.fetch(source)
+        #expect(server.requests().map(\.range) == ["bytes=200000-"])
+        #expect(FileManager.default.contentsEqual(atPath: path, andPath: image.path))
+    }
+
+    @Test func aCorruptPartialFileIsNeverVerifiedAndTheNextFetchStartsClean() throws {
+        let tmp = try TemporaryDirectory("store-corrupt")
+        let image = try servedImage(tmp.path, "app.img", size: 300_000, seed: 8)
+        let server = try RangeFileServer(root: tmp.path)
+        let store = ContentStore(root: tmp.path + "/store", reserve: 0)
+        try FileManager.default.createDirectory(atPath: tmp.path + "/store/downloading", withIntermediateDirectories: true)
+        // A partial file whose bytes are not the image's (a torn write before a power cut).
+        try Data(repeating: 0xee, count: 100_000).write(to: URL(fileURLWithPath: tmp.path + "/store/downloading/\(image.sha256).part"))
+        let source = ImageSource(name: "app", url: try HTTPURL("http://127.0.0.1:\(server.port)/app.img"), sha256: image.sha256, size: 300_000)
+        #expect(refusal { _ = try store.fetch(source) }.hasPrefix("image app: sha256 is "))
+        #expect(store.verified(sha256: image.sha256) == nil)
+        #expect(entries(tmp.path + "/store/downloading").isEmpty)
+        let path = try store.fetch(source)
+        #expect(FileManager.default.contentsEqual(atPath: path, andPath: image.path))
+        #expect(server.requests().map(\.range) == ["bytes=100000-", nil])
+    }
+
+    @Test func twoFetchesOfOneImageAtOnceStoreItOnce() async throws {
+        let tmp = try TemporaryDirectory("store-concurrent")
+        let image = try servedImage(tmp.path, "app.img", size: 2 << 20, seed: 9)
+        let server = try RangeFileServer(root: tmp.path)
+        let store = ContentStore(root: tmp.path + "/store", reserve: 0)
+        let source = ImageSource(name: "app", url: try HTTPURL("http://127.0.0.1:\(server.port)/app.img"), sha256: image.sha256, size: 2 << 20)
+        async let first = Task.detached { try store.fetch(source) }.value
+        async let second = Task.detached { try store.fetch(source) }.value
+        let paths = try await [first, second]
+        #expect(paths[0] == paths[1])
+        #expect(FileManager.default.contentsEqual(atPath: paths[0], andPath: image.path))
+        #expect(server.requests().count == 1, "the second waited and found it stored")
+    }
+}
