@@ -88,9 +88,14 @@ public struct ContentStore: Sendable {
         if have < source.size {
             var download = HTTPDownload(url: source.url, destination: part, options: options)
             download.maxAttempts = maxAttempts
+            download.maxBytes = source.size
             do {
                 try download.run { bytes, _ in progress(.downloading(bytes: bytes, of: source.size)) }
-            } catch { throw .download(image: source.name, error) }
+            } catch {
+                // A file larger than promised is not this image: start over next time.
+                if case .tooLarge = error { _ = unlink(part) }
+                throw .download(image: source.name, error)
+            }
         }
         progress(.verifying)
         try verifyAndStore(part, source: source)

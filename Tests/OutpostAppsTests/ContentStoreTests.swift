@@ -76,7 +76,11 @@ struct ContentStoreTests {
         let server = try RangeFileServer(root: tmp.path)
         let store = ContentStore(root: tmp.path + "/store", reserve: 0)
         let source = ImageSource(name: "app", url: try HTTPURL("http://127.0.0.1:\(server.port)/app.img"), sha256: image.sha256, size: 99_999)
-        #expect(refusal { _ = try store.fetch(source) } == "image app: downloaded 100000 bytes, expected 99999; the download was deleted")
+        #expect(refusal { _ = try store.fetch(source) }
+            == "image app: http://127.0.0.1:\(server.port)/app.img is larger than the 99999 bytes expected")
+        // A shorter file is downloaded whole, then refused by its size.
+        let short = ImageSource(name: "app", url: source.url, sha256: image.sha256, size: 100_001)
+        #expect(refusal { _ = try store.fetch(short) } == "image app: downloaded 100000 bytes, expected 100001; the download was deleted")
         #expect(entries(tmp.path + "/store/verified").isEmpty)
         #expect(entries(tmp.path + "/store/downloading").isEmpty)
     }
