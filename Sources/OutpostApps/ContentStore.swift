@@ -124,10 +124,17 @@ public struct ContentStore: Sendable {
     }
 
     /// Removes every verified image and partial download whose digest is not in `referenced`
-    /// (the digests of all configured instances' sources); returns the digests removed.
+    /// (the digests of all configured instances' sources) and is not the backing file of one of
+    /// `overlays` (instance disks kept with `preserve` across an image change still read their
+    /// old image); returns the digests removed.
     @discardableResult
-    public func collectGarbage(referenced: Set<String>) throws(AppsError) -> [String] {
-        let keep = Set(referenced.map { $0.lowercased() })
+    public func collectGarbage(referenced: Set<String>, overlays: [String] = []) throws(AppsError) -> [String] {
+        var keep = Set(referenced.map { $0.lowercased() })
+        for overlay in overlays {
+            guard let backing = try? QCOW2Overlay.info(overlay).backingFile else { continue }
+            let (directory, name) = QCOW2Overlay.splitPath(backing)
+            if directory == verifiedDirectory { keep.insert(name) }
+        }
         var st = stat()
         guard stat(root, &st) == 0 else { return [] }   // nothing was ever stored
         let lock = try exclusive()

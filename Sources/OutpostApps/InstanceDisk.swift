@@ -26,7 +26,8 @@ public struct InstanceDisk: Equatable, Sendable {
 
     /// Makes the overlay ready to boot. With `purge` it is recreated from the base. Otherwise an
     /// overlay already on this base is kept; one on another base is kept only with `preserve`
-    /// (its writes outlive a manifest change) and recreated without it.
+    /// (its writes outlive a manifest change; pass it to `ContentStore.collectGarbage(overlays:)`
+    /// so its old image stays) and recreated without it.
     public func prepare(purge: Bool, preserve: Bool = false) throws(AppsError) -> Outcome {
         if !purge, let existing = try? QCOW2Overlay.info(path) {
             if existing.backingFile == base.path || preserve { return .kept }

@@ -127,6 +127,24 @@ struct ContentStoreTests {
         #expect(try store.collectGarbage(referenced: [a.sha256]).isEmpty)
     }
 
+    @Test func garbageCollectionKeepsTheImageUnderAPreservedOverlay() throws {
+        let tmp = try TemporaryDirectory("store-gc-preserve")
+        let old = try servedImage(tmp.path, "old.img", size: 64 << 10, seed: 10)
+        let new = try servedImage(tmp.path, "new.img", size: 64 << 10, seed: 11)
+        let server = try RangeFileServer(root: tmp.path)
+        let store = ContentStore(root: tmp.path + "/store", reserve: 0)
+        let oldPath = try store.fetch(ImageSource(name: "d", url: try HTTPURL("http://127.0.0.1:\(server.port)/old.img"), sha256: old.sha256, size: 64 << 10))
+        let newPath = try store.fetch(ImageSource(name: "d", url: try HTTPURL("http://127.0.0.1:\(server.port)/new.img"), sha256: new.sha256, size: 64 << 10))
+        // The manifest moved to the new image, but the disk was preserved on the old one.
+        let overlay = tmp.path + "/disk.qcow2"
+        try QCOW2Overlay.create(at: overlay, base: try BaseImage.inspect(oldPath), minimumSize: 0)
+        #expect(try store.collectGarbage(referenced: [new.sha256], overlays: [overlay, tmp.path + "/missing.qcow2"]).isEmpty)
+        #expect(FileManager.default.fileExists(atPath: oldPath) && FileManager.default.fileExists(atPath: newPath))
+        // Once that overlay is recreated on the new image, the old one goes.
+        try QCOW2Overlay.create(at: overlay, base: try BaseImage.inspect(newPath), minimumSize: 0)
+        #expect(try store.collectGarbage(referenced: [new.sha256], overlays: [overlay]) == [old.sha256])
+    }
+
     @Test func aServerErrorIsReportedWithTheImageAndLeavesNothingVerified() throws {
         let tmp = try TemporaryDirectory("store-404")
         let server = try RangeFileServer(root: tmp.path)
