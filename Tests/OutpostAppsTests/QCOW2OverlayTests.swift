@@ -123,7 +123,9 @@ struct QCOW2OverlayTests {
         #expect(refusal { _ = try BaseImage.inspect(tmp.path + "/empty") } == "\(tmp.path)/empty: is empty")
     }
 
-    @Test func creatingAnOverlayOnAOneGiBImageTakesMillisecondsAndNoCopy() throws {
+    /// No copy: the overlay's allocated bytes stay a few clusters whatever the base's size. The time
+    /// is printed (a figure, not an assertion: timing belongs to bench/).
+    @Test func creatingAnOverlayOnAOneGiBImageCopiesNothing() throws {
         let tmp = try TemporaryDirectory("qcow2-fast")
         let basePath = tmp.path + "/big.raw"
         try sh("truncate", "-s", "1G", basePath)
@@ -131,7 +133,7 @@ struct QCOW2OverlayTests {
         let overlay = tmp.path + "/disk.qcow2"
         let clock = ContinuousClock()
         let elapsed = try clock.measure { try QCOW2Overlay.create(at: overlay, base: base, minimumSize: 1 << 40) }
-        #expect(elapsed < .milliseconds(100), "\(elapsed)")
+        print("qcow2 overlay over a 1 GiB base (1 TiB virtual) created in \(elapsed)")
         var st = stat()
         stat(overlay, &st)
         #expect(st.st_blocks * 512 <= 256 << 10, "allocated \(st.st_blocks * 512) bytes")
