@@ -188,7 +188,7 @@ struct ControllerClientTests {
         let id = try #require(client.status.deviceID)
         let network = #"{"ports": {"eth0": {"mode": "dhcp", "cost": 10}}}"#
         _ = try await controller.admin("POST", "/devices/\(id)/set-network", ["networkJSON": network])
-        try await offPool { try client.pollConfig() }
+        #expect(try await offPool { try client.pollConfig() } == 200)
         #expect(device.recorded.contains("network \(network.utf8.count)"), "\(device.recorded)")
         let acceptance = try #require(device.acceptance.withLock { $0 })
         #expect(try await offPool { acceptance("eth0") } == nil)
