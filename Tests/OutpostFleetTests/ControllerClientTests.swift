@@ -170,7 +170,7 @@ struct ControllerClientTests {
         let c3 = client
         try c3.start()
         c3.stop()
-        try await offPool { try c3.pollConfig() }
+        _ = try await offPool { try c3.pollConfig() }
         #expect(device.commands() == before)
         _ = try await controller.admin("POST", "/devices/\(id)/reboot")
         try await offPool { try c3.pollConfig(); try c3.pollConfig() }
