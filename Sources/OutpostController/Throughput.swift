@@ -19,17 +19,20 @@ public enum Throughput {
 
     public enum Mode: String, Sendable { case config, ping }
 
-    /// Registers `clients` devices with the onboarding pair, then runs both
-    /// modes for `seconds` each with the same connections.
-    public static func run(url: String, rootCAPEM: String, onboardCertPEM: String, onboardKeyPEM: String,
+    /// Registers `clients` devices with the onboarding pair (at the first
+    /// URL), then runs both modes for `seconds` each with the same
+    /// connections; client n polls `urls[n % urls.count]`, so with several
+    /// replicas most devices poll one they did not register with.
+    public static func run(urls: [String], rootCAPEM: String, onboardCertPEM: String, onboardKeyPEM: String,
                            clients: Int, seconds: Double, modes: [Mode]) async throws -> [Result] {
-        let onboard = try DeviceClient(baseURL: url, rootCAPEM: rootCAPEM, certificatePEM: onboardCertPEM, keyPEM: onboardKeyPEM)
+        guard let first = urls.first else { throw ControllerError.invalidInput("no controller URL to poll") }
+        let onboard = try DeviceClient(baseURL: first, rootCAPEM: rootCAPEM, certificatePEM: onboardCertPEM, keyPEM: onboardKeyPEM)
         var devices: [(DeviceClient, String)] = []
         for n in 0..<clients {
             let id = try PKI.makeSelfSigned(commonName: "bench-\(n)")
             let (status, _) = try await onboard.register(deviceCertificatePEM: id.certificatePEM, serial: "bench-\(n)-\(UUID().uuidString.prefix(8))")
             guard status == 201 || status == 200 else { throw ControllerError.invalidInput("registration answered \(status)") }
-            let c = try DeviceClient(baseURL: url, rootCAPEM: rootCAPEM, certificatePEM: id.certificatePEM, keyPEM: id.keyPEM)
+            let c = try DeviceClient(baseURL: urls[n % urls.count], rootCAPEM: rootCAPEM, certificatePEM: id.certificatePEM, keyPEM: id.keyPEM)
             let (s, resp) = try await c.config(hash: "")
             guard s == 200, let resp else { throw ControllerError.invalidInput("first config answered \(s)") }
             devices.append((c, resp.configHash))

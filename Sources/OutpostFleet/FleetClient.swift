@@ -43,6 +43,9 @@ public final class FleetClient: Sendable {
     let outbox: InfoOutbox
     let dependencies: FleetDependencies
     let link: ControllerLink
+    /// The same routes with short timeouts: a pushed network configuration's
+    /// test asks it whether the controller still answers.
+    let acceptanceLink: ControllerLink
     let files: FleetState
     let metrics: MetricsCollector
     private let deviceTLS: TLSContext
@@ -90,6 +93,8 @@ public final class FleetClient: Sendable {
                                 retryMaximum: configuration.intervals.retryMaximum)
         files = FleetState(directory: dir)
         link = ControllerLink(baseURL: configuration.controllerURL, routes: dependencies.routes)
+        acceptanceLink = ControllerLink(baseURL: configuration.controllerURL, routes: dependencies.routes,
+                                        connectTimeout: .seconds(3), callTimeout: .seconds(5))
         metrics = MetricsCollector(persistPath: dir)
         deviceTLS = try self.identity.tlsContext(trusting: [configuration.rootCAFile])
         do {
@@ -161,8 +166,14 @@ public final class FleetClient: Sendable {
         return status
     }
 
-    func note(_ line: String) {
-        if let log = dependencies.log { log(line) } else { log(source: "fleet", line) }
+    /// One line from the client itself; a warning's line starts with "warning: "
+    /// for the agent's console, which files it under that severity.
+    func note(_ line: String, severity: Outpost_Api_V1_Severity = .info) {
+        if let log = dependencies.log {
+            log(severity == .warning ? "warning: " + line : line)
+        } else {
+            log(source: "fleet", severity: severity, line)
+        }
     }
 
     // MARK: the loop
@@ -215,7 +226,7 @@ public final class FleetClient: Sendable {
             defer { s.lastError = line }
             return (wait, s.lastError == line)
         }
-        if !repeated { note("\(line) (retrying in \(Int(wait.seconds)) s)") }
+        if !repeated { note("\(line) (retrying in \(Int(wait.seconds)) s)", severity: .warning) }
     }
 
     // MARK: register
@@ -306,7 +317,7 @@ public final class FleetClient: Sendable {
         // again: the network manager keeps its own last-known-good. Only one
         // that never got a result (a crash mid-push) goes again at boot.
         if loop.withLock({ $0.networkPush?.networkSha256 }) == digest { return }
-        let outcome = dependencies.network.push(networkJSON: Array(json))
+        let outcome = dependencies.network.push(networkJSON: Array(json)) { [self] _ in controllerAnswers() }
         var result = Outpost_Api_V1_NetworkPushResult()
         result.networkSha256 = digest
         result.timeUnixMs = Wallclock.unixMilliseconds()
@@ -318,6 +329,18 @@ public final class FleetClient: Sendable {
         do { try files.saveNetworkPush(result) } catch { note("network push result not stored: \(error)") }
         loop.withLock { $0.networkPush = result; $0.infoDirty = true }
         note("network config \(digest.prefix(12)) pushed: \(outcome)")
+    }
+
+    /// nil when the controller answers a ping with the device's certificate
+    /// (any status: 503 is an answer), else the transport failure. A pushed
+    /// network configuration is kept only if this holds over its port.
+    func controllerAnswers() -> String? {
+        do {
+            _ = try acceptanceLink.call(APIPath.ping, method: "GET", tls: deviceTLS, limit: 64 << 10)
+            return nil
+        } catch {
+            return error.description
+        }
     }
 
     private func applyCommands(_ commands: Outpost_Api_V1_Commands) {

@@ -29,8 +29,11 @@ public enum NetworkPushOutcome: Sendable, Equatable {
 
 /// The network manager (NetworkService.push): applies, tests, keeps or rolls back.
 public protocol NetworkConfigurator: Sendable {
-    /// May block while the new configuration is tested.
-    func push(networkJSON: [UInt8]) -> NetworkPushOutcome
+    /// May block while the new configuration is tested. `acceptance` is the
+    /// client's own check that the device still reaches its controller over
+    /// the port the candidate made active (nil: it does; else why not); a
+    /// configuration it refuses throughout the test time is rolled back.
+    func push(networkJSON: [UInt8], acceptance: @escaping @Sendable (_ port: String) -> String?) -> NetworkPushOutcome
 }
 
 /// Reboot and shutdown on the controller's command. The agent records the

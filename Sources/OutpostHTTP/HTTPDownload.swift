@@ -26,6 +26,8 @@ public enum DownloadError: Error, Equatable, CustomStringConvertible {
     case system(SystemError)
     case badRange(url: String, detail: String)
     case gaveUp(url: String, attempts: Int, last: String)
+    /// The server announced or sent more than `maxBytes`: stopped before the disk fills.
+    case tooLarge(url: String, limit: UInt64)
 
     public var description: String {
         switch self {
@@ -34,6 +36,7 @@ public enum DownloadError: Error, Equatable, CustomStringConvertible {
         case let .system(error): return error.description
         case let .badRange(u, d): return "\(u): \(d)"
         case let .gaveUp(u, n, last): return "download of \(u) failed after \(n) attempts: \(last)"
+        case let .tooLarge(u, limit): return "\(u) is larger than the \(limit) bytes expected"
         }
     }
 }
@@ -46,6 +49,9 @@ public struct HTTPDownload {
     public var maxAttempts = 8
     /// The pause after the first failed attempt; it doubles, up to 30 s.
     public var firstBackoff: Duration = .milliseconds(500)
+    /// The file's largest acceptable size: a server announcing more is refused and one sending
+    /// more is cut off, so a wrong or hostile answer cannot fill PERSIST. nil: no bound.
+    public var maxBytes: UInt64?
 
     public init(url: HTTPURL, destination: String, options: HTTPOptions = HTTPOptions()) {
         self.url = url
@@ -67,7 +73,7 @@ public struct HTTPDownload {
                 last = "connection closed early"
             } catch {
                 switch error {
-                case .status, .system, .badRange: throw error   // retrying cannot help
+                case .status, .system, .badRange, .tooLarge: throw error   // retrying cannot help
                 case .http(let e): last = e.description
                 case .gaveUp: last = error.description
                 }
@@ -110,6 +116,8 @@ public struct HTTPDownload {
             throw .status(code: response.status, url: url.description)
         }
 
+        if let maxBytes, let total, total > maxBytes { throw .tooLarge(url: url.description, limit: maxBytes) }
+
         let out: Int32
         do throws(SystemError) {
             out = try systemCall("open", destination) { open(destination, O_WRONLY | O_CREAT | O_CLOEXEC | (offset == 0 ? O_TRUNC : 0), 0o600) }
@@ -126,6 +134,10 @@ public struct HTTPDownload {
                 break
             }
             if n == 0 { break }
+            if let maxBytes, offset + UInt64(n) > maxBytes {
+                failure = .tooLarge(url: url.description, limit: maxBytes)   // stop before writing past the limit
+                break
+            }
             var done = 0
             while done < n {
                 do throws(SystemError) {

@@ -143,10 +143,17 @@ public final class NetworkService: Sendable {
         }
     }
 
+    /// Says whether the device can do its job over `activePort` (nil: yes; else why not). A managed
+    /// device passes a call to its controller: a configuration that gives a port carrier, address
+    /// and route but cuts the device off from its controller must not be kept.
+    public typealias Acceptance = @Sendable (_ activePort: String) -> String?
+
     /// Validates, applies and tests a configuration (blocking up to its test time). On success it
     /// becomes the newest last-known-good; an invalid one changes nothing; one that yields no
-    /// usable port in time is replaced by the previous configuration again.
-    public func push(_ json: Data) -> PushResult {
+    /// usable port in time, or whose port `acceptance` refuses throughout, is replaced by the
+    /// previous configuration again. While on test the candidate is the one in force (status
+    /// and `controllerPorts` show it), so `acceptance` goes out through it.
+    public func push(_ json: Data, acceptance: Acceptance? = nil) -> PushResult {
         control.withLock { _ -> PushResult in
             let candidate: NetworkConfig
             do { candidate = try NetworkConfig(json: json) } catch {
@@ -167,18 +174,19 @@ public final class NetworkService: Sendable {
             }
             previous?.stop()
             let fallback = previous?.config ?? NetworkConfig.allDHCP
+            let (previousOrigin, previousRemember) = state.withLock { ($0.origin, $0.rememberWhenUsable) }
             var outcome: PushResult
             var manager: NetworkManager?
             do {
                 let started = try launch(candidate)
                 manager = started
-                if let port = Self.waitForActivePort(started, within: candidate.testTime) {
-                    outcome = .applied(activePort: port)
-                } else {
-                    let snapshot = started.snapshot()
-                    let why = candidate.ports.map { p in "\(p.name): \(snapshot.reports[p.name]?.lastError ?? "not usable")" }.joined(separator: ", ")
-                    outcome = .rolledBack("no port became usable within \(candidate.testTime) (\(why)); previous configuration restored")
+                // On test: in force, but not remembered until it has passed.
+                state.withLock { s in
+                    s.manager = started
+                    s.origin = "pushed (on test)"
+                    s.rememberWhenUsable = false
                 }
+                outcome = Self.test(started, within: candidate.testTime, acceptance: acceptance)
             } catch {
                 outcome = .rolledBack("cannot apply: \(error); previous configuration restored")
             }
@@ -193,6 +201,11 @@ public final class NetworkService: Sendable {
                     s.rememberWhenUsable = false
                 }
                 return outcome
+            }
+            state.withLock { s in
+                s.manager = nil
+                s.origin = previousOrigin
+                s.rememberWhenUsable = previousRemember
             }
             manager?.stop()
             var restoreError: String?
@@ -211,7 +224,9 @@ public final class NetworkService: Sendable {
     }
 
     /// `push` for text, as it arrives from a controller or a local file.
-    public func push(_ json: String) -> PushResult { push(Data(json.utf8)) }
+    public func push(_ json: String, acceptance: Acceptance? = nil) -> PushResult {
+        push(Data(json.utf8), acceptance: acceptance)
+    }
 
     /// A liveness hook for the supervisor: the manager's event thread and the service monitor run.
     public var isHealthy: Bool {
@@ -247,14 +262,31 @@ public final class NetworkService: Sendable {
         return manager
     }
 
-    /// Bounded wait (by `limit`, polling every 20 ms) for the selector to choose a port.
-    static func waitForActivePort(_ manager: NetworkManager, within limit: Duration) -> String? {
+    /// A pushed configuration's test: within `limit`, a port must become active and, when there is
+    /// an acceptance check, pass it (asked at most every second while the port is active).
+    static func test(_ manager: NetworkManager, within limit: Duration, acceptance: Acceptance?) -> PushResult {
         let deadline = Deadline(after: limit)
-        while !deadline.hasPassed {
-            if let active = manager.snapshot().active { return active }
-            MonotonicClock.sleep(for: .milliseconds(20))
+        var refusal: String?
+        while true {
+            if let port = manager.snapshot().active {
+                guard let acceptance else { return .applied(activePort: port) }
+                let asked = MonotonicClock.now()
+                guard let why = acceptance(port) else { return .applied(activePort: port) }
+                refusal = "\(port): \(why)"
+                let pause = Duration.seconds(1) - asked.elapsed
+                if deadline.hasPassed { break }
+                if pause > .zero { MonotonicClock.sleep(for: min(pause, deadline.remaining)) }
+            } else {
+                if deadline.hasPassed { break }
+                MonotonicClock.sleep(for: .milliseconds(20))
+            }
         }
-        return manager.snapshot().active
+        if let refusal {
+            return .rolledBack("not accepted within \(limit) (\(refusal)); previous configuration restored")
+        }
+        let snapshot = manager.snapshot()
+        let why = manager.config.ports.map { p in "\(p.name): \(snapshot.reports[p.name]?.lastError ?? "not usable")" }.joined(separator: ", ")
+        return .rolledBack("no port became usable within \(limit) (\(why)); previous configuration restored")
     }
 
     /// Remembers the configuration in force once it has worked (a bootstrap or default that

@@ -122,7 +122,8 @@ struct BenchCommand: AsyncParsableCommand {
     struct Poll: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Register C devices, then poll config (304) and ping on keep-alive mutual TLS.")
         @OptionGroup var data: DataOption
-        @Option(help: "The controller URL (default: controller-url).") var url: String?
+        @Option(help: "A controller URL (default: controller-url); repeat it for replicas: client n polls the (n mod count)th.")
+        var url: [String] = []
         @Option(help: "Concurrent clients (each its own device certificate and connection).") var clients: Int = 32
         @Option(help: "Seconds per measurement.") var seconds: Double = 10
         @Flag(help: "Print JSON.") var json = false
@@ -131,7 +132,7 @@ struct BenchCommand: AsyncParsableCommand {
                 let d = data.dir
                 let text = { (p: String) throws -> String in String(decoding: try d.readPublic(p), as: UTF8.self) }
                 let results = try await Throughput.run(
-                    url: url ?? (try d.loadSettings().url), rootCAPEM: try text(d.caCert),
+                    urls: url.isEmpty ? [try d.loadSettings().url] : url, rootCAPEM: try text(d.caCert),
                     onboardCertPEM: try text(d.onboardCert), onboardKeyPEM: try text(d.configDir + "/onboard.key.pem"),
                     clients: clients, seconds: seconds, modes: [.ping, .config])
                 if json { return printJSON(results.map { ["mode": $0.mode, "clients": $0.clients, "seconds": $0.seconds, "requests": $0.requests,

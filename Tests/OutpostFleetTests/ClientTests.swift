@@ -13,13 +13,16 @@ final class RecordingDevice: BaseOSUpdater, NetworkConfigurator, PowerControl, D
     let pushOutcome: NetworkPushOutcome
     /// What deviceInfo() reports as the update step's version: tests change it.
     let updateVersion = Mutex("")
+    /// The check the client handed with its last network push.
+    let acceptance = Mutex<(@Sendable (String) -> String?)?>(nil)
 
     init(pushOutcome: NetworkPushOutcome = .applied) { self.pushOutcome = pushOutcome }
 
     func apply(_ baseOS: Outpost_Api_V1_BaseOS) { events.withLock { $0.append("baseos \(baseOS.version)") } }
     func retryFailedUpdate(counter: UInt32) { events.withLock { $0.append("retry \(counter)") } }
-    func push(networkJSON: [UInt8]) -> NetworkPushOutcome {
+    func push(networkJSON: [UInt8], acceptance: @escaping @Sendable (_ port: String) -> String?) -> NetworkPushOutcome {
         events.withLock { $0.append("network \(networkJSON.count)") }
+        self.acceptance.withLock { $0 = acceptance }
         return pushOutcome
     }
     func reboot(reason: String) { events.withLock { $0.append("reboot \(reason)") } }

@@ -31,6 +31,21 @@ struct HTTPDownloadTests {
         #expect(received == UInt64(payload.count))
     }
 
+    @Test(arguments: [true, false])
+    func aBodyLargerThanMaxBytesIsRefusedAndNothingPastTheLimitIsWritten(announced: Bool) throws {
+        let body = String(repeating: "x", count: 5000)
+        let head = announced ? "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" : "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+        let server = try CannedServer(reply: Array((head + body).utf8))
+        let tmp = try TemporaryDirectory("download-too-large")
+        var download = HTTPDownload(url: try HTTPURL("http://127.0.0.1:\(server.port)/big"), destination: tmp.path + "/d")
+        download.maxBytes = 1000
+        do { try download.run(); Issue.record("5000 bytes were accepted with maxBytes 1000") } catch {
+            #expect(error == .tooLarge(url: "http://127.0.0.1:\(server.port)/big", limit: 1000))
+        }
+        let size = (try? FileManager.default.attributesOfItem(atPath: tmp.path + "/d")[.size] as? Int) ?? 0
+        #expect(size <= 1000)
+    }
+
     @Test func aServerErrorIsNotRetriedAndNamesTheURL() throws {
         let server = try CannedServer(reply: Array("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".utf8))
         let tmp = try TemporaryDirectory("download-404")

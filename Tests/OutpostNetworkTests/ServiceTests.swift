@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import OutpostNetwork
 
@@ -124,5 +125,42 @@ extension FailoverTests {
         let changes = try #require(service.snapshot().status?.routeChanges)
         #expect(service.push(equal) == .applied(activePort: service.activePort ?? "-"))
         #expect(service.snapshot().status?.routeChanges == changes)
+    }
+}
+
+extension FailoverTests {
+    /// A managed device's push: a port with carrier, address and route is not enough when the
+    /// agent's acceptance check (its controller answering) refuses it for the whole test time.
+    @Test func pushedConfigThatTheAcceptanceCheckRefusesIsRolledBackAndOneItAcceptsIsKept() throws {
+        let net = try NamespaceHarness()
+        defer { net.tearDown() }
+        let service = try net.service(bootstrap: NamespaceHarness.dhcpConfig())
+        try service.start()
+        defer { service.stop() }
+        try #require(NamespaceHarness.waitUntil(.seconds(10)) { service.activePort == "eth0" } != nil)
+        let store = LastKnownGoodStore(directory: net.workDir + "/persist")
+        #expect(NamespaceHarness.waitUntil(.seconds(2)) { (try? store.load().count) == 1 } != nil)
+
+        let preferWlan = NamespaceHarness.dhcpConfig(testTime: 3).replacingOccurrences(of: #""cost": 20"#, with: #""cost": 5"#)
+        // While on test the candidate is in force: the check sees its port and its controller ports.
+        let asked = Mutex<[String]>([])
+        let refused = service.push(preferWlan) { port in
+            asked.withLock { $0.append("\(port) \(service.controllerPorts)") }
+            return "controller 10.200.0.1:443 unreachable"
+        }
+        print("refused push: \(refused); asked \(asked.withLock { $0 })")
+        guard case .rolledBack(let why) = refused else { Issue.record("\(refused)"); return }
+        #expect(why.contains("not accepted within 3.0 seconds (wlan0: controller 10.200.0.1:443 unreachable)"), "\(why)")
+        let questions = asked.withLock { $0 }
+        #expect(questions.count >= 2 && questions.count <= 5, "asked about once a second: \(questions)")
+        #expect(questions.allSatisfy { $0 == #"wlan0 ["wlan0"]"# }, "\(questions)")
+        #expect(NamespaceHarness.waitUntil(.seconds(5)) { service.activePort == "eth0" } != nil)
+        #expect(service.statusJSON().contains("not accepted"))
+        #expect(try store.load().count == 1, "a refused config is never last-known-good")
+
+        let accepted = service.push(preferWlan) { _ in nil }
+        guard case .applied(let port) = accepted else { Issue.record("\(accepted)"); return }
+        #expect(port == "wlan0")
+        #expect(try store.load().count == 2)
     }
 }

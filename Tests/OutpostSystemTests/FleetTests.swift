@@ -9,7 +9,9 @@ import Testing
 /// `set-os` to v2 downloads over HTTPS from the controller, installs, restarts
 /// and commits after its test window; v3 with the controller stopped through
 /// its whole window is not committed and the device falls back to v2, and v3
-/// is not tried again until `retry-update` bumps the counter.
+/// is not tried again until `retry-update` bumps the counter; v4, failing its
+/// own health check, falls back with the controller told why; a network
+/// config that cuts the device off from its controller is rolled back.
 extension QEMU {
     @Suite("Fleet management in QEMU", .serialized)
     struct FleetTests {
@@ -115,6 +117,10 @@ extension QEMU {
                             "--efi", Harness.out + "/efi", "--output", h.image])
             let v2 = try UpdateTests.bundle(h, version: "2.0.0", security: 2)
             let v3 = try UpdateTests.bundle(h, version: "3.0.0", security: 3)
+            let v4 = try UpdateTests.bundle(h, version: "4.0.0", security: 4, tweakRoot: { root in
+                try "component selftest: deliberately broken test build\n"
+                    .write(toFile: root + "/etc/outpost/selftest-fail", atomically: false, encoding: .utf8)
+            })
 
             let controller = Controller(data: data, port: port)
             try controller.start()
@@ -242,6 +248,42 @@ extension QEMU {
             }
             #expect(shownV3 != nil, "device show never reported v3 committed: \(controller.show(id)["update"] ?? "-")")
             print("fleet: v3 retried after retry-update and committed: \(v3Committed?.text ?? "-")")
+            guard let v3Committed else { return }
+
+            // (f) v4 fails its own health check, controller up all along: it falls back by itself
+            // and the controller hears why.
+            try controller.admin(["device", "set-os", id, "--bundle", v4, "--json"])
+            let v4Failed = try #require(live.wait(for: "update: test of version=4.0.0 failed", after: v3Committed.index,
+                                                  timeout: Double(Self.testWindowSeconds) + 600), "\(live.console.suffix(4000))")
+            let v4FellBack = try #require(live.wait(for: "update: fell back from IMGB version=4.0.0", after: v4Failed.index, timeout: 300),
+                                          "\(live.console.suffix(3000))")
+            #expect(live.wait(for: "outpost: ready slot=IMGA version=3.0.0", after: v4Failed.index, timeout: 5) != nil)
+            print("fleet: \(v4FellBack.text)")
+            let shownV4 = Self.poll(180) { () -> String? in
+                let s = controller.show(id)
+                guard (s["version"] as? String) == "3.0.0", ((s["update"] as? String) ?? "").hasPrefix("failed 4.0.0") else { return nil }
+                return ((s["info"] as? [String: Any])?["update"] as? [String: Any])?["reason"] as? String ?? ""
+            }
+            #expect(shownV4?.contains("deliberately broken") == true,
+                    "device show never reported v4 failed with its reason: \((controller.show(id)["info"] as? [String: Any])?["update"] ?? "-")")
+            print("fleet: v4 failed its health check and fell back: \(shownV4 ?? "-")")
+
+            // (g) A network config that cuts the device off from its controller (a static address on
+            // a subnet the host's user-mode network does not serve) is rolled back and reported.
+            let cutOff = #"{"testTime": 20, "ports": {"eth0": {"mode": "static", "address": "10.0.9.15/24", "gateway": "10.0.9.2", "cost": 10}}}"#
+            let network = h.dir + "/cut-off.json"
+            try cutOff.write(toFile: network, atomically: false, encoding: .utf8)
+            let beforePush = live.lines.count
+            try controller.admin(["device", "set-network", id, network, "--json"])
+            let rolledBack = try #require(live.wait(for: "network: pushed config rolled back: not accepted within 20.0 seconds (eth0:",
+                                                    after: beforePush, timeout: 180), "\(live.console.suffix(3000))")
+            let pushShown = Self.poll(180) { () -> [String: Any]? in
+                let push = (controller.show(id)["info"] as? [String: Any])?["networkPush"] as? [String: Any]
+                return push?["outcome"] as? String == "ROLLED_BACK" ? push : nil
+            }
+            #expect((pushShown?["reason"] as? String)?.contains("not accepted within 20.0 seconds") == true,
+                    "device show never reported the rollback: \(controller.show(id)["info"] ?? "-")")
+            print("fleet: cut-off network config: \(rolledBack.text)")
         }
     }
 }

@@ -43,9 +43,9 @@ struct NoUpdater: BaseOSUpdater {
 struct FleetNetwork: NetworkConfigurator {
     let service: NetworkService?
 
-    func push(networkJSON: [UInt8]) -> NetworkPushOutcome {
+    func push(networkJSON: [UInt8], acceptance: @escaping @Sendable (_ port: String) -> String?) -> NetworkPushOutcome {
         guard let service else { return .rejected(reason: "the network manager is not running") }
-        let result = service.push(String(decoding: networkJSON, as: UTF8.self))
+        let result = service.push(String(decoding: networkJSON, as: UTF8.self), acceptance: acceptance)
         Console.line("network: pushed config \(result)")
         switch result {
         case .applied: return .applied

@@ -59,7 +59,10 @@ enum FleetComponent {
             state: AgentStateSource(agent: agent),
             routes: { network?.controllerRoutes() ?? [] },
             // The client's own lines go to the console, and from there into its log store.
-            log: { Console.line("fleet: \($0)") })
+            log: { line in
+                // "warning: fleet: …": the console's classifier reads the severity first.
+                Console.line(line.hasPrefix("warning: ") ? "warning: fleet: " + line.dropFirst("warning: ".count) : "fleet: " + line)
+            })
         let client: FleetClient
         do {
             client = try FleetClient(configuration: configuration, dependencies: dependencies)

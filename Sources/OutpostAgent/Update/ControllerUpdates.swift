@@ -190,7 +190,7 @@ extension UpdateService {
             Console.line("update: installed version=\(report.version) slot=\(report.slot); restarting into it")
             reboot(.update(version: report.version, slot: report.slot))
         } catch let error as DownloadError {
-            Console.line("update: download of version=\(request.version) failed: \(error); retrying in "
+            Console.line("warning: update: download of version=\(request.version) failed: \(error); retrying in "
                          + "\(Self.downloadRetryMilliseconds / 1000) s")
             setProgress(.failed, version: request.version, reason: "download: \(error)", retryCounter: request.retryCounter)
             controller.withLock { c in

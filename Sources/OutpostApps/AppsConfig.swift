@@ -1,0 +1,130 @@
+// The app instances a device should run: each binds a VMManifest to the
+// images' sources and carries the controller's activate flag and restart and
+// purge counters. The same document comes from the controller's `apps` section
+// and from `apps.json` on CONFIG (factory-preloaded apps, offline autonomy):
+//
+//   { "apps": [ { "name": "counter",
+//                 "manifest": { ...VMManifest... },
+//                 "images": [ { "name": "<imagename>", "url": "https://...",
+//                               "sha256": "<64 hex>", "size": <bytes> } ],
+//                 "activate": true, "restart": 0, "purge": 0 } ] }
+//
+// A counter that goes up asks for one restart (or purge) of the instance; the
+// device remembers the last value it acted on.
+
+import OutpostHTTP
+import OutpostPlatform
+
+/// Where one image of an app comes from and what it must be.
+public struct ImageSource: Equatable, Sendable {
+    /// The manifest's `imagename` this source provides.
+    public var name: String
+    public var url: HTTPURL
+    /// 64 lower-case hex characters.
+    public var sha256: String
+    /// The file's exact size in bytes: the free-space check runs on it before the download.
+    public var size: UInt64
+
+    public init(name: String, url: HTTPURL, sha256: String, size: UInt64) {
+        self.name = name
+        self.url = url
+        self.sha256 = sha256
+        self.size = size
+    }
+}
+
+/// One app instance the device should have.
+public struct AppInstanceConfig: Equatable, Sendable {
+    /// The instance's name: its directory on PERSIST, its cgroup and its tap are named after it.
+    public var name: String
+    public var manifest: VMManifest
+    /// One source per distinct `imagename` of the manifest.
+    public var images: [ImageSource]
+    /// False keeps the instance (and its disks) but does not run it.
+    public var activate: Bool
+    public var restartCounter: UInt64
+    public var purgeCounter: UInt64
+
+    /// The source of a manifest image.
+    public func source(for image: VMManifest.Image) -> ImageSource? { images.first { $0.name == image.imageName } }
+}
+
+/// Every app instance of a device config.
+public struct AppsConfig: Equatable, Sendable {
+    public var apps: [AppInstanceConfig]
+
+    public init(apps: [AppInstanceConfig]) { self.apps = apps }
+
+    /// Parses `apps.json` (or the controller's apps section in the same shape); the first problem is thrown with its field path.
+    public init(json: [UInt8], document: String = "apps.json") throws(AppsError) {
+        let root = try JSONNode(value: try JSONValue.parse(json, document: document), path: "").object(known: ["apps"])
+        var apps: [AppInstanceConfig] = []
+        for node in try root.required("apps").array {
+            let app = try Self.instance(node)
+            if apps.contains(where: { $0.name == app.name }) {
+                throw AppsError.invalid(field: node.child("name"), reason: "\"\(app.name)\" names two app instances")
+            }
+            apps.append(app)
+        }
+        self.apps = apps
+    }
+
+    /// Reads `apps.json` from the CONFIG directory; no file means no preloaded apps.
+    public static func load(configDirectory: String) throws(AppsError) -> AppsConfig {
+        let path = configDirectory + "/apps.json"
+        let bytes: [UInt8]?
+        do { bytes = try FileIO.readIfPresent(path, limit: 4 << 20) } catch { throw .system(error) }
+        guard let bytes else { return AppsConfig(apps: []) }
+        return try AppsConfig(json: bytes, document: path)
+    }
+
+    static func instance(_ node: JSONNode) throws(AppsError) -> AppInstanceConfig {
+        let fields = try node.object(known: ["name", "manifest", "images", "activate", "restart", "purge"])
+        let nameField = try fields.required("name")
+        let name = try nameField.string
+        guard isInstanceName(name) else {
+            throw nameField.fail("\(nameField.value.rendered) is not 1 to 32 of a-z, 0-9 and '-' starting with a letter")
+        }
+        let manifest = try VMManifest(node: try fields.required("manifest"))
+        var sources: [ImageSource] = []
+        for sourceNode in try fields.required("images").array {
+            let source = try Self.source(sourceNode)
+            guard !sources.contains(where: { $0.name == source.name }) else {
+                throw AppsError.invalid(field: sourceNode.child("name"), reason: "\"\(source.name)\" has two sources")
+            }
+            guard manifest.images.contains(where: { $0.imageName == source.name }) else {
+                throw AppsError.invalid(field: sourceNode.child("name"), reason: "\"\(source.name)\" is not an imagename of the manifest")
+            }
+            sources.append(source)
+        }
+        for (index, image) in manifest.images.enumerated() where !sources.contains(where: { $0.name == image.imageName }) {
+            throw AppsError.invalid(field: node.child("manifest.images[\(index)].imagename"),
+                                    reason: "\"\(image.imageName)\" has no entry in \(node.child("images"))")
+        }
+        return AppInstanceConfig(name: name, manifest: manifest, images: sources,
+                                 activate: try fields.optional("activate")?.bool ?? true,
+                                 restartCounter: UInt64(try fields.optional("restart")?.integer(in: 0...Int64.max) ?? 0),
+                                 purgeCounter: UInt64(try fields.optional("purge")?.integer(in: 0...Int64.max) ?? 0))
+    }
+
+    static func source(_ node: JSONNode) throws(AppsError) -> ImageSource {
+        let fields = try node.object(known: ["name", "url", "sha256", "size"])
+        let urlField = try fields.required("url")
+        let url: HTTPURL
+        let text = try urlField.string
+        do throws(HTTPError) { url = try HTTPURL(text) } catch { throw urlField.fail(error.description) }
+        let digestField = try fields.required("sha256")
+        let digest = try digestField.string.lowercased()
+        guard digest.utf8.count == 64, digest.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) else {
+            throw digestField.fail("\(digestField.value.rendered) is not 64 hex characters")
+        }
+        return ImageSource(name: try VMManifest.name(fields.required("name")), url: url, sha256: digest,
+                           size: UInt64(try fields.required("size").integer(in: 1...Int64.max)))
+    }
+
+    /// Instance names become file, cgroup and interface names, so they are short and plain.
+    static func isInstanceName(_ text: String) -> Bool {
+        guard let first = text.unicodeScalars.first, ("a"..."z").contains(first), text.utf8.count <= 32 else { return false }
+        return text.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" }
+    }
+}

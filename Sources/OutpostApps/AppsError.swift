@@ -1,0 +1,57 @@
+// The one error type of the app layer. Every case renders as one line that
+// names what was wrong and where: the field path in a manifest or apps.json,
+// the image and the numbers for a refused download, the file for a disk.
+
+import OutpostHTTP
+import OutpostPlatform
+
+/// Why a manifest, an instance config, the content store or an instance disk refused.
+public enum AppsError: Error, Equatable, CustomStringConvertible {
+    /// The document is not JSON at all (or too large); `document` says which one.
+    case malformedJSON(document: String, detail: String)
+    /// A field has a wrong type or value: `images[1].maxsizeUnit: "G" is not one of KB, MB, GB, TB`.
+    case invalid(field: String, reason: String)
+    /// A required field is absent.
+    case missing(field: String)
+    /// The image does not fit: refused before a byte is downloaded.
+    case notEnoughSpace(image: String, needed: UInt64, free: UInt64, reserve: UInt64, directory: String)
+    /// The downloaded file is not what the config promised; it was deleted.
+    case digestMismatch(image: String, expected: String, actual: String)
+    case sizeMismatch(image: String, expected: UInt64, actual: UInt64)
+    case download(image: String, DownloadError)
+    case system(SystemError)
+    /// A base image the overlay writer cannot use, or an overlay it cannot read back.
+    case diskImage(path: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .malformedJSON(document, detail): return "\(document): not valid JSON: \(detail)"
+        case let .invalid(field, reason): return "\(field): \(reason)"
+        case let .missing(field): return "\(field): missing"
+        case let .notEnoughSpace(image, needed, free, reserve, directory):
+            return "image \(image) needs \(byteCount(needed)) (\(needed) bytes) plus a \(byteCount(reserve)) reserve"
+                + " but \(directory) has \(byteCount(free)) (\(free) bytes) free"
+        case let .digestMismatch(image, expected, actual):
+            return "image \(image): sha256 is \(actual), expected \(expected); the download was deleted"
+        case let .sizeMismatch(image, expected, actual):
+            return "image \(image): downloaded \(actual) bytes, expected \(expected); the download was deleted"
+        case let .download(image, error): return "image \(image): \(error)"
+        case let .system(error): return error.description
+        case let .diskImage(path, reason): return "\(path): \(reason)"
+        }
+    }
+}
+
+/// "1.5 GiB": sizes for people, next to the exact byte count in messages.
+func byteCount(_ bytes: UInt64) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1024, unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    if unit == 0 { return "\(bytes) bytes" }
+    let tenths = Int((value * 10).rounded())
+    return "\(tenths / 10).\(tenths % 10) \(units[unit])"
+}
