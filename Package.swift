@@ -182,7 +182,8 @@ let package = Package(
         ], exclude: ["wire_client.py"]),
         // Boots the built image in QEMU; needs ./build.sh's outputs in out/.
         // pty-run.py drives `outpost run` in a pseudo-terminal for TerminalTests.
-        .testTarget(name: "OutpostSystemTests", dependencies: ["OutpostDisk", "OutpostTestSupport"], exclude: ["pty-run.py"]),
+        .testTarget(name: "OutpostSystemTests", dependencies: ["OutpostDisk", "OutpostTestSupport", "OutpostController", "OutpostProto"],
+                    exclude: ["pty-run.py"]),
     ],
     swiftLanguageModes: [.v6]
 )

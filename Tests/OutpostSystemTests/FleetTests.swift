@@ -117,6 +117,7 @@ extension QEMU {
                             "--efi", Harness.out + "/efi", "--output", h.image])
             let v2 = try UpdateTests.bundle(h, version: "2.0.0", security: 2)
             let v3 = try UpdateTests.bundle(h, version: "3.0.0", security: 3)
+            let v5 = try UpdateTests.bundle(h, version: "5.0.0", security: 5)
             let v4 = try UpdateTests.bundle(h, version: "4.0.0", security: 4, tweakRoot: { root in
                 try "component selftest: deliberately broken test build\n"
                     .write(toFile: root + "/etc/outpost/selftest-fail", atomically: false, encoding: .utf8)
@@ -284,6 +285,31 @@ extension QEMU {
             #expect((pushShown?["reason"] as? String)?.contains("not accepted within 20.0 seconds") == true,
                     "device show never reported the rollback: \(controller.show(id)["info"] ?? "-")")
             print("fleet: cut-off network config: \(rolledBack.text)")
+
+            // (h) A staged rollout over the real device and four simulated ones (API clients that
+            // report committed at once), selected by label: every wave completes, the real device
+            // runs 5.0.0 committed.
+            let simulated = try blocking { try await SimulatedDevices(count: 4, url: "https://127.0.0.1:\(port)", config: config) }
+            simulated.start()
+            defer { try? blocking { await simulated.stop() } }
+            for device in [id] + simulated.ids { try controller.admin(["device", "label", device, "ring=qemu", "--json"]) }
+            let rollout = try #require(try controller.admin(["rollout", "create", "--bundle", v5, "--select", "ring=qemu",
+                                                             "--waves", "40%,100%", "--soak", "5s", "--deadline", "20m",
+                                                             "--max-failures", "0%", "--json"]) as? [String: Any])
+            let rolloutID = try #require(rollout["id"] as? String, "\(rollout)")
+            #expect(rollout["devices"] as? Int == 5, "\(rollout)")
+            let beforeRollout = live.lines.count
+            let v5Committed = live.wait(for: "update: committed version=5.0.0", after: beforeRollout,
+                                        timeout: Double(Self.testWindowSeconds) + 900)
+            #expect(v5Committed != nil, "\(live.console.suffix(3000))")
+            let finished = Self.poll(240) { () -> [String: Any]? in
+                let status = (try? controller.admin(["rollout", "status", rolloutID, "--json"])) as? [String: Any]
+                return ["completed", "halted", "aborted"].contains(status?["state"] as? String ?? "") ? status : nil
+            }
+            #expect(finished?["state"] as? String == "completed", "rollout: \(finished ?? [:])")
+            #expect(finished?["committed"] as? Int == 5, "rollout: \(finished ?? [:])")
+            #expect(controller.show(id)["version"] as? String == "5.0.0")
+            print("fleet: rollout \(rolloutID) \(finished?["state"] ?? "-"): \(finished?["committed"] ?? "-")/5 committed")
         }
     }
 }
