@@ -97,6 +97,30 @@ struct TPMIdentityTests {
         }
     }
 
+    @Test func tls12ServerAskingForSHA384GetsAVerifiableTPMSignature() throws {
+        // TLS 1.2 lets the server pick the client's hash; the TPM key signs
+        // ECDSA-SHA256, and ECDSA over P-256 uses only a digest's first 256 bits.
+        let tmp = try TemporaryDirectory("tpm-tls12")
+        let tpm = try SoftwareTPM(stateDirectory: tmp.path + "/tpm")
+        let dir = tmp.path + "/fleet"
+        let identity = try TPMIdentity.loadOrCreate(directory: dir, serial: "SN-TPM-12", tcti: tpm.tcti)
+        let pki = try TestPKI(dir: tmp.path)
+        let port = try freeLoopbackPort()
+        let server = try ChildProcess(["openssl", "s_server", "-accept", "127.0.0.1:\(port)", "-cert", pki.cert, "-key", pki.key,
+                                       "-Verify", "1", "-verify_return_error", "-CAfile", dir + "/" + TPMIdentity.certificateFile,
+                                       "-tls1_2", "-client_sigalgs", "ECDSA+SHA384", "-www"], withInput: true)
+        defer { server.kill() }
+        try waitFor("openssl s_server on \(port)", within: .seconds(10)) { SoftwareTPM.accepts(port) }
+        var options = HTTPOptions()
+        options.tls = try identity.tlsContext(trusting: [pki.ca])
+        let (status, body) = try HTTPClient.get(try HTTPURL("https://127.0.0.1:\(port)/"), options: options)
+        let page = String(decoding: body, as: UTF8.self)
+        #expect(status == 200)
+        // s_server's page: the handshake it verified, with the client's digest and name.
+        #expect(page.contains("Protocol  : TLSv1.2"), "\(page.prefix(400))")
+        #expect(page.contains("Peer signing digest: SHA384") && page.contains("CN=SN-TPM-12"), "\(page)")
+    }
+
     @Test func identityReloadsAfterTheTPMRestartsOnTheSameState() throws {
         let tmp = try TemporaryDirectory("tpm-restart")
         let tpm = try SoftwareTPM(stateDirectory: tmp.path + "/tpm")
