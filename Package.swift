@@ -51,6 +51,9 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         // gzip for the device's log batches (zlib1g on the image, zlib1g-dev to build).
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // tpm2-tss (ESYS, the TCTI loader, MU, RC) for the TPM identity. Shared
+        // libraries only: the slot ships libtss2-* and the device TCTI.
+        .systemLibrary(name: "CTSS2", pkgConfig: "tss2-esys", providers: [.apt(["libtss2-dev"])]),
 
         // The one platform layer under every device module: the syscall error and
         // its EINTR loop, atomic file replacement, the monotonic clock, named
@@ -97,7 +100,7 @@ let package = Package(
         // Device side: early boot, supervisor, updater, network.
         // Fleet/ wires the controller client (OutpostFleet) to the update service,
         // the network manager and the reboot path.
-        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform", "OutpostFleet", "OutpostProto"],
+        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform", "OutpostFleet", "OutpostTrust", "OutpostProto"],
                 swiftSettings: faultInjection),
         .executableTarget(name: "outpostd", dependencies: [
             "OutpostAgent",
@@ -138,6 +141,12 @@ let package = Package(
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+
+        // The device identity in the TPM (tss2 over /dev/tpmrm0) behind
+        // OutpostFleet's DeviceIdentity, and the choice between it and the file
+        // identity. FoundationEssentials only: it links into the static outpostd.
+        .target(name: "OutpostTrust", dependencies: ["OutpostFleet", "OutpostHTTP", "COpenSSL", "CTSS2"]),
+        .testTarget(name: "OutpostTrustTests", dependencies: ["OutpostTrust", "OutpostFleet", "OutpostHTTP", "OutpostTestSupport"]),
 
         // The reference fleet controller: device API over mutual TLS, the
         // admin socket, the SQLite store, certificate authority.

@@ -70,7 +70,8 @@ public struct SoftwareIdentity: DeviceIdentity {
         return SoftwareIdentity(serial: serial, certificatePEM: certPEM, privateKeyPEM: keyPEM)
     }
 
-    static func resolveSerial(directory: String, configured: String?) throws(FleetError) -> String {
+    /// Shared with the TPM identity: one rule for serials whatever holds the key.
+    package static func resolveSerial(directory: String, configured: String?) throws(FleetError) -> String {
         if let configured {
             let trimmed = configured.trimmingWhitespace
             guard !trimmed.isEmpty, trimmed.count <= 64, trimmed.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.:".contains($0)) }) else {
@@ -100,8 +101,8 @@ public struct SoftwareIdentity: DeviceIdentity {
 }
 
 /// The few OpenSSL key and certificate operations identities need.
-enum OpenSSLKey {
-    static func lastError() -> String {
+package enum OpenSSLKey {
+    package static func lastError() -> String {
         let code = ERR_get_error()
         ERR_clear_error()
         guard code != 0 else { return "unknown OpenSSL error" }
@@ -151,6 +152,12 @@ enum OpenSSLKey {
     static func selfSignedCertificatePEM(keyPEM: String, commonName: String) throws(FleetError) -> String {
         let key = try readKey(keyPEM)
         defer { EVP_PKEY_free(key) }
+        return try selfSignedCertificatePEM(key: key, commonName: commonName)
+    }
+
+    /// The same certificate for any EVP_PKEY, also one whose signing happens
+    /// in a TPM: the TPM identity follows the same subject and validity rules.
+    package static func selfSignedCertificatePEM(key: OpaquePointer, commonName: String) throws(FleetError) -> String {
         guard let cert = X509_new() else { throw .identity(step: "certificate", detail: lastError()) }
         defer { X509_free(cert) }
         var random = (0..<16).map { _ in UInt8.random(in: 0...255) }
@@ -186,7 +193,7 @@ enum OpenSSLKey {
     }
 
     /// Runs `write` into a memory BIO and returns what it wrote as text.
-    static func pem(_ what: String, _ write: (OpaquePointer) -> Int32) throws(FleetError) -> String {
+    package static func pem(_ what: String, _ write: (OpaquePointer) -> Int32) throws(FleetError) -> String {
         guard let bio = BIO_new(BIO_s_mem()) else { throw .identity(step: what, detail: lastError()) }
         defer { BIO_free(bio) }
         guard write(bio) == 1 else { throw .identity(step: "writing the \(what)", detail: lastError()) }

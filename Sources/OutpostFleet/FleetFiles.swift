@@ -7,9 +7,9 @@ import Glibc
 #endif
 import OutpostPlatform
 
-enum FleetFiles {
+package enum FleetFiles {
     /// Creates `path` (and missing parents) with mode 0700; an existing one is fine.
-    static func makeDirectory(_ path: String) throws(FleetError) {
+    package static func makeDirectory(_ path: String) throws(FleetError) {
         var prefix = path.hasPrefix("/") ? "" : "."
         for component in path.split(separator: "/") {
             prefix += "/" + component
@@ -19,24 +19,24 @@ enum FleetFiles {
         }
     }
 
-    static func readText(_ path: String, limit: Int = 1 << 20) throws(FleetError) -> String? {
+    package static func readText(_ path: String, limit: Int = 1 << 20) throws(FleetError) -> String? {
         try read(path, limit: limit).map { String(decoding: $0, as: UTF8.self) }
     }
 
-    static func read(_ path: String, limit: Int = 1 << 20) throws(FleetError) -> [UInt8]? {
+    package static func read(_ path: String, limit: Int = 1 << 20) throws(FleetError) -> [UInt8]? {
         do { return try FileIO.readIfPresent(path, limit: limit) } catch { throw .system(error) }
     }
 
-    static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o600) throws(FleetError) {
+    package static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o600) throws(FleetError) {
         do { try FileIO.writeAtomically(bytes, to: path, mode: mode) } catch { throw .system(error) }
     }
 
-    static func remove(_ path: String) throws(FleetError) {
+    package static func remove(_ path: String) throws(FleetError) {
         if unlink(path) != 0 && errno != ENOENT { throw .system(.current("unlink", path)) }
     }
 
     /// The names in `directory` (no "." or ".."), or [] when it does not exist.
-    static func list(_ directory: String) throws(FleetError) -> [String] {
+    package static func list(_ directory: String) throws(FleetError) -> [String] {
         guard let dir = opendir(directory) else {
             if errno == ENOENT { return [] }
             throw .system(.current("opendir", directory))

@@ -79,3 +79,39 @@ extension TLSContext {
         return key
     }
 }
+
+/// A private key held as an OpenSSL key object rather than PEM, for keys whose
+/// private half never exists in memory (a TPM key whose signing OpenSSL
+/// delegates through COpenSSL_delegated_ec_key).
+// @unchecked: the EVP_PKEY is only read after init (SSL_CTX_use_PrivateKey
+// takes its own reference); OpenSSL allows that from any thread.
+public final class TLSPrivateKey: @unchecked Sendable {
+    /// The EVP_PKEY; owned by this object.
+    public let key: OpaquePointer
+
+    /// Takes ownership of `key` (one reference).
+    public init(taking key: OpaquePointer) { self.key = key }
+
+    deinit { EVP_PKEY_free(key) }
+}
+
+extension TLSContext {
+    /// Like `init(caFiles:systemDefaults:client:)`, with the key as an
+    /// OpenSSL key object: the certificate must be for that key.
+    public convenience init(caFiles: [String], systemDefaults: Bool, certificatePEM: String, key: TLSPrivateKey,
+                            label: String) throws(HTTPError) {
+        try self.init(caFiles: caFiles, systemDefaults: systemDefaults)
+        ERR_clear_error()
+        let certificates = try Self.readCertificates(certificatePEM, label: label)
+        defer { for c in certificates { X509_free(c) } }
+        guard SSL_CTX_use_certificate(context, certificates[0]) == 1 else {
+            throw .tls(step: "setup", target: label, detail: "certificate refused: \(Self.lastError())")
+        }
+        guard SSL_CTX_use_PrivateKey(context, key.key) == 1 else {
+            throw .tls(step: "setup", target: label, detail: "private key refused: \(Self.lastError())")
+        }
+        guard SSL_CTX_check_private_key(context) == 1 else {
+            throw .tls(step: "setup", target: label, detail: "private key does not match the certificate")
+        }
+    }
+}

@@ -10,15 +10,21 @@ import Glibc
 #endif
 import OutpostFleet
 import OutpostProto
+import OutpostTrust
 import Synchronization
 
 /// A managed device's client and what the agent needs beside it.
 public final class FleetAgent: Sendable {
     public let client: FleetClient
+    /// Which identity the client uses and, for the file one, why (IdentitySelection).
+    public let identity: String
     /// Set by the first run of the component body; a restarted body reuses the running client.
     let started = Atomic<Bool>(false)
 
-    init(client: FleetClient) { self.client = client }
+    init(client: FleetClient, identity: String) {
+        self.client = client
+        self.identity = identity
+    }
 }
 
 /// Whether the device is managed, as status shows it.
@@ -63,9 +69,17 @@ enum FleetComponent {
                 // "warning: fleet: …": the console's classifier reads the severity first.
                 Console.line(line.hasPrefix("warning: ") ? "warning: fleet: " + line.dropFirst("warning: ".count) : "fleet: " + line)
             })
+        // The TPM when it works, else the file identity and why: never silently.
+        let choice: IdentityChoice
+        do {
+            choice = try IdentitySelection.choose(directory: configuration.stateDirectory, serial: configuration.serial)
+        } catch {
+            return off("not started: \(error)", warning: true)
+        }
+        Console.line((choice.inTPM ? "fleet: identity: " : "warning: fleet: identity: ") + choice.status)
         let client: FleetClient
         do {
-            client = try FleetClient(configuration: configuration, dependencies: dependencies)
+            client = try FleetClient(configuration: configuration, dependencies: dependencies, identity: choice.identity)
         } catch {
             return off("not started: \(error)", warning: true)
         }
@@ -87,7 +101,7 @@ enum FleetComponent {
             }
         }
         Console.line("fleet: managed by \(configuration.controllerURL.hostPort) (serial \(client.identity.serial))")
-        return .managed(FleetAgent(client: client))
+        return .managed(FleetAgent(client: client, identity: choice.status))
     }
 
     static func spec(_ fleet: FleetAgent) -> ComponentSpec {
@@ -140,6 +154,8 @@ public struct FleetStatusDocument: Encodable, Sendable, Equatable {
     public var pendingInfo: Int
     public var logBacklog: UInt64
     public var route: String?
+    /// The identity line: "device key in the TPM (/dev/tpmrm0)" or why not.
+    public var identity: String?
 
     init(_ setup: FleetSetup) {
         switch setup {
@@ -152,6 +168,7 @@ public struct FleetStatusDocument: Encodable, Sendable, Equatable {
                       registered: s.registered, deviceId: s.deviceID, configHash: s.configHash.isEmpty ? nil : s.configHash,
                       secondsSinceContact: s.secondsSinceContact, lastError: s.lastError, pendingInfo: s.pendingInfo,
                       logBacklog: s.logBacklog, route: s.route)
+            identity = fleet.identity
         }
     }
 
@@ -168,11 +185,12 @@ public struct FleetStatusDocument: Encodable, Sendable, Equatable {
         self.pendingInfo = pendingInfo
         self.logBacklog = logBacklog
         self.route = route
+        self.identity = nil
     }
 
     private enum Keys: String, CodingKey {
         case managed, note, controller, registered, deviceId, configHash, secondsSinceContact, lastError, pendingInfo,
-             logBacklog, route
+             logBacklog, route, identity
     }
 
     /// Every key always present (null when unknown), like the rest of the status document.
@@ -189,6 +207,7 @@ public struct FleetStatusDocument: Encodable, Sendable, Equatable {
         try c.encode(pendingInfo, forKey: .pendingInfo)
         try c.encode(logBacklog, forKey: .logBacklog)
         try c.encode(route, forKey: .route)
+        try c.encode(identity, forKey: .identity)
     }
 
     /// The console's one line.
@@ -199,6 +218,7 @@ public struct FleetStatusDocument: Encodable, Sendable, Equatable {
         line += ", last contact " + (secondsSinceContact.map { "\($0) s ago" } ?? "never this boot")
         if let route { line += ", via \(route)" }
         line += ", info pending \(pendingInfo), log backlog \(logBacklog)"
+        if let identity { line += ", identity: \(identity)" }
         if let lastError { line += ", last error: \(lastError)" }
         return line
     }
