@@ -23,6 +23,17 @@ public struct DebianPackages {
 
     /// Package names from a packages.txt: one per line, '#' comments allowed.
     public static func parseList(_ text: String) -> [String] {
+        entries(text).filter { !$0.hasPrefix("!") }
+    }
+
+    /// The `!name` lines of a packages.txt: packages kept out of the closure
+    /// even when something depends on them (tpm-udev, which the TPM
+    /// libraries depend on, brings udev and PAM to a system without either).
+    public static func parseExclusions(_ text: String) -> Set<String> {
+        Set(entries(text).filter { $0.hasPrefix("!") }.map { String($0.dropFirst()) })
+    }
+
+    private static func entries(_ text: String) -> [String] {
         text.split(separator: "\n").compactMap { line in
             let name = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0]
                 .trimmingCharacters(in: .whitespaces)
@@ -30,10 +41,11 @@ public struct DebianPackages {
         }
     }
 
-    /// `names` plus everything they depend on, sorted.
-    public func closure(of names: [String]) throws -> [String] {
-        var done = Set<String>()
-        var pending = Set(names)
+    /// `names` plus everything they depend on, sorted; nothing in `excluded`
+    /// (nor what only it would bring).
+    public func closure(of names: [String], excluding excluded: Set<String> = []) throws -> [String] {
+        var done = excluded
+        var pending = Set(names).subtracting(excluded)
         while !pending.isEmpty {
             let batch = pending.sorted()
             done.formUnion(batch)
@@ -46,7 +58,7 @@ public struct DebianPackages {
                 pending.insert(dependency)
             }
         }
-        return done.sorted()
+        return done.subtracting(excluded).sorted()
     }
 
     /// Parses `apt-cache depends` output. A group of alternatives starts with

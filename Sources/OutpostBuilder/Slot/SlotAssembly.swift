@@ -113,8 +113,10 @@ public struct SlotAssembly {
         try? fm.removeItem(at: root)
         try fm.createDirectory(at: root, withIntermediateDirectories: true)
 
-        let wanted = DebianPackages.parseList(try readRootfsFile("packages.txt"))
-        try packages.unpack(try packages.fetch(try packages.closure(of: wanted)), into: root)
+        let list = try readRootfsFile("packages.txt")
+        let wanted = DebianPackages.parseList(list)
+        try packages.unpack(try packages.fetch(try packages.closure(of: wanted, excluding: DebianPackages.parseExclusions(list))),
+                            into: root)
         // Documentation and translations are never read on a device.
         for unused in ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian"] {
             try? fm.removeItem(at: root.appendingPathComponent(unused))
