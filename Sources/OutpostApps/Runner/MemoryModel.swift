@@ -14,7 +14,8 @@
 //
 // Measured on the build host (QEMU 7.2, TCG, tb-size 32 MiB, q35, the boot-sector
 // app, VmRSS from /proc/PID/status a second after its first console line):
-//   -m 64, 1 vCPU: 44.6 MiB   -m 512, 1 vCPU: 44.7 MiB   -m 2048, 2 vCPUs: 44.4 MiB
+//   -m 64, 1 vCPU: 44.7 MiB   -m 512, 1 vCPU: 45.1 MiB   -m 2048, 2 vCPUs: 44.6 MiB
+// (and 45 MiB with qemu-system-x86_64 started by hand, -m 64/512/2048).
 // The boot sector touches almost none of its RAM, so these figures are QEMU's own
 // overhead; the model keeps 64 MiB + 8 MiB per vCPU (72+ MiB at 1 vCPU) above the
 // 45 MiB seen, and the guest's RAM is counted in full because a guest that uses
