@@ -102,6 +102,28 @@ struct AppInstanceTests {
         #expect(app.waitForState(within: .seconds(5)) { $0 == .running } == .running)
     }
 
+    @Test func aQEMUThatKeepsDyingEndsBrokenAfterBoundedRestarts() throws {
+        let dir = try TemporaryDirectory("apps")
+        var options = Self.options()
+        // A "QEMU" that exits with status 1 at once, every time (QEMU itself falls back to its
+        // built-in firmware path whatever -L says, so it cannot be made to fail as reliably).
+        options.qemu = "/bin/false"
+        options.maxRestarts = 3
+        options.restartBackoff = .milliseconds(50)
+        let admission = MemoryAdmission()
+        let app = try Self.instance(dir.path, name: "dying", options: options, admission: admission)
+        defer { app.close() }
+        let started = MonotonicClock.now()
+        try app.start()
+        let state = app.waitForState(within: .seconds(30)) { if case .broken = $0 { return true } else { return false } }
+        print("broken after \(started.elapsed): \(state)")
+        #expect(state == .broken("QEMU exited with status 1, 4 times in a row; not restarted"))
+        #expect(app.spawnCount == 4, "the first start and three restarts")
+        // Backoff 50 + 100 + 200 ms between the four starts.
+        #expect(started.elapsed >= .milliseconds(350))
+        #expect(admission.committed.isEmpty, "a broken instance gives its memory back")
+    }
+
     @Test func stoppingAGuestThatIgnoresACPIEndsWithQuitWithinTheWait() throws {
         let dir = try TemporaryDirectory("apps")
         let grace = Duration.seconds(2)
