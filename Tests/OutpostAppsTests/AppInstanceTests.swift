@@ -181,6 +181,9 @@ struct AppInstanceTests {
 
     @Test func theKVMProbeAgreesWithBootingTheAppUnderKVM() throws {
         let dir = try TemporaryDirectory("apps")
+        // The probe guest itself runs: under TCG it reaches its marker.
+        #expect(KVMProbe.guestRuns(qemu: "/usr/bin/qemu-system-x86_64", firmwareDirectory: nil, scratch: dir.path,
+                                   accelerator: ["-accel", "tcg"], timeout: .seconds(10), reaper: .shared))
         let probe = KVMProbe.works(qemu: "/usr/bin/qemu-system-x86_64", firmwareDirectory: nil, scratch: dir.path)
         var options = Self.options(stopGrace: .seconds(1))
         options.accelerator = .kvm

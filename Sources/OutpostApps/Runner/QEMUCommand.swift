@@ -44,8 +44,8 @@ public enum AcceleratorPolicy: Equatable, Sendable {
     case tcg
     /// KVM always (the operator knows it works).
     case kvm
-    /// KVM when `/dev/kvm` opens read-write and `KVMProbe` saw a guest finish its
-    /// firmware under KVM; TCG otherwise.
+    /// KVM when `/dev/kvm` opens read-write and `KVMProbe` saw its own boot sector run
+    /// under KVM with the app's CPU options; TCG otherwise.
     case probe
 
     /// The accelerator this policy picks on this host.
@@ -180,21 +180,49 @@ public struct QEMUCommand: Equatable, Sendable {
 }
 
 /// Whether KVM runs guests here. `/dev/kvm` opening is not enough: under nested
-/// virtualisation without working VMX (this project's build hosts) KVM guests start and
-/// hang. The probe boots SeaBIOS with no disk under KVM and waits for its debug console
-/// (port 0x402) to say "No bootable device.", the end of the firmware's POST, which
-/// takes well under a second with working KVM.
+/// virtualisation without working VMX (this project's build hosts) QEMU either aborts
+/// setting MSRs with `-cpu host` or, with other CPU models, runs SeaBIOS and then hangs
+/// before the boot sector. So the probe boots a guest of its own, with the same
+/// `-accel kvm -cpu host` an app gets, and waits for the guest's first instruction to
+/// show: a nine-byte boot sector writes "K" to SeaBIOS's debug console (port 0x402),
+/// right after the firmware's "Booting from 0000:7c00".
 public enum KVMProbe {
-    public static let marker = "No bootable device."
+    public static let marker = "Booting from 0000:7c00\nK"
+
+    /// The probe guest, byte by byte (16-bit real mode at 0x7c00):
+    ///   ba 02 04   mov dx, 0x402
+    ///   b0 4b      mov al, 'K'
+    ///   ee         out dx, al
+    ///   f4         hlt
+    ///   eb fd      jmp back to hlt
+    static let bootSector: [UInt8] = [0xba, 0x02, 0x04, 0xb0, 0x4b, 0xee, 0xf4, 0xeb, 0xfd]
 
     public static func works(qemu: String, firmwareDirectory: String?, scratch: String,
                              timeout: Duration = .seconds(5), reaper: Reaper = .shared) -> Bool {
         let fd = open("/dev/kvm", O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { return false }
         _ = close(fd)
+        return guestRuns(qemu: qemu, firmwareDirectory: firmwareDirectory, scratch: scratch,
+                         accelerator: ["-accel", "kvm", "-cpu", "host"], timeout: timeout, reaper: reaper)
+    }
+
+    /// Boots the probe guest with `accelerator` options; true once it wrote its marker.
+    static func guestRuns(qemu: String, firmwareDirectory: String?, scratch: String, accelerator: [String],
+                          timeout: Duration, reaper: Reaper) -> Bool {
         let log = scratch + "/kvm-probe.log"
+        let disk = scratch + "/kvm-probe.raw"
         _ = unlink(log)
-        var args = ["-nodefaults", "-no-user-config", "-display", "none", "-machine", "q35", "-accel", "kvm", "-m", "16",
+        // SeaBIOS does not boot a virtio disk smaller than a few sectors; 1 MiB like the test app.
+        var image = bootSector + [UInt8](repeating: 0, count: 510 - bootSector.count) + [0x55, 0xaa]
+        image += [UInt8](repeating: 0, count: (1 << 20) - image.count)
+        guard (try? FileIO.writeAtomically(image, to: disk)) != nil else { return false }
+        defer {
+            _ = unlink(log)
+            _ = unlink(disk)
+        }
+        var args = ["-nodefaults", "-no-user-config", "-display", "none", "-machine", "q35"] + accelerator + [
+                    "-m", "16", "-drive", "if=none,id=probe,file=\(QEMUCommand.escape(disk)),format=raw,readonly=on",
+                    "-device", "virtio-blk-pci,drive=probe,bootindex=0",
                     "-chardev", "file,id=debug,path=\(QEMUCommand.escape(log))", "-device", "isa-debugcon,iobase=0x402,chardev=debug"]
         if let firmwareDirectory { args += ["-L", firmwareDirectory] }
         let ended = Mutex(false)
@@ -217,7 +245,6 @@ public enum KVMProbe {
             reaper.reapAll()
             MonotonicClock.sleep(for: .milliseconds(10))
         }
-        _ = unlink(log)
         return seen
     }
 }
