@@ -85,6 +85,27 @@ struct AppInstanceTests {
         #expect(app.waitForState(within: .seconds(5)) { $0 == .running } == .running)
     }
 
+    @Test func aGuestThatNeverPrintsIsRunningOnceQMPSaysSo() throws {
+        let dir = try TemporaryDirectory("apps")
+        // A disk of zeros: SeaBIOS finds nothing to boot and the serial console stays empty.
+        let path = dir.path + "/blank.raw"
+        try Data(count: 1 << 20).write(to: URL(fileURLWithPath: path))
+        let manifest = try BootCounter.manifest(name: "silent")
+        // Nothing answers the power button either: stop ends by quit after 2 s.
+        var options = Self.options(stopGrace: .seconds(2))
+        options.silentConsoleGrace = .seconds(1)
+        let app = try AppInstance(name: "silent", manifest: manifest,
+                                  disks: [AppInstance.Disk(image: manifest.images[0], base: try BaseImage.inspect(path))],
+                                  directory: dir.path + "/silent", options: options, admission: MemoryAdmission())
+        defer { app.close() }
+        let started = MonotonicClock.now()
+        try app.start()
+        #expect(app.waitForState(within: .milliseconds(800)) { $0 != .booting } == .booting, "not before the grace")
+        #expect(app.waitForState(within: Self.boot) { $0 == .running } == .running)
+        #expect(started.elapsed >= .seconds(1))
+        #expect(app.console().isEmpty)
+    }
+
     @Test func aKilledQEMUIsRestartedOnTheSameOverlay() throws {
         let dir = try TemporaryDirectory("apps")
         let app = try Self.instance(dir.path, name: "killed")

@@ -1,6 +1,7 @@
 // One app instance's QEMU, from admission to halted:
 //
 //   start ──admit memory──prepare disks──spawn──▶ booting ──first console line──▶ running
+//                                                  (or QMP "running" once a silent console's grace passed)
 //     ▲                                              │  ▲                            │
 //     │                          QEMU killed/crashed │  └──backoff (bounded)─────────┤
 //     │                                              ▼                               │
@@ -27,7 +28,7 @@ import Synchronization
 /// close(2) under a name the instance's `close()` does not shadow.
 private func closeFile(_ fd: Int32) { _ = close(fd) }
 
-/// A supervised QEMU running one app.
+/// A supervised QEMU running one app. Its monitor thread holds it until `close()`.
 public final class AppInstance: Sendable {
     public enum State: Equatable, Sendable, CustomStringConvertible {
         case halted, booting, running, halting
@@ -90,6 +91,9 @@ public final class AppInstance: Sendable {
         public var stableAfter = Duration.seconds(60)
         /// The instance's cgroup v2 directory (created, limits written, QEMU moved in); nil: none.
         public var cgroupDirectory: String?
+        /// A guest that prints nothing on its console counts as running once QMP reports
+        /// status "running" this long after QEMU started; nil: only the console counts.
+        public var silentConsoleGrace: Duration? = .seconds(30)
         /// How often the monitor looks at the console and the restart timer.
         public var pollInterval = Duration.milliseconds(20)
 
@@ -121,6 +125,8 @@ public final class AppInstance: Sendable {
         var failures = 0
         var restartAt: Deadline?
         var runningSince: MonotonicClock.Instant?
+        var spawnedAt: MonotonicClock.Instant?
+        var nextStatusQuery: Deadline?
         var lastExit: ChildExit?
         var exitedGeneration = 0
         var spawns = 0
@@ -337,6 +343,8 @@ public final class AppInstance: Sendable {
             shared.consoleStart = consoleStart
             shared.state = .booting
             shared.runningSince = nil
+            shared.spawnedAt = MonotonicClock.now()
+            shared.nextStatusQuery = nil
             return shared.generation
         }
         let pid: pid_t
@@ -406,7 +414,7 @@ public final class AppInstance: Sendable {
 
     /// One look at the instance: restart when due, notice the first console line.
     private func tick() {
-        enum Action { case none, respawn, checkConsole(Int) }
+        enum Action { case none, respawn, checkConsole(Int, queryStatus: Bool) }
         let action = shared.withLock { shared -> Action in
             if let restartAt = shared.restartAt, shared.wanted, shared.pid == nil {
                 guard restartAt.hasPassed else { return .none }
@@ -416,8 +424,15 @@ public final class AppInstance: Sendable {
             if shared.state == .running, let since = shared.runningSince, since.elapsed >= options.stableAfter {
                 shared.failures = 0
             }
-            if shared.state == .booting, shared.pid != nil { return .checkConsole(shared.consoleStart) }
-            return .none
+            guard shared.state == .booting, shared.pid != nil else { return .none }
+            var query = false
+            if let grace = options.silentConsoleGrace, let spawned = shared.spawnedAt, spawned.elapsed >= grace,
+               shared.nextStatusQuery?.hasPassed ?? true {
+                // At most one QMP round trip a second while the console stays silent.
+                shared.nextStatusQuery = Deadline(after: .seconds(1))
+                query = true
+            }
+            return .checkConsole(shared.consoleStart, queryStatus: query)
         }
         switch action {
         case .none: break
@@ -429,8 +444,13 @@ public final class AppInstance: Sendable {
                 }
                 admission.release(app: name)
             }
-        case let .checkConsole(start):
-            guard Self.read(consoleLog, from: start, limit: 64 << 10).contains(0x0a) else { return }
+        case let .checkConsole(start, queryStatus):
+            var up = Self.read(consoleLog, from: start, limit: 64 << 10).contains(0x0a)
+            if !up && queryStatus, let qmp = try? QMPClient(socketPath: qmpSocket, deadline: Deadline(after: .seconds(2))) {
+                up = (try? qmp.status(deadline: Deadline(after: .seconds(2)))) == "running"
+                qmp.close()
+            }
+            guard up else { return }
             shared.withLock { shared in
                 if shared.state == .booting, shared.consoleStart == start {
                     shared.state = .running
