@@ -278,10 +278,27 @@ public final class AppInstance: Sendable {
     /// Takes, loads or deletes a named snapshot of the running instance (RAM and every
     /// writable overlay, stored inside the qcow2 files).
     public func snapshot(_ verb: QMPClient.SnapshotVerb, name snapshot: String, timeout: Duration = .seconds(60)) throws(AppsError) {
+        try QMPClient.checkSnapshotName(snapshot, verb: verb, socket: qmpSocket)
+        guard pid != nil else {
+            throw .qemu(app: name, reason: "is not running; snapshots of a halted instance are not supported yet")
+        }
         let deadline = Deadline(after: timeout)
         let qmp = try QMPClient(socketPath: qmpSocket, deadline: deadline)
         defer { qmp.close() }
+        // QEMU pauses the guest for loadvm and resumes it only on success, even when the
+        // snapshot does not exist; asking first keeps a mistyped name from pausing the app.
+        if verb != .save, !(try qmp.snapshotNames(deadline: deadline)).contains(snapshot) {
+            throw .qmp(socket: qmpSocket, command: "\(verb.rawValue) \(snapshot)", reason: "no snapshot named \"\(snapshot)\"")
+        }
         try qmp.snapshot(verb, name: snapshot, deadline: deadline)
+    }
+
+    /// The instance's named snapshots.
+    public func snapshots(timeout: Duration = .seconds(10)) throws(AppsError) -> [String] {
+        let deadline = Deadline(after: timeout)
+        let qmp = try QMPClient(socketPath: qmpSocket, deadline: deadline)
+        defer { qmp.close() }
+        return try qmp.snapshotNames(deadline: deadline)
     }
 
     /// Waits until `predicate` holds for the state, at most `timeout`; returns the last state seen.

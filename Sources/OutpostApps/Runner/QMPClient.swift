@@ -115,13 +115,35 @@ public final class QMPClient {
 
     /// Snapshot verbs print nothing on success and an "Error: ..." line otherwise.
     public func snapshot(_ verb: SnapshotVerb, name: String, deadline: Deadline) throws(AppsError) {
-        guard !name.isEmpty, name.utf8.count <= 64,
-              name.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "-" || $0 == "_") }) else {
-            throw .qmp(socket: socketPath, command: verb.rawValue, reason: "snapshot name \"\(name)\" is not 1 to 64 of A-Z, a-z, 0-9, - and _")
-        }
+        try Self.checkSnapshotName(name, verb: verb, socket: socketPath)
         let output = try humanMonitor("\(verb.rawValue) \(name)", deadline: deadline)
         let text = output.split(whereSeparator: \.isNewline).map(String.init).filter { !$0.isEmpty }.joined(separator: "; ")
         if !text.isEmpty { throw .qmp(socket: socketPath, command: "\(verb.rawValue) \(name)", reason: oneLine(text, limit: 200)) }
+    }
+
+    /// The names of the VM snapshots (`info snapshots`: "ID TAG VM-SIZE DATE VM-CLOCK ..." rows).
+    public func snapshotNames(deadline: Deadline) throws(AppsError) -> [String] {
+        let text = try humanMonitor("info snapshots", deadline: deadline)
+        var names: [String] = []
+        var inTable = false
+        for line in text.split(whereSeparator: \.isNewline) {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            if fields.first == "ID", fields.count > 1, fields[1] == "TAG" {
+                inTable = true
+                continue
+            }
+            // The ID column reads "--" for a snapshot present on every disk (the usual case).
+            if inTable, fields.count >= 2 { names.append(String(fields[1])) }
+        }
+        return names
+    }
+
+    /// Snapshot names go into a monitor command line, so they are plain words.
+    static func checkSnapshotName(_ name: String, verb: SnapshotVerb, socket: String) throws(AppsError) {
+        guard !name.isEmpty, name.utf8.count <= 64,
+              name.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "-" || $0 == "_") }) else {
+            throw .qmp(socket: socket, command: verb.rawValue, reason: "snapshot name \"\(name)\" is not 1 to 64 of A-Z, a-z, 0-9, - and _")
+        }
     }
 
     public enum SnapshotVerb: String, Sendable {
