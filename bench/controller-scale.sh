@@ -20,6 +20,7 @@ CLIENTS=${CLIENTS:-64}
 SECONDS_PER=${DURATION:-15}
 SCRATCH=(${OUTPOST_SCRATCH:+--scratch-path "$OUTPOST_SCRATCH"})
 WORK=$(mktemp -d /tmp/outpost-scale.XXXXXX)
+chmod 755 "$WORK"  # the postgres user must reach its cluster under it
 PIDS=()
 PG_BIN=
 cleanup() {

@@ -117,7 +117,6 @@ extension QEMU {
                             "--efi", Harness.out + "/efi", "--output", h.image])
             let v2 = try UpdateTests.bundle(h, version: "2.0.0", security: 2)
             let v3 = try UpdateTests.bundle(h, version: "3.0.0", security: 3)
-            let v5 = try UpdateTests.bundle(h, version: "5.0.0", security: 5)
             let v4 = try UpdateTests.bundle(h, version: "4.0.0", security: 4, tweakRoot: { root in
                 try "component selftest: deliberately broken test build\n"
                     .write(toFile: root + "/etc/outpost/selftest-fail", atomically: false, encoding: .utf8)
@@ -286,9 +285,44 @@ extension QEMU {
                     "device show never reported the rollback: \(controller.show(id)["info"] ?? "-")")
             print("fleet: cut-off network config: \(rolledBack.text)")
 
-            // (h) A staged rollout over the real device and four simulated ones (API clients that
-            // report committed at once), selected by label: every wave completes, the real device
-            // runs 5.0.0 committed.
+        }
+            /// Issue 14 in QEMU: a staged rollout over the real device and four simulated ones (API
+        /// clients in this test that report committed at once), selected by a label, in two waves:
+        /// every wave completes and the real device runs 5.0.0 committed. Its identity is the TPM's.
+        @Test func aStagedRolloutMovesTheRealDeviceWithSimulatedOnes() throws {
+            let h = try Harness("rollout")
+            defer { h.cleanup() }
+            guard FileManager.default.fileExists(atPath: Self.controller) else { throw Harness.Missing(path: Self.controller) }
+            let port = try freeLoopbackPort()
+            let data = h.dir + "/fleet"
+            // 10.0.2.2 for the guest (the URL in CONFIG), 127.0.0.1 for the simulated devices.
+            try Harness.sh([Self.controller, "init", data, "--host", "10.0.2.2", "--host", "127.0.0.1", "--port", String(port),
+                            "--trust", Harness.out + "/keys"])
+            let config = data + "/config"
+            try #"{"testWindowSeconds": \#(Self.testWindowSeconds)}"#.write(toFile: config + "/update.json", atomically: false,
+                                                                            encoding: .utf8)
+            try Harness.sh([Harness.outpost, "image", "build", "--quiet", "--config", config, "--slot", Harness.out + "/slot.img",
+                            "--efi", Harness.out + "/efi", "--output", h.image])
+            let v5 = try UpdateTests.bundle(h, version: "5.0.0", security: 5)
+            let controller = Controller(data: data, port: port)
+            try controller.start()
+            defer { controller.stop() }
+            let live = try Harness.LiveBoot(h, timeout: 900, consoleInput: true)
+            defer {
+                try? live.monitorCommand("quit")
+                _ = live.waitForExit(timeout: 30)
+            }
+            let ready = try #require(live.wait(for: "outpost: ready slot=IMGA version=1.0.0", timeout: 300),
+                                     "\(live.console.suffix(4000))")
+            // QEMU's swtpm is the device's TPM: the identity is made there, not in a file.
+            let identity = live.wait(for: "fleet: identity: ", timeout: 120)
+            #expect(identity?.text.contains("outpost: fleet: identity: device key in the TPM (/dev/tpmrm0)") == true,
+                    "\(identity?.text ?? "no identity line") \(live.console.suffix(2000))")
+            let id = try #require(Self.poll(180) { () -> String? in
+                controller.devices().first { ($0["slot"] as? String) == "IMGA" }?["id"] as? String
+            }, "the device never registered: \(live.console.suffix(3000))")
+            try controller.admin(["device", "set-intervals", id, "--config", "10", "--json"])
+
             let simulated = try blocking { try await SimulatedDevices(count: 4, url: "https://127.0.0.1:\(port)", config: config) }
             simulated.start()
             defer { try? blocking { await simulated.stop() } }
@@ -298,9 +332,8 @@ extension QEMU {
                                                              "--max-failures", "0%", "--json"]) as? [String: Any])
             let rolloutID = try #require(rollout["id"] as? String, "\(rollout)")
             #expect(rollout["devices"] as? Int == 5, "\(rollout)")
-            let beforeRollout = live.lines.count
-            let v5Committed = live.wait(for: "update: committed version=5.0.0", after: beforeRollout,
-                                        timeout: Double(Self.testWindowSeconds) + 900)
+            let v5Committed = live.wait(for: "update: committed version=5.0.0 slot=IMGB", after: ready.index,
+                                        timeout: Double(Self.testWindowSeconds) + 600)
             #expect(v5Committed != nil, "\(live.console.suffix(3000))")
             let finished = Self.poll(240) { () -> [String: Any]? in
                 let status = (try? controller.admin(["rollout", "status", rolloutID, "--json"])) as? [String: Any]

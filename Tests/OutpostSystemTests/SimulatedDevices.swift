@@ -21,14 +21,21 @@ final class SimulatedDevices: Sendable {
                                        keyPEM: try read("onboard.key.pem"))
         var ids: [String] = []
         var clients: [DeviceClient] = []
-        for n in 0..<count {
-            let identity = try PKI.makeSelfSigned(commonName: "simulated-\(n)")
-            let (status, response) = try await onboard.register(deviceCertificatePEM: identity.certificatePEM, serial: "SIM-\(n)")
-            guard status == 200 || status == 201, let id = response?.deviceID else {
-                throw ControllerError.invalidInput("simulated device \(n): register answered \(status)")
+        do {
+            for n in 0..<count {
+                let identity = try PKI.makeSelfSigned(commonName: "simulated-\(n)")
+                let (status, response) = try await onboard.register(deviceCertificatePEM: identity.certificatePEM, serial: "SIM-\(n)")
+                guard status == 200 || status == 201, let id = response?.deviceID else {
+                    throw ControllerError.invalidInput("simulated device \(n): register answered \(status)")
+                }
+                ids.append(id)
+                clients.append(try DeviceClient(baseURL: url, rootCAPEM: ca, certificatePEM: identity.certificatePEM, keyPEM: identity.keyPEM))
             }
-            ids.append(id)
-            clients.append(try DeviceClient(baseURL: url, rootCAPEM: ca, certificatePEM: identity.certificatePEM, keyPEM: identity.keyPEM))
+        } catch {
+            // Every HTTP client is shut down before it is dropped, also on the way out.
+            try? await onboard.shutdown()
+            for client in clients { try? await client.shutdown() }
+            throw error
         }
         try await onboard.shutdown()
         self.ids = ids
@@ -38,11 +45,11 @@ final class SimulatedDevices: Sendable {
     /// Starts the polling task (bounded: at most `limit` of running).
     func start(limit: Duration = .seconds(1800)) {
         let clients = self.clients
-        let started = Task.detached { [running] in
+        let started = Task.detached { [self] in
             var hashes = Array(repeating: "", count: clients.count)
             var reported = Array(repeating: "", count: clients.count)
             let end = ContinuousClock.now + limit
-            while running.load(ordering: .relaxed) && ContinuousClock.now < end {
+            while self.running.load(ordering: .relaxed) && ContinuousClock.now < end {
                 for (n, client) in clients.enumerated() {
                     guard let (status, response) = try? await client.config(hash: hashes[n]) else { continue }
                     if status == 200, let response { hashes[n] = response.configHash }
