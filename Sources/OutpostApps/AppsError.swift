@@ -22,6 +22,14 @@ public enum AppsError: Error, Equatable, CustomStringConvertible {
     case system(SystemError)
     /// A base image the overlay writer cannot use, or an overlay it cannot read back.
     case diskImage(path: String, reason: String)
+    /// The app's memory limit does not fit what the host has left: refused before QEMU starts.
+    case memoryDoesNotFit(app: String, limit: UInt64, available: UInt64, reserve: UInt64, committed: UInt64)
+    /// The manifest asks for something this runner cannot start (a mode, a firmware).
+    case unsupported(app: String, reason: String)
+    /// A QMP exchange failed: the socket, the command, what went wrong.
+    case qmp(socket: String, command: String, reason: String)
+    /// QEMU could not be started or ended in a way the instance cannot recover from.
+    case qemu(app: String, reason: String)
 
     public var description: String {
         switch self {
@@ -38,6 +46,13 @@ public enum AppsError: Error, Equatable, CustomStringConvertible {
         case let .download(image, error): return "image \(image): \(error)"
         case let .system(error): return error.description
         case let .diskImage(path, reason): return "\(path): \(reason)"
+        case let .memoryDoesNotFit(app, limit, available, reserve, committed):
+            let left = available > reserve + committed ? available - reserve - committed : 0
+            return "app \(app) needs a \(byteCount(limit)) memory limit (\(limit) bytes) but only \(byteCount(left)) is left:"
+                + " \(byteCount(available)) available - \(byteCount(reserve)) reserve - \(byteCount(committed)) for running apps"
+        case let .unsupported(app, reason): return "app \(app): \(reason)"
+        case let .qmp(socket, command, reason): return "QMP \(command) on \(socket): \(reason)"
+        case let .qemu(app, reason): return "app \(app): \(reason)"
         }
     }
 }

@@ -1,6 +1,8 @@
 // The device's one child/exit model: every child outpostd starts is started
 // here (fork/exec in the C shim, so the child makes only async-signal-safe
-// calls), and this file holds the only waitpid(2) in the agent.
+// calls), and this file holds the only waitpid(2) in the agent. It lives in
+// OutpostPlatform so the app runner (OutpostApps) starts and reaps its QEMU
+// processes through the same reaper as the supervisor's children.
 //
 // A child is subscribed to *before* it can exit: `spawn` holds the lock from
 // before fork until the pid is registered, and `reapAll` looks a reaped pid
@@ -16,7 +18,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import OutpostPlatform
 import OutpostShims
 import Synchronization
 
@@ -69,7 +70,7 @@ public final class Reaper: Sendable {
     public let scope: Scope
     private let state = Mutex(State())
 
-    init(scope: Scope = .ownChildren) {
+    public init(scope: Scope = .ownChildren) {
         self.scope = scope
     }
 
