@@ -110,7 +110,7 @@ let package = Package(
 
         // What tests share (commands, the openssl PKI, the seeded generator, temporary
         // directories, deadlines); only test targets depend on it.
-        .target(name: "OutpostTestSupport", path: "Tests/OutpostTestSupport"),
+        .target(name: "OutpostTestSupport", path: "Tests/OutpostTestSupport", exclude: ["connect-proxy.py"]),
 
         .testTarget(name: "OutpostPlatformTests", dependencies: ["OutpostPlatform", "OutpostTestSupport"]),
         .testTarget(name: "OutpostTestSupportTests", dependencies: ["OutpostTestSupport"]),
@@ -119,7 +119,7 @@ let package = Package(
         .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk", "OutpostTestSupport"]),
         .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk", "OutpostProcess", "OutpostTestSupport"]),
         .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk", "OutpostPlatform", "OutpostUpdate", "OutpostBundle", "OutpostTestSupport"]),
-        .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostHTTP", "OutpostTestSupport"], exclude: ["connect-proxy.py", "short-lease-dhcpd.py"]),
+        .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostHTTP", "OutpostTestSupport"], exclude: ["short-lease-dhcpd.py"]),
         .testTarget(name: "OutpostHTTPTests", dependencies: ["OutpostHTTP", "OutpostTestSupport"]),
         // App instances: the seed's VMManifest, the content store on PERSIST, qcow2
         // overlays. FoundationEssentials only: it links into the static outpostd.
