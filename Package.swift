@@ -158,6 +158,10 @@ let package = Package(
             "OutpostBundle", .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "CryptoExtras", package: "swift-crypto"),
         ]),
+        // bench/attestation-verify.sh: quotes verified per second against a bare ECDSA verify.
+        .executableTarget(name: "attestation-bench", dependencies: [
+            "OutpostAttestation", .product(name: "Crypto", package: "swift-crypto"),
+        ], path: "bench/attestation-bench"),
         .testTarget(name: "OutpostAttestationTests", dependencies: [
             "OutpostAttestation", "OutpostBundle", "OutpostTestSupport", .product(name: "Crypto", package: "swift-crypto"),
         ]),
