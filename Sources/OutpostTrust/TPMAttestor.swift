@@ -95,8 +95,9 @@ public final class TPMAttestor: Sendable {
                 var values = [UInt8](repeating: 0, count: 32 * 8)
                 var valuesSize = 0
                 let rc = CTSS2_pcr_read(esys, mask, &values, values.count, &valuesSize)
-                guard rc == TSS2_RC_SUCCESS, valuesSize == 32 * sorted.count else {
-                    throw .command(step: "reading PCRs \(sorted) (SHA-256 bank)", code: rc == TSS2_RC_SUCCESS ? 1 : rc)
+                guard rc == TSS2_RC_SUCCESS else { throw .command(step: "reading PCRs \(sorted) (SHA-256 bank)", code: rc) }
+                guard valuesSize == 32 * sorted.count else {
+                    throw .unusable(step: "reading PCRs \(sorted)", reason: "the TPM returned \(valuesSize / 32) SHA-256 values")
                 }
                 var attest = [UInt8](repeating: 0, count: 1024)
                 var attestSize = 0
