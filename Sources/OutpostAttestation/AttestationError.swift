@@ -47,14 +47,3 @@ public enum AttestationError: Error, CustomStringConvertible, Equatable, Sendabl
         }
     }
 }
-
-/// Lower-case hex, the form error lines and reports use.
-public func attestationHex(_ bytes: some Sequence<UInt8>) -> String {
-    let digits: [Character] = Array("0123456789abcdef")
-    var out = ""
-    for b in bytes {
-        out.append(digits[Int(b >> 4)])
-        out.append(digits[Int(b & 0x0F)])
-    }
-    return out
-}

@@ -45,7 +45,7 @@ public struct PCRMismatch: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String {
-        "PCR \(index): expected \(attestationHex(expected)), actual \(actual.map { attestationHex($0) } ?? "not quoted")"
+        "PCR \(index): expected \(hex(expected)), actual \(actual.map { hex($0) } ?? "not quoted")"
     }
 }
 
@@ -86,7 +86,7 @@ public struct QuoteVerifier: Sendable {
         let quote = try QuoteAttestation(parsing: evidence.attest)
         try checkSignature(evidence)
         guard quote.extraData == nonce else {
-            throw .nonceMismatch(expected: attestationHex(nonce), actual: attestationHex(quote.extraData))
+            throw .nonceMismatch(expected: hex(nonce), actual: hex(quote.extraData))
         }
         let quoted = quote.selections.filter { !$0.indexes.isEmpty }
         let reported = evidence.pcrs.keys.sorted()
@@ -102,7 +102,7 @@ public struct QuoteVerifier: Sendable {
         }
         let computed = Array(hasher.finalize())
         guard computed == quote.pcrDigest else {
-            throw .pcrDigestMismatch(quoted: attestationHex(quote.pcrDigest), computed: attestationHex(computed))
+            throw .pcrDigestMismatch(quoted: hex(quote.pcrDigest), computed: hex(computed))
         }
         for index in Self.mustBeMeasured {
             if let value = evidence.pcrs[index], value.allSatisfy({ $0 == 0 }) { throw .zeroPCR(index: index) }
@@ -127,32 +127,6 @@ public struct QuoteVerifier: Sendable {
 }
 
 extension QuoteVerifier {
-    /// Parses hex (either case) as the builder's predictions and error lines spell it; nil for anything else.
-    public static func bytes(hex: String) -> [UInt8]? {
-        let chars = Array(hex.utf8)
-        guard chars.count % 2 == 0 else { return nil }
-        var out: [UInt8] = []
-        out.reserveCapacity(chars.count / 2)
-        var i = 0
-        while i < chars.count {
-            guard let hi = nibble(chars[i]), let lo = nibble(chars[i + 1]) else { return nil }
-            out.append(hi << 4 | lo)
-            i += 2
-        }
-        return out
-    }
-
-    private static func nibble(_ c: UInt8) -> UInt8? {
-        switch c {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
-        default: return nil
-        }
-    }
-}
-
-extension QuoteVerifier {
     /// The expectations for a device running `slot` of a bundle: PCR 8 and 9
     /// as the builder predicted them inside the signed manifest, with the
     /// firmware PCRs (0, 4, 7) the device showed at registration.
@@ -160,7 +134,7 @@ extension QuoteVerifier {
                                     firstUse: [Int: [UInt8]]) throws(AttestationError) -> [Int: [UInt8]] {
         var out = firstUse
         for (index, hex) in [(8, slot.pcr8), (9, slot.pcr9)] {
-            guard let value = bytes(hex: hex), value.count == 32 else {
+            guard let value = bytes(fromHex: hex), value.count == 32 else {
                 throw .malformed(structure: "bundle manifest", field: "pcr\(index)", offset: 0, reason: "\"\(hex)\" is not 32 bytes of hex")
             }
             out[index] = value

@@ -85,7 +85,7 @@ struct QuoteVerifierTests {
         let pcrs = Self.pcrs(&random)
         let (evidence, verifier) = try Self.signed(nonce: nonce, pcrs: pcrs)
 
-        #expect(throws: AttestationError.nonceMismatch(expected: attestationHex([1, 2]), actual: attestationHex(nonce))) {
+        #expect(throws: AttestationError.nonceMismatch(expected: hex([1, 2]), actual: hex(nonce))) {
             try verifier.verify(evidence, nonce: [1, 2])
         }
         var flipped = evidence
@@ -93,8 +93,8 @@ struct QuoteVerifierTests {
         #expect(throws: AttestationError.badSignature) { try verifier.verify(flipped, nonce: nonce) }
         var other = evidence
         other.pcrs[9]?[0] ^= 1
-        #expect(throws: AttestationError.pcrDigestMismatch(quoted: attestationHex(Self.digest(pcrs)),
-                                                           computed: attestationHex(Self.digest(other.pcrs)))) {
+        #expect(throws: AttestationError.pcrDigestMismatch(quoted: hex(Self.digest(pcrs)),
+                                                           computed: hex(Self.digest(other.pcrs)))) {
             try verifier.verify(other, nonce: nonce)
         }
         var missing = evidence
@@ -123,14 +123,14 @@ struct QuoteVerifierTests {
         let pcrs = Self.pcrs(&random)
         let (evidence, verifier) = try Self.signed(nonce: nonce, pcrs: pcrs)
         let pcr8 = random.bytes(32)
-        let slot = BundleManifest.SlotPCRs(pcr8: attestationHex(pcr8).uppercased(), pcr9: attestationHex(pcrs[9] ?? []))
+        let slot = BundleManifest.SlotPCRs(pcr8: hex(pcr8).uppercased(), pcr9: hex(pcrs[9] ?? []))
         let firstUse = [0: pcrs[0] ?? [], 4: random.bytes(32), 7: pcrs[7] ?? []]
         let expected = try QuoteVerifier.expectations(slot: slot, firstUse: firstUse)
         #expect(expected[8] == pcr8 && expected[9] == pcrs[9])
         let report = try verifier.verify(evidence, nonce: nonce, expected: expected)
         #expect(report.mismatches.map(\.index) == [4, 8])
         #expect(report.mismatches.last == PCRMismatch(index: 8, expected: pcr8, actual: pcrs[8]))
-        #expect(report.description.contains("PCR 8: expected \(attestationHex(pcr8)), actual \(attestationHex(pcrs[8] ?? []))"))
+        #expect(report.description.contains("PCR 8: expected \(hex(pcr8)), actual \(hex(pcrs[8] ?? []))"))
         #expect(!report.description.contains("\n"))
         // An expectation for a PCR the quote does not cover is a mismatch too, never a pass.
         let uncovered = try verifier.verify(evidence, nonce: nonce, expected: [11: pcr8])
@@ -194,7 +194,7 @@ struct QuoteVerifierTests {
             candidate.attest = bytes
             do {
                 _ = try verifier.verify(candidate, nonce: nonce)
-                if bytes != evidence.attest { Issue.record("a changed quote verified: \(attestationHex(bytes))") }
+                if bytes != evidence.attest { Issue.record("a changed quote verified: \(hex(bytes))") }
             } catch {
                 refused += 1
                 #expect(!error.description.contains("\n") && error.description.hasPrefix("attestation: "), "\(error)")

@@ -1,5 +1,6 @@
 import Foundation
 import OutpostAttestation
+import OutpostBundle
 import OutpostTestSupport
 import Testing
 @testable import OutpostTrust
@@ -33,7 +34,7 @@ struct AttestationTests {
         try Data(quote.pcrs.keys.sorted().flatMap { quote.pcrs[$0] ?? [] }).write(to: URL(fileURLWithPath: dir + "/quote.pcrs"))
         let list = "sha256:" + quote.pcrs.keys.sorted().map(String.init).joined(separator: ",")
         return try runCommand(["tpm2_checkquote", "-u", dir + "/ak.pub", "-m", dir + "/quote.msg", "-s", dir + "/quote.sig",
-                               "-f", dir + "/quote.pcrs", "-l", list, "-g", "sha256", "-q", attestationHex(nonce)],
+                               "-f", dir + "/quote.pcrs", "-l", list, "-g", "sha256", "-q", hex(nonce)],
                               timeout: .seconds(20))
     }
 
@@ -103,7 +104,7 @@ struct AttestationTests {
             _ = try verifier.verify(Self.evidence(quote), nonce: other)
             Issue.record("another nonce was accepted")
         } catch {
-            #expect(error == .nonceMismatch(expected: attestationHex(other), actual: attestationHex(nonce)))
+            #expect(error == .nonceMismatch(expected: hex(other), actual: hex(nonce)))
             #expect(error.description.contains("extraData") && !error.description.contains("\n"), "\(error)")
         }
 
@@ -154,7 +155,7 @@ struct AttestationTests {
         #expect(!report.passed)
         #expect(report.mismatches == [PCRMismatch(index: 8, expected: before.pcrs[8] ?? [], actual: after.pcrs[8])])
         let line = report.description
-        #expect(line.contains("PCR 8: expected \(attestationHex(before.pcrs[8] ?? [])), actual \(attestationHex(after.pcrs[8] ?? []))"),
+        #expect(line.contains("PCR 8: expected \(hex(before.pcrs[8] ?? [])), actual \(hex(after.pcrs[8] ?? []))"),
                 "\(line)")
     }
 
@@ -171,9 +172,9 @@ struct AttestationTests {
         try Data(secret).write(to: URL(fileURLWithPath: tmp.path + "/secret"))
 
         func makeCredential(name: [UInt8]) throws -> (blob: [UInt8], secret: [UInt8]) {
-            let out = tmp.path + "/cred-\(attestationHex(name.prefix(4)))"
+            let out = tmp.path + "/cred-\(hex(name.prefix(4)))"
             let run = try runCommand(["tpm2_makecredential", "-T", "none", "-u", tmp.path + "/ek.pub", "-s", tmp.path + "/secret",
-                                      "-n", attestationHex(name), "-o", out], timeout: .seconds(20))
+                                      "-n", hex(name), "-o", out], timeout: .seconds(20))
             guard run.status == 0 else { throw TestSupportError.failed(command: "tpm2_makecredential", status: run.status, output: run.output) }
             // tpm2-tools' credential file: magic 0xBADCC0DE, version 1, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
             let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: out)))
