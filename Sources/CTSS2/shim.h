@@ -8,40 +8,49 @@
 #include <tss2/tss2_rc.h>
 #include <string.h>
 
-// The storage root key: the TCG's standard ECC P-256 SRK template (restricted
-// decrypt, AES-128-CFB), so any tool that knows the template finds the same key.
-static inline void CTSS2_srk_template(TPM2B_PUBLIC *out) {
+// The common part of every template here: an ECC P-256 key with SHA-256 names
+// and no KDF, with `attributes`; the caller adds the symmetric and signing schemes.
+static inline TPMT_PUBLIC *CTSS2_p256_template(TPM2B_PUBLIC *out, TPMA_OBJECT attributes) {
     memset(out, 0, sizeof *out);
     TPMT_PUBLIC *p = &out->publicArea;
     p->type = TPM2_ALG_ECC;
     p->nameAlg = TPM2_ALG_SHA256;
-    p->objectAttributes = TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT | TPMA_OBJECT_FIXEDTPM
-        | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH
-        | TPMA_OBJECT_NODA;
+    p->objectAttributes = attributes;
+    p->parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
+    p->parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+    return p;
+}
+
+// A storage parent (restricted decrypt) as the TCG templates have it:
+// AES-128-CFB for its children, no signing scheme, a 32-byte unique point.
+static inline void CTSS2_storage_parent(TPMT_PUBLIC *p) {
     p->parameters.eccDetail.symmetric.algorithm = TPM2_ALG_AES;
     p->parameters.eccDetail.symmetric.keyBits.aes = 128;
     p->parameters.eccDetail.symmetric.mode.aes = TPM2_ALG_CFB;
     p->parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
-    p->parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
-    p->parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
     p->unique.ecc.x.size = 32;
     p->unique.ecc.y.size = 32;
+}
+
+// A signing key: ECDSA over SHA-256, no symmetric scheme (a signing key must have none).
+static inline void CTSS2_ecdsa_signer(TPMT_PUBLIC *p) {
+    p->parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
+    p->parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDSA;
+    p->parameters.eccDetail.scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;
+}
+
+// The storage root key: the TCG's standard ECC P-256 SRK template (restricted
+// decrypt, AES-128-CFB), so any tool that knows the template finds the same key.
+static inline void CTSS2_srk_template(TPM2B_PUBLIC *out) {
+    CTSS2_storage_parent(CTSS2_p256_template(out, TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT | TPMA_OBJECT_FIXEDTPM
+        | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA));
 }
 
 // The device key: an unrestricted P-256 ECDSA-SHA256 signing key that never
 // leaves this TPM (fixedTPM, fixedParent) and was generated inside it.
 static inline void CTSS2_signing_key_template(TPM2B_PUBLIC *out) {
-    memset(out, 0, sizeof *out);
-    TPMT_PUBLIC *p = &out->publicArea;
-    p->type = TPM2_ALG_ECC;
-    p->nameAlg = TPM2_ALG_SHA256;
-    p->objectAttributes = TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT
-        | TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH;
-    p->parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
-    p->parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDSA;
-    p->parameters.eccDetail.scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;
-    p->parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
-    p->parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+    CTSS2_ecdsa_signer(CTSS2_p256_template(out, TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT
+        | TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH));
 }
 
 // Whether `pub` is a P-256 key with the attributes of the storage root key
@@ -125,22 +134,11 @@ static inline void CTSS2_ek_template(TPM2B_PUBLIC *out) {
     static const uint8_t policy[32] = {
         0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xB3, 0xF8, 0x1A, 0x90, 0xCC, 0x8D, 0x46, 0xA5, 0xD7, 0x24,
         0xFD, 0x52, 0xD7, 0x6E, 0x06, 0x52, 0x0B, 0x64, 0xF2, 0xA1, 0xDA, 0x1B, 0x33, 0x14, 0x69, 0xAA };
-    memset(out, 0, sizeof *out);
-    TPMT_PUBLIC *p = &out->publicArea;
-    p->type = TPM2_ALG_ECC;
-    p->nameAlg = TPM2_ALG_SHA256;
-    p->objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN
-        | TPMA_OBJECT_ADMINWITHPOLICY | TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT;
+    TPMT_PUBLIC *p = CTSS2_p256_template(out, TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN
+        | TPMA_OBJECT_ADMINWITHPOLICY | TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT);
     p->authPolicy.size = 32;
     memcpy(p->authPolicy.buffer, policy, 32);
-    p->parameters.eccDetail.symmetric.algorithm = TPM2_ALG_AES;
-    p->parameters.eccDetail.symmetric.keyBits.aes = 128;
-    p->parameters.eccDetail.symmetric.mode.aes = TPM2_ALG_CFB;
-    p->parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
-    p->parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
-    p->parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
-    p->unique.ecc.x.size = 32;
-    p->unique.ecc.y.size = 32;
+    CTSS2_storage_parent(p);
 }
 
 // The attestation key: a restricted P-256 ECDSA-SHA256 signing key. Restricted
@@ -148,17 +146,8 @@ static inline void CTSS2_ek_template(TPM2B_PUBLIC *out) {
 // certifications), never a digest that merely starts with its magic; the
 // symmetric scheme must be NULL for a signing key.
 static inline void CTSS2_ak_template(TPM2B_PUBLIC *out) {
-    memset(out, 0, sizeof *out);
-    TPMT_PUBLIC *p = &out->publicArea;
-    p->type = TPM2_ALG_ECC;
-    p->nameAlg = TPM2_ALG_SHA256;
-    p->objectAttributes = TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_FIXEDTPM
-        | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH;
-    p->parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
-    p->parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDSA;
-    p->parameters.eccDetail.scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;
-    p->parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
-    p->parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+    CTSS2_ecdsa_signer(CTSS2_p256_template(out, TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_FIXEDTPM
+        | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH));
 }
 
 // Whether `pub` has the attestation key's shape: a persistent handle could
