@@ -130,6 +130,9 @@ public final class AppInstance: Sendable {
         var lastExit: ChildExit?
         var exitedGeneration = 0
         var spawns = 0
+        /// The last boot: spawn to running, and the wall-clock second it reached running.
+        var bootDuration: Duration?
+        var runningSinceUnix: Int64?
     }
     private let shared = Mutex(Shared())
     private let wakeup: Wakeup
@@ -157,6 +160,10 @@ public final class AppInstance: Sendable {
     /// How many times QEMU was spawned for this instance.
     public var spawnCount: Int { shared.withLock { $0.spawns } }
     public var lastExit: ChildExit? { shared.withLock { $0.lastExit } }
+    /// How long the last boot took from QEMU's start to `running` (nil until one got there).
+    public var bootDuration: Duration? { shared.withLock { $0.bootDuration } }
+    /// When (Unix seconds) the instance last became `running`; nil while it is not running.
+    public var runningSinceUnix: Int64? { shared.withLock { $0.state == .running ? $0.runningSinceUnix : nil } }
 
     /// QEMU's resident memory now (VmRSS), to set against `limits.memoryMax`.
     public var residentBytes: UInt64? {
@@ -472,6 +479,8 @@ public final class AppInstance: Sendable {
                 if shared.state == .booting, shared.consoleStart == start {
                     shared.state = .running
                     shared.runningSince = MonotonicClock.now()
+                    shared.bootDuration = shared.spawnedAt?.elapsed
+                    shared.runningSinceUnix = Int64(time(nil))
                 }
             }
         }
