@@ -110,7 +110,7 @@ let package = Package(
 
         // What tests share (commands, the openssl PKI, the seeded generator, temporary
         // directories, deadlines); only test targets depend on it.
-        .target(name: "OutpostTestSupport", path: "Tests/OutpostTestSupport"),
+        .target(name: "OutpostTestSupport", path: "Tests/OutpostTestSupport", exclude: ["connect-proxy.py"]),
 
         .testTarget(name: "OutpostPlatformTests", dependencies: ["OutpostPlatform", "OutpostTestSupport"]),
         .testTarget(name: "OutpostTestSupportTests", dependencies: ["OutpostTestSupport"]),
@@ -119,7 +119,7 @@ let package = Package(
         .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk", "OutpostTestSupport"]),
         .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk", "OutpostProcess", "OutpostTestSupport"]),
         .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostApps", "OutpostDisk", "OutpostPlatform", "OutpostUpdate", "OutpostBundle", "OutpostTestSupport"]),
-        .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostHTTP", "OutpostTestSupport"], exclude: ["connect-proxy.py", "short-lease-dhcpd.py"]),
+        .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostHTTP", "OutpostTestSupport"], exclude: ["short-lease-dhcpd.py"]),
         .testTarget(name: "OutpostHTTPTests", dependencies: ["OutpostHTTP", "OutpostTestSupport"]),
         // App instances: the seed's VMManifest, the content store on PERSIST, qcow2
         // overlays. FoundationEssentials only: it links into the static outpostd.
@@ -148,7 +148,23 @@ let package = Package(
         // OutpostFleet's DeviceIdentity, and the choice between it and the file
         // identity. FoundationEssentials only: it links into the static outpostd.
         .target(name: "OutpostTrust", dependencies: ["OutpostFleet", "OutpostHTTP", "COpenSSL", "CTSS2"]),
-        .testTarget(name: "OutpostTrustTests", dependencies: ["OutpostTrust", "OutpostFleet", "OutpostHTTP", "OutpostTestSupport"]),
+        .testTarget(name: "OutpostTrustTests", dependencies: ["OutpostTrust", "OutpostFleet", "OutpostHTTP", "OutpostAttestation", "OutpostTestSupport"]),
+        // The controller's quote verifier: TPMS_ATTEST and TPM2B_PUBLIC parsed in
+        // pure Swift, P-256 ECDSA and SHA-256 from swift-crypto; no TPM, no
+        // Foundation, so both the controller and the device tests can use it.
+        // CryptoExtras for AES-128-CFB in the software MakeCredential; swift-certificates
+        // already builds it for the controller.
+        .target(name: "OutpostAttestation", dependencies: [
+            "OutpostBundle", .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "CryptoExtras", package: "swift-crypto"),
+        ]),
+        // bench/attestation-verify.sh: quotes verified per second against a bare ECDSA verify.
+        .executableTarget(name: "attestation-bench", dependencies: [
+            "OutpostAttestation", .product(name: "Crypto", package: "swift-crypto"),
+        ], path: "bench/attestation-bench"),
+        .testTarget(name: "OutpostAttestationTests", dependencies: [
+            "OutpostAttestation", "OutpostBundle", "OutpostTestSupport", .product(name: "Crypto", package: "swift-crypto"),
+        ]),
 
         // The reference fleet controller: device API over mutual TLS, the
         // admin socket, the SQLite store, certificate authority.

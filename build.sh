@@ -53,7 +53,7 @@ trap on_exit EXIT
 # with one `apt-get update` first, so a second run does nothing.
 PACKAGES=(
     gdisk cgpt dosfstools mtools e2fsprogs fdisk util-linux
-    qemu-utils qemu-system-x86 ovmf swtpm swtpm-tools
+    qemu-utils qemu-system-x86 ovmf swtpm swtpm-tools tpm2-tools
     cryptsetup-bin squashfs-tools cpio gzip xz-utils zstd kmod
     libblkid-dev libnl-3-dev libnl-route-3-dev libtss2-dev libssl-dev pkg-config
     dpkg-dev openssl iproute2 dnsmasq busybox-static binutils zlib1g-dev libsqlite3-dev postgresql

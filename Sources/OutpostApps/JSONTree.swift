@@ -3,6 +3,8 @@
 // field in one line. FoundationEssentials' JSONDecoder does the lexing (and
 // bounds the nesting depth); nothing here trusts the document's shape.
 
+import OutpostPlatform
+
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -85,9 +87,7 @@ struct AnyKey: CodingKey {
 
 /// Text squeezed onto one line and cut at `limit` characters, for error messages.
 func oneLine(_ text: String, limit: Int) -> String {
-    let flat = String(String.UnicodeScalarView(text.unicodeScalars.map { scalar in
-        scalar.properties.generalCategory == .control || scalar.properties.isWhitespace && scalar != " " ? " " : scalar
-    }))
+    let flat = text.flattenedToOneLine
     return flat.count <= limit ? flat : String(flat.prefix(limit)) + "..."
 }
 

@@ -130,11 +130,17 @@ public enum ControllerServer {
                 },
                 logger: logger))
         }
+        let advancer = RolloutAdvancer(fleet: fleet, leaseTTLMs: 3 * options.rolloutTick.milliseconds)
         let group = ServiceGroup(configuration: .init(
-            services: services + [deviceApp, adminApp, LastSeenFlusher(fleet: fleet, logger: logger),
-                       ChangeFollower(fleet: fleet, interval: options.refreshInterval, logger: logger),
-                       RolloutService(advancer: RolloutAdvancer(fleet: fleet, leaseTTLMs: 3 * options.rolloutTick.milliseconds),
-                                      interval: options.rolloutTick, logger: logger)],
+            services: services + [deviceApp, adminApp,
+                       PeriodicService(what: "writing last-seen times", interval: .seconds(5), logger: logger) {
+                           try await fleet.flushLastSeen()
+                       },
+                       PeriodicService(what: "following the store's changes", interval: options.refreshInterval,
+                                       logger: logger) { try await fleet.refresh() },
+                       PeriodicService(what: "advancing rollouts", interval: options.rolloutTick, logger: logger) {
+                           try await advancer.tick()
+                       }],
             gracefulShutdownSignals: signals ? [.sigterm, .sigint] : [],
             logger: logger))
         try await group.run()
@@ -142,47 +148,23 @@ public enum ControllerServer {
     }
 }
 
-/// Writes last-seen times in one batch every few seconds: a poll answered
-/// with 304 stays free of store writes.
-struct LastSeenFlusher: Service {
-    let fleet: Fleet
-    let logger: Logger
-
-    func run() async throws {
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(5)) }
-            do { try await fleet.flushLastSeen() } catch { logger.error("\(error)") }
-        }
-    }
-}
-
-/// Pulls other replicas' registrations, config and onboarding changes into this process's
-/// memory (`Fleet.refresh`): one single-row read per interval when nothing changed.
-struct ChangeFollower: Service {
-    let fleet: Fleet
+/// Work done every interval until graceful shutdown; a failed round is logged and the next one comes.
+///
+/// The controller runs three: last-seen times are written in one batch every 5 s (a poll answered
+/// with 304 stays free of store writes); other replicas' registrations, config and onboarding
+/// changes are pulled into memory (`Fleet.refresh`, one single-row read when nothing changed);
+/// the rollout advancer ticks (it acts only while this process holds the lease).
+struct PeriodicService: Service {
+    let what: String
     let interval: Duration
     let logger: Logger
+    let work: @Sendable () async throws -> Void
 
     func run() async throws {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
             if Task.isCancelled || Task.isShuttingDownGracefully { break }
-            do { try await fleet.refresh() } catch { logger.error("following the store's changes: \(error)") }
-        }
-    }
-}
-
-/// Runs the rollout advancer every interval (it acts only while this process holds the lease).
-struct RolloutService: Service {
-    let advancer: RolloutAdvancer
-    let interval: Duration
-    let logger: Logger
-
-    func run() async throws {
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
-            if Task.isCancelled || Task.isShuttingDownGracefully { break }
-            do { try await advancer.tick() } catch { logger.error("advancing rollouts: \(error)") }
+            do { try await work() } catch { logger.error("\(what): \(error)") }
         }
     }
 }

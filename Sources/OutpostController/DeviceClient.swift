@@ -40,6 +40,10 @@ public final class DeviceClient: Sendable {
 
     public func shutdown() async throws { try await http.shutdown() }
 
+    /// A client dropped without `shutdown()` (a test that failed half-way) is shut down in the
+    /// background rather than left to AsyncHTTPClient's deinit check, which stops the process.
+    deinit { http.shutdown(queue: .global()) { _ in } }
+
     public func request(_ method: HTTPMethod, _ path: String, body: Data? = nil, headers: [(String, String)] = [],
                         timeout: TimeAmount? = nil) async throws -> Reply {
         var req = HTTPClientRequest(url: baseURL + path)

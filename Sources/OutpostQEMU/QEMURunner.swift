@@ -29,7 +29,23 @@ public struct QEMUOptions: Sendable {
     /// In headless mode: forward standard input to the serial console, so a
     /// script can type console commands ("update status").
     public var consoleInput = false
+    /// The guest's TPM (swtpm).
+    public var tpm: TPM = .temporary
     public var extraArgs: [String] = []
+
+    /// Where the guest's TPM keeps its state.
+    public enum TPM: Sendable, Equatable {
+        /// In this directory, made when missing and kept after QEMU ends: the device keeps its
+        /// TPM (its SRK and keys) from one run to the next, as a real device does.
+        case persistent(directory: String)
+        /// Starts from a copy of this directory when it exists and throws the copy away (for
+        /// `--snapshot`, where the disk is not written either).
+        case copyOf(directory: String)
+        /// A new TPM, thrown away when QEMU ends.
+        case temporary
+        /// No TPM device at all.
+        case none
+    }
 
     public init(image: String) { self.image = image }
 }
@@ -101,20 +117,25 @@ public enum QEMURunner {
 
         let work = try makeWorkDirectory()
         defer { try? fm.removeItem(atPath: work) }
-        try fm.createDirectory(atPath: work + "/tpm", withIntermediateDirectories: true)
         try fm.copyItem(atPath: ovmfVars, toPath: work + "/vars.fd")
 
         // swtpm first: QEMU connects to its socket at start-up.
-        let tpmSock = work + "/swtpm.sock"
-        let swtpm = Background(["swtpm", "socket", "--tpm2", "--tpmstate", "dir=\(work)/tpm",
-                                "--ctrl", "type=unixio,path=\(tpmSock)", "--terminate"]) { session.started(swtpm: $0) }
-        defer { swtpm.stop() }
-        let deadline = Date().addingTimeInterval(10)
-        while !fm.fileExists(atPath: tpmSock) {
-            if let signal = session.interruption { throw QEMUError.interrupted(signal: signal) }
-            if let failure = swtpm.failure { throw failure }
-            guard Date() < deadline else { throw QEMUError.swtpm("no socket at \(tpmSock) within 10 s") }
-            usleep(20_000)
+        var tpmSock: String?
+        var swtpm: Background?
+        defer { swtpm?.stop() }
+        if let state = try tpmStateDirectory(o.tpm, work: work) {
+            let sock = work + "/swtpm.sock"
+            let tpm = Background(["swtpm", "socket", "--tpm2", "--tpmstate", "dir=\(state)",
+                                  "--ctrl", "type=unixio,path=\(sock)", "--terminate"]) { session.started(swtpm: $0) }
+            swtpm = tpm
+            let deadline = Date().addingTimeInterval(10)
+            while !fm.fileExists(atPath: sock) {
+                if let signal = session.interruption { throw QEMUError.interrupted(signal: signal) }
+                if let failure = tpm.failure { throw failure }
+                guard Date() < deadline else { throw QEMUError.swtpm("no socket at \(sock) within 10 s") }
+                usleep(20_000)
+            }
+            tpmSock = sock
         }
 
         let monitor = o.monitorSocket ?? (o.powerOffAtMarker ? work + "/monitor.sock" : nil)
@@ -144,7 +165,46 @@ public enum QEMURunner {
         return outcome
     }
 
-    static func qemuArguments(_ o: QEMUOptions, work: String, tpmSocket: String, monitor: String?) -> [String] {
+    /// The directory swtpm runs on for `tpm`, ready (made, or copied for `.copyOf`); nil for no TPM.
+    static func tpmStateDirectory(_ tpm: QEMUOptions.TPM, work: String) throws -> String? {
+        let fm = FileManager.default
+        func make(_ directory: String) throws {
+            do {
+                try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            } catch {
+                throw QEMUError.io(path: directory, message: "cannot create the TPM state directory: \(error.localizedDescription)")
+            }
+        }
+        switch tpm {
+        case .none:
+            return nil
+        case .temporary:
+            try make(work + "/tpm")
+            return work + "/tpm"
+        case let .persistent(directory):
+            var isDirectory: ObjCBool = false
+            if fm.fileExists(atPath: directory, isDirectory: &isDirectory), !isDirectory.boolValue {
+                throw QEMUError.io(path: directory, message: "the TPM state path is not a directory")
+            }
+            try make(directory)
+            return directory
+        case let .copyOf(directory):
+            guard fm.fileExists(atPath: directory) else {
+                try make(work + "/tpm")
+                return work + "/tpm"
+            }
+            do {
+                try fm.copyItem(atPath: directory, toPath: work + "/tpm")
+            } catch {
+                throw QEMUError.io(path: directory, message: "cannot copy the TPM state: \(error.localizedDescription)")
+            }
+            // swtpm's lock file belongs to whichever swtpm runs on the original.
+            try? fm.removeItem(atPath: work + "/tpm/.lock")
+            return work + "/tpm"
+        }
+    }
+
+    static func qemuArguments(_ o: QEMUOptions, work: String, tpmSocket: String?, monitor: String?) -> [String] {
         let format = o.image.hasSuffix(".qcow2") ? "qcow2" : "raw"
         var args = [
             "qemu-system-x86_64",
@@ -152,11 +212,13 @@ public enum QEMURunner {
             "-drive", "if=pflash,format=raw,readonly=on,file=\(ovmfCode)",
             "-drive", "if=pflash,format=raw,file=\(work)/vars.fd",
             "-drive", "file=\(o.image),format=\(format),if=virtio\(o.snapshot ? ",snapshot=on" : "")",
-            "-chardev", "socket,id=chrtpm,path=\(tpmSocket)", "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
-            "-device", "tpm-tis,tpmdev=tpm0",
             "-device", "i6300esb", "-action", "watchdog=reset",
             "-display", "none", "-no-user-config",
         ]
+        if let tpmSocket {
+            args += ["-chardev", "socket,id=chrtpm,path=\(tpmSocket)", "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+                     "-device", "tpm-tis,tpmdev=tpm0"]
+        }
         for i in 0..<max(1, o.nics) {
             args += ["-netdev", "user,id=n\(i)", "-device", "virtio-net-pci,netdev=n\(i),mac=52:54:00:12:34:\(String(format: "%02x", 0x56 + i))"]
         }

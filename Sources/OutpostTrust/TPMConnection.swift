@@ -47,7 +47,7 @@ final class TPMConnection: @unchecked Sendable {
         Tss2_TctiLdr_Finalize(&tctiContext)
     }
 
-    private func withContext<T>(_ body: (OpaquePointer) throws(TPMError) -> T) throws(TPMError) -> T {
+    func withContext<T>(_ body: (OpaquePointer) throws(TPMError) -> T) throws(TPMError) -> T {
         try lock.withLock { _ throws(TPMError) -> T in
             guard let esys else { throw TPMError.unusable(step: "TPM context", reason: "closed") }
             return try body(esys)

@@ -120,21 +120,31 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     struct Poll: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Register C devices, then poll config (304) and ping on keep-alive mutual TLS.")
+        static let configuration = CommandConfiguration(
+            abstract: "Register C devices, then time each call mode on keep-alive mutual TLS.",
+            discussion: "Modes: ping and config (a 304) read no store; info, metrics and logs (10 lines a batch) write it.")
         @OptionGroup var data: DataOption
         @Option(help: "A controller URL (default: controller-url); repeat it for replicas: client n polls the (n mod count)th.")
         var url: [String] = []
         @Option(help: "Concurrent clients (each its own device certificate and connection).") var clients: Int = 32
         @Option(help: "Seconds per measurement.") var seconds: Double = 10
+        @Option(help: ArgumentHelp("A mode to measure, in order; repeat it (default: ping, config).", valueName: "ping|handshake|config|info|metrics|logs"))
+        var mode: [String] = []
         @Flag(help: "Print JSON.") var json = false
         func run() async throws {
             try await oneLine {
+                let modes = try (mode.isEmpty ? ["ping", "config"] : mode).map { name in
+                    guard let m = Throughput.Mode(rawValue: name) else {
+                        throw ControllerError.invalidInput("--mode \(name): not one of \(Throughput.Mode.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    return m
+                }
                 let d = data.dir
                 let text = { (p: String) throws -> String in String(decoding: try d.readPublic(p), as: UTF8.self) }
                 let results = try await Throughput.run(
                     urls: url.isEmpty ? [try d.loadSettings().url] : url, rootCAPEM: try text(d.caCert),
                     onboardCertPEM: try text(d.onboardCert), onboardKeyPEM: try text(d.configDir + "/onboard.key.pem"),
-                    clients: clients, seconds: seconds, modes: [.ping, .config])
+                    clients: clients, seconds: seconds, modes: modes)
                 if json { return printJSON(results.map { ["mode": $0.mode, "clients": $0.clients, "seconds": $0.seconds, "requests": $0.requests,
                                                           "errors": $0.errors, "perSecond": $0.perSecond, "p50ms": $0.p50ms, "p99ms": $0.p99ms] }) }
                 for r in results {

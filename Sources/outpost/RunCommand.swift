@@ -8,7 +8,9 @@ struct Run: ParsableCommand {
         discussion: """
             Interactive by default: the serial console is this terminal (Ctrl-A X quits QEMU, \
             Ctrl-A C switches to the QEMU monitor) and the command exits with QEMU's status; the terminal's \
-            settings, swtpm and temporary files are cleaned up however QEMU ends. With --headless the console is copied to stdout and the command exits 0 as soon as \
+            settings, swtpm and temporary files are cleaned up however QEMU ends. The TPM's state is kept beside the image \
+            (IMAGE.tpm), so the device keeps its TPM keys from one run to the next; --fresh-tpm starts a new TPM, --no-tpm \
+            boots without one. With --headless the console is copied to stdout and the command exits 0 as soon as \
             the 'outpost: ready' line appears, 1 on timeout or if QEMU stops first.
             """)
 
@@ -28,6 +30,33 @@ struct Run: ParsableCommand {
     var consoleInput = false
     @Option(help: "With --headless: stop at a console line containing this text (repeatable).")
     var until: [String] = ["outpost: ready"]
+    @Option(help: ArgumentHelp("Keep the TPM's state here across runs (default: IMAGE.tpm beside the image).", valueName: "dir"))
+    var tpmState: String?
+    @Flag(help: "Start with a new TPM: erase the saved TPM state first (the device's TPM keys are gone).")
+    var freshTPM = false
+    @Flag(help: "Boot without a TPM (the device falls back to its file identity and says so).")
+    var noTPM = false
+
+    func validate() throws {
+        if noTPM && (freshTPM || tpmState != nil) {
+            throw ValidationError("--no-tpm cannot be combined with --fresh-tpm or --tpm-state")
+        }
+    }
+
+    /// The TPM for this run: saved beside the image by default, so a device keeps its identity
+    /// from one `outpost run` to the next; with --snapshot the saved state is used but not changed.
+    func tpmMode() throws -> QEMUOptions.TPM {
+        if noTPM { return .none }
+        let directory = tpmState ?? image + ".tpm"
+        if freshTPM && FileManager.default.fileExists(atPath: directory) {
+            do {
+                try FileManager.default.removeItem(atPath: directory)
+            } catch {
+                throw ValidationError("\(directory): cannot erase the TPM state: \(error.localizedDescription)")
+            }
+        }
+        return snapshot ? .copyOf(directory: directory) : .persistent(directory: directory)
+    }
 
     func run() throws {
         var o = QEMUOptions(image: image)
@@ -43,6 +72,7 @@ struct Run: ParsableCommand {
         o.extraDisks = disk
         o.powerOffAtMarker = powerOff
         o.consoleInput = consoleInput
+        o.tpm = try tpmMode()
         let outcome = try QEMURunner.run(o)
         if headless {
             if !outcome.ready { throw ExitCode.failure }

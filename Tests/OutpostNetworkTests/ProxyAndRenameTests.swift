@@ -5,7 +5,7 @@ import Testing
 
 /// Enterprise networks (a port whose only way out is an HTTP proxy) and stable names by MAC.
 extension FailoverTests {
-    private static let proxyScript = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("connect-proxy.py").path
+    private static let proxyScript = ConnectProxy.scriptPath
 
     /// Starts the CONNECT proxy in wlan0's upstream and waits (bounded) until it listens.
     private func startProxy(_ net: NamespaceHarness, port: Int, deny: Bool) throws -> (ChildProcess, String) {

@@ -68,6 +68,21 @@ extension QEMU {
             }
         }
 
+        /// A controller's data in `h.dir/fleet` (`init` with `hosts`, the harness's trust keys), the
+        /// test window in its CONFIG, and the image built from that CONFIG at `h.image`: the device
+        /// this image boots is managed by that controller. Returns the data and CONFIG directories.
+        static func managedImage(_ h: Harness, hosts: [String], port: Int) throws -> (data: String, config: String) {
+            let data = h.dir + "/fleet"
+            try Harness.sh([Self.controller, "init", data] + hosts.flatMap { ["--host", $0] }
+                           + ["--port", String(port), "--trust", Harness.out + "/keys"])
+            let config = data + "/config"
+            try #"{"testWindowSeconds": \#(Self.testWindowSeconds)}"#.write(toFile: config + "/update.json", atomically: false,
+                                                                            encoding: .utf8)
+            try Harness.sh([Harness.outpost, "image", "build", "--quiet", "--config", config, "--slot", Harness.out + "/slot.img",
+                            "--efi", Harness.out + "/efi", "--output", h.image])
+            return (data, config)
+        }
+
         /// Polls `probe` every 2 s until it returns a value, at most `seconds`.
         static func poll<T>(_ seconds: Double, _ probe: () -> T?) -> T? {
             let deadline = Date().addingTimeInterval(seconds)
@@ -107,14 +122,7 @@ extension QEMU {
 
             // The controller's data and the CONFIG it writes; the image is built from that CONFIG.
             let port = try freeLoopbackPort()
-            let data = h.dir + "/fleet"
-            try Harness.sh([Self.controller, "init", data, "--host", "10.0.2.2", "--port", String(port),
-                            "--trust", Harness.out + "/keys"])
-            let config = data + "/config"
-            try #"{"testWindowSeconds": \#(Self.testWindowSeconds)}"#.write(toFile: config + "/update.json", atomically: false,
-                                                                            encoding: .utf8)
-            try Harness.sh([Harness.outpost, "image", "build", "--quiet", "--config", config, "--slot", Harness.out + "/slot.img",
-                            "--efi", Harness.out + "/efi", "--output", h.image])
+            let (data, config) = try Self.managedImage(h, hosts: ["10.0.2.2"], port: port)
             let v2 = try UpdateTests.bundle(h, version: "2.0.0", security: 2)
             let v3 = try UpdateTests.bundle(h, version: "3.0.0", security: 3)
             let v4 = try UpdateTests.bundle(h, version: "4.0.0", security: 4, tweakRoot: { root in
@@ -286,7 +294,8 @@ extension QEMU {
             print("fleet: cut-off network config: \(rolledBack.text)")
 
         }
-            /// Issue 14 in QEMU: a staged rollout over the real device and four simulated ones (API
+
+        /// Issue 14 in QEMU: a staged rollout over the real device and four simulated ones (API
         /// clients in this test that report committed at once), selected by a label, in two waves:
         /// every wave completes and the real device runs 5.0.0 committed. Its identity is the TPM's.
         @Test func aStagedRolloutMovesTheRealDeviceWithSimulatedOnes() throws {
@@ -294,15 +303,8 @@ extension QEMU {
             defer { h.cleanup() }
             guard FileManager.default.fileExists(atPath: Self.controller) else { throw Harness.Missing(path: Self.controller) }
             let port = try freeLoopbackPort()
-            let data = h.dir + "/fleet"
             // 10.0.2.2 for the guest (the URL in CONFIG), 127.0.0.1 for the simulated devices.
-            try Harness.sh([Self.controller, "init", data, "--host", "10.0.2.2", "--host", "127.0.0.1", "--port", String(port),
-                            "--trust", Harness.out + "/keys"])
-            let config = data + "/config"
-            try #"{"testWindowSeconds": \#(Self.testWindowSeconds)}"#.write(toFile: config + "/update.json", atomically: false,
-                                                                            encoding: .utf8)
-            try Harness.sh([Harness.outpost, "image", "build", "--quiet", "--config", config, "--slot", Harness.out + "/slot.img",
-                            "--efi", Harness.out + "/efi", "--output", h.image])
+            let (data, config) = try Self.managedImage(h, hosts: ["10.0.2.2", "127.0.0.1"], port: port)
             let v5 = try UpdateTests.bundle(h, version: "5.0.0", security: 5)
             let controller = Controller(data: data, port: port)
             try controller.start()

@@ -10,9 +10,15 @@ public final class PythonServer {
     /// Writes `script` to `dir/name`, runs `python3 dir/name ARGUMENTS... PORTFILE` (the port
     /// file's path is the last argument unless `portFile` is given and already among them) and
     /// waits up to 20 s for the port.
-    public init(script: String, in dir: String, name: String, arguments: [String], portFile: String? = nil) throws {
+    public convenience init(script: String, in dir: String, name: String, arguments: [String], portFile: String? = nil) throws {
         let path = dir + "/" + name
         try script.write(toFile: path, atomically: true, encoding: .utf8)
+        try self.init(scriptPath: path, arguments: arguments, portFile: portFile)
+    }
+
+    /// Runs the script at `scriptPath` the same way.
+    public init(scriptPath path: String, arguments: [String], portFile: String? = nil) throws {
+        let name = URL(fileURLWithPath: path).lastPathComponent
         let portPath = portFile ?? path + ".port"
         let child = try ChildProcess(["python3", path] + arguments + (portFile == nil ? [portPath] : []))
         process = child

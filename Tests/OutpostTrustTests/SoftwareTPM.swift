@@ -50,20 +50,7 @@ final class SoftwareTPM {
         process = nil
     }
 
-    static func accepts(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
-            }
-        }
-    }
+    static func accepts(_ port: Int) -> Bool { onLoopback(port) { connect($0, $1, $2) } }
 
     /// A port P with P+1 also free now (bounded tries).
     static func freePortPair() throws -> Int {
@@ -74,7 +61,11 @@ final class SoftwareTPM {
         throw TestSupportError.spawn(command: "swtpm", reason: "no free pair of loopback ports")
     }
 
-    static func canBind(_ port: Int) -> Bool {
+    static func canBind(_ port: Int) -> Bool { onLoopback(port) { bind($0, $1, $2) } }
+
+    /// Calls `call` (connect or bind) on a new TCP socket with 127.0.0.1:`port`; true when it succeeds.
+    private static func onLoopback(_ port: Int,
+                                   _ call: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
@@ -84,7 +75,7 @@ final class SoftwareTPM {
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         return withUnsafePointer(to: &address) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+                call(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
             }
         }
     }

@@ -17,6 +17,8 @@
 //   watchdog record or CARDRESET   → watchdog
 //   otherwise                      → power-loss (time ≈ last heartbeat)
 
+import OutpostPlatform
+
 /// The one-word reasons of the ready line and `outpostd status`.
 public enum RebootReason: String, Sendable, CaseIterable, Encodable {
     case firstBoot = "first-boot"
@@ -61,9 +63,7 @@ public struct StatusRecord: Sendable, Equatable {
 }
 
 extension String {
-    func replacingNewlines() -> String {
-        String(map { $0 == "\n" || $0 == "\r" ? " " : $0 })
-    }
+    func replacingNewlines() -> String { flattenedToOneLine }
 }
 
 /// The reason this boot happened, with what is known about it. Encoded as

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""A tiny HTTP CONNECT proxy for the namespace tests: one thread per client, logs each
-CONNECT line to LOG, and with --deny answers 403 to everything (a proxy that refuses)."""
-import argparse, select, socket, threading
+"""A tiny HTTP CONNECT proxy for the tests: one thread per client, logs each request line
+to LOG, and with --deny answers 403 to everything (a proxy that refuses). With port 0 it
+binds any free port and, given --port-file, writes the port there (aside, then renamed).
+It exits by itself after --lifetime seconds, so a test that dies cannot leave it behind."""
+import argparse, os, select, socket, threading
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--listen", required=True)   # address:port
 parser.add_argument("--log", required=True)
 parser.add_argument("--deny", action="store_true")
+parser.add_argument("--port-file")
+parser.add_argument("--lifetime", type=float, default=600)
 args = parser.parse_args()
 host, port = args.listen.rsplit(":", 1)
 lock = threading.Lock()
@@ -53,6 +57,11 @@ server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 server.bind((host, int(port)))
 server.listen(16)
+if args.port_file:
+    with open(args.port_file + ".tmp", "w") as f:
+        f.write(str(server.getsockname()[1]))
+    os.rename(args.port_file + ".tmp", args.port_file)
+threading.Timer(args.lifetime, lambda: os._exit(0)).start()
 log("listening")
 while True:
     conn, _ = server.accept()
