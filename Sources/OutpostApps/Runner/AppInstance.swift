@@ -360,6 +360,7 @@ public final class AppInstance: Sendable {
 
     private func spawn(_ command: QEMUCommand) throws(AppsError) {
         _ = unlink(qmpSocket)
+        markConsole(start: shared.withLock { $0.spawns } + 1)
         var info = stat()
         let consoleStart = stat(consoleLog, &info) == 0 ? Int(info.st_size) : 0
         let generation = shared.withLock { shared -> Int in
@@ -386,6 +387,18 @@ public final class AppInstance: Sendable {
         }
         if let cgroup = options.cgroupDirectory { try CgroupLimits.addProcess(pid, to: cgroup) }
         wakeup.signal()
+    }
+
+    /// Appends `---- outpost: QEMU start N ----` to the console log before QEMU opens it, so the
+    /// log (and `app console`) shows where each run begins: a guest's output from before a crash
+    /// is not mistaken for the run after it. Best effort: a console that cannot be written is
+    /// reported by QEMU itself when it opens the file.
+    private func markConsole(start: Int) {
+        let fd = open(consoleLog, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        let line = Array("---- outpost: QEMU start \(start) ----\n".utf8)
+        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     }
 
     /// The reaper's report that a QEMU of this instance ended.
