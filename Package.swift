@@ -100,7 +100,7 @@ let package = Package(
         // Device side: early boot, supervisor, updater, network.
         // Fleet/ wires the controller client (OutpostFleet) to the update service,
         // the network manager and the reboot path.
-        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform", "OutpostFleet", "OutpostTrust", "OutpostProto"],
+        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform", "OutpostFleet", "OutpostTrust", "OutpostProto", "OutpostApps"],
                 swiftSettings: faultInjection),
         .executableTarget(name: "outpostd", dependencies: [
             "OutpostAgent",
@@ -118,7 +118,7 @@ let package = Package(
         .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle", "OutpostTestSupport"]),
         .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk", "OutpostTestSupport"]),
         .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk", "OutpostProcess", "OutpostTestSupport"]),
-        .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostDisk", "OutpostPlatform", "OutpostUpdate", "OutpostBundle", "OutpostTestSupport"]),
+        .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostApps", "OutpostDisk", "OutpostPlatform", "OutpostUpdate", "OutpostBundle", "OutpostTestSupport"]),
         .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostHTTP", "OutpostTestSupport"], exclude: ["short-lease-dhcpd.py"]),
         .testTarget(name: "OutpostHTTPTests", dependencies: ["OutpostHTTP", "OutpostTestSupport"]),
         // App instances: the seed's VMManifest, the content store on PERSIST, qcow2

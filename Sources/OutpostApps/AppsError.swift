@@ -30,6 +30,10 @@ public enum AppsError: Error, Equatable, CustomStringConvertible {
     case qmp(socket: String, command: String, reason: String)
     /// QEMU could not be started or ended in a way the instance cannot recover from.
     case qemu(app: String, reason: String)
+    /// An operator command named an app the device does not have.
+    case unknownApp(name: String, known: [String])
+    /// An operator command the instance cannot take in its current state (still downloading, busy).
+    case notReady(app: String, reason: String)
 
     public var description: String {
         switch self {
@@ -53,6 +57,9 @@ public enum AppsError: Error, Equatable, CustomStringConvertible {
         case let .unsupported(app, reason): return "app \(app): \(reason)"
         case let .qmp(socket, command, reason): return "QMP \(command) on \(socket): \(reason)"
         case let .qemu(app, reason): return "app \(app): \(reason)"
+        case let .unknownApp(name, known):
+            return "no app named \"\(name)\"" + (known.isEmpty ? " (none configured)" : " (configured: \(known.joined(separator: ", ")))")
+        case let .notReady(app, reason): return "app \(app): \(reason)"
         }
     }
 }

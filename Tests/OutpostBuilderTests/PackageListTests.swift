@@ -29,4 +29,19 @@ import Testing
         let without = try packages.closure(of: DebianPackages.parseList(text))
         #expect(without.contains("tpm-udev") && without.contains("udev"), "the exclusion is what keeps them out: \(without)")
     }
+
+    /// The app runner's QEMU: the binary, SeaBIOS and the data files are in; the GUI, audio,
+    /// SPICE (GStreamer, iso-codes) and smartcard (NSS) libraries its modules link are not.
+    @Test func theSlotsClosureHasQEMUButNotItsGUIAudioOrSPICELibraries() throws {
+        let text = try String(contentsOfFile: Self.packagesTxt, encoding: .utf8)
+        let closure = try DebianPackages().closure(of: DebianPackages.parseList(text),
+                                                   excluding: DebianPackages.parseExclusions(text))
+        for wanted in ["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios", "libglib2.0-0", "libslirp0"] {
+            #expect(closure.contains(wanted), "\(wanted) missing from \(closure)")
+        }
+        for unwanted in ["libspice-server1", "libgstreamer1.0-0", "iso-codes", "libasound2", "libgbm1", "libnss3",
+                         "libcacard0", "libdb5.3", "ovmf"] {
+            #expect(!closure.contains(unwanted), "\(unwanted) in the slot: \(closure)")
+        }
+    }
 }

@@ -7,7 +7,7 @@ import Foundation
 public final class RangeFileServer {
     static let script = #"""
     import http.server, socketserver, sys, os, socket, threading
-    root, cut_after, log, port_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    root, cut_after, log, lifetime, port_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
     seen = set()
     lock = threading.Lock()
     class H(http.server.BaseHTTPRequestHandler):
@@ -48,7 +48,7 @@ public final class RangeFileServer {
     srv = S(('127.0.0.1', 0), H)
     with open(port_file + '.tmp', 'w') as f: f.write(str(srv.server_address[1]))
     os.rename(port_file + '.tmp', port_file)
-    threading.Timer(120, lambda: srv.shutdown()).start()
+    threading.Timer(lifetime, lambda: srv.shutdown()).start()
     srv.serve_forever()
     """#
 
@@ -57,11 +57,12 @@ public final class RangeFileServer {
     /// One line per request: the path and the Range header ("-" when there was none).
     public let log: String
 
-    /// `cutAfter`: nil serves every request whole.
-    public init(root: String, cutAfter: Int? = nil) throws {
+    /// `cutAfter`: nil serves every request whole. The server ends itself after `lifetime`
+    /// seconds even if this object is never dropped (a QEMU test serving a booting guest needs minutes).
+    public init(root: String, cutAfter: Int? = nil, lifetime: Int = 120) throws {
         let name = "range-server-\(UInt32.random(in: 0...UInt32.max)).py"
         log = root + "/" + name + ".log"
-        server = try PythonServer(script: Self.script, in: root, name: name, arguments: [root, String(cutAfter ?? -1), log])
+        server = try PythonServer(script: Self.script, in: root, name: name, arguments: [root, String(cutAfter ?? -1), log, String(lifetime)])
     }
 
     /// The requests served so far, as (path, range header or nil).

@@ -1,13 +1,17 @@
 // Read-only commands typed on the local serial console. A technician at the
 // device (or a developer in `outpost run`) gets the same reports as
 // `outpostd status` and `outpostd update status` without a shell, which the
-// image does not have. Nothing typed here changes the device: every command
-// only renders live state, so a console is no way around signed updates.
+// image does not have. Nothing typed here changes the system itself (no
+// slot, config or update command), so a console is no way around signed
+// updates; the one exception is the app commands, which do to the owner's
+// apps what a technician at the device must be able to do (restart, purge,
+// stop, start, snapshot, roll back).
 //
 //   ttyS0 (canonical mode: the kernel hands over whole lines)
 //     "status"          → the supervisor's status report
 //     "update status"   → slots, versions, last result and its reason
 //     "network status"  → per port carrier, address, gateway, DNS, proxy, test
+//     "app ..."         → app status, restart, purge, stop, start, snapshot, rollback
 //     "help"            → this list
 
 #if canImport(Glibc)
@@ -17,9 +21,10 @@ import OutpostPlatform
 
 enum ConsoleCommands {
     static let path = "/dev/console"
-    static let help = ["console commands (read-only):", "  status          components, watchdog, last boot",
+    static let help = ["console commands:", "  status          components, watchdog, last boot, apps",
                        "  update status   slots, versions, last update result",
-                       "  network status  ports: carrier, address, gateway, DNS, proxy, last test error", "  help            this list"]
+                       "  network status  ports: carrier, address, gateway, DNS, proxy, last test error"]
+        + AppCommands.help + ["  help            this list"]
 
     static func spec(agent: Agent) -> ComponentSpec {
         ComponentSpec(name: "console", livenessDeadlineMilliseconds: 30_000, body: .task { context in
@@ -72,6 +77,8 @@ enum ConsoleCommands {
         case ["network", "status", "--json"]:
             guard let network = agent.network else { return ["network status: the network manager is not running"] }
             return [(try? JSONDocument.line(network.statusDocument())) ?? "network status: cannot encode"]
+        case let words where words.first == "app":
+            return AppCommands.respond(to: words, apps: agent.apps)
         default:
             let shown = String(typed.unicodeScalars.filter { $0.value >= 32 && $0.value < 127 }.prefix(40))
             return ["unknown console command '\(shown)'; type help"]

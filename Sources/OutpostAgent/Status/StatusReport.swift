@@ -10,6 +10,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import OutpostApps
 import OutpostNetwork
 import OutpostPlatform
 
@@ -30,6 +31,8 @@ public struct StatusReport: Sendable {
     public var networkActive: String??
     /// The controller connection (nil: the agent has not decided yet).
     public var fleet: FleetStatusDocument? = nil
+    /// Every app instance (nil: the apps component does not run; empty: no apps configured).
+    public var apps: [AppStatus]? = nil
 }
 
 extension StatusReport {
@@ -50,6 +53,7 @@ extension StatusReport {
         network = agent.network?.statusDocument()
         networkActive = agent.network.map { $0.activePort }
         fleet = agent.fleet.map(FleetStatusDocument.init)
+        apps = agent.apps.map { $0.service?.status() ?? [] }
     }
 }
 
@@ -84,6 +88,7 @@ extension StatusReport {
             lines.append("network: active port \(networkActive ?? "none") (outpostd status --json has every port)")
         }
         if let fleet { lines.append(fleet.line) }
+        for app in apps ?? [] { lines.append(app.line) }
         lines.append("agent: pid=\(process.pid) rss=\(process.rssKiB ?? 0) KiB threads=\(process.threads ?? 0)"
                      + " cpu-1min=\(cpuPercentLastMinute.map { formatted($0) + "%" } ?? "n/a")"
                      + " zombies=\(process.zombies) orphans-reaped=\(orphansReaped)")
@@ -104,7 +109,7 @@ extension StatusReport {
 
 extension StatusReport: Encodable {
     private enum Keys: String, CodingKey {
-        case uptimeSeconds, slot, version, lastBoot, watchdog, components, agent, network, fleet
+        case uptimeSeconds, slot, version, lastBoot, watchdog, components, agent, network, fleet, apps
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -119,6 +124,7 @@ extension StatusReport: Encodable {
                                            orphansReaped: orphansReaped), forKey: .agent)
         try container.encode(network, forKey: .network)
         try container.encode(fleet, forKey: .fleet)
+        try container.encode(apps?.map(AppDocument.init), forKey: .apps)
     }
 
     /// `watchdog`: the device in use, or why there is none.
@@ -198,4 +204,32 @@ func formatted(_ value: Double) -> String {
 
 extension String {
     func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+}
+
+/// `apps[]`: one instance's state, its error, and what it costs.
+struct AppDocument: Encodable {
+    var status: AppStatus
+
+    private enum Keys: String, CodingKey {
+        case name, state, error, downloadedBytes, totalBytes, activate, stoppedByOperator, pid, restarts, bootSeconds,
+             runningSinceUnix, memoryLimitBytes, residentBytes
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        let s = status
+        var container = encoder.container(keyedBy: Keys.self)
+        try container.encode(s.name, forKey: .name)
+        try container.encode(s.state, forKey: .state)
+        try container.encode(s.error, forKey: .error)
+        try container.encode(s.downloadedBytes, forKey: .downloadedBytes)
+        try container.encode(s.totalBytes, forKey: .totalBytes)
+        try container.encode(s.activate, forKey: .activate)
+        try container.encode(s.stoppedByOperator, forKey: .stoppedByOperator)
+        try container.encode(s.pid, forKey: .pid)
+        try container.encode(s.restarts, forKey: .restarts)
+        try container.encode(s.bootSeconds.flatMap(hundredths), forKey: .bootSeconds)
+        try container.encode(s.runningSinceUnix, forKey: .runningSinceUnix)
+        try container.encode(s.memoryLimitBytes, forKey: .memoryLimitBytes)
+        try container.encode(s.residentBytes, forKey: .residentBytes)
+    }
 }

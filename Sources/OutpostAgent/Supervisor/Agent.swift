@@ -50,6 +50,11 @@ public final class Agent: Sendable {
         get { services.withLock { $0.fleet } }
         set { services.withLock { $0.fleet = newValue } }
     }
+    /// The app instances, or why there are none; set before `start()`.
+    public var apps: AppsSetup? {
+        get { services.withLock { $0.apps } }
+        set { services.withLock { $0.apps = newValue } }
+    }
     /// The running client of a managed device.
     public var fleetClient: FleetAgent? {
         if case .managed(let fleet) = fleet { return fleet }
@@ -58,7 +63,7 @@ public final class Agent: Sendable {
     /// When the feeder last fed the watchdog (monotonic ms; 0: never).
     let lastFeed = Atomic<Int64>(0)
     /// Set from the PID 1 thread, read by component and status threads.
-    private let services = Mutex<(update: UpdateService?, network: NetworkService?, fleet: FleetSetup?)>((nil, nil, nil))
+    private let services = Mutex<(update: UpdateService?, network: NetworkService?, fleet: FleetSetup?, apps: AppsSetup?)>((nil, nil, nil, nil))
     private let shutdownStartedAt = Mutex<Int64?>(nil)
 
     /// Determines the last boot's reason (before anything could overwrite
@@ -113,6 +118,9 @@ public final class Agent: Sendable {
         }
         if let update {
             supervisor.add(UpdateComponent.spec(update, supervisor: supervisor))
+        }
+        if let apps {
+            supervisor.add(AppsComponent.spec(apps))
         }
         supervisor.startAll()
         startFeeder()

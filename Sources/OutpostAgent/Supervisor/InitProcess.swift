@@ -53,6 +53,7 @@ public enum InitProcess {
         // After the ready line (which reaches the controller from Console's buffer),
         // before any component: a trial's test window needs to know whether it is managed.
         agent.fleet = FleetComponent.setup(agent: agent)
+        agent.apps = AppsComponent.setup(persistMount: persistMount)
         agent.start()
 
         var set = signalSet()

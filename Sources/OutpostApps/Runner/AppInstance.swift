@@ -130,6 +130,9 @@ public final class AppInstance: Sendable {
         var lastExit: ChildExit?
         var exitedGeneration = 0
         var spawns = 0
+        /// The last boot: spawn to running, and the wall-clock second it reached running.
+        var bootDuration: Duration?
+        var runningSinceUnix: Int64?
     }
     private let shared = Mutex(Shared())
     private let wakeup: Wakeup
@@ -157,6 +160,10 @@ public final class AppInstance: Sendable {
     /// How many times QEMU was spawned for this instance.
     public var spawnCount: Int { shared.withLock { $0.spawns } }
     public var lastExit: ChildExit? { shared.withLock { $0.lastExit } }
+    /// How long the last boot took from QEMU's start to `running` (nil until one got there).
+    public var bootDuration: Duration? { shared.withLock { $0.bootDuration } }
+    /// When (Unix seconds) the instance last became `running`; nil while it is not running.
+    public var runningSinceUnix: Int64? { shared.withLock { $0.state == .running ? $0.runningSinceUnix : nil } }
 
     /// QEMU's resident memory now (VmRSS), to set against `limits.memoryMax`.
     public var residentBytes: UInt64? {
@@ -353,6 +360,7 @@ public final class AppInstance: Sendable {
 
     private func spawn(_ command: QEMUCommand) throws(AppsError) {
         _ = unlink(qmpSocket)
+        markConsole(start: shared.withLock { $0.spawns } + 1)
         var info = stat()
         let consoleStart = stat(consoleLog, &info) == 0 ? Int(info.st_size) : 0
         let generation = shared.withLock { shared -> Int in
@@ -379,6 +387,18 @@ public final class AppInstance: Sendable {
         }
         if let cgroup = options.cgroupDirectory { try CgroupLimits.addProcess(pid, to: cgroup) }
         wakeup.signal()
+    }
+
+    /// Appends `---- outpost: QEMU start N ----` to the console log before QEMU opens it, so the
+    /// log (and `app console`) shows where each run begins: a guest's output from before a crash
+    /// is not mistaken for the run after it. Best effort: a console that cannot be written is
+    /// reported by QEMU itself when it opens the file.
+    private func markConsole(start: Int) {
+        let fd = open(consoleLog, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        let line = Array("---- outpost: QEMU start \(start) ----\n".utf8)
+        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     }
 
     /// The reaper's report that a QEMU of this instance ended.
@@ -472,6 +492,8 @@ public final class AppInstance: Sendable {
                 if shared.state == .booting, shared.consoleStart == start {
                     shared.state = .running
                     shared.runningSince = MonotonicClock.now()
+                    shared.bootDuration = shared.spawnedAt?.elapsed
+                    shared.runningSinceUnix = Int64(time(nil))
                 }
             }
         }

@@ -1,0 +1,170 @@
+// The app instances (OutpostApps.AppService) as one of PID 1's components.
+// CONFIG decides which apps the device runs: `apps.json` holds the
+// factory-preloaded ones (the controller's apps section, later, has the same
+// shape). No file: the component says so once and idles. The content store
+// and every instance's disks live on PERSIST (`/persist/apps`); without
+// PERSIST nothing starts. Each instance's QEMU gets a cgroup v2 directory
+// under /sys/fs/cgroup/apps with its cpu.max and memory.max when the kernel
+// offers the controllers; otherwise the apps run without limits and the
+// console says why.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import OutpostApps
+import OutpostHTTP
+import OutpostPlatform
+
+/// Whether the device runs apps, as status shows it.
+public enum AppsSetup: Sendable {
+    case running(AppService)
+    /// No apps, and why ("none configured", a broken apps.json, no PERSIST).
+    case off(String, warning: Bool)
+
+    var service: AppService? {
+        if case let .running(service) = self { return service }
+        return nil
+    }
+}
+
+enum AppsComponent {
+    static let configDirectory = "/config"
+    static let persistDirectory = "apps"
+    static let cgroupMount = "/sys/fs/cgroup"
+    static let controllerCA = "/config/root-ca.pem"
+
+    /// Reads apps.json and builds the service; the component body says the outcome, once.
+    /// `cgroupMount` nil: no cgroup limits (host tests must not touch the host's hierarchy).
+    static func setup(persistMount: String?, configDirectory: String = configDirectory,
+                      cgroupMount: String? = cgroupMount) -> AppsSetup {
+        let config: AppsConfig
+        do { config = try AppsConfig.load(configDirectory: configDirectory) } catch {
+            return .off("not started: \(error)", warning: true)
+        }
+        guard !config.apps.isEmpty else { return .off("none configured", warning: false) }
+        guard let persistMount else { return .off("not started: PERSIST is not mounted", warning: true) }
+        var options = AppService.Options()
+        options.cgroupRoot = cgroupMount.flatMap(cgroupRoot)
+        do {
+            options.http.tls = try TLSContext(caFiles: Sys.exists(controllerCA) ? [controllerCA] : [], systemDefaults: true)
+        } catch {
+            Console.line("warning: apps: \(error); https image downloads use the system store only")
+        }
+        return .running(AppService(config: config, root: persistMount + "/" + persistDirectory, options: options,
+                                   log: { Console.line($0) }))
+    }
+
+    static func spec(_ setup: AppsSetup) -> ComponentSpec {
+        ComponentSpec(name: "apps", livenessDeadlineMilliseconds: 120_000, body: .task { context in
+            try context.beat()
+            guard let service = setup.service else {
+                if case let .off(why, warning) = setup { Console.line((warning ? "warning: apps: " : "apps: ") + why) }
+                while context.sleep(for: .milliseconds(5000)) { try context.beat() }
+                return
+            }
+            Console.line("apps: \(service.names.count) configured: \(service.names.joined(separator: ", "))")
+            if !Sys.exists(service.options.instance.qemu) {
+                Console.line("warning: apps: \(service.options.instance.qemu) is not in this slot; the apps cannot start")
+            }
+            do { try service.prepare() } catch { Console.line("warning: apps: \(error)") }
+            var reported: [String: String] = [:]
+            repeat {
+                try context.beat()
+                service.step(alive: { try? context.beat() })
+                // Each state change once on the console: an operator watching it sees the app come up.
+                for app in service.status() where reported[app.name] != app.state && app.state != "downloading" {
+                    reported[app.name] = app.state
+                    Console.line("apps: \(app.name): \(app.state)" + (app.error.map { " (\($0))" } ?? ""))
+                }
+            } while context.sleep(for: .milliseconds(500))
+        })
+    }
+
+    /// Mounts cgroup v2 when nothing has and makes `apps/` with the cpu and memory controllers
+    /// for its children; nil (and one warning) when the kernel does not offer them.
+    static func cgroupRoot(_ cgroupMount: String) -> String? {
+        let root = cgroupMount + "/apps"
+        do throws(SystemError) {
+            if !Sys.exists(cgroupMount + "/cgroup.controllers") {
+                try Sys.mkdir(cgroupMount, 0o755)
+                try Sys.mount(source: "cgroup2", target: cgroupMount, type: "cgroup2", flags: UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC))
+            }
+            let offered = try Sys.readText(cgroupMount + "/cgroup.controllers").split(whereSeparator: { $0 == " " || $0 == "\n" })
+            guard offered.contains("cpu"), offered.contains("memory") else {
+                Console.line("warning: apps: the kernel's cgroup v2 has no cpu and memory controllers; apps run without limits")
+                return nil
+            }
+            try FileIO.writeInPlace("+cpu +memory", to: cgroupMount + "/cgroup.subtree_control")
+            try Sys.mkdir(root, 0o755)
+            try FileIO.writeInPlace("+cpu +memory", to: root + "/cgroup.subtree_control")
+            return root
+        } catch {
+            Console.line("warning: apps: cgroup v2 limits unavailable (\(error)); apps run without limits")
+            return nil
+        }
+    }
+}
+
+/// The console's `app ...` commands: each runs on its own thread (a stop may wait a minute for
+/// the guest) and prints its outcome, or the one-line reason it was refused, when it ends.
+enum AppCommands {
+    static let help = ["  app status      every app: state, pid, restarts, boot time, error",
+                       "  app console NAME                 the last lines of the app's serial console",
+                       "  app restart|purge|stop|start NAME",
+                       "  app kill NAME                    SIGKILL a hung app's QEMU; it restarts like after a crash",
+                       "  app snapshot|rollback NAME TAG   take a named snapshot / go back to one"]
+
+    static func respond(to words: [String], apps: AppsSetup?) -> [String] {
+        guard let apps else { return ["app: the apps component is not running"] }
+        guard let service = apps.service else {
+            if case let .off(why, _) = apps { return ["app: no apps (\(why))"] }
+            return ["app: no apps"]
+        }
+        let command: AppService.Command
+        let name: String
+        switch words {
+        case ["app", "status"]:
+            let lines = service.status().map(\.line)
+            return lines.isEmpty ? ["app: no apps"] : lines
+        case let words where words.count == 3 && words[1] == "console":
+            do {
+                let lines = try service.consoleTail(words[2], lines: 20)
+                return lines.isEmpty ? ["app \(words[2]) console: (empty)"] : lines.map { "app \(words[2]) console: " + $0 }
+            } catch {
+                return ["app console \(words[2]): \(error)"]
+            }
+        case let words where words.count == 3:
+            name = words[2]
+            switch words[1] {
+            case "restart": command = .restart
+            case "purge": command = .purge
+            case "stop": command = .stop
+            case "start": command = .start
+            case "kill": command = .kill
+            default: return usage(words)
+            }
+        case let words where words.count == 4 && words[1] == "snapshot":
+            name = words[2]
+            command = .snapshot(words[3])
+        case let words where words.count == 4 && words[1] == "rollback":
+            name = words[2]
+            command = .rollback(words[3])
+        default: return usage(words)
+        }
+        do {
+            try NamedThread.detach(name: "app-command") {
+                do { Console.line(try service.perform(command, on: name)) } catch {
+                    Console.line("app \(command.word) \(name): \(error)")
+                }
+            }
+        } catch {
+            return ["app \(command.word) \(name): cannot start the command: \(error)"]
+        }
+        return []
+    }
+
+    static func usage(_ words: [String]) -> [String] {
+        let shown = String(words.joined(separator: " ").unicodeScalars.filter { $0.value >= 32 && $0.value < 127 }.prefix(60))
+        return ["app: cannot read '\(shown)'; one of: app status, app console|restart|purge|stop|start|kill NAME, app snapshot|rollback NAME TAG"]
+    }
+}

@@ -1,0 +1,498 @@
+// The device's app instances as one service: from the configured apps to
+// running QEMUs, and the operator's commands on them.
+//
+//   ROOT (PERSIST/apps)/
+//     images/                 ContentStore: verified images by digest, partial downloads
+//     instances/<name>/       AppInstance: overlays, console.log, qmp.sock
+//     instances/<name>/counters   the restart and purge counters last acted on
+//
+//   per app:  downloading ─▶ verifying ─▶ creating volume ─▶ booting ─▶ running
+//               │ (a refusal or error: broken with the error, retried with backoff)
+//               ▼
+//             broken ── retry after 5 s, 10 s, ... ≤ 5 min
+//
+// `step()` does one round for every app (fetch what is missing, create the
+// instance, start it when activated, act on a counter that went up); the
+// supervisor's component calls it in a loop. The operator's commands
+// (restart, purge, stop, start, snapshot, rollback) run on the caller's thread;
+// an app that is busy with one refuses the next in one line. A QEMU that
+// dies is restarted by its AppInstance with backoff; one the guest powered
+// off, or the operator stopped, stays halted until asked.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import OutpostHTTP
+import OutpostPlatform
+import Synchronization
+
+/// kill(2) under a name the `Command.kill` case does not shadow.
+private func signalProcess(_ pid: pid_t, _ signal: Int32) -> Int32 { kill(pid, signal) }
+
+/// One app instance as status reports it.
+public struct AppStatus: Equatable, Sendable {
+    /// downloading, verifying, creating volume, booting, running, halting, halted or broken.
+    public var state: String
+    public var name: String
+    /// Why the app is broken (or the last refusal while it waits for a retry).
+    public var error: String?
+    /// While downloading: bytes so far of the image's size.
+    public var downloadedBytes: UInt64?
+    public var totalBytes: UInt64?
+    public var activate: Bool
+    /// The operator stopped it (`app stop`); it stays halted until `app start`.
+    public var stoppedByOperator: Bool
+    public var pid: Int32?
+    /// QEMU starts after the first (crash restarts and operator restarts alike).
+    public var restarts: Int
+    /// The last boot: QEMU's start to the first console line (or QMP "running").
+    public var bootSeconds: Double?
+    /// When the instance became running (Unix seconds); nil when it is not running.
+    public var runningSinceUnix: Int64?
+    public var memoryLimitBytes: UInt64?
+    public var residentBytes: UInt64?
+
+    public init(state: String, name: String, error: String?, downloadedBytes: UInt64?, totalBytes: UInt64?, activate: Bool,
+                stoppedByOperator: Bool, pid: Int32?, restarts: Int, bootSeconds: Double?, runningSinceUnix: Int64?,
+                memoryLimitBytes: UInt64?, residentBytes: UInt64?) {
+        self.state = state
+        self.name = name
+        self.error = error
+        self.downloadedBytes = downloadedBytes
+        self.totalBytes = totalBytes
+        self.activate = activate
+        self.stoppedByOperator = stoppedByOperator
+        self.pid = pid
+        self.restarts = restarts
+        self.bootSeconds = bootSeconds
+        self.runningSinceUnix = runningSinceUnix
+        self.memoryLimitBytes = memoryLimitBytes
+        self.residentBytes = residentBytes
+    }
+
+    /// One line for the console and `outpostd status`.
+    public var line: String {
+        var text = "app \(name): \(state)"
+        if let downloadedBytes, let totalBytes { text += " \(downloadedBytes)/\(totalBytes) bytes" }
+        if !activate { text += " (not activated)" }
+        if stoppedByOperator { text += " (stopped by the operator)" }
+        if let pid { text += " pid=\(pid)" }
+        if restarts > 0 { text += " restarts=\(restarts)" }
+        if let bootSeconds { text += " boot=\(Self.tenths(bootSeconds)) s" }
+        if let residentBytes, let memoryLimitBytes { text += " rss=\(residentBytes >> 20)/\(memoryLimitBytes >> 20) MiB" }
+        if let error { text += " error=\"\(error)\"" }
+        return text
+    }
+
+    static func tenths(_ value: Double) -> String {
+        let tenths = Int64((value * 10).rounded())
+        return "\(tenths / 10).\(tenths % 10)"
+    }
+}
+
+/// Every configured app of the device, fetched, created, run and commanded.
+public final class AppService: Sendable {
+    public struct Options: Sendable {
+        /// The template every instance starts from (QEMU, firmware, accelerator, backoff).
+        public var instance = AppInstance.Options()
+        /// Downloads: timeouts, TLS, the interface.
+        public var http = HTTPOptions()
+        /// A cgroup v2 directory (controllers cpu and memory enabled for its children) under which
+        /// each instance gets its own; nil: no cgroup limits.
+        public var cgroupRoot: String?
+        /// The first retry delay after a failed fetch or start; it doubles up to `maxRetryBackoff`.
+        public var retryBackoff = Duration.seconds(5)
+        public var maxRetryBackoff = Duration.seconds(300)
+        /// Free space on PERSIST (statvfs; tests pass a figure).
+        public var freeSpace: @Sendable (String) throws(AppsError) -> UInt64 = ContentStore.statvfsFree
+
+        public init() {}
+    }
+
+    /// Where an app is before (or instead of) its instance.
+    enum Phase: Equatable, Sendable {
+        case waiting
+        case downloading(bytes: UInt64, of: UInt64)
+        case verifying
+        case creatingVolume
+        case failed(String)
+    }
+
+    struct Entry: Sendable {
+        var config: AppInstanceConfig
+        var phase = Phase.waiting
+        var instance: AppInstance?
+        /// The command in progress ("restart", a download), so a second one is refused.
+        var busy: String?
+        /// Started once this boot (by the service or the operator): a halt after that is respected.
+        var started = false
+        var stoppedByOperator = false
+        var retryAt: Deadline?
+        var failures = 0
+        var reportedError: String?
+    }
+
+    public let root: String
+    public let store: ContentStore
+    public let options: Options
+    private let reaper: Reaper
+    private let admission: MemoryAdmission
+    private let log: @Sendable (String) -> Void
+    private let entries: Mutex<[Entry]>
+
+    public var imagesDirectory: String { root + "/images" }
+    public var instancesDirectory: String { root + "/instances" }
+    public func instanceDirectory(_ name: String) -> String { instancesDirectory + "/" + name }
+
+    /// `log` gets one line per event worth telling an operator (an app's state change, a refusal).
+    public init(config: AppsConfig, root: String, options: Options = Options(), reaper: Reaper = .shared,
+                admission: MemoryAdmission = MemoryAdmission(), log: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.root = root
+        self.options = options
+        self.reaper = reaper
+        self.admission = admission
+        self.log = log
+        store = ContentStore(root: root + "/images", freeSpace: options.freeSpace)
+        entries = Mutex(config.apps.map { Entry(config: $0) })
+    }
+
+    public var names: [String] { entries.withLock { $0.map(\.config.name) } }
+
+    /// Creates the directories and removes stored images no configured app uses.
+    public func prepare() throws(AppsError) {
+        do throws(SystemError) {
+            for path in [root, instancesDirectory] {
+                _ = try systemCall("mkdir", path, expecting: [.fileExists]) { mkdir(path, 0o755) }
+            }
+        } catch { throw .system(error) }
+        let (digests, overlays) = entries.withLock { entries -> (Set<String>, [String]) in
+            var digests = Set<String>()
+            var overlays: [String] = []
+            for entry in entries {
+                for source in entry.config.images { digests.insert(source.sha256) }
+                for index in entry.config.manifest.images.indices {
+                    overlays.append(instanceDirectory(entry.config.name) + "/disk\(index).qcow2")
+                }
+            }
+            return (digests, overlays)
+        }
+        let removed = try store.collectGarbage(referenced: digests, overlays: overlays)
+        if !removed.isEmpty { log("apps: removed \(removed.count) image(s) no app uses") }
+    }
+
+    /// One round over every app: fetch, create, start, act on counters. `alive` is called
+    /// during long work (downloads) so the supervisor sees progress.
+    public func step(alive: @escaping () -> Void = {}) {
+        for name in names { step(name, alive: alive) }
+    }
+
+    private func step(_ name: String, alive: @escaping () -> Void) {
+        // Claim the app for this round unless a command holds it or a retry is not due.
+        enum Work: Sendable { case none, fetch(AppInstanceConfig), start(AppInstance, AppInstanceConfig) }
+        let work = entries.withLock { entries -> Work in
+            guard let index = entries.firstIndex(where: { $0.config.name == name }) else { return .none }
+            var entry = entries[index]
+            defer { entries[index] = entry }
+            guard entry.busy == nil else { return .none }
+            if let retryAt = entry.retryAt, !retryAt.hasPassed { return .none }
+            guard let instance = entry.instance else {
+                entry.busy = "fetch"
+                return .fetch(entry.config)
+            }
+            guard entry.config.activate, !entry.started, !entry.stoppedByOperator else { return .none }
+            entry.busy = "start"
+            return .start(instance, entry.config)
+        }
+        switch work {
+        case .none: return
+        case let .fetch(config):
+            do throws(AppsError) {
+                let instance = try makeInstance(config, alive: alive)
+                update(name) {
+                    $0.instance = instance
+                    $0.phase = .waiting
+                }
+                finish(name, error: nil)
+            } catch {
+                finish(name, error: error)
+            }
+        case let .start(instance, config):
+            update(name) { $0.phase = .creatingVolume }
+            do throws(AppsError) {
+                let purge = try countersAskForPurge(config)
+                try instance.start(purge: purge)
+                log("apps: \(name): started" + (purge ? " on fresh disks (purge counter \(config.purgeCounter))" : ""))
+                update(name) {
+                    $0.started = true
+                    $0.phase = .waiting
+                }
+                finish(name, error: nil)
+            } catch {
+                update(name) { $0.phase = .waiting }
+                finish(name, error: error)
+            }
+        }
+    }
+
+    /// Fetches every image (or finds it stored) and builds the instance.
+    private func makeInstance(_ config: AppInstanceConfig, alive: @escaping () -> Void) throws(AppsError) -> AppInstance {
+        // PERSIST may have been empty (or wiped) since `prepare`: the store's parent must exist.
+        do throws(SystemError) {
+            for path in [root, instancesDirectory] {
+                _ = try systemCall("mkdir", path, expecting: [.fileExists]) { mkdir(path, 0o755) }
+            }
+        } catch { throw .system(error) }
+        var disks: [AppInstance.Disk] = []
+        for image in config.manifest.images {
+            guard let source = config.source(for: image) else {
+                throw .invalid(field: "\(config.name).images", reason: "no source for \"\(image.imageName)\"")
+            }
+            let name = config.name
+            if store.verified(sha256: source.sha256) == nil { log("apps: \(name): downloading \(source.name) (\(source.size) bytes)") }
+            var lastReport = MonotonicClock.now()
+            let path = try store.fetch(source, options: options.http) { progress in
+                switch progress {
+                case let .downloading(bytes, total):
+                    self.update(name) { $0.phase = .downloading(bytes: bytes, of: total) }
+                    if lastReport.elapsed >= .seconds(1) {
+                        lastReport = MonotonicClock.now()
+                        alive()
+                    }
+                case .verifying:
+                    self.update(name) { $0.phase = .verifying }
+                    alive()
+                }
+            }
+            disks.append(AppInstance.Disk(image: image, base: try BaseImage.inspect(path)))
+        }
+        var instanceOptions = options.instance
+        instanceOptions.cgroupDirectory = options.cgroupRoot.map { $0 + "/" + config.name }
+        return try AppInstance(name: config.name, manifest: config.manifest, disks: disks,
+                               directory: instanceDirectory(config.name), options: instanceOptions,
+                               reaper: reaper, admission: admission)
+    }
+
+    /// Releases the app after a round or command; an error becomes its reported state and a retry.
+    private func finish(_ name: String, error: AppsError?) {
+        let message = error.map(\.description)
+        let tell = entries.withLock { entries -> Bool in
+            guard let index = entries.firstIndex(where: { $0.config.name == name }) else { return false }
+            entries[index].busy = nil
+            guard let message else {
+                entries[index].failures = 0
+                entries[index].retryAt = nil
+                if case .failed = entries[index].phase { entries[index].phase = .waiting }
+                entries[index].reportedError = nil
+                return false
+            }
+            entries[index].failures += 1
+            let factor = Int64(1) << Int64(min(entries[index].failures - 1, 20))
+            entries[index].retryAt = Deadline(after: min(options.retryBackoff * factor, options.maxRetryBackoff))
+            entries[index].phase = .failed(message)
+            defer { entries[index].reportedError = message }
+            return entries[index].reportedError != message
+        }
+        if tell, let message { log("warning: apps: \(name): \(message)") }
+    }
+
+    private func update(_ name: String, _ change: (inout Entry) -> Void) {
+        entries.withLock { entries in
+            if let index = entries.firstIndex(where: { $0.config.name == name }) { change(&entries[index]) }
+        }
+    }
+
+    // MARK: - Counters
+
+    /// The counters last acted on, from the instance directory (nil: never recorded).
+    func storedCounters(_ name: String) -> (restart: UInt64, purge: UInt64)? {
+        guard let bytes = try? FileIO.readIfPresent(instanceDirectory(name) + "/counters", limit: 4096) else { return nil }
+        var restart: UInt64?
+        var purge: UInt64?
+        for word in String(decoding: bytes, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }) {
+            let parts = word.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, let value = UInt64(parts[1]) else { continue }
+            if parts[0] == "restart" { restart = value }
+            if parts[0] == "purge" { purge = value }
+        }
+        guard let restart, let purge else { return nil }
+        return (restart, purge)
+    }
+
+    private func storeCounters(_ name: String, restart: UInt64, purge: UInt64) throws(AppsError) {
+        let directory = instanceDirectory(name)
+        do throws(SystemError) {
+            _ = try systemCall("mkdir", directory, expecting: [.fileExists]) { mkdir(directory, 0o755) }
+            try FileIO.writeAtomically(Array("restart=\(restart) purge=\(purge)\n".utf8), to: directory + "/counters")
+        } catch { throw .system(error) }
+    }
+
+    /// Records the counters before the instance starts and says whether the purge counter went
+    /// up since the last value acted on (a restart counter that went up needs nothing more: the
+    /// instance is starting anyway). Recorded first: a power cut mid-purge must not purge again.
+    /// No record yet (a new instance) is the baseline: its disks are fresh already.
+    private func countersAskForPurge(_ config: AppInstanceConfig) throws(AppsError) -> Bool {
+        let stored = storedCounters(config.name)
+        guard stored?.restart != config.restartCounter || stored?.purge != config.purgeCounter else { return false }
+        try storeCounters(config.name, restart: config.restartCounter, purge: config.purgeCounter)
+        guard let stored else { return false }
+        return config.purgeCounter > stored.purge
+    }
+
+    // MARK: - Operator commands
+
+    /// What an operator can ask of one app.
+    public enum Command: Sendable, Equatable {
+        case restart, purge, stop, start
+        /// SIGKILL to the QEMU (one that no longer answers): the instance restarts it like after a crash.
+        case kill
+        case snapshot(String), rollback(String)
+
+        public var word: String {
+            switch self {
+            case .restart: return "restart"
+            case .purge: return "purge"
+            case .stop: return "stop"
+            case .start: return "start"
+            case .kill: return "kill"
+            case .snapshot: return "snapshot"
+            case .rollback: return "rollback"
+            }
+        }
+    }
+
+    /// Runs `command` on the app `name` and returns the line that says what happened; the
+    /// error says in one line why not. Blocks for as long as the command takes (a stop waits for
+    /// the guest's power-down).
+    public func perform(_ command: Command, on name: String) throws(AppsError) -> String {
+        let instance = try entries.withLock { (entries: inout [Entry]) throws(AppsError) -> AppInstance in
+            guard let index = entries.firstIndex(where: { $0.config.name == name }) else {
+                throw .unknownApp(name: name, known: entries.map(\.config.name))
+            }
+            if let busy = entries[index].busy {
+                throw .notReady(app: name, reason: busy == "fetch" ? "its images are not ready yet (\(Self.state(entries[index])))"
+                                : "busy with \(busy); try again shortly")
+            }
+            guard let instance = entries[index].instance else {
+                throw .notReady(app: name, reason: "its images are not ready yet (\(Self.state(entries[index])))")
+            }
+            entries[index].busy = command.word
+            switch command {
+            case .stop: entries[index].stoppedByOperator = true
+            case .start, .restart, .purge:
+                entries[index].stoppedByOperator = false
+                entries[index].started = true
+                entries[index].retryAt = nil
+                if case .failed = entries[index].phase { entries[index].phase = .waiting }
+            case .snapshot, .rollback, .kill: break
+            }
+            return instance
+        }
+        defer { update(name) { $0.busy = nil } }
+        switch command {
+        case .restart:
+            try instance.restart()
+            return "app \(name): restarted on its disks"
+        case .purge:
+            try instance.purge()
+            return "app \(name): purged; restarted on fresh disks"
+        case .start:
+            guard instance.pid == nil else { return "app \(name): already \(instance.state)" }
+            try instance.start()
+            return "app \(name): started"
+        case .stop:
+            switch instance.stop() {
+            case .alreadyHalted: return "app \(name): already halted"
+            case .poweredDown: return "app \(name): halted (the guest powered down)"
+            case .quit: return "app \(name): halted (the guest ignored the power button; QEMU quit)"
+            case .killed: return "app \(name): halted (QEMU killed)"
+            case .unresponsive: return "app \(name): QEMU did not end even after SIGKILL"
+            }
+        case .kill:
+            guard let pid = instance.pid else { throw .notReady(app: name, reason: "has no QEMU running") }
+            guard signalProcess(pid, SIGKILL) == 0 else { throw .system(.current("kill", "QEMU pid \(pid)")) }
+            return "app \(name): QEMU pid \(pid) killed; it is restarted like after a crash"
+        case let .snapshot(tag):
+            try instance.snapshot(.save, name: tag)
+            return "app \(name): snapshot \(tag) taken"
+        case let .rollback(tag):
+            try instance.snapshot(.load, name: tag)
+            return "app \(name): rolled back to snapshot \(tag)"
+        }
+    }
+
+    // MARK: - Status
+
+    public func status() -> [AppStatus] {
+        let entries = entries.withLock { $0 }
+        return entries.map { entry in
+            var status = AppStatus(state: Self.state(entry), name: entry.config.name, error: nil, downloadedBytes: nil,
+                                   totalBytes: nil, activate: entry.config.activate,
+                                   stoppedByOperator: entry.stoppedByOperator, pid: nil, restarts: 0, bootSeconds: nil,
+                                   runningSinceUnix: nil, memoryLimitBytes: nil, residentBytes: nil)
+            if case let .downloading(bytes, total) = entry.phase {
+                status.downloadedBytes = bytes
+                status.totalBytes = total
+            }
+            if case let .failed(error) = entry.phase { status.error = error }
+            if let instance = entry.instance {
+                if case let .broken(error) = instance.state, status.error == nil { status.error = error }
+                status.pid = instance.pid
+                status.restarts = max(0, instance.spawnCount - 1)
+                status.bootSeconds = instance.bootDuration.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
+                status.runningSinceUnix = instance.runningSinceUnix
+                status.memoryLimitBytes = instance.limits.memoryMax
+                status.residentBytes = instance.residentBytes
+            }
+            return status
+        }
+    }
+
+    /// The reported state word: the phase before an instance exists (or while it is created), else the instance's.
+    static func state(_ entry: Entry) -> String {
+        switch entry.phase {
+        case .downloading: return "downloading"
+        case .verifying: return "verifying"
+        case .creatingVolume: return "creating volume"
+        case .failed: return "broken"
+        case .waiting:
+            guard let instance = entry.instance else { return entry.busy == "fetch" ? "downloading" : "halted" }
+            switch instance.state {
+            case .halted: return "halted"
+            case .booting: return "booting"
+            case .running: return "running"
+            case .halting: return "halting"
+            case .broken: return "broken"
+            }
+        }
+    }
+
+    /// The last `count` lines of the app's serial console (console.log on PERSIST).
+    public func consoleTail(_ name: String, lines count: Int) throws(AppsError) -> [String] {
+        let instance = try entries.withLock { (entries: inout [Entry]) throws(AppsError) -> AppInstance? in
+            guard let entry = entries.first(where: { $0.config.name == name }) else {
+                throw .unknownApp(name: name, known: entries.map(\.config.name))
+            }
+            return entry.instance
+        }
+        guard let instance else { return [] }
+        let text = String(decoding: AppInstance.read(instance.consoleLog, from: max(0, Int(ContentStore.fileSize(instance.consoleLog)) - 8192),
+                                                     limit: 8192), as: UTF8.self)
+        // A guest writes what it likes ("\r\n" is one Character, hence isNewline); the console shows printable text only.
+        return Array(text.split(whereSeparator: \.isNewline).suffix(count).map { line in
+            String(String.UnicodeScalarView(line.unicodeScalars.filter { $0.value >= 32 && $0.value != 127 }))
+        })
+    }
+
+    /// The instance of `name` once its images are in place (tests, status details).
+    public func instance(_ name: String) -> AppInstance? {
+        entries.withLock { $0.first { $0.config.name == name }?.instance }
+    }
+
+    /// Stops every instance (ACPI, then quit) and their monitor threads.
+    public func close() {
+        let instances = entries.withLock { $0.compactMap(\.instance) }
+        for instance in instances { instance.close() }
+    }
+}
