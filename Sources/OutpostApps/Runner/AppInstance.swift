@@ -396,7 +396,7 @@ public final class AppInstance: Sendable {
     private func markConsole(start: Int) {
         let fd = open(consoleLog, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
         guard fd >= 0 else { return }
-        defer { close(fd) }
+        defer { closeFile(fd) }
         let line = Array("---- outpost: QEMU start \(start) ----\n".utf8)
         _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     }
