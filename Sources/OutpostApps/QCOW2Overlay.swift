@@ -210,6 +210,9 @@ public enum QCOW2Overlay {
 
 /// Big-endian fields, as qcow2 stores them.
 enum BigEndian {
+    static func u16(_ b: [UInt8], _ at: Int) -> UInt16 {
+        UInt16(b[at]) << 8 | UInt16(b[at + 1])
+    }
     static func u32(_ b: [UInt8], _ at: Int) -> UInt32 {
         (0..<4).reduce(UInt32(0)) { $0 << 8 | UInt32(b[at + $1]) }
     }

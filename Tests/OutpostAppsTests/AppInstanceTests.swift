@@ -213,8 +213,68 @@ struct AppInstanceTests {
         #expect(app.state == .running)
         #expect(app.stop() == .poweredDown, "a refused loadvm leaves the guest running, so it still answers the button")
         #expect(throws: AppsError.self) { try app.snapshot(.save, name: "bad name") }
-        #expect(throws: AppsError.qemu(app: "snap", reason: "is not running; snapshots of a halted instance are not supported yet")) {
-            try app.snapshot(.save, name: "halted")
+
+        // Halted: qemu-img on the overlays, read back from the qcow2 snapshot table.
+        #expect(app.pid == nil)
+        try app.snapshot(.save, name: "halted")
+        #expect(try app.snapshots() == ["boot-3", "halted"])
+        let overlay = app.directory + "/disk0.qcow2"
+        let listed = try sh("qemu-img", "snapshot", "-l", overlay)
+        #expect(listed.contains(" boot-3 ") && listed.contains(" halted "), "qemu-img agrees with the table reader: \(listed)")
+        try app.start()
+        try Self.waitForBoots(app, 5)
+        #expect(app.stop() == .poweredDown)
+        try app.snapshot(.load, name: "halted")
+        try app.start()
+        try Self.waitForBoots(app, 6)
+        #expect(BootCounter.boots(app.console()) == [1, 2, 3, 3, 4, 4], "the halted rollback brought the counter back to 3")
+        #expect(app.stop() == .poweredDown)
+        try app.snapshot(.delete, name: "halted")
+        #expect(try app.snapshots() == ["boot-3"])
+        #expect(throws: AppsError.qemu(app: "snap", reason: "no snapshot named \"halted\" on \(overlay)")) {
+            try app.snapshot(.load, name: "halted")
+        }
+        #expect(try sh("qemu-img", "check", overlay).contains("No errors"), "qemu-img check after every snapshot operation")
+
+        try FileManager.default.createDirectory(atPath: dir.path + "/fresh-dir", withIntermediateDirectories: true)
+        let fresh = try Self.instance(dir.path + "/fresh-dir", name: "fresh")
+        defer { fresh.close() }
+        #expect(throws: AppsError.qemu(app: "fresh", reason: "has no disk yet (\(fresh.directory)/disk0.qcow2); start it once first")) {
+            try fresh.snapshot(.save, name: "early")
+        }
+    }
+
+    /// The snapshot table reader on damaged files: one line naming what is wrong, never a crash.
+    @Test func aDamagedSnapshotTableEndsInOneLine() throws {
+        let dir = try TemporaryDirectory("apps")
+        let path = dir.path + "/disk.qcow2"
+        _ = try sh("qemu-img", "create", "-f", "qcow2", path, "1M")
+        #expect(try QCOW2Snapshots.names(path) == [])
+        for tag in ["one", "second-snapshot", "3"] { _ = try sh("qemu-img", "snapshot", "-c", tag, path) }
+        #expect(try QCOW2Snapshots.names(path) == ["one", "second-snapshot", "3"])
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+        let tableOffset = Int(bytes[64..<72].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+        // A count over QEMU's limit.
+        var huge = bytes
+        huge.replaceSubrange(60..<64, with: [0x7f, 0xff, 0xff, 0xff])
+        try Data(huge).write(to: URL(fileURLWithPath: path))
+        #expect(throws: AppsError.diskImage(path: path, reason: "qcow2 nb_snapshots 2147483647 is over 65536")) { try QCOW2Snapshots.names(path) }
+        // A name length that runs past the end of the file.
+        bytes.replaceSubrange(tableOffset + 14..<tableOffset + 16, with: [0xff, 0xff])
+        try Data(bytes.prefix(tableOffset + 60)).write(to: URL(fileURLWithPath: path))
+        #expect(throws: AppsError.diskImage(path: path, reason: "qcow2 snapshot 0 at table offset 0: its name runs past the table")) {
+            try QCOW2Snapshots.names(path)
+        }
+        // Random damage to the table: an error or names, never a crash.
+        var rng = SplitMix64(seed: 7)
+        for _ in 0..<300 {
+            var mutated = bytes
+            for _ in 0..<4 {
+                let at = tableOffset + Int(rng.next() % 120)
+                if at < mutated.count { mutated[at] = UInt8(truncatingIfNeeded: rng.next()) }
+            }
+            try Data(mutated).write(to: URL(fileURLWithPath: path))
+            _ = try? QCOW2Snapshots.names(path)
         }
     }
 

@@ -112,7 +112,8 @@ enum AppCommands {
                        "  app console NAME                 the last lines of the app's serial console",
                        "  app restart|purge|stop|start NAME",
                        "  app kill NAME                    SIGKILL a hung app's QEMU; it restarts like after a crash",
-                       "  app snapshot|rollback NAME TAG   take a named snapshot / go back to one"]
+                       "  app snapshot|rollback NAME TAG   take a named snapshot / go back to one (running or halted)",
+                       "  app snapshots NAME               list them; app delete-snapshot NAME TAG deletes one"]
 
     static func respond(to words: [String], apps: AppsSetup?) -> [String] {
         guard let apps else { return ["app: the apps component is not running"] }
@@ -141,6 +142,7 @@ enum AppCommands {
             case "stop": command = .stop
             case "start": command = .start
             case "kill": command = .kill
+            case "snapshots": command = .snapshots
             default: return usage(words)
             }
         case let words where words.count == 4 && words[1] == "snapshot":
@@ -149,6 +151,9 @@ enum AppCommands {
         case let words where words.count == 4 && words[1] == "rollback":
             name = words[2]
             command = .rollback(words[3])
+        case let words where words.count == 4 && words[1] == "delete-snapshot":
+            name = words[2]
+            command = .deleteSnapshot(words[3])
         default: return usage(words)
         }
         do {
@@ -165,6 +170,6 @@ enum AppCommands {
 
     static func usage(_ words: [String]) -> [String] {
         let shown = String(words.joined(separator: " ").unicodeScalars.filter { $0.value >= 32 && $0.value < 127 }.prefix(60))
-        return ["app: cannot read '\(shown)'; one of: app status, app console|restart|purge|stop|start|kill NAME, app snapshot|rollback NAME TAG"]
+        return ["app: cannot read '\(shown)'; one of: app status, app console|restart|purge|stop|start|kill|snapshots NAME, app snapshot|rollback|delete-snapshot NAME TAG"]
     }
 }

@@ -72,6 +72,8 @@ public final class AppInstance: Sendable {
 
     public struct Options: Sendable {
         public var qemu = "/usr/bin/qemu-system-x86_64"
+        /// Takes, applies and deletes the snapshots of a halted instance's overlays.
+        public var qemuImg = "/usr/bin/qemu-img"
         public var firmwareDirectory: String?
         public var uefiFirmware: String?
         public var accelerator = Accelerator.defaultTCG
@@ -282,12 +284,14 @@ public final class AppInstance: Sendable {
         try start(purge: true)
     }
 
-    /// Takes, loads or deletes a named snapshot of the running instance (RAM and every
-    /// writable overlay, stored inside the qcow2 files).
+    /// Takes, loads or deletes a named snapshot (stored inside the qcow2 overlays). Running:
+    /// through QMP, RAM and every writable overlay together. Halted: `qemu-img snapshot` on each
+    /// writable overlay (disks only; the next start boots from that disk state).
     public func snapshot(_ verb: QMPClient.SnapshotVerb, name snapshot: String, timeout: Duration = .seconds(60)) throws(AppsError) {
         try QMPClient.checkSnapshotName(snapshot, verb: verb, socket: qmpSocket)
         guard pid != nil else {
-            throw .qemu(app: name, reason: "is not running; snapshots of a halted instance are not supported yet")
+            try haltedSnapshot(verb, name: snapshot, timeout: timeout)
+            return
         }
         let deadline = Deadline(after: timeout)
         let qmp = try QMPClient(socketPath: qmpSocket, deadline: deadline)
@@ -300,12 +304,56 @@ public final class AppInstance: Sendable {
         try qmp.snapshot(verb, name: snapshot, deadline: deadline)
     }
 
-    /// The instance's named snapshots.
+    /// The instance's named snapshots: QEMU's list while running, else the first writable
+    /// overlay's snapshot table (every overlay gets the same ones).
     public func snapshots(timeout: Duration = .seconds(10)) throws(AppsError) -> [String] {
+        guard pid != nil else {
+            guard let first = try writableOverlays().first else { return [] }
+            return try QCOW2Snapshots.names(first)
+        }
         let deadline = Deadline(after: timeout)
         let qmp = try QMPClient(socketPath: qmpSocket, deadline: deadline)
         defer { qmp.close() }
         return try qmp.snapshotNames(deadline: deadline)
+    }
+
+    /// The overlays a snapshot covers; an instance that never started has none yet.
+    private func writableOverlays() throws(AppsError) -> [String] {
+        var paths: [String] = []
+        for (index, disk) in disks.enumerated() where disk.image.target == .disk && !disk.image.readOnly && disk.image.driveType != .cdrom {
+            let path = overlayPath(index)
+            guard access(path, F_OK) == 0 else { throw .qemu(app: name, reason: "has no disk yet (\(path)); start it once first") }
+            paths.append(path)
+        }
+        return paths
+    }
+
+    private func haltedSnapshot(_ verb: QMPClient.SnapshotVerb, name snapshot: String, timeout: Duration) throws(AppsError) {
+        let overlays = try writableOverlays()
+        guard !overlays.isEmpty else { throw .qemu(app: name, reason: "has no writable disk to snapshot") }
+        if verb != .save {
+            for overlay in overlays where !(try QCOW2Snapshots.names(overlay)).contains(snapshot) {
+                throw .qemu(app: name, reason: "no snapshot named \"\(snapshot)\" on \(overlay)")
+            }
+        }
+        let flag: String
+        switch verb {
+        case .save: flag = "-c"
+        case .load: flag = "-a"
+        case .delete: flag = "-d"
+        }
+        for overlay in overlays {
+            let exit: ChildExit?
+            do throws(SystemError) {
+                exit = try reaper.run(options.qemuImg, ["snapshot", flag, snapshot, overlay], timeout: timeout)
+            } catch {
+                throw .qemu(app: name, reason: "cannot run \(options.qemuImg): \(error)")
+            }
+            guard exit == .exited(0) else {
+                throw .qemu(app: name, reason: "qemu-img snapshot \(flag) \(snapshot) \(overlay) "
+                            + (exit.map { "ended: \($0)" } ?? "did not end within \(timeout)"))
+            }
+        }
     }
 
     /// Waits until `predicate` holds for the state, at most `timeout`; returns the last state seen.

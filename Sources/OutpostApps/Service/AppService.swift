@@ -351,7 +351,9 @@ public final class AppService: Sendable {
         case restart, purge, stop, start
         /// SIGKILL to the QEMU (one that no longer answers): the instance restarts it like after a crash.
         case kill
-        case snapshot(String), rollback(String)
+        case snapshot(String), rollback(String), deleteSnapshot(String)
+        /// Lists the snapshots.
+        case snapshots
 
         public var word: String {
             switch self {
@@ -362,6 +364,8 @@ public final class AppService: Sendable {
             case .kill: return "kill"
             case .snapshot: return "snapshot"
             case .rollback: return "rollback"
+            case .deleteSnapshot: return "delete-snapshot"
+            case .snapshots: return "snapshots"
             }
         }
     }
@@ -389,7 +393,7 @@ public final class AppService: Sendable {
                 entries[index].started = true
                 entries[index].retryAt = nil
                 if case .failed = entries[index].phase { entries[index].phase = .waiting }
-            case .snapshot, .rollback, .kill: break
+            case .snapshot, .rollback, .deleteSnapshot, .snapshots, .kill: break
             }
             return instance
         }
@@ -418,11 +422,19 @@ public final class AppService: Sendable {
             guard signalProcess(pid, SIGKILL) == 0 else { throw .system(.current("kill", "QEMU pid \(pid)")) }
             return "app \(name): QEMU pid \(pid) killed; it is restarted like after a crash"
         case let .snapshot(tag):
+            let running = instance.pid != nil
             try instance.snapshot(.save, name: tag)
-            return "app \(name): snapshot \(tag) taken"
+            return "app \(name): snapshot \(tag) taken" + (running ? "" : " (halted: its disks)")
         case let .rollback(tag):
+            let running = instance.pid != nil
             try instance.snapshot(.load, name: tag)
-            return "app \(name): rolled back to snapshot \(tag)"
+            return "app \(name): rolled back to snapshot \(tag)" + (running ? "" : " (halted: its disks; the next start boots from them)")
+        case let .deleteSnapshot(tag):
+            try instance.snapshot(.delete, name: tag)
+            return "app \(name): snapshot \(tag) deleted"
+        case .snapshots:
+            let names = try instance.snapshots()
+            return names.isEmpty ? "app \(name): no snapshots" : "app \(name): snapshots: " + names.joined(separator: ", ")
         }
     }
 
