@@ -28,6 +28,11 @@ public enum AppsSetup: Sendable {
 }
 
 enum AppsComponent {
+    /// An app name as AppsConfig allows it (a-z, 0-9, -), for telling "app:NAME: " apart.
+    static func isAppName(_ name: Substring) -> Bool {
+        !name.isEmpty && name.count <= 32 && name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" }
+    }
+
     static let configDirectory = "/config"
     static let persistDirectory = "apps"
     static let cgroupMount = "/sys/fs/cgroup"
@@ -75,6 +80,14 @@ enum AppsComponent {
                 for app in service.status() where reported[app.name] != app.state && app.state != "downloading" {
                     reported[app.name] = app.state
                     Console.line("apps: \(app.name): \(app.state)" + (app.error.map { " (\($0))" } ?? ""))
+                }
+                // The apps' serial consoles go to the controller with the device's logs (source
+                // "app:NAME"), at most 200 lines per app per round; the logs stay within their quota.
+                for (name, drain) in service.drainConsoles() {
+                    for line in drain.lines { Console.forward("app:\(name): \(line)") }
+                    if drain.dropped > 0 {
+                        Console.forward("warning: app:\(name): \(drain.dropped) console lines not sent (over \(200) per half second)")
+                    }
                 }
             } while context.sleep(for: .milliseconds(500))
         })

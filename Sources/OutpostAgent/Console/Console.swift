@@ -85,6 +85,13 @@ public enum Console {
         tap.withLock { $0.route(line) }?(line)
     }
 
+    /// Hands `message` to the sink (or the buffer) without printing it: an app's own serial
+    /// console goes to the controller's logs, not onto the device's console.
+    public static func forward(_ message: String) {
+        let line = Line(message: message, timeUnixMs: Wallclock.unixMilliseconds())
+        tap.withLock { $0.route(line) }?(line)
+    }
+
     /// From now on every line also goes to `sink`; the buffered lines go
     /// first, in order, followed by one line counting any the buffer dropped.
     public static func attach(_ sink: @escaping Sink) {

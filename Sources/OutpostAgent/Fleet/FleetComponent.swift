@@ -134,8 +134,15 @@ enum FleetComponent {
             severity = .error
             text = text.dropFirst("error: ".count)
         }
+        // An app's console line: "app:NAME: text", source "app:NAME".
+        if text.hasPrefix("app:") {
+            let name = text.dropFirst(4).prefix { $0 != ":" }
+            let rest = text.dropFirst(4 + name.count)
+            if AppsComponent.isAppName(name), rest.hasPrefix(": ") { return ("app:" + name, severity, String(rest.dropFirst(2))) }
+        }
         let word = text.prefix { $0 != ":" && $0 != " " }
-        let sources: Set<Substring> = ["update", "network", "watchdog", "fleet", "component", "storage", "power", "debug", "halt"]
+        let sources: Set<Substring> = ["update", "network", "watchdog", "fleet", "component", "storage", "power", "debug", "halt",
+                                       "apps"]
         guard sources.contains(word), text.dropFirst(word.count).hasPrefix(": ") else { return ("outpostd", severity, String(text)) }
         return (String(word), severity, String(text.dropFirst(word.count + 2)))
     }

@@ -98,6 +98,8 @@ public final class AppInstance: Sendable {
         public var silentConsoleGrace: Duration? = .seconds(30)
         /// How often the monitor looks at the console and the restart timer.
         public var pollInterval = Duration.milliseconds(20)
+        /// console.log's size before it moves to console.log.1 (see ConsoleLog).
+        public var consoleQuota = 1 << 20
 
         public init() {}
     }
@@ -113,6 +115,8 @@ public final class AppInstance: Sendable {
     private let admission: MemoryAdmission
 
     public var consoleLog: String { directory + "/console.log" }
+    /// The bounded console log and its reader for the controller.
+    public let consoleFile: ConsoleLog
     public var qmpSocket: String { directory + "/qmp.sock" }
     public func overlayPath(_ index: Int) -> String { directory + "/disk\(index).qcow2" }
 
@@ -150,6 +154,7 @@ public final class AppInstance: Sendable {
         self.options = options
         self.reaper = reaper
         self.admission = admission
+        consoleFile = ConsoleLog(path: directory + "/console.log", quota: options.consoleQuota)
         limits = CgroupLimits(cpus: manifest.cpus,
                               memoryLimit: MemoryModel.limit(memoryBytes: manifest.memoryBytes, cpus: manifest.cpus,
                                                              accelerator: options.accelerator))
@@ -182,6 +187,14 @@ public final class AppInstance: Sendable {
         guard stat(consoleLog, &info) == 0 else { return "" }
         let size = Int(info.st_size)
         return String(decoding: Self.read(consoleLog, from: max(0, size - (1 << 20)), limit: 1 << 20), as: UTF8.self)
+    }
+
+    /// The console lines written since the last call, rotating the log when it is over its
+    /// quota. A rotation while booting moves the first-line check to the new file's start.
+    public func drainConsole() -> ConsoleLog.Drain {
+        let drain = consoleFile.drain()
+        if drain.rotated { shared.withLock { if $0.state == .booting { $0.consoleStart = 0 } } }
+        return drain
     }
 
     /// Up to `limit` bytes of `path` from `offset` (empty when it cannot be read).

@@ -493,12 +493,15 @@ public final class AppService: Sendable {
             return entry.instance
         }
         guard let instance else { return [] }
-        let text = String(decoding: AppInstance.read(instance.consoleLog, from: max(0, Int(ContentStore.fileSize(instance.consoleLog)) - 8192),
-                                                     limit: 8192), as: UTF8.self)
-        // A guest writes what it likes ("\r\n" is one Character, hence isNewline); the console shows printable text only.
-        return Array(text.split(whereSeparator: \.isNewline).suffix(count).map { line in
-            String(String.UnicodeScalarView(line.unicodeScalars.filter { $0.value >= 32 && $0.value != 127 }))
-        })
+        return instance.consoleFile.tail(count)
+    }
+
+    /// Every instance's new console lines (and the rotation of logs over their quota), for
+    /// the agent to send with the device's logs. Called every round whether or not anyone
+    /// sends them, so the quota holds on an unmanaged device too.
+    public func drainConsoles() -> [(app: String, drain: ConsoleLog.Drain)] {
+        let instances = entries.withLock { $0.compactMap { entry in entry.instance.map { (entry.config.name, $0) } } }
+        return instances.map { ($0.0, $0.1.drainConsole()) }
     }
 
     /// The instance of `name` once its images are in place (tests, status details).
