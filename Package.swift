@@ -169,7 +169,7 @@ let package = Package(
         // The reference fleet controller: device API over mutual TLS, the
         // admin socket, the SQLite store, certificate authority.
         .target(name: "OutpostController", dependencies: [
-            "OutpostProto", "OutpostBundle",
+            "OutpostProto", "OutpostBundle", "OutpostAttestation",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTLS", package: "hummingbird"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
