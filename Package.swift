@@ -188,7 +188,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "outpost-controller", dependencies: [
-            "OutpostController",
+            "OutpostController", "OutpostBundle",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

@@ -16,6 +16,8 @@ import OutpostProto
 ///     GET  /devices/REF                 one device: config, info, update history
 ///     GET  /devices/REF/logs?after=N&limit=M
 ///     GET  /devices/REF/metrics?limit=M
+///     GET  /devices/REF/attestation     TPM keys, the last quote (hex parts for tpm2_checkquote) and its verdict
+///     POST /devices/REF/attestation-reset  forget the first-use PCR 0/4/7 (after a firmware update)
 ///     POST /devices/REF/set-os          {"bundle": PATH} or {"url": URL, "version": V}; "activate" (default true)
 ///     POST /devices/REF/set-network     {"networkJSON": "..."}
 ///     POST /devices/REF/reboot|shutdown|retry-update
@@ -46,6 +48,7 @@ public struct AdminRoutes: Sendable {
             await json { try await deviceLogs(try ref(c), after: UInt64(q.uri.queryParameters.get("after") ?? "") ?? 0,
                                               limit: Int(q.uri.queryParameters.get("limit") ?? "") ?? 1000) }
         }
+        r.get("/devices/:ref/attestation") { _, c in await json { try await deviceAttestation(try ref(c)) } }
         r.get("/devices/:ref/metrics") { q, c in
             await json { try await deviceMetrics(try ref(c), limit: Int(q.uri.queryParameters.get("limit") ?? "") ?? 1) }
         }
@@ -54,6 +57,7 @@ public struct AdminRoutes: Sendable {
                 let body = try await object(q)
                 let action = c.parameters.get("action") ?? ""
                 if action == "label" { return try await label(try ref(c), body) }
+                if action == "attestation-reset" { return try await resetFirstUse(try ref(c)) }
                 return try await deviceAction(try ref(c), action, body)
             }
         }
