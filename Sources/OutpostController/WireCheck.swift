@@ -125,6 +125,7 @@ enum WireCheck {
         try noUnknown(i.handled.unknownFields, "DeviceInfo.handled")
         guard i.timeUnixMs > 0 else { throw .malformed("DeviceInfo.time_unix_ms is missing") }
         if case .UNRECOGNIZED(let v) = i.update.step { throw .malformed("DeviceInfo.update.step \(v) is not a known step") }
+        if case .UNRECOGNIZED(let v) = i.identity.identityKind { throw .malformed("DeviceInfo.identity.identity_kind \(v) is not known") }
         if case .UNRECOGNIZED(let v) = i.networkPush.outcome { throw .malformed("DeviceInfo.network_push.outcome \(v) is not known") }
         guard i.slots.count <= 8, i.ports.count <= 64 else { throw .malformed("DeviceInfo has too many slots or ports") }
         return i
