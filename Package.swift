@@ -196,6 +196,8 @@ let package = Package(
         .testTarget(name: "OutpostFleetTests", dependencies: [
             // OutpostController for its AdminClient; the controller itself runs as a child process.
             "OutpostFleet", "OutpostProto", "OutpostHTTP", "OutpostPlatform", "OutpostController", "OutpostTestSupport",
+            // Attestation end to end: a swtpm behind OutpostTrust's attestor, a signed bundle's PCR predictions.
+            "OutpostTrust", "OutpostBundle", .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .testTarget(name: "OutpostControllerTests", dependencies: [
             "OutpostController", "OutpostProto", "OutpostBundle", "OutpostTestSupport",
