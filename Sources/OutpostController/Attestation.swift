@@ -47,33 +47,55 @@ public final class AttestationService: Sendable {
 
     // MARK: registration
 
-    /// Stores the device's keys and returns the MakeCredential challenge, or nil when the
-    /// device has no TPM or its AK is bound already (the same keys again).
-    func register(deviceID: String, request r: RegisterRequest) async throws -> CredentialChallengeMessage? {
+    /// A registration's TPM keys, checked and sealed for, before anything is stored.
+    struct Enrolment: Sendable {
+        var request: RegisterRequest
+        var challenge: CredentialChallenge
+        var credentialSHA256: Data
+    }
+
+    /// Checks the keys in `r` (AK a restricted P-256 signing key, EK the TCG ECC template, the
+    /// EK certificate naming the EK) and makes the MakeCredential challenge; nil without keys
+    /// (file identity). Runs before the device is registered, so a refusal stores nothing.
+    func enrol(_ r: RegisterRequest) throws(APIError) -> Enrolment? {
         guard !r.akPublic.isEmpty else { return nil }
         let ak: AttestationKeyPublic
         do { ak = try AttestationKeyPublic(parsing: Array(r.akPublic)) } catch {
-            throw APIError.malformed("RegisterRequest.ak_public: \(error.description.replacingOccurrences(of: "attestation: ", with: ""))")
+            throw .malformed("RegisterRequest.ak_public: \(error.description.replacingOccurrences(of: "attestation: ", with: ""))")
         }
-        let existing = try await store.attestationKey(deviceID: deviceID)
-        if let existing, existing.boundMs > 0, existing.akPublic == r.akPublic, existing.ekPublic == r.ekPublic { return nil }
         var secret = [UInt8](repeating: 0, count: 32)
         var rng = SystemRandomNumberGenerator()
         for i in secret.indices { secret[i] = rng.next() }
         let sealed: CredentialChallenge
         do { sealed = try CredentialChallenge.make(endorsementKeyPublic: Array(r.ekPublic), name: ak.name, credential: secret) } catch {
-            throw APIError.malformed("RegisterRequest.ek_public: \(error.description.replacingOccurrences(of: "attestation: ", with: ""))")
+            throw .malformed("RegisterRequest.ek_public: \(error.description.replacingOccurrences(of: "attestation: ", with: ""))")
         }
         if !r.ekCertificate.isEmpty { try EKCertificate.check(der: Array(r.ekCertificate), endorsementKeyPublic: Array(r.ekPublic)) }
+        return Enrolment(request: r, challenge: sealed, credentialSHA256: Data(SHA256.hash(data: secret)))
+    }
+
+    /// Stores the registered device's keys and returns the challenge, or nil when the same
+    /// keys are bound already. Other keys than the bound ones are refused: the device key lives
+    /// in the same TPM, so a new TPM is a new device, and nobody holding only the onboarding
+    /// certificate can swap a device's AK.
+    func register(deviceID: String, _ e: Enrolment) async throws -> CredentialChallengeMessage? {
+        let r = e.request
+        let existing = try await store.attestationKey(deviceID: deviceID)
+        if let existing, existing.boundMs > 0 {
+            guard existing.akPublic == r.akPublic, existing.ekPublic == r.ekPublic else {
+                throw APIError(403, "this device's attestation key is bound to another EK or AK; a new TPM is a new device")
+            }
+            return nil
+        }
         // Same EK: the same TPM, so its first-use firmware PCRs still hold.
         let firstUse = existing?.ekPublic == r.ekPublic ? existing?.firstUse ?? [:] : [:]
         try await store.putAttestationKey(AttestationKeyRecord(
             deviceID: deviceID, ekPublic: r.ekPublic, akPublic: r.akPublic, ekCertificate: r.ekCertificate,
-            credentialSHA256: Data(SHA256.hash(data: secret)), boundMs: 0, firstUse: firstUse))
+            credentialSHA256: e.credentialSHA256, boundMs: 0, firstUse: firstUse))
         gates.withLock { $0[deviceID] = nil }
         var c = CredentialChallengeMessage()
-        c.credentialBlob = Data(sealed.credentialBlob)
-        c.encryptedSecret = Data(sealed.encryptedSecret)
+        c.credentialBlob = Data(e.challenge.credentialBlob)
+        c.encryptedSecret = Data(e.challenge.encryptedSecret)
         return c
     }
 

@@ -145,10 +145,12 @@ public struct DeviceAPIRoutes: Sendable {
             throw APIError(403, "not an onboarding certificate this controller accepts")
         }
         let r = try WireCheck.register(try await body(req))
+        // A TPM identity's keys are checked (and sealed for) before anything is stored.
+        let enrolment = try attestation.enrol(r)
         var reg = try await fleet.register(clientFingerprint: fp, request: r)
         if reg.created { logger.info("registered device \(reg.response.deviceID) (serial \(r.serial))") }
-        // A TPM identity: its keys, and the challenge that binds the AK to the EK.
-        if let challenge = try await attestation.register(deviceID: reg.response.deviceID, request: r) {
+        // The challenge that binds the AK to the EK.
+        if let enrolment, let challenge = try await attestation.register(deviceID: reg.response.deviceID, enrolment) {
             reg.response.credentialChallenge = challenge
         }
         return Self.proto(try reg.response.serializedBytes(), status: reg.created ? 201 : 200)
