@@ -37,7 +37,11 @@ public final class AttestationService: Sendable {
         var hasKey: Bool
         var tokenSHA256: Data
         var last: AttestationResult?
+        /// When this process read it; a pass is believed from memory only this long, so a
+        /// failed attestation through another replica withholds secrets here too within it.
+        var loadedMs: Int64 = nowMs()
     }
+    static let passCacheMs: Int64 = 10_000
     private let gates = Mutex<[String: Gate]>([:])
 
     public init(store: any FleetStore, bundles: BundleStore) {
@@ -229,7 +233,7 @@ public final class AttestationService: Sendable {
         let tokenHash = token.isEmpty ? Data() : Data(SHA256.hash(data: token))
         if let g = cached {
             if !g.hasKey { return .whole }
-            if !token.isEmpty && g.tokenSHA256 == tokenHash { return .whole }
+            if !token.isEmpty && g.tokenSHA256 == tokenHash && nowMs() - g.loadedMs < Self.passCacheMs { return .whole }
             if token.isEmpty { return .withheld(g.last) }
         }
         let g = try await loadGate(deviceID)
