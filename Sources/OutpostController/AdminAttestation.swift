@@ -38,6 +38,7 @@ extension AdminRoutes {
             "passed": r.passed, "reason": r.reason, "received": Views.iso(r.receivedMs),
             "mismatches": r.mismatches.map { ["pcr": $0.index, "expected": $0.expected, "actual": $0.actual] as [String: Any] },
             "slot": r.slot, "osVersion": r.osVersion, "nonce": hex(r.nonce),
+            "board": r.board ?? "", "firmwareReference": r.firmwareReference ?? "",
             "pcrs": r.pcrs, "pcrList": "sha256:" + indexes.map(String.init).joined(separator: ","),
             "eventLogGzip": r.eventLog.base64EncodedString(),
             "files": [
@@ -60,5 +61,26 @@ extension AdminRoutes {
             throw ControllerError.invalidInput("device \(d.id) registered no TPM keys (file identity)")
         }
         return ["device": d.id, "firstUsePCRs": "forgotten: the next quote records PCR 0, 4 and 7 again"]
+    }
+
+    /// `GET /attestation/models`: every hardware model's firmware PCRs.
+    func firmwareModels() async throws -> Any {
+        try await fleet.store.firmwareReferences()
+    }
+
+    /// `POST /attestation/models/MODEL` {"pcrs": {"0": HEX, "4": HEX, "7": HEX}}, or {"remove": true}.
+    func setFirmwareModel(_ model: String, _ body: [String: Any]) async throws -> Any {
+        let service = AttestationService(store: fleet.store, bundles: bundles)
+        if body["remove"] as? Bool == true {
+            try await service.setFirmwareReference(model: model, pcrs: nil)
+            return ["model": model, "removed": true] as [String: Any]
+        }
+        var pcrs: [Int: String] = [:]
+        for (k, v) in body["pcrs"] as? [String: Any] ?? [:] {
+            guard let index = Int(k), let value = v as? String else { throw ControllerError.invalidInput("pcrs: '\(k)' is not INDEX: HEX") }
+            pcrs[index] = value
+        }
+        try await service.setFirmwareReference(model: model, pcrs: pcrs)
+        return ["model": model, "pcrs": try await fleet.store.firmwareReferences()[model] ?? [:]] as [String: Any]
     }
 }

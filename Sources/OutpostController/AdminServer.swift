@@ -18,6 +18,8 @@ import OutpostProto
 ///     GET  /devices/REF/metrics?limit=M
 ///     GET  /devices/REF/attestation     TPM keys, the last quote (hex parts for tpm2_checkquote) and its verdict
 ///     POST /devices/REF/attestation-reset  forget the first-use PCR 0/4/7 (after a firmware update)
+///     GET  /attestation/models          firmware PCR 0/4/7 per hardware model (DeviceInfo.identity.board)
+///     POST /attestation/models/MODEL    {"pcrs": {"0": HEX, "4": HEX, "7": HEX}} or {"remove": true}
 ///     POST /devices/REF/set-os          {"bundle": PATH} or {"url": URL, "version": V}; "activate" (default true)
 ///     POST /devices/REF/set-network     {"networkJSON": "..."}
 ///     POST /devices/REF/reboot|shutdown|retry-update
@@ -66,6 +68,10 @@ public struct AdminRoutes: Sendable {
                 let body = try await object(q)
                 return try await bulkAction(c.parameters.get("action") ?? "", body)
             }
+        }
+        r.get("/attestation/models") { _, _ in await json { try await firmwareModels() } }
+        r.post("/attestation/models/:model") { q, c in
+            await json { try await setFirmwareModel(c.parameters.get("model") ?? "", try await object(q)) }
         }
         r.get("/rollouts") { _, _ in await json { try await rolloutList() } }
         r.post("/rollouts") { q, _ in await json { try await rolloutCreate(try await object(q)) } }

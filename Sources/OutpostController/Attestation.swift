@@ -155,8 +155,15 @@ public final class AttestationService: Sendable {
 
         var evidence = QuoteEvidence(attest: Array(q.attest), signatureR: Array(q.signatureR), signatureS: Array(q.signatureS), pcrs: [:])
         for (index, value) in q.pcrs { evidence.pcrs[Int(index)] = Array(value) }
+        // PCR 0/4/7: the operator's reference for the device's hardware model, else first use.
         var expected: [Int: [UInt8]] = [:]
-        for (index, value) in key.firstUse { if let i = Int(index), let v = bytes(fromHex: value) { expected[i] = v } }
+        var firmware = key.firstUse
+        var firmwareSource = "first use"
+        if !q.board.isEmpty, let reference = try await store.firmwareReferences()[q.board] {
+            firmware = reference
+            firmwareSource = "model \(q.board)"
+        }
+        for (index, value) in firmware { if let i = Int(index), let v = bytes(fromHex: value) { expected[i] = v } }
         var notAttested: String?
         switch manifests.slotPCRs(version: q.osVersion, slot: q.slot) {
         case .found(let slot):
@@ -171,7 +178,8 @@ public final class AttestationService: Sendable {
             deviceID: deviceID, receivedMs: now, passed: false, reason: "", mismatches: [], nonce: issued.nonce,
             attest: q.attest, signatureR: q.signatureR, signatureS: q.signatureS,
             pcrs: Dictionary(uniqueKeysWithValues: q.pcrs.map { (String($0.key), hex($0.value)) }),
-            akPublic: key.akPublic, eventLog: q.eventLog, slot: q.slot, osVersion: q.osVersion, tokenSHA256: Data())
+            akPublic: key.akPublic, eventLog: q.eventLog, slot: q.slot, osVersion: q.osVersion,
+            board: q.board, firmwareReference: firmwareSource, tokenSHA256: Data())
         do {
             let verifier = try QuoteVerifier(attestationKeyPublic: Array(key.akPublic))
             let report = try verifier.verify(evidence, nonce: Array(issued.nonce), expected: expected)
@@ -196,7 +204,7 @@ public final class AttestationService: Sendable {
                 result.reason = "not attested: " + notAttested
             } else if report.passed {
                 result.passed = true
-                result.reason = "passed: PCRs 0, 4, 7 as at first use, 8 and 9 as \(q.osVersion) \(q.slot)'s signed manifest predicts"
+                result.reason = "passed: PCRs 0, 4, 7 as \(firmwareSource), 8 and 9 as \(q.osVersion) \(q.slot)'s signed manifest predicts"
                 var token = [UInt8](repeating: 0, count: 32)
                 var rng = SystemRandomNumberGenerator()
                 for i in token.indices { token[i] = rng.next() }
@@ -267,6 +275,27 @@ public final class AttestationService: Sendable {
     /// config's, so that once it has attested it fetches the config again.
     static func withheldHash(_ hash: String) -> String {
         hex(Array(SHA256.hash(data: Array((hash + ":secrets-withheld").utf8))))
+    }
+
+    /// Sets (or, with nil, removes) the firmware PCRs 0, 4 and 7 for a hardware model: values
+    /// the operator knows, e.g. from one machine of the model, instead of each device's first use.
+    public func setFirmwareReference(model: String, pcrs: [Int: String]?) async throws {
+        guard !model.isEmpty, model.utf8.count <= 128, model.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f }) else {
+            throw ControllerError.invalidInput("the model '\(model.prefix(40))' is not 1–128 printable ASCII characters")
+        }
+        guard let pcrs else { return try await store.setFirmwareReference(model: model, pcrs: nil) }
+        var out: [String: String] = [:]
+        for (index, value) in pcrs {
+            guard Self.firstUsePCRs.contains(index) else {
+                throw ControllerError.invalidInput("PCR \(index) is not a firmware PCR (0, 4 or 7): 8 and 9 come from the signed manifest")
+            }
+            guard let v = bytes(fromHex: value.lowercased()), v.count == 32 else {
+                throw ControllerError.invalidInput("PCR \(index): '\(value.prefix(80))' is not 64 hex digits (SHA-256)")
+            }
+            out[String(index)] = hex(v)
+        }
+        guard !out.isEmpty else { throw ControllerError.invalidInput("no PCR values given (--pcr 0=HEX …)") }
+        try await store.setFirmwareReference(model: model, pcrs: out)
     }
 
     /// Forgets the first-use firmware PCRs (after a firmware update): the next quote records them.

@@ -59,6 +59,10 @@ public struct AttestationRecord: Codable, Sendable, Equatable {
     public var eventLog: Data
     public var slot: String
     public var osVersion: String
+    /// The hardware model the device reported, and where PCR 0/4/7's expectations came from
+    /// ("first use" or "model BOARD").
+    public var board: String?
+    public var firmwareReference: String?
     /// SHA-256 of the config token handed out with a pass (empty otherwise).
     public var tokenSHA256: Data
 }

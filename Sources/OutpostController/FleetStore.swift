@@ -225,6 +225,11 @@ public protocol FleetStore: Sendable {
     /// Replaces the device's last attestation.
     func putAttestation(_ record: AttestationRecord) async throws
     func attestation(deviceID: String) async throws -> AttestationRecord?
+    /// The operator's firmware PCRs (index → hex) for a hardware model (DeviceInfo.identity.board);
+    /// nil removes the model's entry.
+    func setFirmwareReference(model: String, pcrs: [String: String]?) async throws
+    /// Every model's firmware PCRs.
+    func firmwareReferences() async throws -> [String: [String: String]]
 }
 
 extension FleetStore {

@@ -82,4 +82,29 @@ extension PostgresFleetStore {
             return nil
         }
     }
+
+    public func setFirmwareReference(model: String, pcrs: [String: String]?) async throws {
+        try await run("store firmware reference") {
+            if let pcrs {
+                let body = try SQLiteFleetStore.json(pcrs)
+                try await client.query("""
+                    INSERT INTO firmware_references (model, body) VALUES (\(model), \(body))
+                    ON CONFLICT (model) DO UPDATE SET body = EXCLUDED.body
+                    """, logger: logger)
+            } else {
+                try await client.query("DELETE FROM firmware_references WHERE model = \(model)", logger: logger)
+            }
+        }
+    }
+
+    public func firmwareReferences() async throws -> [String: [String: String]] {
+        try await run("read firmware references") {
+            var out: [String: [String: String]] = [:]
+            for try await (model, body) in try await client.query("SELECT model, body FROM firmware_references",
+                                                                  logger: logger).decode((String, Data).self) {
+                out[model] = try JSONDecoder().decode([String: String].self, from: body)
+            }
+            return out
+        }
+    }
 }

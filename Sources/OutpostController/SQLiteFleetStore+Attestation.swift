@@ -81,4 +81,26 @@ extension SQLiteFleetStore {
             return try body.map { try JSONDecoder().decode(AttestationRecord.self, from: $0) }
         }
     }
+
+    public func setFirmwareReference(model: String, pcrs: [String: String]?) async throws {
+        try await wrap("store firmware reference") {
+            let body = try pcrs.map { try Self.json($0) }
+            try await db.write { db in
+                if let body {
+                    try db.execute(sql: "INSERT OR REPLACE INTO firmware_references (model, body) VALUES (?, ?)", arguments: [model, body])
+                } else {
+                    try db.execute(sql: "DELETE FROM firmware_references WHERE model = ?", arguments: [model])
+                }
+            }
+        }
+    }
+
+    public func firmwareReferences() async throws -> [String: [String: String]] {
+        try await wrap("read firmware references") {
+            let rows = try await db.read { db in try Row.fetchAll(db, sql: "SELECT model, body FROM firmware_references") }
+            var out: [String: [String: String]] = [:]
+            for r in rows { out[r["model"]] = try JSONDecoder().decode([String: String].self, from: r["body"] as Data) }
+            return out
+        }
+    }
 }

@@ -106,9 +106,9 @@ enum WireCheck {
             }
         }
         guard q.eventLog.count <= 512 << 10 else { throw .malformed("AttestationQuote.event_log is larger than 512 KiB") }
-        guard q.slot.utf8.count <= 36, q.osVersion.utf8.count <= 128,
-              (q.slot + q.osVersion).unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f }) else {
-            throw .malformed("AttestationQuote.slot or os_version is not short printable ASCII")
+        guard q.slot.utf8.count <= 36, q.osVersion.utf8.count <= 128, q.board.utf8.count <= 128,
+              (q.slot + q.osVersion + q.board).unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f }) else {
+            throw .malformed("AttestationQuote.slot, os_version or board is not short printable ASCII")
         }
         return q
     }

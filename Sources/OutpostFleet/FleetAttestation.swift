@@ -61,7 +61,9 @@ extension FleetClient {
         quote.signatureS = Data(evidence.signatureS)
         for (index, value) in evidence.pcrs { quote.pcrs[UInt32(index)] = Data(value) }
         if let log = attestor.eventLog(), let gz = try? Gzip.compress(log), gz.count <= 512 << 10 { quote.eventLog = Data(gz) }
-        quote.slot = dependencies.state.deviceInfo().slots.first(where: \.booted)?.label ?? ""
+        let info = dependencies.state.deviceInfo()
+        quote.slot = info.slots.first(where: \.booted)?.label ?? ""
+        quote.board = info.identity.board
         quote.osVersion = configuration.osVersion
         let answer = try link.call(APIPath.attestQuote, body: try encode(quote), tls: deviceTLS)
         guard answer.status == 200 else {

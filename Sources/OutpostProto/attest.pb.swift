@@ -125,6 +125,10 @@ public nonisolated struct Outpost_Api_V1_AttestationQuote: Sendable {
   /// The OS version running: picks the bundle manifest.
   public var osVersion: String = String()
 
+  /// The hardware model (DeviceInfo.identity.board): an operator's firmware
+  /// PCR 0/4/7 for this model replace the device's first-use values.
+  public var board: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -287,7 +291,7 @@ nonisolated extension Outpost_Api_V1_AttestationChallenge: SwiftProtobuf.Message
 
 nonisolated extension Outpost_Api_V1_AttestationQuote: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AttestationQuote"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}attest\0\u{3}signature_r\0\u{3}signature_s\0\u{1}pcrs\0\u{3}event_log\0\u{1}slot\0\u{3}os_version\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}attest\0\u{3}signature_r\0\u{3}signature_s\0\u{1}pcrs\0\u{3}event_log\0\u{1}slot\0\u{3}os_version\0\u{1}board\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -302,6 +306,7 @@ nonisolated extension Outpost_Api_V1_AttestationQuote: SwiftProtobuf.Message, Sw
       case 5: try { try decoder.decodeSingularBytesField(value: &self.eventLog) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.slot) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.osVersion) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.board) }()
       default: break
       }
     }
@@ -329,6 +334,9 @@ nonisolated extension Outpost_Api_V1_AttestationQuote: SwiftProtobuf.Message, Sw
     if !self.osVersion.isEmpty {
       try visitor.visitSingularStringField(value: self.osVersion, fieldNumber: 7)
     }
+    if !self.board.isEmpty {
+      try visitor.visitSingularStringField(value: self.board, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -340,6 +348,7 @@ nonisolated extension Outpost_Api_V1_AttestationQuote: SwiftProtobuf.Message, Sw
     if lhs.eventLog != rhs.eventLog {return false}
     if lhs.slot != rhs.slot {return false}
     if lhs.osVersion != rhs.osVersion {return false}
+    if lhs.board != rhs.board {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

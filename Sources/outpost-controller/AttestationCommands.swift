@@ -77,3 +77,72 @@ struct AttestationResetCommand: AsyncParsableCommand {
         }
     }
 }
+
+/// `outpost-controller firmware set|remove|list`: PCR 0, 4 and 7 per hardware model.
+struct FirmwareCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "firmware",
+        abstract: "Firmware PCRs (0, 4, 7) per hardware model for attestation, instead of each device's first use.",
+        discussion: """
+        MODEL is what devices report as their board (DeviceInfo.identity.board, `device show`). A device of a \
+        model with values here is held against them; other devices against the PCRs of their own first quote.
+        """,
+        subcommands: [SetModel.self, Remove.self, List.self])
+
+    struct SetModel: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "set", abstract: "Set a model's firmware PCRs.")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The hardware model (board).") var model: String
+        @Option(name: .customLong("pcr"), help: ArgumentHelp("INDEX=HEX, SHA-256 bank (0, 4 or 7); repeat.", valueName: "index=hex"))
+        var pcrs: [String] = []
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                var values: [String: String] = [:]
+                for p in pcrs {
+                    let parts = p.split(separator: "=", maxSplits: 1).map(String.init)
+                    guard parts.count == 2 else { throw ControllerError.invalidInput("--pcr '\(p)' is not INDEX=HEX") }
+                    values[parts[0]] = parts[1]
+                }
+                let v = try data.admin.call("POST", "/attestation/models/\(esc(model))", body: ["pcrs": values])
+                if json { return printJSON(v) }
+                let set = (v as? [String: Any])?["pcrs"] as? [String: String] ?? [:]
+                print("model \(model): PCR " + set.keys.sorted().map { "\($0)=\(set[$0] ?? "")" }.joined(separator: " "))
+            }
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove a model's firmware PCRs (its devices go back to first use).")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The hardware model (board).") var model: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                let v = try data.admin.call("POST", "/attestation/models/\(esc(model))", body: ["remove": true])
+                if json { return printJSON(v) }
+                print("model \(model): removed; its devices are held against their first use")
+            }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Every model's firmware PCRs.")
+        @OptionGroup var data: DataOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                let v = try data.admin.call("GET", "/attestation/models")
+                if json { return printJSON(v) }
+                let models = v as? [String: [String: String]] ?? [:]
+                if models.isEmpty { print("no models: every device is held against its first use") }
+                for (model, pcrs) in models.sorted(by: { $0.key < $1.key }) {
+                    print("\(model): PCR " + pcrs.keys.sorted().map { "\($0)=\(pcrs[$0] ?? "")" }.joined(separator: " "))
+                }
+            }
+        }
+    }
+}

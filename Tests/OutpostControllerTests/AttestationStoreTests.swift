@@ -76,4 +76,17 @@ struct AttestationStoreTests {
             #expect(try await s.attestation(deviceID: "other") == nil)
         }
     }
+
+    @Test(arguments: Backend.allCases)
+    func firmwareReferencesAreSetReplacedAndRemovedByModel(_ backend: Backend) async throws {
+        try await withDevice(backend, "attest-models") { s in
+            #expect(try await s.firmwareReferences().isEmpty)
+            try await s.setFirmwareReference(model: "board-a", pcrs: ["0": "aa"])
+            try await s.setFirmwareReference(model: "board-a", pcrs: ["0": "bb", "7": "cc"])
+            try await s.setFirmwareReference(model: "board-b", pcrs: ["4": "dd"])
+            #expect(try await s.firmwareReferences() == ["board-a": ["0": "bb", "7": "cc"], "board-b": ["4": "dd"]])
+            try await s.setFirmwareReference(model: "board-a", pcrs: nil)
+            #expect(try await s.firmwareReferences() == ["board-b": ["4": "dd"]])
+        }
+    }
 }

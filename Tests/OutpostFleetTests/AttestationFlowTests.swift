@@ -86,7 +86,7 @@ struct AttestationFlowTests {
         let tpm = try Self.bootedTPM(tmp.path)
         let attestor = TPMDeviceAttestor(attestor: try TPMAttestor(tcti: tpm.tcti), eventLogPath: tmp.path + "/binary_bios_measurements")
         try Data(repeating: 0x5a, count: 3000).write(to: URL(fileURLWithPath: tmp.path + "/binary_bios_measurements"))
-        let booted = try attestor.quote(nonce: [1, 2, 3], pcrs: [8, 9]).pcrs
+        let booted = try attestor.quote(nonce: [1, 2, 3], pcrs: [0, 4, 7, 8, 9]).pcrs
         let (pcr8, pcr9) = (try #require(booted[8]), try #require(booted[9]))
         try await Self.addBundle(controller, version: "1.0", pcr8: pcr8, pcr9: pcr9, dir: tmp.path)
 
@@ -119,6 +119,28 @@ struct AttestationFlowTests {
                                     "-f", saved + "/quote.pcrs", "-l", "sha256:0,4,7,8,9", "-g", "sha256", "-q", String(repeating: "00", count: 32)],
                                    timeout: .seconds(20))
         #expect(other.status != 0, "tpm2_checkquote accepted another nonce")
+
+        // An operator's firmware PCRs for the hardware model replace first use: another PCR 0 fails, the real ones pass.
+        let other0 = String(repeating: "11", count: 32)
+        let pcr0 = hex(try #require(booted[0])), pcr4 = hex(try #require(booted[4])), pcr7 = hex(try #require(booted[7]))
+        let ctl = [ChildController.executable]
+        let set = try runCommand(ctl + ["firmware", "set", "test-board", "--pcr", "0=\(other0)", "--pcr", "4=\(pcr4)", "--data", controller.dir.path])
+        #expect(set.status == 0, "\(set.output)")
+        let byModel = try Self.client(controller, "a", device, console, attestor: attestor)
+        try await offPool { try byModel.attest() }
+        #expect(console.all.last == "outpost: attestation: failed: PCR 0: expected \(other0), actual \(pcr0)", "\(console.all)")
+        _ = try sh(ctl + ["firmware", "set", "test-board", "--pcr", "0=\(pcr0)", "--pcr", "4=\(pcr4)", "--pcr", "7=\(pcr7)",
+                          "--data", controller.dir.path])
+        let list = try sh(ctl + ["firmware", "list", "--data", controller.dir.path])
+        #expect(list.contains("test-board: PCR 0=\(pcr0) 4=\(pcr4) 7=\(pcr7)"), "\(list)")
+        let matched = try Self.client(controller, "a", device, console, attestor: attestor)
+        try await offPool { try matched.attest() }
+        #expect(console.all.last == "outpost: attestation: passed")
+        let byModelShown = try #require(try await Self.attestation(controller, id)["last"] as? [String: Any])
+        #expect(byModelShown["firmwareReference"] as? String == "model test-board", "\(byModelShown)")
+        let refused = try runCommand(ctl + ["firmware", "set", "test-board", "--pcr", "8=\(pcr0)", "--data", controller.dir.path])
+        #expect(refused.status == 1 && refused.stderr.contains("not a firmware PCR"), "\(refused.output)")
+        _ = try sh(ctl + ["firmware", "remove", "test-board", "--data", controller.dir.path])
 
         // The kernel command line changed after signing: PCR 8 differs. A reboot (a new client) attests anew.
         try Self.extend(tpm, pcr: 8, with: "grub_cmd linux /vmlinuz console=ttyS0 init=/bin/sh")
@@ -153,8 +175,8 @@ struct AttestationFlowTests {
         replay.slot = "IMGA"
         replay.osVersion = "1.0"
         let replayBody = try Array(replay.serializedBytes() as Data)
-        let refused = try await offPool { try second.link.call(APIPath.attestQuote, body: replayBody, tls: second.deviceTLS) }
-        #expect(refused.status == 409, "\(refused.status) \(String(decoding: refused.body, as: UTF8.self))")
+        let replayed = try await offPool { try second.link.call(APIPath.attestQuote, body: replayBody, tls: second.deviceTLS) }
+        #expect(replayed.status == 409, "\(replayed.status) \(String(decoding: replayed.body, as: UTF8.self))")
         let afterReplay = try await Self.attestation(controller, id)["last"] as? [String: Any]
         #expect(afterReplay?["received"] as? String == last["received"] as? String)
 
