@@ -83,6 +83,7 @@ enum FleetComponent {
         var attestor: (any DeviceAttestor)?
         var identityStatus = choice.status
         if choice.inTPM {
+            mountSecurityFS()
             do {
                 attestor = TPMDeviceAttestor(attestor: try TPMAttestor())
             } catch {
@@ -118,6 +119,15 @@ enum FleetComponent {
         }
         Console.line("fleet: managed by \(configuration.controllerURL.hostPort) (serial \(client.identity.serial))")
         return .managed(FleetAgent(client: client, identity: identityStatus))
+    }
+
+    /// The firmware's event log (sent with each quote, for diagnosis) is in securityfs, which
+    /// nothing else mounts. Best effort: `lsm` is there whenever securityfs is mounted, and a
+    /// kernel without it just sends no event log.
+    static func mountSecurityFS() {
+        let dir = "/sys/kernel/security"
+        guard access(dir, F_OK) == 0, access(dir + "/lsm", F_OK) != 0 else { return }
+        try? Sys.mount(source: "securityfs", target: dir, type: "securityfs", flags: UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC))
     }
 
     static func spec(_ fleet: FleetAgent) -> ComponentSpec {
