@@ -43,6 +43,11 @@ extension FleetClient {
         }
         guard reply.status == 200 else {
             if reply.status == 503 { throw .status(endpoint: APIPath.attestNonce, code: 503, detail: "upgrading") }
+            if reply.status == 409 {
+                // Still no bound key after registering again: this boot stays unattested.
+                finishAttestation("not attested: \(Self.textDetail(reply.body))", token: [])
+                return
+            }
             if reply.status == 404 || reply.status == 405 {
                 // A controller without the attestation API: run unattested rather than never poll config.
                 finishAttestation("not attested: the controller has no attestation API (HTTP \(reply.status))", token: [])

@@ -256,9 +256,14 @@ public final class FleetClient: Sendable {
         request.serial = identity.serial
         request.osVersion = configuration.osVersion
         if let attestor {
-            request.ekPublic = Data(try attestor.endorsementKeyPublic())
-            request.akPublic = Data(attestor.attestationKeyPublic)
-            if let certificate = attestor.endorsementCertificate() { request.ekCertificate = Data(certificate) }
+            // A TPM that cannot name its EK registers without keys: unattested, never unmanaged.
+            do {
+                request.ekPublic = Data(try attestor.endorsementKeyPublic())
+                request.akPublic = Data(attestor.attestationKeyPublic)
+                if let certificate = attestor.endorsementCertificate() { request.ekCertificate = Data(certificate) }
+            } catch {
+                note("attestation: registering without TPM keys: \(error)", severity: .warning)
+            }
         }
         let answer = try link.call(APIPath.register, body: try encode(request), tls: onboardingTLS)
         guard answer.status == 200 || answer.status == 201 else {
@@ -268,7 +273,12 @@ public final class FleetClient: Sendable {
         guard !response.deviceID.isEmpty else { throw .malformed(what: "register response", detail: "no device_id") }
         // The AK is bound before the registration counts: a failure here registers again next round.
         if let attestor, response.hasCredentialChallenge {
-            try activate(response.credentialChallenge, attestor)
+            do { try activate(response.credentialChallenge, attestor) } catch {
+                // Unreachable: register again next round. Anything else (the TPM, a refusal) would
+                // fail the same way again: stay registered, unattested.
+                if case .transport = error { throw error }
+                note("attestation: the attestation key is not bound: \(error)", severity: .warning)
+            }
         }
         try files.saveDeviceID(response.deviceID)
         loop.withLock { $0.deviceID = response.deviceID; $0.infoDirty = true }
