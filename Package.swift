@@ -147,7 +147,7 @@ let package = Package(
         // The device identity in the TPM (tss2 over /dev/tpmrm0) behind
         // OutpostFleet's DeviceIdentity, and the choice between it and the file
         // identity. FoundationEssentials only: it links into the static outpostd.
-        .target(name: "OutpostTrust", dependencies: ["OutpostFleet", "OutpostHTTP", "COpenSSL", "CTSS2"]),
+        .target(name: "OutpostTrust", dependencies: ["OutpostFleet", "OutpostProto", "OutpostHTTP", "COpenSSL", "CTSS2"]),
         .testTarget(name: "OutpostTrustTests", dependencies: ["OutpostTrust", "OutpostFleet", "OutpostHTTP", "OutpostAttestation", "OutpostBundle", "OutpostTestSupport"]),
         // The controller's quote verifier: TPMS_ATTEST and TPM2B_PUBLIC parsed in
         // pure Swift, P-256 ECDSA and SHA-256 from swift-crypto; no TPM, no
@@ -169,7 +169,7 @@ let package = Package(
         // The reference fleet controller: device API over mutual TLS, the
         // admin socket, the SQLite store, certificate authority.
         .target(name: "OutpostController", dependencies: [
-            "OutpostProto", "OutpostBundle",
+            "OutpostProto", "OutpostBundle", "OutpostAttestation",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTLS", package: "hummingbird"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -188,7 +188,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "outpost-controller", dependencies: [
-            "OutpostController",
+            "OutpostController", "OutpostBundle",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -196,6 +196,8 @@ let package = Package(
         .testTarget(name: "OutpostFleetTests", dependencies: [
             // OutpostController for its AdminClient; the controller itself runs as a child process.
             "OutpostFleet", "OutpostProto", "OutpostHTTP", "OutpostPlatform", "OutpostController", "OutpostTestSupport",
+            // Attestation end to end: a swtpm behind OutpostTrust's attestor, a signed bundle's PCR predictions.
+            "OutpostTrust", "OutpostBundle", .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .testTarget(name: "OutpostControllerTests", dependencies: [
             "OutpostController", "OutpostProto", "OutpostBundle", "OutpostTestSupport",

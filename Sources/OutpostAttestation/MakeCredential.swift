@@ -87,3 +87,11 @@ public struct CredentialChallenge: Sendable, Equatable {
     static func be16(_ v: Int) -> [UInt8] { [UInt8(truncatingIfNeeded: v >> 8), UInt8(truncatingIfNeeded: v)] }
     static func be32(_ v: Int) -> [UInt8] { be16(v >> 16) + be16(v) }
 }
+
+extension CredentialChallenge {
+    /// The EK's public point (uncompressed, 65 bytes) from its marshalled TPM2B_PUBLIC, for
+    /// comparing with the key an EK certificate names.
+    public static func endorsementKeyPoint(_ endorsementKeyPublic: [UInt8]) throws(AttestationError) -> [UInt8] {
+        try ECCPublicArea(parsing: endorsementKeyPublic).x963
+    }
+}

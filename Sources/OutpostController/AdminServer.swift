@@ -16,6 +16,10 @@ import OutpostProto
 ///     GET  /devices/REF                 one device: config, info, update history
 ///     GET  /devices/REF/logs?after=N&limit=M
 ///     GET  /devices/REF/metrics?limit=M
+///     GET  /devices/REF/attestation     TPM keys, the last quote (hex parts for tpm2_checkquote) and its verdict
+///     POST /devices/REF/attestation-reset  forget the first-use PCR 0/4/7 (after a firmware update)
+///     GET  /attestation/models          firmware PCR 0/4/7 per hardware model (DeviceInfo.identity.board)
+///     POST /attestation/models/MODEL    {"pcrs": {"0": HEX, "4": HEX, "7": HEX}} or {"remove": true}
 ///     POST /devices/REF/set-os          {"bundle": PATH} or {"url": URL, "version": V}; "activate" (default true)
 ///     POST /devices/REF/set-network     {"networkJSON": "..."}
 ///     POST /devices/REF/reboot|shutdown|retry-update
@@ -46,6 +50,7 @@ public struct AdminRoutes: Sendable {
             await json { try await deviceLogs(try ref(c), after: UInt64(q.uri.queryParameters.get("after") ?? "") ?? 0,
                                               limit: Int(q.uri.queryParameters.get("limit") ?? "") ?? 1000) }
         }
+        r.get("/devices/:ref/attestation") { _, c in await json { try await deviceAttestation(try ref(c)) } }
         r.get("/devices/:ref/metrics") { q, c in
             await json { try await deviceMetrics(try ref(c), limit: Int(q.uri.queryParameters.get("limit") ?? "") ?? 1) }
         }
@@ -54,6 +59,7 @@ public struct AdminRoutes: Sendable {
                 let body = try await object(q)
                 let action = c.parameters.get("action") ?? ""
                 if action == "label" { return try await label(try ref(c), body) }
+                if action == "attestation-reset" { return try await resetFirstUse(try ref(c)) }
                 return try await deviceAction(try ref(c), action, body)
             }
         }
@@ -62,6 +68,10 @@ public struct AdminRoutes: Sendable {
                 let body = try await object(q)
                 return try await bulkAction(c.parameters.get("action") ?? "", body)
             }
+        }
+        r.get("/attestation/models") { _, _ in await json { try await firmwareModels() } }
+        r.post("/attestation/models/:model") { q, c in
+            await json { try await setFirmwareModel(c.parameters.get("model") ?? "", try await object(q)) }
         }
         r.get("/rollouts") { _, _ in await json { try await rolloutList() } }
         r.post("/rollouts") { q, _ in await json { try await rolloutCreate(try await object(q)) } }

@@ -37,12 +37,14 @@ public struct DeviceAPIRoutes: Sendable {
     let bundles: BundleStore
     let logger: Logger
     let metrics: ControllerMetrics?
+    let attestation: AttestationService
 
     public init(fleet: Fleet, bundles: BundleStore, logger: Logger, metrics: ControllerMetrics? = nil) {
         self.fleet = fleet
         self.bundles = bundles
         self.logger = logger
         self.metrics = metrics
+        attestation = AttestationService(store: fleet.store, bundles: bundles)
     }
 
     public func router() -> Router<DeviceContext> {
@@ -53,6 +55,9 @@ public struct DeviceAPIRoutes: Sendable {
         r.post(RouterPath(DeviceAPI.info)) { req, ctx in await handle(req, ctx, "info") { try await info(req, ctx) } }
         r.post(RouterPath(DeviceAPI.metrics)) { req, ctx in await handle(req, ctx, "metrics") { try await metrics(req, ctx) } }
         r.post(RouterPath(DeviceAPI.logs)) { req, ctx in await handle(req, ctx, "logs") { try await logs(req, ctx) } }
+        r.post(RouterPath(DeviceAPI.attestActivate)) { req, ctx in await handle(req, ctx, "attest-activate") { try await activate(req, ctx) } }
+        r.post(RouterPath(DeviceAPI.attestNonce)) { req, ctx in await handle(req, ctx, "attest-nonce") { try await nonce(ctx) } }
+        r.post(RouterPath(DeviceAPI.attestQuote)) { req, ctx in await handle(req, ctx, "attest-quote") { try await quote(req, ctx) } }
         r.get(RouterPath(DeviceAPI.bundles + ":name")) { req, ctx in await handle(req, ctx, "bundle") { try await bundle(req, ctx, head: false) } }
         r.head(RouterPath(DeviceAPI.bundles + ":name")) { req, ctx in await handle(req, ctx, "bundle") { try await bundle(req, ctx, head: true) } }
         return r
@@ -140,9 +145,36 @@ public struct DeviceAPIRoutes: Sendable {
             throw APIError(403, "not an onboarding certificate this controller accepts")
         }
         let r = try WireCheck.register(try await body(req))
-        let reg = try await fleet.register(clientFingerprint: fp, request: r)
+        // A TPM identity's keys are checked (and sealed for) before anything is stored.
+        let enrolment = try attestation.enrol(r)
+        var reg = try await fleet.register(clientFingerprint: fp, request: r)
         if reg.created { logger.info("registered device \(reg.response.deviceID) (serial \(r.serial))") }
+        // The challenge that binds the AK to the EK.
+        if let enrolment, let challenge = try await attestation.register(deviceID: reg.response.deviceID, enrolment) {
+            reg.response.credentialChallenge = challenge
+        }
         return Self.proto(try reg.response.serializedBytes(), status: reg.created ? 201 : 200)
+    }
+
+    private func activate(_ req: Request, _ ctx: DeviceContext) async throws -> Response {
+        let e = try await device(ctx)
+        let a = try WireCheck.credentialAnswer(try await body(req))
+        try await attestation.activate(deviceID: e.record.id, answer: a)
+        logger.info("device \(e.record.id): attestation key bound to its endorsement key")
+        return Response(status: .ok)
+    }
+
+    private func nonce(_ ctx: DeviceContext) async throws -> Response {
+        let e = try await device(ctx)
+        return Self.proto(try await attestation.nonce(deviceID: e.record.id).serializedBytes())
+    }
+
+    private func quote(_ req: Request, _ ctx: DeviceContext) async throws -> Response {
+        let e = try await device(ctx)
+        let q = try WireCheck.quote(try await body(req))
+        let result = try await attestation.quote(deviceID: e.record.id, q)
+        logger.info("device \(e.record.id): attestation \(result.reason)")
+        return Self.proto(try result.serializedBytes())
     }
 
     private func ping(_ ctx: DeviceContext) async throws -> Response {
@@ -153,6 +185,18 @@ public struct DeviceAPIRoutes: Sendable {
     private func config(_ req: Request, _ ctx: DeviceContext) async throws -> Response {
         let e = try await device(ctx)
         let r = try WireCheck.config(try await body(req))
+        // A device with an attestation key gets its secrets only with this boot's token.
+        if case .withheld(let last) = try await attestation.verdict(deviceID: e.record.id, token: r.attestationToken) {
+            let now = try await fleet.current(e.record.id) ?? e
+            let hash = AttestationService.withheldHash(now.record.configHash)
+            if r.configHash == hash { return Response(status: .notModified) }
+            var resp = ConfigResponse()
+            resp.config = try DeviceConfig(serializedBytes: now.record.config)
+            resp.configHash = hash
+            resp.attestation.secretsWithheld = true
+            if let last { resp.attestation.last = last }
+            return Self.proto(try resp.serializedBytes())
+        }
         if r.configHash == e.record.configHash { return Response(status: .notModified) }
         // The device holds a hash this process does not: another replica may have served it a
         // newer config. The store decides, so a device never gets an older config back.

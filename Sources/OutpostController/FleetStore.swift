@@ -209,6 +209,27 @@ public protocol FleetStore: Sendable {
     /// Takes or renews the lease `name` for `holder` until `nowMs + ttlMs`, if it is free,
     /// expired or already `holder`'s: one conditional write, so one holder at a time.
     func acquireLease(name: String, holder: String, nowMs: Int64, ttlMs: Int64) async throws -> Bool
+
+    // Remote attestation (AttestationRecords.swift).
+
+    /// Inserts or replaces the device's TPM keys (a registration with new keys starts over).
+    func putAttestationKey(_ key: AttestationKeyRecord) async throws
+    func attestationKey(deviceID: String) async throws -> AttestationKeyRecord?
+    /// Read-modify-write under the row's lock (binding, first-use PCRs); nil: no such key.
+    func changeAttestationKey(deviceID: String,
+                              _ change: @Sendable (AttestationKeyRecord) throws -> AttestationKeyRecord?) async throws -> AttestationKeyRecord?
+    /// The device's one outstanding nonce, replacing any earlier one.
+    func putNonce(deviceID: String, nonce: Data, expiresMs: Int64) async throws
+    /// Removes and returns the outstanding nonce in one step: a nonce is used at most once.
+    func takeNonce(deviceID: String) async throws -> (nonce: Data, expiresMs: Int64)?
+    /// Replaces the device's last attestation.
+    func putAttestation(_ record: AttestationRecord) async throws
+    func attestation(deviceID: String) async throws -> AttestationRecord?
+    /// The operator's firmware PCRs (index → hex) for a hardware model (DeviceInfo.identity.board);
+    /// nil removes the model's entry.
+    func setFirmwareReference(model: String, pcrs: [String: String]?) async throws
+    /// Every model's firmware PCRs.
+    func firmwareReferences() async throws -> [String: [String: String]]
 }
 
 extension FleetStore {

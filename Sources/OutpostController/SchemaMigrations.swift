@@ -66,6 +66,17 @@ enum SchemaMigrations {
         CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id);
         CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;
         """,
+        // 5: remote attestation: each device's TPM keys (and first-use PCRs), its outstanding
+        // nonce, and its last quote with the verdict (JSON records, AttestationRecords.swift); the
+        // operator's PCR 0/4/7 per hardware model, which replace first use for that model.
+        """
+        CREATE TABLE attestation_keys (device_id TEXT PRIMARY KEY REFERENCES devices(id), body BLOB NOT NULL) WITHOUT ROWID;
+        CREATE TABLE attestation_nonces (
+            device_id TEXT PRIMARY KEY REFERENCES devices(id), nonce BLOB NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE attestations (
+            device_id TEXT PRIMARY KEY REFERENCES devices(id), body BLOB NOT NULL, received_ms INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE firmware_references (model TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
+        """,
     ]
 
     /// PostgreSQL: a list of statements per version (the extended protocol takes one at a
@@ -151,6 +162,19 @@ enum SchemaMigrations {
             """,
             "CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id, id)",
             "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms BIGINT NOT NULL)",
+        ],
+        // 5: remote attestation, as SQLite's version 5.
+        [
+            "CREATE TABLE attestation_keys (device_id TEXT PRIMARY KEY REFERENCES devices(id), body BYTEA NOT NULL)",
+            """
+            CREATE TABLE attestation_nonces (
+                device_id TEXT PRIMARY KEY REFERENCES devices(id), nonce BYTEA NOT NULL, expires_ms BIGINT NOT NULL)
+            """,
+            """
+            CREATE TABLE attestations (
+                device_id TEXT PRIMARY KEY REFERENCES devices(id), body BYTEA NOT NULL, received_ms BIGINT NOT NULL)
+            """,
+            "CREATE TABLE firmware_references (model TEXT PRIMARY KEY, body BYTEA NOT NULL)",
         ],
     ]
 

@@ -55,6 +55,12 @@ enum WireCheck {
         try noUnknown(r.unknownFields, "RegisterRequest")
         guard !r.deviceCertPem.isEmpty else { throw .malformed("RegisterRequest.device_cert_pem is empty") }
         try serial(r.serial, "RegisterRequest.serial")
+        guard r.ekPublic.isEmpty == r.akPublic.isEmpty else {
+            throw .malformed("RegisterRequest has \(r.ekPublic.isEmpty ? "ak_public without ek_public" : "ek_public without ak_public")")
+        }
+        guard r.ekPublic.count <= 1024, r.akPublic.count <= 1024, r.ekCertificate.count <= 8192 else {
+            throw .malformed("RegisterRequest: ek_public, ak_public (1024) or ek_certificate (8192) is too long")
+        }
         return r
     }
 
@@ -72,7 +78,39 @@ enum WireCheck {
         guard h.isEmpty || (h.utf8.count == 64 && h.utf8.allSatisfy { isHex($0) }) else {
             throw .malformed("ConfigRequest.config_hash is not empty nor 64 hex digits")
         }
+        guard r.attestationToken.isEmpty || r.attestationToken.count == 32 else {
+            throw .malformed("ConfigRequest.attestation_token is \(r.attestationToken.count) bytes, not empty nor 32")
+        }
         return r
+    }
+
+    static func credentialAnswer(_ bytes: Data) throws(APIError) -> CredentialAnswer {
+        let a = try decode(CredentialAnswer.self, bytes)
+        try noUnknown(a.unknownFields, "CredentialAnswer")
+        guard (1...64).contains(a.secret.count) else { throw .malformed("CredentialAnswer.secret is \(a.secret.count) bytes, not 1 to 64") }
+        return a
+    }
+
+    /// The sizes a TPM can produce; the contents are the verifier's to judge.
+    static func quote(_ bytes: Data) throws(APIError) -> AttestationQuote {
+        let q = try decode(AttestationQuote.self, bytes)
+        try noUnknown(q.unknownFields, "AttestationQuote")
+        guard !q.attest.isEmpty, q.attest.count <= 1024 else { throw .malformed("AttestationQuote.attest is \(q.attest.count) bytes, not 1 to 1024") }
+        guard (1...32).contains(q.signatureR.count), (1...32).contains(q.signatureS.count) else {
+            throw .malformed("AttestationQuote.signature_r/s are \(q.signatureR.count)/\(q.signatureS.count) bytes, not 1 to 32 each")
+        }
+        guard (1...24).contains(q.pcrs.count) else { throw .malformed("AttestationQuote.pcrs has \(q.pcrs.count) values, not 1 to 24") }
+        for (index, value) in q.pcrs.sorted(by: { $0.key < $1.key }) {
+            guard index < 24, value.count == 32 else {
+                throw .malformed("AttestationQuote.pcrs[\(index)] is \(value.count) bytes\(index < 24 ? "" : " for a PCR above 23"), not a SHA-256 value")
+            }
+        }
+        guard q.eventLog.count <= 512 << 10 else { throw .malformed("AttestationQuote.event_log is larger than 512 KiB") }
+        guard q.slot.utf8.count <= 36, q.osVersion.utf8.count <= 128, q.board.utf8.count <= 128,
+              (q.slot + q.osVersion + q.board).unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f }) else {
+            throw .malformed("AttestationQuote.slot, os_version or board is not short printable ASCII")
+        }
+        return q
     }
 
     static func info(_ bytes: Data) throws(APIError) -> DeviceInfo {
@@ -87,6 +125,7 @@ enum WireCheck {
         try noUnknown(i.handled.unknownFields, "DeviceInfo.handled")
         guard i.timeUnixMs > 0 else { throw .malformed("DeviceInfo.time_unix_ms is missing") }
         if case .UNRECOGNIZED(let v) = i.update.step { throw .malformed("DeviceInfo.update.step \(v) is not a known step") }
+        if case .UNRECOGNIZED(let v) = i.identity.identityKind { throw .malformed("DeviceInfo.identity.identity_kind \(v) is not known") }
         if case .UNRECOGNIZED(let v) = i.networkPush.outcome { throw .malformed("DeviceInfo.network_push.outcome \(v) is not known") }
         guard i.slots.count <= 8, i.ports.count <= 64 else { throw .malformed("DeviceInfo has too many slots or ports") }
         return i

@@ -108,5 +108,8 @@ enum APIPath {
     static let info = prefix + "info"
     static let metrics = prefix + "metrics"
     static let logs = prefix + "logs"
+    static let attestActivate = prefix + "attest/activate"
+    static let attestNonce = prefix + "attest/nonce"
+    static let attestQuote = prefix + "attest/quote"
     static let contentType = "application/x-proto-binary"
 }

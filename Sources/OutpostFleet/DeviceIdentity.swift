@@ -14,6 +14,7 @@ import Glibc
 #endif
 import COpenSSL
 import OutpostHTTP
+import OutpostProto
 import OutpostPlatform
 
 /// What the client needs from an identity: the certificate to register and
@@ -29,6 +30,8 @@ public protocol DeviceIdentity: Sendable {
     /// An ECDSA-P256-SHA256 signature over `message` (DER), for attestation
     /// and signed requests later on.
     func sign(_ message: [UInt8]) throws(FleetError) -> [UInt8]
+    /// TPM or file, as DeviceInfo reports it (default: file).
+    var kind: Outpost_Api_V1_IdentityKind { get }
 }
 
 /// The identity with its key in a file on PERSIST: made on first use, loaded

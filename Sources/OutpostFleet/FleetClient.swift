@@ -34,11 +34,18 @@ public struct FleetStatus: Sendable, Equatable {
     public var pendingInfo = 0
     public var logBacklog: UInt64 = 0
     public var route: String?
+    /// This boot's attestation: "passed", "failed: PCR 8: expected …, actual …", why it
+    /// could not run; nil for the file identity, or before the first attempt.
+    public var attestation: String?
 }
 
 public final class FleetClient: Sendable {
     public let configuration: FleetConfiguration
     public let identity: any DeviceIdentity
+    /// The TPM's attestation side; nil for the file identity (never attested).
+    public let attestor: (any DeviceAttestor)?
+    /// The identity line for DeviceInfo.identity.tpm_state (IdentitySelection's status).
+    public let identityStatus: String
     public let logStore: LogStore
     let outbox: InfoOutbox
     let dependencies: FleetDependencies
@@ -48,7 +55,7 @@ public final class FleetClient: Sendable {
     let acceptanceLink: ControllerLink
     let files: FleetState
     let metrics: MetricsCollector
-    private let deviceTLS: TLSContext
+    let deviceTLS: TLSContext
     private let onboardingTLS: TLSContext
 
     private let stopSignal = StopSignal()
@@ -73,14 +80,24 @@ public final class FleetClient: Sendable {
         var failures = 0
         var lastError: String?
         var random = SystemRandomNumberGenerator()
+        /// Attestation runs once per boot, before the first config poll.
+        var attested = false
+        /// AttestationResult.token of this boot's pass (memory only: a reboot attests anew).
+        var attestationToken: [UInt8] = []
+        var attestation: String?
+        /// The withheld-secrets note is said once per change.
+        var withheldNoted = false
     }
 
     /// Opens the client's state on PERSIST (identity, outbox, log store) so
     /// that `log` works before `start`. `identity` defaults to the software one.
     public init(configuration: FleetConfiguration, dependencies: FleetDependencies,
-                identity: (any DeviceIdentity)? = nil) throws(FleetError) {
+                identity: (any DeviceIdentity)? = nil, attestor: (any DeviceAttestor)? = nil,
+                identityStatus: String = "") throws(FleetError) {
         self.configuration = configuration
         self.dependencies = dependencies
+        self.attestor = attestor
+        self.identityStatus = identityStatus
         let dir = configuration.stateDirectory
         try FleetFiles.makeDirectory(dir)
         if let identity {
@@ -163,6 +180,7 @@ public final class FleetClient: Sendable {
         status.pendingInfo = outbox.pendingCount
         status.logBacklog = logStore.backlog
         status.route = link.currentRoute.map { $0.device ?? "default route" }
+        status.attestation = s.attestation
         return status
     }
 
@@ -193,6 +211,7 @@ public final class FleetClient: Sendable {
         if now < blockedUntil { return blockedUntil - now }
         do {
             if loop.withLock({ $0.deviceID }) == nil { try register() }
+            if attestor != nil, !loop.withLock({ $0.attested }) { try attest() }
             let (pollDue, metricsDue, logsDue) = loop.withLock { ($0.nextConfig <= now, $0.nextMetrics <= now, $0.nextLogs <= now) }
             if pollDue { try pollConfig() }
             try composeInfo()
@@ -236,12 +255,31 @@ public final class FleetClient: Sendable {
         request.deviceCertPem = identity.certificatePEM
         request.serial = identity.serial
         request.osVersion = configuration.osVersion
+        if let attestor {
+            // A TPM that cannot name its EK registers without keys: unattested, never unmanaged.
+            do {
+                request.ekPublic = Data(try attestor.endorsementKeyPublic())
+                request.akPublic = Data(attestor.attestationKeyPublic)
+                if let certificate = attestor.endorsementCertificate() { request.ekCertificate = Data(certificate) }
+            } catch {
+                note("attestation: registering without TPM keys: \(error)", severity: .warning)
+            }
+        }
         let answer = try link.call(APIPath.register, body: try encode(request), tls: onboardingTLS)
         guard answer.status == 200 || answer.status == 201 else {
             throw .status(endpoint: APIPath.register, code: answer.status, detail: Self.textDetail(answer.body))
         }
         let response: Outpost_Api_V1_RegisterResponse = try decode(answer.body, what: "register response")
         guard !response.deviceID.isEmpty else { throw .malformed(what: "register response", detail: "no device_id") }
+        // The AK is bound before the registration counts: a failure here registers again next round.
+        if let attestor, response.hasCredentialChallenge {
+            do { try activate(response.credentialChallenge, attestor) } catch {
+                // Unreachable: register again next round. Anything else (the TPM, a refusal) would
+                // fail the same way again: stay registered, unattested.
+                if case .transport = error { throw error }
+                note("attestation: the attestation key is not bound: \(error)", severity: .warning)
+            }
+        }
         try files.saveDeviceID(response.deviceID)
         loop.withLock { $0.deviceID = response.deviceID; $0.infoDirty = true }
         note("registered with \(configuration.controllerURL.hostPort) as \(response.deviceID)"
@@ -265,6 +303,7 @@ public final class FleetClient: Sendable {
     func pollConfig() throws(FleetError) -> Int {
         var request = Outpost_Api_V1_ConfigRequest()
         request.configHash = loop.withLock { $0.configHash }
+        request.attestationToken = Data(loop.withLock { $0.attestationToken })
         let answer = try link.call(APIPath.config, body: try encode(request), tls: deviceTLS)
         scheduleConfig()
         switch answer.status {
@@ -275,6 +314,11 @@ public final class FleetClient: Sendable {
                 throw .malformed(what: "config response", detail: "no usable config_hash")
             }
             if response.configHash == request.configHash { return 200 }
+            let withheld = response.attestation.secretsWithheld
+            if withheld != loop.withLock({ $0.withheldNoted }) {
+                loop.withLock { $0.withheldNoted = withheld }
+                if withheld { note("config \(response.configHash.prefix(12)) served with its secrets withheld: this boot is not attested", severity: .warning) }
+            }
             // Last good first: a crash while applying resumes from it at boot.
             try files.saveConfig(response)
             loop.withLock { $0.configHash = response.configHash; $0.infoDirty = true }
@@ -394,6 +438,9 @@ public final class FleetClient: Sendable {
         if let push = s.networkPush { info.networkPush = push }
         if info.identity.serial.isEmpty { info.identity.serial = identity.serial }
         if info.identity.osVersion.isEmpty { info.identity.osVersion = configuration.osVersion }
+        info.identity.identityKind = identity.kind
+        info.identity.tpmState = identityStatus
+        info.identity.attestation = s.attestation ?? ""
         // Compare without the timestamp: only a real change is a change.
         if !full, let last = s.lastInfo, last == info { return }
         var stamped = info

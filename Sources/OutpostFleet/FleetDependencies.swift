@@ -66,15 +66,19 @@ public struct FleetDependencies: Sendable {
     /// The client's own lines ("registered as ...", errors). Default: into
     /// the log store, tagged "fleet".
     public var log: (@Sendable (String) -> Void)?
+    /// Lines printed as they are, without the client's prefix ("outpost: attestation: passed").
+    /// Default: into the log store like `log`.
+    public var console: (@Sendable (String) -> Void)?
 
     public init(updater: any BaseOSUpdater, network: any NetworkConfigurator, power: any PowerControl,
                 state: any DeviceStateSource, routes: @escaping @Sendable () -> [ControllerRoute] = { [] },
-                log: (@Sendable (String) -> Void)? = nil) {
+                log: (@Sendable (String) -> Void)? = nil, console: (@Sendable (String) -> Void)? = nil) {
         self.updater = updater
         self.network = network
         self.power = power
         self.state = state
         self.routes = routes
         self.log = log
+        self.console = console
     }
 }

@@ -26,6 +26,14 @@ public typealias LogBatch = Outpost_Api_V1_LogBatch
 public typealias LogEntry = Outpost_Api_V1_LogEntry
 public typealias LogSeverity = Outpost_Api_V1_Severity
 public typealias LogsResponse = Outpost_Api_V1_LogsResponse
+public typealias CredentialChallengeMessage = Outpost_Api_V1_CredentialChallenge
+public typealias CredentialAnswer = Outpost_Api_V1_CredentialAnswer
+public typealias AttestationChallenge = Outpost_Api_V1_AttestationChallenge
+public typealias AttestationQuote = Outpost_Api_V1_AttestationQuote
+public typealias AttestationResult = Outpost_Api_V1_AttestationResult
+public typealias PCRMismatchMessage = Outpost_Api_V1_PCRMismatch
+public typealias ConfigAttestation = Outpost_Api_V1_ConfigAttestation
+public typealias IdentityKind = Outpost_Api_V1_IdentityKind
 
 /// The API's paths and media type, shared by the controller and device clients.
 public enum DeviceAPI {
@@ -36,6 +44,10 @@ public enum DeviceAPI {
     public static let info = prefix + "info"
     public static let metrics = prefix + "metrics"
     public static let logs = prefix + "logs"
+    /// Remote attestation (attest.proto).
+    public static let attestActivate = prefix + "attest/activate"
+    public static let attestNonce = prefix + "attest/nonce"
+    public static let attestQuote = prefix + "attest/quote"
     public static let bundles = "/api/v1/bundles/"
     public static let contentType = "application/x-proto-binary"
 }

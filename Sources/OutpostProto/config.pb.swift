@@ -50,33 +50,81 @@ public nonisolated struct Outpost_Api_V1_ConfigRequest: Sendable {
   /// The hash of the config the device has applied (empty on first boot).
   public var configHash: String = String()
 
+  /// AttestationResult.token of this boot's passed attestation; empty when
+  /// the device has no TPM or has not attested.
+  public var attestationToken: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
-public nonisolated struct Outpost_Api_V1_ConfigResponse: Sendable {
+public nonisolated struct Outpost_Api_V1_ConfigResponse: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var config: Outpost_Api_V1_DeviceConfig {
-    get {_config ?? Outpost_Api_V1_DeviceConfig()}
-    set {_config = newValue}
+    get {_storage._config ?? Outpost_Api_V1_DeviceConfig()}
+    set {_uniqueStorage()._config = newValue}
   }
   /// Returns true if `config` has been explicitly set.
-  public var hasConfig: Bool {self._config != nil}
+  public var hasConfig: Bool {_storage._config != nil}
   /// Clears the value of `config`. Subsequent reads from it will return its default value.
-  public mutating func clearConfig() {self._config = nil}
+  public mutating func clearConfig() {_uniqueStorage()._config = nil}
 
   /// Hex SHA-256 of `config`; send it back in the next ConfigRequest.
-  public var configHash: String = String()
+  public var configHash: String {
+    get {_storage._configHash}
+    set {_uniqueStorage()._configHash = newValue}
+  }
+
+  /// How this config was served for a device with an attestation key.
+  public var attestation: Outpost_Api_V1_ConfigAttestation {
+    get {_storage._attestation ?? Outpost_Api_V1_ConfigAttestation()}
+    set {_uniqueStorage()._attestation = newValue}
+  }
+  /// Returns true if `attestation` has been explicitly set.
+  public var hasAttestation: Bool {_storage._attestation != nil}
+  /// Clears the value of `attestation`. Subsequent reads from it will return its default value.
+  public mutating func clearAttestation() {_uniqueStorage()._attestation = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _config: Outpost_Api_V1_DeviceConfig? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// A device that registered an attestation key gets its config's secrets only
+/// with a token from a passed attestation of its current boot. Devices with
+/// the file identity (no TPM) are never attested and get the whole config.
+public nonisolated struct Outpost_Api_V1_ConfigAttestation: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// True: the secrets were left out (the device config has no secret
+  /// fields yet, so nothing is removed today; the marker and the different
+  /// config_hash are what a device sees). config_hash then differs from the
+  /// full config's, so the device fetches it again once it has attested.
+  public var secretsWithheld: Bool = false
+
+  /// The device's last attestation, as the controller recorded it.
+  public var last: Outpost_Api_V1_AttestationResult {
+    get {_last ?? Outpost_Api_V1_AttestationResult()}
+    set {_last = newValue}
+  }
+  /// Returns true if `last` has been explicitly set.
+  public var hasLast: Bool {self._last != nil}
+  /// Clears the value of `last`. Subsequent reads from it will return its default value.
+  public mutating func clearLast() {self._last = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _last: Outpost_Api_V1_AttestationResult? = nil
 }
 
 public nonisolated struct Outpost_Api_V1_DeviceConfig: Sendable {
@@ -246,7 +294,7 @@ fileprivate nonisolated let _protobuf_package = "outpost.api.v1"
 
 nonisolated extension Outpost_Api_V1_ConfigRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ConfigRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}config_hash\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}config_hash\0\u{3}attestation_token\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -255,6 +303,7 @@ nonisolated extension Outpost_Api_V1_ConfigRequest: SwiftProtobuf.Message, Swift
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.configHash) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.attestationToken) }()
       default: break
       }
     }
@@ -264,11 +313,15 @@ nonisolated extension Outpost_Api_V1_ConfigRequest: SwiftProtobuf.Message, Swift
     if !self.configHash.isEmpty {
       try visitor.visitSingularStringField(value: self.configHash, fieldNumber: 1)
     }
+    if !self.attestationToken.isEmpty {
+      try visitor.visitSingularBytesField(value: self.attestationToken, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Outpost_Api_V1_ConfigRequest, rhs: Outpost_Api_V1_ConfigRequest) -> Bool {
     if lhs.configHash != rhs.configHash {return false}
+    if lhs.attestationToken != rhs.attestationToken {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -276,7 +329,91 @@ nonisolated extension Outpost_Api_V1_ConfigRequest: SwiftProtobuf.Message, Swift
 
 nonisolated extension Outpost_Api_V1_ConfigResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ConfigResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}config\0\u{3}config_hash\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}config\0\u{3}config_hash\0\u{1}attestation\0")
+
+  fileprivate class _StorageClass {
+    var _config: Outpost_Api_V1_DeviceConfig? = nil
+    var _configHash: String = String()
+    var _attestation: Outpost_Api_V1_ConfigAttestation? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _config = source._config
+      _configHash = source._configHash
+      _attestation = source._attestation
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._config) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._configHash) }()
+        case 3: try { try decoder.decodeSingularMessageField(value: &_storage._attestation) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._config {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      if !_storage._configHash.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._configHash, fieldNumber: 2)
+      }
+      try { if let v = _storage._attestation {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+      } }()
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Outpost_Api_V1_ConfigResponse, rhs: Outpost_Api_V1_ConfigResponse) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._config != rhs_storage._config {return false}
+        if _storage._configHash != rhs_storage._configHash {return false}
+        if _storage._attestation != rhs_storage._attestation {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Outpost_Api_V1_ConfigAttestation: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ConfigAttestation"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}secrets_withheld\0\u{1}last\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -284,8 +421,8 @@ nonisolated extension Outpost_Api_V1_ConfigResponse: SwiftProtobuf.Message, Swif
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularMessageField(value: &self._config) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.configHash) }()
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.secretsWithheld) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._last) }()
       default: break
       }
     }
@@ -296,18 +433,18 @@ nonisolated extension Outpost_Api_V1_ConfigResponse: SwiftProtobuf.Message, Swif
     // allocates stack space for every if/case branch local when no optimizations
     // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
     // https://github.com/apple/swift-protobuf/issues/1182
-    try { if let v = self._config {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-    } }()
-    if !self.configHash.isEmpty {
-      try visitor.visitSingularStringField(value: self.configHash, fieldNumber: 2)
+    if self.secretsWithheld != false {
+      try visitor.visitSingularBoolField(value: self.secretsWithheld, fieldNumber: 1)
     }
+    try { if let v = self._last {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Outpost_Api_V1_ConfigResponse, rhs: Outpost_Api_V1_ConfigResponse) -> Bool {
-    if lhs._config != rhs._config {return false}
-    if lhs.configHash != rhs.configHash {return false}
+  public static func ==(lhs: Outpost_Api_V1_ConfigAttestation, rhs: Outpost_Api_V1_ConfigAttestation) -> Bool {
+    if lhs.secretsWithheld != rhs.secretsWithheld {return false}
+    if lhs._last != rhs._last {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

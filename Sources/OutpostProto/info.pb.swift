@@ -32,6 +32,48 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
+public nonisolated enum Outpost_Api_V1_IdentityKind: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case unspecified // = 0
+
+  /// Key in the TPM; the device attests.
+  case tpm // = 1
+
+  /// Key in a file on PERSIST: no TPM, or a broken one.
+  case file // = 2
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .tpm
+    case 2: self = .file
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .tpm: return 1
+    case .file: return 2
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Outpost_Api_V1_IdentityKind] = [
+    .unspecified,
+    .tpm,
+    .file,
+  ]
+
+}
+
 public nonisolated struct Outpost_Api_V1_DeviceInfo: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -129,6 +171,17 @@ public nonisolated struct Outpost_Api_V1_DeviceIdentity: Sendable {
   public var arch: String = String()
 
   public var hostname: String = String()
+
+  /// Where the device key lives, and the TPM's state.
+  public var identityKind: Outpost_Api_V1_IdentityKind = .unspecified
+
+  /// One line: "device key in the TPM (/dev/tpmrm0)", or why there is no TPM
+  /// ("no TPM: /dev/tpmrm0 missing; using the file identity").
+  public var tpmState: String = String()
+
+  /// The last attestation as the device saw it ("passed", "failed: PCR 8:
+  /// expected …, actual …"); empty for the file identity.
+  public var attestation: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -401,6 +454,10 @@ public nonisolated struct Outpost_Api_V1_HandledCounters: Sendable {
 
 fileprivate nonisolated let _protobuf_package = "outpost.api.v1"
 
+nonisolated extension Outpost_Api_V1_IdentityKind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0IDENTITY_KIND_UNSPECIFIED\0\u{1}IDENTITY_KIND_TPM\0\u{1}IDENTITY_KIND_FILE\0")
+}
+
 nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeviceInfo"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}identity\0\u{1}slots\0\u{1}update\0\u{3}last_boot\0\u{1}ports\0\u{3}network_push\0\u{1}handled\0\u{3}config_hash\0\u{3}time_unix_ms\0")
@@ -529,7 +586,7 @@ nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Outpost_Api_V1_DeviceIdentity: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeviceIdentity"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}serial\0\u{3}os_version\0\u{1}board\0\u{1}arch\0\u{1}hostname\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}serial\0\u{3}os_version\0\u{1}board\0\u{1}arch\0\u{1}hostname\0\u{3}identity_kind\0\u{3}tpm_state\0\u{1}attestation\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -542,6 +599,9 @@ nonisolated extension Outpost_Api_V1_DeviceIdentity: SwiftProtobuf.Message, Swif
       case 3: try { try decoder.decodeSingularStringField(value: &self.board) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.arch) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.hostname) }()
+      case 6: try { try decoder.decodeSingularEnumField(value: &self.identityKind) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.tpmState) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.attestation) }()
       default: break
       }
     }
@@ -563,6 +623,15 @@ nonisolated extension Outpost_Api_V1_DeviceIdentity: SwiftProtobuf.Message, Swif
     if !self.hostname.isEmpty {
       try visitor.visitSingularStringField(value: self.hostname, fieldNumber: 5)
     }
+    if self.identityKind != .unspecified {
+      try visitor.visitSingularEnumField(value: self.identityKind, fieldNumber: 6)
+    }
+    if !self.tpmState.isEmpty {
+      try visitor.visitSingularStringField(value: self.tpmState, fieldNumber: 7)
+    }
+    if !self.attestation.isEmpty {
+      try visitor.visitSingularStringField(value: self.attestation, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -572,6 +641,9 @@ nonisolated extension Outpost_Api_V1_DeviceIdentity: SwiftProtobuf.Message, Swif
     if lhs.board != rhs.board {return false}
     if lhs.arch != rhs.arch {return false}
     if lhs.hostname != rhs.hostname {return false}
+    if lhs.identityKind != rhs.identityKind {return false}
+    if lhs.tpmState != rhs.tpmState {return false}
+    if lhs.attestation != rhs.attestation {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -34,6 +34,11 @@
 /// Field numbers are part of the wire contract: never renumber or reuse one;
 /// retire a field with `reserved`.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -63,6 +68,16 @@ public nonisolated struct Outpost_Api_V1_RegisterRequest: Sendable {
   /// The OS version running at registration (informational).
   public var osVersion: String = String()
 
+  /// TPM identities only (attest.proto): the endorsement key's and the
+  /// attestation key's marshalled TPM2B_PUBLIC. Empty: the device has no
+  /// TPM (file identity) and is not attested.
+  public var ekPublic: Data = Data()
+
+  public var akPublic: Data = Data()
+
+  /// The EK certificate (DER) from the TPM's NV, when it has one.
+  public var ekCertificate: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -80,9 +95,22 @@ public nonisolated struct Outpost_Api_V1_RegisterResponse: Sendable {
   /// True when this certificate was already registered: nothing changed.
   public var alreadyRegistered: Bool = false
 
+  /// Set while the attestation key is not bound: open it with
+  /// ActivateCredential and answer at /api/v1/edgedevice/attest/activate.
+  public var credentialChallenge: Outpost_Api_V1_CredentialChallenge {
+    get {_credentialChallenge ?? Outpost_Api_V1_CredentialChallenge()}
+    set {_credentialChallenge = newValue}
+  }
+  /// Returns true if `credentialChallenge` has been explicitly set.
+  public var hasCredentialChallenge: Bool {self._credentialChallenge != nil}
+  /// Clears the value of `credentialChallenge`. Subsequent reads from it will return its default value.
+  public mutating func clearCredentialChallenge() {self._credentialChallenge = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _credentialChallenge: Outpost_Api_V1_CredentialChallenge? = nil
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -91,7 +119,7 @@ fileprivate nonisolated let _protobuf_package = "outpost.api.v1"
 
 nonisolated extension Outpost_Api_V1_RegisterRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_cert_pem\0\u{1}serial\0\u{3}os_version\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_cert_pem\0\u{1}serial\0\u{3}os_version\0\u{3}ek_public\0\u{3}ak_public\0\u{3}ek_certificate\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -102,6 +130,9 @@ nonisolated extension Outpost_Api_V1_RegisterRequest: SwiftProtobuf.Message, Swi
       case 1: try { try decoder.decodeSingularStringField(value: &self.deviceCertPem) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.serial) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.osVersion) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.ekPublic) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.akPublic) }()
+      case 6: try { try decoder.decodeSingularBytesField(value: &self.ekCertificate) }()
       default: break
       }
     }
@@ -117,6 +148,15 @@ nonisolated extension Outpost_Api_V1_RegisterRequest: SwiftProtobuf.Message, Swi
     if !self.osVersion.isEmpty {
       try visitor.visitSingularStringField(value: self.osVersion, fieldNumber: 3)
     }
+    if !self.ekPublic.isEmpty {
+      try visitor.visitSingularBytesField(value: self.ekPublic, fieldNumber: 4)
+    }
+    if !self.akPublic.isEmpty {
+      try visitor.visitSingularBytesField(value: self.akPublic, fieldNumber: 5)
+    }
+    if !self.ekCertificate.isEmpty {
+      try visitor.visitSingularBytesField(value: self.ekCertificate, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -124,6 +164,9 @@ nonisolated extension Outpost_Api_V1_RegisterRequest: SwiftProtobuf.Message, Swi
     if lhs.deviceCertPem != rhs.deviceCertPem {return false}
     if lhs.serial != rhs.serial {return false}
     if lhs.osVersion != rhs.osVersion {return false}
+    if lhs.ekPublic != rhs.ekPublic {return false}
+    if lhs.akPublic != rhs.akPublic {return false}
+    if lhs.ekCertificate != rhs.ekCertificate {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -131,7 +174,7 @@ nonisolated extension Outpost_Api_V1_RegisterRequest: SwiftProtobuf.Message, Swi
 
 nonisolated extension Outpost_Api_V1_RegisterResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{3}already_registered\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{3}already_registered\0\u{3}credential_challenge\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -141,24 +184,33 @@ nonisolated extension Outpost_Api_V1_RegisterResponse: SwiftProtobuf.Message, Sw
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.deviceID) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.alreadyRegistered) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._credentialChallenge) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.deviceID.isEmpty {
       try visitor.visitSingularStringField(value: self.deviceID, fieldNumber: 1)
     }
     if self.alreadyRegistered != false {
       try visitor.visitSingularBoolField(value: self.alreadyRegistered, fieldNumber: 2)
     }
+    try { if let v = self._credentialChallenge {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Outpost_Api_V1_RegisterResponse, rhs: Outpost_Api_V1_RegisterResponse) -> Bool {
     if lhs.deviceID != rhs.deviceID {return false}
     if lhs.alreadyRegistered != rhs.alreadyRegistered {return false}
+    if lhs._credentialChallenge != rhs._credentialChallenge {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -18,6 +18,7 @@ import Glibc
 import COpenSSL
 import CTSS2
 import OutpostFleet
+import OutpostProto
 import OutpostHTTP
 
 /// A device identity whose P-256 key was generated in the TPM and never leaves it.
@@ -109,6 +110,8 @@ public struct TPMIdentity: OutpostFleet.DeviceIdentity {
             throw .identity(step: "TLS material", detail: error.description)
         }
     }
+
+    public var kind: Outpost_Api_V1_IdentityKind { .tpm }
 
     /// SHA-256 in OpenSSL, ECDSA in the TPM, DER like OpenSSL's own signatures.
     public func sign(_ message: [UInt8]) throws(FleetError) -> [UInt8] {

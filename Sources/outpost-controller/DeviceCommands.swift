@@ -12,7 +12,7 @@ struct DeviceCommand: AsyncParsableCommand {
         SELECTOR picks devices by label (`device label`): \(selectorHelp)
         """,
         subcommands: [List.self, Show.self, Label.self, Logs.self, Metrics.self, SetOS.self, SetNetwork.self, Reboot.self, Shutdown.self,
-                      RetryUpdate.self, SetIntervals.self])
+                      RetryUpdate.self, SetIntervals.self, AttestationCommand.self, AttestationResetCommand.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Every registered device (or those --select picks): slot, version, last boot reason, ports, labels.")

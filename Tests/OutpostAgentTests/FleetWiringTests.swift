@@ -102,7 +102,7 @@ private func serviceAndEngine(failed: [String]) throws -> (UpdateService, Update
     let text = try JSONDocument.line(off)
     let object = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
     #expect(object["managed"] as? Bool == false && object["note"] as? String == "unmanaged (no controller-url on CONFIG)")
-    for key in ["controller", "deviceId", "configHash", "secondsSinceContact", "lastError", "route", "identity"] {
+    for key in ["controller", "deviceId", "configHash", "secondsSinceContact", "lastError", "route", "identity", "attestation"] {
         #expect(object[key] is NSNull, "\(key) is null, not missing")
     }
     #expect(off.line == "fleet: unmanaged (no controller-url on CONFIG)")

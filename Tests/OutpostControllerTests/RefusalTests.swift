@@ -9,7 +9,7 @@ import Testing
 /// What the controller refuses, and that a refusal stores nothing.
 @Suite("Controller refusals", .serialized)
 struct RefusalTests {
-    static let endpoints = [DeviceAPI.register, DeviceAPI.config, DeviceAPI.info, DeviceAPI.metrics, DeviceAPI.logs]
+    static let endpoints = [DeviceAPI.register, DeviceAPI.config, DeviceAPI.info, DeviceAPI.metrics, DeviceAPI.logs, DeviceAPI.attestQuote]
 
     @Test func randomBodiesToEveryEndpointAre400AndStoreNothing() async throws {
         var g = SplitMix64.forTest()  // prints the seed; OUTPOST_TEST_SEED replays it
@@ -150,6 +150,32 @@ struct BundleTests {
         #expect(try await dc.config(hash: before?.configHash ?? "").0 == 304)
         #expect((try await c.call("GET", "/bundles") as? [Any])?.isEmpty == true)
         try await dc.shutdown()
+    }
+
+    /// TPM keys the controller cannot use are refused before the device is registered: one line, no device.
+    @Test func aRegistrationWithUnusableTPMKeysIs400AndRegistersNothing() async throws {
+        let c = try await RunningController(tag: "badkeys")
+        defer { Task { await c.stop() } }
+        let onboard = try c.onboardingClient()
+        let id = try PKI.makeSelfSigned(commonName: "SN-KEYS")
+        var cases: [(String, RegisterRequest)] = []
+        var r = RegisterRequest()
+        r.deviceCertPem = id.certificatePEM
+        r.serial = "SN-KEYS"
+        var onlyEK = r
+        onlyEK.ekPublic = Data([0, 1, 2])
+        cases.append(("ek_public without ak_public", onlyEK))
+        var garbage = r
+        garbage.ekPublic = Data([0, 4, 0, 0, 0, 0])
+        garbage.akPublic = Data([0, 4, 0, 0, 0, 0])
+        cases.append(("RegisterRequest.ak_public", garbage))
+        for (expected, request) in cases {
+            let reply = try await onboard.post(DeviceAPI.register, try request.serializedBytes())
+            let line = String(decoding: reply.body, as: UTF8.self)
+            #expect(reply.status == 400 && line.contains(expected) && line.dropLast().split(separator: "\n").count == 1, "\(reply.status) \(line)")
+        }
+        #expect(try await c.store.allDevices().isEmpty)
+        try await onboard.shutdown()
     }
 }
 

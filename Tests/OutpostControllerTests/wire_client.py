@@ -141,10 +141,24 @@ def main():
     # The same connection (keep-alive): unchanged config is 304.
     status, body = post(dev, "/api/v1/edgedevice/config", field_bytes(1, config_hash.encode()))
     result["config_again"] = status
+    # Attestation (attest.proto) for a device with no TPM keys: a nonce is refused (409), a
+    # well-formed AttestationQuote too (409, no key), a malformed one is a 400.
+    status, _ = post(dev, "/api/v1/edgedevice/attest/nonce", b"")
+    result["attest_nonce"] = status
+    entry = varint(1 << 3 | 0) + varint(8) + field_bytes(2, bytes(32))  # map<uint32, bytes> entry 8 → 32 zero bytes
+    quote = (field_bytes(1, b"\xff\x54\x43\x47") + field_bytes(2, bytes(32)) + field_bytes(3, bytes(32))
+             + field_bytes(4, entry) + field_bytes(6, b"IMGA") + field_bytes(7, b"1.0"))
+    status, _ = post(dev, "/api/v1/edgedevice/attest/quote", quote)
+    result["attest_quote"] = status
+    status, body = post(dev, "/api/v1/edgedevice/attest/quote", b"\x0a\xff\xff\x01")
+    result["attest_malformed"] = status
+    result["attest_malformed_lines"] = len(body.decode(errors="replace").strip().split("\n"))
     dev.close()
     print(json.dumps(result, sort_keys=True))
     ok = (result["config_device_id"] == device_id and result["hash_matches"]
-          and result["config_again"] == 304 and result["onboard_config"] == 403)
+          and result["config_again"] == 304 and result["onboard_config"] == 403
+          and result["attest_nonce"] == 409 and result["attest_quote"] == 409
+          and result["attest_malformed"] == 400 and result["attest_malformed_lines"] == 1)
     sys.exit(0 if ok else 1)
 
 

@@ -13,6 +13,8 @@ final class RecordingDevice: BaseOSUpdater, NetworkConfigurator, PowerControl, D
     let pushOutcome: NetworkPushOutcome
     /// What deviceInfo() reports as the update step's version: tests change it.
     let updateVersion = Mutex("")
+    /// The slot deviceInfo() reports as booted (nil: no slots), for attestation.
+    let bootedSlot = Mutex<String?>(nil)
     /// The check the client handed with its last network push.
     let acceptance = Mutex<(@Sendable (String) -> String?)?>(nil)
 
@@ -31,6 +33,12 @@ final class RecordingDevice: BaseOSUpdater, NetworkConfigurator, PowerControl, D
         var info = Outpost_Api_V1_DeviceInfo()
         info.identity.board = "test-board"
         info.update.version = updateVersion.withLock { $0 }
+        if let slot = bootedSlot.withLock({ $0 }) {
+            var s = Outpost_Api_V1_SlotInfo()
+            s.label = slot
+            s.booted = true
+            info.slots = [s]
+        }
         return info
     }
     func watchdogState() -> Outpost_Api_V1_WatchdogState? { nil }

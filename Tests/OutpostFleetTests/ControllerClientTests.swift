@@ -26,12 +26,20 @@ final class ChildController: @unchecked Sendable {
         return FileManager.default.currentDirectoryPath + "/.build/debug/outpost-controller"
     }
 
-    init(tag: String) async throws {
+    /// `database`: a `serve --database` URL (PostgreSQL); nil: the data directory's SQLite.
+    let database: String?
+
+    init(tag: String, database: String? = nil) async throws {
         root = try TemporaryDirectory.create("fleet-ctl-\(tag)")
         dir = DataDirectory(path: root + "/data")
         port = try freeLoopbackPort()
+        self.database = database
         try sh(Self.executable, "init", dir.path, "--host", "127.0.0.1", "--port", "\(port)")
         try await start()
+        if database != nil {
+            // `init` allows the onboarding certificate in SQLite only: allow it where serve looks.
+            try sh(Self.executable, "onboard", "allow", "--cert", dir.onboardCert, "--serial", "*", "--data", dir.path)
+        }
     }
 
     deinit {
@@ -43,6 +51,7 @@ final class ChildController: @unchecked Sendable {
     func start() async throws {
         try? FileManager.default.removeItem(atPath: dir.adminSocket)
         let serve = [Self.executable, "serve", "--data", dir.path, "--listen", "127.0.0.1:\(port)", "--log-level", "warning"]
+            + (database.map { ["--database", $0] } ?? [])
         let p = try ChildProcess(serve)
         process = p
         // Bounded: 30 s for the admin socket and the TLS port.

@@ -68,7 +68,9 @@ enum FleetComponent {
             log: { line in
                 // "warning: fleet: …": the console's classifier reads the severity first.
                 Console.line(line.hasPrefix("warning: ") ? "warning: fleet: " + line.dropFirst("warning: ".count) : "fleet: " + line)
-            })
+            },
+            // "outpost: attestation: passed" / "outpost: attestation: failed: PCR 8: expected …, actual …"
+            console: { line in Console.line(line) })
         // The TPM when it works, else the file identity and why: never silently.
         let choice: IdentityChoice
         do {
@@ -77,9 +79,24 @@ enum FleetComponent {
             return off("not started: \(error)", warning: true)
         }
         Console.line((choice.inTPM ? "fleet: identity: " : "warning: fleet: identity: ") + choice.status)
+        // Attestation needs the TPM identity; a TPM without a working AK runs unattested and says why.
+        var attestor: (any DeviceAttestor)?
+        var identityStatus = choice.status
+        if choice.inTPM {
+            mountSecurityFS()
+            do {
+                attestor = TPMDeviceAttestor(attestor: try TPMAttestor())
+            } catch {
+                identityStatus += "; no attestation key: \(error)"
+                Console.line("warning: fleet: attestation: no attestation key: \(error); this device is not attested")
+            }
+        } else {
+            Console.line("fleet: attestation: not attested (file identity)")
+        }
         let client: FleetClient
         do {
-            client = try FleetClient(configuration: configuration, dependencies: dependencies, identity: choice.identity)
+            client = try FleetClient(configuration: configuration, dependencies: dependencies, identity: choice.identity,
+                                     attestor: attestor, identityStatus: identityStatus)
         } catch {
             return off("not started: \(error)", warning: true)
         }
@@ -101,7 +118,16 @@ enum FleetComponent {
             }
         }
         Console.line("fleet: managed by \(configuration.controllerURL.hostPort) (serial \(client.identity.serial))")
-        return .managed(FleetAgent(client: client, identity: choice.status))
+        return .managed(FleetAgent(client: client, identity: identityStatus))
+    }
+
+    /// The firmware's event log (sent with each quote, for diagnosis) is in securityfs, which
+    /// nothing else mounts. Best effort: `lsm` is there whenever securityfs is mounted, and a
+    /// kernel without it just sends no event log.
+    static func mountSecurityFS() {
+        let dir = "/sys/kernel/security"
+        guard access(dir, F_OK) == 0, access(dir + "/lsm", F_OK) != 0 else { return }
+        try? Sys.mount(source: "securityfs", target: dir, type: "securityfs", flags: UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC))
     }
 
     static func spec(_ fleet: FleetAgent) -> ComponentSpec {
@@ -163,6 +189,8 @@ public struct FleetStatusDocument: Encodable, Sendable, Equatable {
     public var route: String?
     /// The identity line: "device key in the TPM (/dev/tpmrm0)" or why not.
     public var identity: String?
+    /// This boot's attestation ("passed", "failed: PCR 8: …"); null for the file identity or before it ran.
+    public var attestation: String?
 
     init(_ setup: FleetSetup) {
         switch setup {
@@ -176,6 +204,7 @@ public struct FleetStatusDocument: Encodable, Sendable, Equatable {
                       secondsSinceContact: s.secondsSinceContact, lastError: s.lastError, pendingInfo: s.pendingInfo,
                       logBacklog: s.logBacklog, route: s.route)
             identity = fleet.identity
+            attestation = s.attestation
         }
     }
 
@@ -193,11 +222,12 @@ public struct FleetStatusDocument: Encodable, Sendable, Equatable {
         self.logBacklog = logBacklog
         self.route = route
         self.identity = nil
+        self.attestation = nil
     }
 
     private enum Keys: String, CodingKey {
         case managed, note, controller, registered, deviceId, configHash, secondsSinceContact, lastError, pendingInfo,
-             logBacklog, route, identity
+             logBacklog, route, identity, attestation
     }
 
     /// Every key always present (null when unknown), like the rest of the status document.
@@ -215,6 +245,7 @@ public struct FleetStatusDocument: Encodable, Sendable, Equatable {
         try c.encode(logBacklog, forKey: .logBacklog)
         try c.encode(route, forKey: .route)
         try c.encode(identity, forKey: .identity)
+        try c.encode(attestation, forKey: .attestation)
     }
 
     /// The console's one line.
@@ -226,6 +257,7 @@ public struct FleetStatusDocument: Encodable, Sendable, Equatable {
         if let route { line += ", via \(route)" }
         line += ", info pending \(pendingInfo), log backlog \(logBacklog)"
         if let identity { line += ", identity: \(identity)" }
+        if let attestation { line += ", attestation: \(attestation)" }
         if let lastError { line += ", last error: \(lastError)" }
         return line
     }

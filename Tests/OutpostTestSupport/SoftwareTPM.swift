@@ -1,19 +1,19 @@
 import Foundation
-import OutpostTestSupport
 
 /// One swtpm on loopback TCP (command port P, control port P+1, as tss2's
 /// swtpm TCTI expects), its state in `stateDirectory` so that a restart on
-/// the same directory is the same TPM. Killed by its PID at `stop` or deinit.
-final class SoftwareTPM {
-    let stateDirectory: String
-    private(set) var port = 0
+/// the same directory is the same TPM. Shared by the trust tests and the
+/// fleet client's attestation tests. Killed by its PID at `stop` or deinit.
+public final class SoftwareTPM {
+    public let stateDirectory: String
+    public private(set) var port = 0
     private var process: ChildProcess?
 
-    var tcti: String { "swtpm:host=127.0.0.1,port=\(port)" }
+    public var tcti: String { "swtpm:host=127.0.0.1,port=\(port)" }
 
     /// Manufactures a TPM in `stateDirectory` (an endorsement key, as a real
     /// part has) unless it already holds one, then starts it.
-    init(stateDirectory: String) throws {
+    public init(stateDirectory: String) throws {
         self.stateDirectory = stateDirectory
         try FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)
         if !FileManager.default.fileExists(atPath: stateDirectory + "/tpm2-00.permall") {
@@ -28,7 +28,7 @@ final class SoftwareTPM {
     deinit { stop() }
 
     /// Starts swtpm on a free pair of ports and waits (bounded) until it accepts connections.
-    func start() throws {
+    public func start() throws {
         stop()
         port = try Self.freePortPair()
         let child = try ChildProcess([
@@ -45,15 +45,15 @@ final class SoftwareTPM {
     }
 
     /// Stops swtpm (SIGTERM, then SIGKILL) and reaps it; the state stays.
-    func stop() {
+    public func stop() {
         process?.terminate()
         process = nil
     }
 
-    static func accepts(_ port: Int) -> Bool { onLoopback(port) { connect($0, $1, $2) } }
+    public static func accepts(_ port: Int) -> Bool { onLoopback(port) { connect($0, $1, $2) } }
 
     /// A port P with P+1 also free now (bounded tries).
-    static func freePortPair() throws -> Int {
+    public static func freePortPair() throws -> Int {
         for _ in 0..<50 {
             let port = try freeLoopbackPort()
             if port < 65535 && !accepts(port + 1) && canBind(port + 1) { return port }
@@ -61,7 +61,7 @@ final class SoftwareTPM {
         throw TestSupportError.spawn(command: "swtpm", reason: "no free pair of loopback ports")
     }
 
-    static func canBind(_ port: Int) -> Bool { onLoopback(port) { bind($0, $1, $2) } }
+    public static func canBind(_ port: Int) -> Bool { onLoopback(port) { bind($0, $1, $2) } }
 
     /// Calls `call` (connect or bind) on a new TCP socket with 127.0.0.1:`port`; true when it succeeds.
     private static func onLoopback(_ port: Int,
