@@ -146,6 +146,21 @@ extension QEMU {
             // Stop powers the guest down through ACPI; the device reports it halted.
             try Self.command(live, "app stop counter", reply: "app counter: halted (the guest powered down)")
             try Self.command(live, "status", reply: "app counter: halted (stopped by the operator)")
+
+            // Halted snapshots go through the slot's qemu-img: the counter is 1 after the purge.
+            try Self.command(live, "app snapshot counter cold", reply: "app counter: snapshot cold taken (halted: its disks)")
+            try Self.command(live, "app snapshots counter", reply: "app counter: snapshots: cold")
+            try Self.command(live, "app start counter", reply: "app counter: started")
+            let warm = try Self.appConsole(live) { $0.start > (purged?.start ?? 0) && $0.boot == 2 }
+            #expect(warm != nil)
+            try Self.command(live, "app stop counter", reply: "app counter: halted (the guest powered down)")
+            try Self.command(live, "app rollback counter cold", reply: "app counter: rolled back to snapshot cold (halted")
+            try Self.command(live, "app start counter", reply: "app counter: started")
+            let back = try Self.appConsole(live) { $0.start > (warm?.start ?? 0) }
+            #expect(back?.boot == 2, "the halted rollback brought the counter back to 1: \(String(describing: back))")
+            try Self.command(live, "app stop counter", reply: "app counter: halted (the guest powered down)")
+            try Self.command(live, "app delete-snapshot counter cold", reply: "app counter: snapshot cold deleted")
+            try Self.command(live, "app snapshots counter", reply: "app counter: no snapshots")
             try live.monitorCommand("system_powerdown")
             #expect(live.waitForExit(timeout: 120), "no orderly power-off")
         }
