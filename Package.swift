@@ -119,12 +119,12 @@ let package = Package(
         .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk", "OutpostTestSupport"]),
         .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk", "OutpostProcess", "OutpostTestSupport"]),
         .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostApps", "OutpostDisk", "OutpostPlatform", "OutpostUpdate", "OutpostBundle", "OutpostTestSupport"]),
-        .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostHTTP", "OutpostTestSupport"], exclude: ["short-lease-dhcpd.py"]),
+        .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostApps", "OutpostHTTP", "OutpostTestSupport"], exclude: ["short-lease-dhcpd.py"]),
         .testTarget(name: "OutpostHTTPTests", dependencies: ["OutpostHTTP", "OutpostTestSupport"]),
         // App instances: the seed's VMManifest, the content store on PERSIST, qcow2
         // overlays. FoundationEssentials only: it links into the static outpostd.
         .target(name: "OutpostApps", dependencies: [
-            "OutpostHTTP", "OutpostPlatform", .product(name: "Crypto", package: "swift-crypto"),
+            "OutpostHTTP", "OutpostPlatform", "OutpostShims", .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // payloads/: the boot-sector test app, assembled with binutils at test time.
         .testTarget(name: "OutpostAppsTests", dependencies: ["OutpostApps", "OutpostHTTP", "OutpostPlatform", "OutpostTestSupport"],
