@@ -89,8 +89,12 @@ public final class AppNetwork: Sendable {
         public var leaseTime = "1h"
         /// The bound on each nft run and on dnsmasq's exit when it is restarted.
         public var commandTimeout = Duration.seconds(10)
-        /// Extra dnsmasq lines (the tests' fixed answers).
+        /// Extra dnsmasq lines, added at the end of its config.
         public var dnsmasqExtra: [String] = []
+        /// False: the links `tap(app:interface:index:)` names exist already and are only bridged
+        /// and filtered, never created or deleted. The host tests use this for veths whose other
+        /// end is a namespace standing in for the guest, because they run no QEMU.
+        public var createTaps = true
 
         public init() {}
     }
@@ -163,7 +167,9 @@ public final class AppNetwork: Sendable {
             }
             do throws(AppsError) {
                 for tap in taps {
-                    try link("create tap \(tap.name)") { OutpostShims_tap_set_persistent(tap.name, 1) }
+                    if options.createTaps {
+                        try link("create tap \(tap.name)") { OutpostShims_tap_set_persistent(tap.name, 1) }
+                    }
                     try link("add \(tap.name) to \(bridge)", expecting: EBUSY) { OutpostShims_bridge_add_port(bridge, tap.name) }
                     try link("set \(tap.name) up") { OutpostShims_link_set_up(tap.name, 1) }
                 }
@@ -174,7 +180,7 @@ public final class AppNetwork: Sendable {
                 }
                 try applyLocked()
             } catch {
-                for tap in taps { _ = OutpostShims_tap_set_persistent(tap.name, 0) }
+                if options.createTaps { for tap in taps { _ = OutpostShims_tap_set_persistent(tap.name, 0) } }
                 state.withLock {
                     $0.taps[app] = nil
                     $0.acls[app] = nil
@@ -195,7 +201,7 @@ public final class AppNetwork: Sendable {
                 return state.taps.removeValue(forKey: app)
             }) else { return }
             try? applyLocked()
-            for tap in taps { _ = OutpostShims_tap_set_persistent(tap.name, 0) }
+            if options.createTaps { for tap in taps { _ = OutpostShims_tap_set_persistent(tap.name, 0) } }
         }
     }
 
@@ -222,7 +228,7 @@ public final class AppNetwork: Sendable {
             if (try? FileIO.writeAtomically(Array(ACLRuleset.teardown().utf8), to: path)) != nil {
                 _ = try? run(options.nft, ["-f", path])
             }
-            for tap in taps { _ = OutpostShims_tap_set_persistent(tap.name, 0) }
+            if options.createTaps { for tap in taps { _ = OutpostShims_tap_set_persistent(tap.name, 0) } }
             _ = OutpostShims_link_set_up(bridge, 0)
             _ = OutpostShims_bridge_delete(bridge)
         }
