@@ -105,7 +105,7 @@ struct AppNetworkTests {
 
         // The host rule: once the app resolved blocked.example through dnsmasq (which forwards
         // to the uplink's DNS server), its address is dropped.
-        #expect(try sh("ip", "netns", "exec", appNamespace, "busybox", "nslookup", "blocked.example", lease.dns).contains("10.200.0.3"))
+        #expect(try sh("ip", "netns", "exec", appNamespace, "busybox", "nslookup", "-type=a", "blocked.example", lease.dns).contains("10.200.0.3"))
         #expect(try get("10.200.0.3", from: appNamespace, within: .seconds(1)) == nil)
         let afterHost = try counters()
         #expect(afterHost["no-blocked"].map { $0 > 0 } == true, "\(afterHost)")
@@ -122,7 +122,7 @@ struct AppNetworkTests {
         try waitFor("wlan0 active", within: .seconds(10), every: .milliseconds(50)) { started.snapshot().active == "wlan0" }
         #expect(try get("10.200.0.1", from: appNamespace, within: .seconds(10)) == "wlan0-side")
         // DNS follows too: dnsmasq rereads the resolv.conf the manager rewrote (10.2.0.53).
-        #expect(try sh("ip", "netns", "exec", appNamespace, "busybox", "nslookup", "after.blocked.example", lease.dns).contains("10.200.0.3"))
+        #expect(try sh("ip", "netns", "exec", appNamespace, "busybox", "nslookup", "-type=a", "after.blocked.example", lease.dns).contains("10.200.0.3"))
         #expect(try get("10.200.0.2", from: appNamespace, within: .seconds(1)) == nil)
         #expect(try get("10.200.0.3", from: appNamespace, within: .seconds(1)) == nil)
         let afterFailover = try counters()
