@@ -6,7 +6,8 @@
 // PERSIST nothing starts. Each instance's QEMU gets a cgroup v2 directory
 // under /sys/fs/cgroup/apps with its cpu.max and memory.max when the kernel
 // offers the controllers; otherwise the apps run without limits and the
-// console says why.
+// console says why. Apps with network interfaces get taps in the app
+// network's bridge (OutpostApps.AppNetwork: NAT, DHCP/DNS, ACLs).
 
 #if canImport(Glibc)
 import Glibc
@@ -45,6 +46,13 @@ enum AppsComponent {
         guard let persistMount else { return .off("not started: PERSIST is not mounted", warning: true) }
         var options = AppService.Options()
         options.cgroupRoot = cgroupMount.flatMap(cgroupRoot)
+        // The apps' local network, started by the component body; only when an app has an interface.
+        if config.apps.contains(where: { app in app.manifest.interfaces.contains { !$0.directAttach } }) {
+            var network = AppNetwork.Options()
+            network.config = config.network
+            network.resolvConf = NetworkComponent.resolvConf
+            options.instance.network = AppNetwork(options: network)
+        }
         do {
             options.http.tls = try TLSContext(caFiles: Sys.exists(controllerCA) ? [controllerCA] : [], systemDefaults: true)
         } catch {
@@ -67,6 +75,15 @@ enum AppsComponent {
                 Console.line("warning: apps: \(service.options.instance.qemu) is not in this slot; the apps cannot start")
             }
             do { try service.prepare() } catch { Console.line("warning: apps: \(error)") }
+            if let network = service.options.instance.network {
+                // Without it, an app with an interface is broken with this error when it starts.
+                do {
+                    try network.start()
+                    Console.line("apps: network \(network.bridge) \(network.options.config.gateway)/\(network.options.config.prefixLength)")
+                } catch {
+                    Console.line("warning: apps: \(error)")
+                }
+            }
             var reported: [String: String] = [:]
             repeat {
                 try context.beat()
