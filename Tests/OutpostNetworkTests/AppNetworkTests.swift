@@ -12,7 +12,7 @@ import Testing
 ///     app ns (opn-TAG-app)          device ns (opn-TAG-dev)                         upstreams (eth0, wlan0)
 ///     eth0 ── veth ── oa<hash>0 ── bridge outpost-apps 10.77.0.1/24 ── NAT ── eth0 10.1.0.2 ── 10.1.0.1, DNS 10.1.0.53
 ///     udhcpc                        dnsmasq (DHCP, DNS → resolv.conf)          wlan0 10.2.0.2 ── 10.2.0.1, DNS 10.2.0.53
-///                                   nft: ACL chain per tap, masquerade          lo 10.200.0.1-3: http.server "<port>-side"
+///                                   nft: ACL chain per tap, masquerade          lo 10.200.0.1-4: http.server "<port>-side"
 ///
 /// The veth stands in for the tap QEMU would open (no QEMU runs here): AppNetwork runs with
 /// `createTaps = false` and bridges and filters the link of the tap's name. Every address is
@@ -25,6 +25,7 @@ struct AppNetworkTests {
       "interfaces": [ { "name": "local", "acls": [
         { "name": "no-dot-2", "matches": [ { "type": "ip", "value": "10.200.0.2" } ], "actions": [ { "drop": true } ] },
         { "name": "no-blocked", "matches": [ { "type": "host", "value": "blocked.example" } ], "actions": [ { "drop": true } ] },
+        { "name": "no-prefetched", "matches": [ { "type": "host", "value": "prefetched.example" } ], "actions": [ { "drop": true } ] },
         { "name": "endpoints", "matches": [ { "type": "ip", "value": "10.200.0.0/24" } ] } ] } ] }
     """#
 
@@ -46,7 +47,7 @@ struct AppNetworkTests {
         // and a DNS server per upstream that knows blocked.example.
         for port in ["eth0", "wlan0"] {
             let ns = net.upstream(port)
-            for address in ["10.200.0.2/32", "10.200.0.3/32", "10.\(net.subnet(port)).0.53/32"] {
+            for address in ["10.200.0.2/32", "10.200.0.3/32", "10.200.0.4/32", "10.\(net.subnet(port)).0.53/32"] {
                 try sh("ip", "-n", ns, "addr", "add", address, "dev", "lo")
             }
             dnsServers.append(try startDNSServer(in: ns, listen: "10.\(net.subnet(port)).0.53", workDir: net.workDir, tag: port))
@@ -111,6 +112,15 @@ struct AppNetworkTests {
         #expect(afterHost["no-blocked"].map { $0 > 0 } == true, "\(afterHost)")
         #expect(afterHost["no-dot-2"] == afterIP["no-dot-2"], "\(afterHost)")
 
+        // A host rule whose name the app never looked up: the device's refresh asks dnsmasq,
+        // which fills the rule's set from the answer. Before it, the endpoints rule lets it through.
+        #expect(try get("10.200.0.4", from: appNamespace, within: .seconds(5)) == "eth0-side")
+        #expect(try NetworkNamespace.run(net.device) { apps.refreshHostNames() } == ["blocked.example", "prefetched.example"])
+        #expect(try get("10.200.0.4", from: appNamespace, within: .seconds(1)) == nil)
+        let afterRefresh = try counters()
+        #expect(afterRefresh["no-prefetched"].map { $0 > 0 } == true, "\(afterRefresh)")
+        #expect(afterRefresh["no-blocked"] == afterHost["no-blocked"], "\(afterRefresh)")
+
         // Nothing allows the uplink's gateway: the final drop counts it.
         #expect(try get("10.1.0.1", from: appNamespace, within: .seconds(1)) == nil)
         let afterDefault = try counters()
@@ -162,13 +172,14 @@ struct AppNetworkTests {
         return Lease(address: fields[0], subnet: fields[1], router: fields[2], dns: fields[3])
     }
 
-    /// A DNS-only dnsmasq on `listen` inside `namespace` answering *.blocked.example with 10.200.0.3;
+    /// A DNS-only dnsmasq on `listen` inside `namespace` answering *.blocked.example with 10.200.0.3
+    /// and *.prefetched.example with 10.200.0.4;
     /// it daemonizes, so its pid comes from its pid file.
     func startDNSServer(in namespace: String, listen: String, workDir: String, tag: String) throws -> pid_t {
         let pidFile = "\(workDir)/\(tag).dns.pid"
         try sh("ip", "netns", "exec", namespace, "dnsmasq", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
                "--user=root", "--group=root", "--listen-address=\(listen)", "--bind-interfaces", "--port=53",
-               "--address=/blocked.example/10.200.0.3", "--pid-file=\(pidFile)", "--log-facility=\(workDir)/\(tag).dns.log")
+               "--address=/blocked.example/10.200.0.3", "--address=/prefetched.example/10.200.0.4", "--pid-file=\(pidFile)", "--log-facility=\(workDir)/\(tag).dns.log")
         var pid: pid_t = 0
         try waitFor("dnsmasq pid file in \(namespace)", within: .seconds(5)) {
             pid = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 0

@@ -85,9 +85,16 @@ enum AppsComponent {
                 }
             }
             var reported: [String: String] = [:]
+            // Host rules' names, looked up through the apps' dnsmasq so their sets are full even
+            // before an app asks: soon after the apps start, then every five minutes.
+            var refreshHostNames = Deadline(after: .seconds(10))
             repeat {
                 try context.beat()
                 service.step(alive: { try? context.beat() })
+                if let network = service.options.instance.network, refreshHostNames.hasPassed {
+                    network.refreshHostNames(timeout: .seconds(1))
+                    refreshHostNames = Deadline(after: .seconds(300))
+                }
                 // Each state change once on the console: an operator watching it sees the app come up.
                 for app in service.status() where reported[app.name] != app.state && app.state != "downloading" {
                     reported[app.name] = app.state

@@ -215,6 +215,22 @@ public final class AppNetwork: Sendable {
         return try ACLCounter.parse(json: output, taps: acls)
     }
 
+    /// Asks dnsmasq (on the bridge address) for every `host` rule's name, so their sets hold the
+    /// names' addresses even before an app looked them up: an app that uses an address it got
+    /// elsewhere is still matched. Each query waits at most `timeout`; returns the names that
+    /// got an answer. The agent calls it when apps start and then every few minutes.
+    @discardableResult
+    public func refreshHostNames(timeout: Duration = .seconds(2)) -> [String] {
+        let names = state.withLock { state in
+            Set(state.acls.values.flatMap { $0.flatMap(\.acls).flatMap(\.matches) }.compactMap { match -> String? in
+                if case let .host(name) = match { return name }
+                return nil
+            })
+        }
+        guard let server = IPRange(options.config.gateway)?.address else { return [] }
+        return names.sorted().filter { DNSQuery.resolves($0, server: server, timeout: timeout) }
+    }
+
     /// Stops dnsmasq, deletes the tables, the taps and the bridge.
     public func stop() {
         change.withLock { _ in
