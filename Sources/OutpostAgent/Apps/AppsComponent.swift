@@ -96,7 +96,7 @@ enum AppsComponent {
                     refreshHostNames = Deadline(after: .seconds(300))
                 }
                 // Each state change once on the console: an operator watching it sees the app come up.
-                for app in service.status() where reported[app.name] != app.state && app.state != "downloading" {
+                for app in service.status(aclCounters: false) where reported[app.name] != app.state && app.state != "downloading" {
                     reported[app.name] = app.state
                     Console.line("apps: \(app.name): \(app.state)" + (app.error.map { " (\($0))" } ?? ""))
                 }

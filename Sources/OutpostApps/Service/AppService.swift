@@ -429,7 +429,9 @@ public final class AppService: Sendable {
 
     // MARK: - Status
 
-    public func status() -> [AppStatus] {
+    /// Every app's status; `aclCounters` reads the network's counters (one `nft` run), which
+    /// the agent's half-second state watch leaves out.
+    public func status(aclCounters: Bool = true) -> [AppStatus] {
         let entries = entries.withLock { $0 }
         return entries.map { entry in
             var status = AppStatus(state: Self.state(entry), name: entry.config.name, error: nil, downloadedBytes: nil,
@@ -449,7 +451,7 @@ public final class AppService: Sendable {
                 status.runningSinceUnix = instance.runningSinceUnix
                 status.memoryLimitBytes = instance.limits.memoryMax
                 status.residentBytes = instance.residentBytes
-                status.acl = (try? instance.options.network?.counters(app: entry.config.name)) ?? []
+                if aclCounters { status.acl = (try? instance.options.network?.counters(app: entry.config.name)) ?? [] }
             }
             return status
         }
