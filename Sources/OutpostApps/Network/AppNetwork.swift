@@ -130,6 +130,9 @@ public final class AppNetwork: Sendable {
             guard let subnet = config.subnet, !subnet.isIPv6, let bytes = IPRange(config.gateway)?.address, config.leaseRange != nil else {
                 throw .network(operation: "start", reason: "\(config.gateway)/\(config.prefixLength) is not an IPv4 subnet with room for leases")
             }
+            for tool in [options.nft, options.dnsmasq] where access(tool, X_OK) != 0 {
+                throw .network(operation: "start", reason: "\(tool) is missing (the slot's nftables and dnsmasq-base packages)")
+            }
             if mkdir(options.directory, 0o755) != 0 && errno != EEXIST {
                 throw .system(.current("mkdir", options.directory))
             }
