@@ -56,7 +56,7 @@ PACKAGES=(
     qemu-utils qemu-system-x86 ovmf swtpm swtpm-tools tpm2-tools
     cryptsetup-bin squashfs-tools cpio gzip xz-utils zstd kmod
     libblkid-dev libnl-3-dev libnl-route-3-dev libtss2-dev libssl-dev pkg-config
-    dpkg-dev openssl iproute2 dnsmasq busybox-static binutils zlib1g-dev libsqlite3-dev postgresql
+    dpkg-dev openssl iproute2 dnsmasq nftables busybox-static binutils zlib1g-dev libsqlite3-dev postgresql
 )
 # Python modules the tests' independent clients use (the controller's wire-format client).
 PYTHON_MODULES=(cryptography)

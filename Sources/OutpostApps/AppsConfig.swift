@@ -52,12 +52,18 @@ public struct AppInstanceConfig: Equatable, Sendable {
 /// Every app instance of a device config.
 public struct AppsConfig: Equatable, Sendable {
     public var apps: [AppInstanceConfig]
+    /// The apps' local network: `"network": { "bridge": "outpost-apps", "subnet": "10.200.0.1/24" }`,
+    /// the subnet written as the bridge's own address and the prefix; both optional.
+    public var network: AppNetworkConfig
 
-    public init(apps: [AppInstanceConfig]) { self.apps = apps }
+    public init(apps: [AppInstanceConfig], network: AppNetworkConfig = .default) {
+        self.apps = apps
+        self.network = network
+    }
 
     /// Parses `apps.json` (or the controller's apps section in the same shape); the first problem is thrown with its field path.
     public init(json: [UInt8], document: String = "apps.json") throws(AppsError) {
-        let root = try JSONNode(value: try JSONValue.parse(json, document: document), path: "").object(known: ["apps"])
+        let root = try JSONNode(value: try JSONValue.parse(json, document: document), path: "").object(known: ["apps", "network"])
         var apps: [AppInstanceConfig] = []
         for node in try root.required("apps").array {
             let app = try Self.instance(node)
@@ -67,6 +73,33 @@ public struct AppsConfig: Equatable, Sendable {
             apps.append(app)
         }
         self.apps = apps
+        network = try root.optional("network").map(Self.network) ?? .default
+    }
+
+    static func network(_ node: JSONNode) throws(AppsError) -> AppNetworkConfig {
+        let fields = try node.object(known: ["bridge", "subnet"])
+        var config = AppNetworkConfig.default
+        if let bridge = fields.optional("bridge") {
+            config.bridge = try bridge.string
+            // A Linux link name: 1 to 15 characters, none of them '/', ':' or white space.
+            guard !config.bridge.isEmpty, config.bridge.utf8.count <= 15,
+                  config.bridge.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 0x20 && $0 != "/" && $0 != ":" && $0.value != 0x7f })
+            else { throw bridge.fail("\(bridge.value.rendered) is not a link name (1 to 15 characters, no '/', ':' or spaces)") }
+        }
+        if let subnet = fields.optional("subnet") {
+            let text = try subnet.string
+            let parts = text.split(separator: "/")
+            guard parts.count == 2, let prefix = Int(parts[1]), let address = IPRange(String(parts[0])), !address.isIPv6,
+                  (8...29).contains(prefix) else {
+                throw subnet.fail("\(subnet.value.rendered) is not the bridge's IPv4 address with a prefix of 8 to 29 (10.200.0.1/24)")
+            }
+            config.gateway = String(parts[0])
+            config.prefixLength = prefix
+            guard config.leaseRange != nil, IPRange(text)?.address != address.address else {
+                throw subnet.fail("\(subnet.value.rendered) names the network, not an address in it, or leaves no room for leases")
+            }
+        }
+        return config
     }
 
     /// Reads `apps.json` from the CONFIG directory; no file means no preloaded apps.

@@ -34,6 +34,8 @@ public enum AppsError: Error, Equatable, CustomStringConvertible {
     case unknownApp(name: String, known: [String])
     /// An operator command the instance cannot take in its current state (still downloading, busy).
     case notReady(app: String, reason: String)
+    /// The app network (bridge, taps, nftables, dnsmasq) could not be set up: what was done, why it failed.
+    case network(operation: String, reason: String)
 
     public var description: String {
         switch self {
@@ -60,6 +62,7 @@ public enum AppsError: Error, Equatable, CustomStringConvertible {
         case let .unknownApp(name, known):
             return "no app named \"\(name)\"" + (known.isEmpty ? " (none configured)" : " (configured: \(known.joined(separator: ", ")))")
         case let .notReady(app, reason): return "app \(app): \(reason)"
+        case let .network(operation, reason): return "app network: \(operation): \(reason)"
         }
     }
 }

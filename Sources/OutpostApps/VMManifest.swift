@@ -6,7 +6,8 @@
 //                   "maxsizeDisplayUnit": "GB", "readonly": false, "preserve": true,
 //                   "target": "Disk", "drvtype": "HDD" } ],
 //     "interfaces": [ { "name": "...", "directattach": false,
-//                       "acls": [ { "matches": [ { "type": "host"|"ip", "value": "..." } ] } ] } ],
+//                       "acls": [ { "matches": [ { "type": "host"|"ip", "value": "..." } ],
+//                                   "actions": [ { "drop": true } ], "name": "..." } ] } ],
 //     "resources": [ { "name": "cpus"|"memory"|"storage", "value": N } ] }
 //
 // Sizes are KiB, as in the seed (memory 512000 = 500 MiB, storage and maxsize
@@ -60,9 +61,21 @@ public struct VMManifest: Equatable, Sendable {
         case ip(IPRange)
     }
 
+    /// One rule of an interface's ACL. Rules apply in manifest order, the first whose
+    /// matches all hold decides; traffic no rule allows is dropped (see AppNetwork).
     public struct ACL: Equatable, Sendable {
         /// Every match must hold for the rule to apply.
         public var matches: [Match]
+        /// The seed's actions: none means allow, `{"drop": true}` drops.
+        public var drop: Bool
+        /// The rule's name in status and its counter (`name` in the manifest, or `acl<N>`).
+        public var name: String
+
+        public init(matches: [Match], drop: Bool = false, name: String) {
+            self.matches = matches
+            self.drop = drop
+            self.name = name
+        }
     }
 
     public struct Interface: Equatable, Sendable {
@@ -169,8 +182,8 @@ public struct VMManifest: Equatable, Sendable {
     static func interface(_ node: JSONNode) throws(AppsError) -> Interface {
         let fields = try node.object(known: ["name", "directattach", "acls"])
         var acls: [ACL] = []
-        for aclNode in try fields.optional("acls")?.array ?? [] {
-            let acl = try aclNode.object(known: ["matches"])
+        for (index, aclNode) in (try fields.optional("acls")?.array ?? []).enumerated() {
+            let acl = try aclNode.object(known: ["matches", "actions", "name"])
             let matchNodes = try acl.required("matches").array
             guard !matchNodes.isEmpty else { throw aclNode.fail("has no matches") }
             var matches: [Match] = []
@@ -189,7 +202,22 @@ public struct VMManifest: Equatable, Sendable {
                     matches.append(.ip(range))
                 }
             }
-            acls.append(ACL(matches: matches))
+            // The seed's actions are objects with `drop`, `limit` or `portmap`; only `drop` is
+            // built here, so the other two are refused by name rather than ignored.
+            var drop = false
+            for actionNode in try acl.optional("actions")?.array ?? [] {
+                let action = try actionNode.object(known: ["drop"])
+                if try action.optional("drop")?.bool == true { drop = true }
+            }
+            var ruleName = "acl\(index)"
+            if let nameNode = acl.optional("name") {
+                ruleName = try nameNode.string
+                guard !ruleName.isEmpty, ruleName.utf8.count <= 32,
+                      ruleName.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "-" || $0 == "_") })
+                else { throw nameNode.fail("\(nameNode.value.rendered) is not a rule name (1 to 32 letters, digits, - or _)") }
+            }
+            if acls.contains(where: { $0.name == ruleName }) { throw aclNode.fail("rule name \"\(ruleName)\" is used twice") }
+            acls.append(ACL(matches: matches, drop: drop, name: ruleName))
         }
         return Interface(name: try name(fields.required("name")),
                          directAttach: try fields.optional("directattach")?.bool ?? false, acls: acls)

@@ -9,6 +9,12 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <linux/if_tun.h>
+#include <linux/sockios.h>
+#include <sys/socket.h>
 #include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/syscall.h>
@@ -125,7 +131,7 @@ int OutpostShims_dm_remove(int control_fd, const char *name) {
 // --- processes ---------------------------------------------------------------
 
 int OutpostShims_spawn(const char *path, char *const argv[], char *const envp[],
-                       int stdin_fd, pid_t *pid) {
+                       int stdin_fd, int stdout_fd, pid_t *pid) {
     pid_t child = fork();
     if (child < 0) return -1;
     if (child == 0) {
@@ -140,6 +146,7 @@ int OutpostShims_spawn(const char *path, char *const argv[], char *const envp[],
         }
         sigprocmask(SIG_SETMASK, &none, NULL);
         if (stdin_fd >= 0 && dup2(stdin_fd, 0) < 0) _exit(126);
+        if (stdout_fd >= 0 && dup2(stdout_fd, 1) < 0) _exit(126);
         execve(path, argv, envp);
         _exit(127);
     }
@@ -197,4 +204,86 @@ void OutpostShims_set_thread_name(const char *name) {
 
 int OutpostShims_eventfd(void) {
     return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+// --- the app network's links ----------------------------------------------
+
+static int link_ioctl(unsigned long request, struct ifreq *request_data) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int result = ioctl(fd, request, request_data);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return result;
+}
+
+static int copy_name(char target[IFNAMSIZ], const char *name) {
+    if (strlen(name) >= IFNAMSIZ) { errno = ENAMETOOLONG; return -1; }
+    strncpy(target, name, IFNAMSIZ - 1);
+    target[IFNAMSIZ - 1] = 0;
+    return 0;
+}
+
+static int bridge_name_ioctl(unsigned long request, const char *name) {
+    char bridge[IFNAMSIZ] = {0};
+    if (copy_name(bridge, name) < 0) return -1;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int result = ioctl(fd, request, bridge);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return result;
+}
+
+int OutpostShims_bridge_add(const char *name) { return bridge_name_ioctl(SIOCBRADDBR, name); }
+int OutpostShims_bridge_delete(const char *name) { return bridge_name_ioctl(SIOCBRDELBR, name); }
+
+int OutpostShims_bridge_add_port(const char *bridge, const char *port) {
+    struct ifreq request;
+    memset(&request, 0, sizeof(request));
+    if (copy_name(request.ifr_name, bridge) < 0) return -1;
+    unsigned int index = if_nametoindex(port);
+    if (index == 0) return -1;
+    request.ifr_ifindex = (int)index;
+    return link_ioctl(SIOCBRADDIF, &request);
+}
+
+int OutpostShims_tap_set_persistent(const char *name, int persist) {
+    struct ifreq request;
+    memset(&request, 0, sizeof(request));
+    if (copy_name(request.ifr_name, name) < 0) return -1;
+    request.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int result = ioctl(fd, TUNSETIFF, &request);
+    if (result == 0) result = ioctl(fd, TUNSETPERSIST, persist ? 1 : 0);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return result;
+}
+
+int OutpostShims_link_set_up(const char *name, int up) {
+    struct ifreq request;
+    memset(&request, 0, sizeof(request));
+    if (copy_name(request.ifr_name, name) < 0) return -1;
+    if (link_ioctl(SIOCGIFFLAGS, &request) < 0) return -1;
+    if (up) request.ifr_flags |= IFF_UP; else request.ifr_flags &= ~IFF_UP;
+    return link_ioctl(SIOCSIFFLAGS, &request);
+}
+
+int OutpostShims_link_set_ipv4(const char *name, uint32_t address, uint32_t netmask) {
+    struct ifreq request;
+    memset(&request, 0, sizeof(request));
+    if (copy_name(request.ifr_name, name) < 0) return -1;
+    struct sockaddr_in *in = (struct sockaddr_in *)&request.ifr_addr;
+    in->sin_family = AF_INET;
+    in->sin_addr.s_addr = address;
+    if (link_ioctl(SIOCSIFADDR, &request) < 0) return -1;
+    in = (struct sockaddr_in *)&request.ifr_netmask;
+    in->sin_family = AF_INET;
+    in->sin_addr.s_addr = netmask;
+    return link_ioctl(SIOCSIFNETMASK, &request);
 }

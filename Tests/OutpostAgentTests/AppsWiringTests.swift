@@ -86,4 +86,9 @@ private let appsJSON = """
                                 activate: true, stoppedByOperator: false, pid: nil, restarts: 0, bootSeconds: nil,
                                 runningSinceUnix: nil, memoryLimitBytes: nil, residentBytes: nil)
     #expect(downloading.line == "app big: downloading 512/2048 bytes")
+    #expect(text.contains(#""acl":[]"#))
+    var filtered = app
+    filtered.acl = [ACLCounter(tap: "oa1234abcd0", rule: "no-dot-2", action: "drop", packets: 3, bytes: 180)]
+    let withACL = try JSONDocument.line(AppDocument(status: filtered))
+    #expect(withACL.contains(#""acl":[{"action":"drop","bytes":180,"packets":3,"rule":"no-dot-2","tap":"oa1234abcd0"}]"#), "\(withACL)")
 }

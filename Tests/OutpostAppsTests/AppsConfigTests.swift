@@ -53,7 +53,7 @@ struct AppsConfigTests {
         #expect(refusal { _ = try AppsConfig(json: try! appsJSON { $0["activate"] = "no" }) } == #"apps[0].activate: "no" is not true or false"#)
         #expect(refusal { _ = try AppsConfig(json: try! appsJSON { $0["manifest"] = ["acKind": "VMManifest"] }) } == "apps[0].manifest.name: missing")
         #expect(refusal { _ = try AppsConfig(json: Array(#"{"apps": {}}"#.utf8)) } == "apps: (an object) is not a list")
-        #expect(refusal { _ = try AppsConfig(json: Array(#"{"app": []}"#.utf8)) } == "app: is not a known field (apps)")
+        #expect(refusal { _ = try AppsConfig(json: Array(#"{"app": []}"#.utf8)) } == "app: is not a known field (apps, network)")
         #expect(refusal { _ = try AppsConfig(json: Array("[]".utf8)) } == "(root): (a list) is not an object")
         #expect(refusal { _ = try AppsConfig(json: Array("{".utf8)) }.hasPrefix("apps.json: not valid JSON: "))
     }

@@ -77,8 +77,8 @@ struct ManifestTests {
             imageName: "xenial-amd64-docker-20180725", maxSizeBytes: 1_195_376 * 1024, maxSizeUnit: "GB", maxSizeDisplayUnit: "GB",
             readOnly: false, preserve: true, target: .disk, driveType: .hdd)])
         #expect(manifest.interfaces.map(\.name) == ["indirect", "direct"])
-        #expect(manifest.interfaces[0].acls == [.init(matches: [.host("amazonaws.com")])])
-        #expect(manifest.interfaces[1].acls == [.init(matches: [.ip(try #require(IPRange("0.0.0.0/0")))])])
+        #expect(manifest.interfaces[0].acls == [.init(matches: [.host("amazonaws.com")], name: "acl0")])
+        #expect(manifest.interfaces[1].acls == [.init(matches: [.ip(try #require(IPRange("0.0.0.0/0")))], name: "acl0")])
     }
 
     @Test func aWrongUnitIsNamedWithItsPathAndTheSeedsSpellings() throws {
@@ -109,6 +109,15 @@ struct ManifestTests {
         ("interfaces", "[{\"name\": \"a\", \"acls\": [{\"matches\": [{\"type\": \"port\", \"value\": \"80\"}]}]}]",
          #"interfaces[0].acls[0].matches[0].type: "port" is not one of host, ip"#),
         ("interfaces", "[{\"name\": \"a\"}, {\"name\": \"a\"}]", #"interfaces[1].name: "a" names two interfaces"#),
+        ("interfaces", "[{\"name\": \"a\", \"acls\": [{\"matches\": [{\"type\": \"ip\", \"value\": \"10.0.0.1\"}], \"actions\": [{\"limit\": true}]}]}]",
+         "interfaces[0].acls[0].actions[0].limit: is not a known field (drop)"),
+        ("interfaces", "[{\"name\": \"a\", \"acls\": [{\"matches\": [{\"type\": \"ip\", \"value\": \"10.0.0.1\"}], \"actions\": [{\"drop\": \"yes\"}]}]}]",
+         #"interfaces[0].acls[0].actions[0].drop: "yes" is not true or false"#),
+        ("interfaces", "[{\"name\": \"a\", \"acls\": [{\"matches\": [{\"type\": \"ip\", \"value\": \"10.0.0.1\"}], \"name\": \"no way\"}]}]",
+         #"interfaces[0].acls[0].name: "no way" is not a rule name (1 to 32 letters, digits, - or _)"#),
+        ("interfaces", "[{\"name\": \"a\", \"acls\": [{\"matches\": [{\"type\": \"ip\", \"value\": \"10.0.0.1\"}], \"name\": \"r\"}, {\"matches\": [{\"type\": \"ip\", \"value\": \"10.0.0.2\"}], \"name\": \"r\"}]}]",
+         #"interfaces[0].acls[1]: rule name "r" is used twice"#),
+        ("interfaces", "[{\"name\": \"a\", \"acls\": [{\"matches\": []}]}]", "interfaces[0].acls[0]: has no matches"),
         ("readOnly", "true", "readOnly: is not a known field (acKind, acVersion, name, owner, enablevnc, vmmode, images, interfaces, resources)"),
     ])
     func eachBadFieldIsRefusedInOneLineNamingIt(key: String, json: String, expected: String) throws {

@@ -6,7 +6,8 @@
 // PERSIST nothing starts. Each instance's QEMU gets a cgroup v2 directory
 // under /sys/fs/cgroup/apps with its cpu.max and memory.max when the kernel
 // offers the controllers; otherwise the apps run without limits and the
-// console says why.
+// console says why. Apps with network interfaces get taps in the app
+// network's bridge (OutpostApps.AppNetwork: NAT, DHCP/DNS, ACLs).
 
 #if canImport(Glibc)
 import Glibc
@@ -50,6 +51,13 @@ enum AppsComponent {
         guard let persistMount else { return .off("not started: PERSIST is not mounted", warning: true) }
         var options = AppService.Options()
         options.cgroupRoot = cgroupMount.flatMap(cgroupRoot)
+        // The apps' local network, started by the component body; only when an app has an interface.
+        if config.apps.contains(where: { app in app.manifest.interfaces.contains { !$0.directAttach } }) {
+            var network = AppNetwork.Options()
+            network.config = config.network
+            network.resolvConf = NetworkComponent.resolvConf
+            options.instance.network = AppNetwork(options: network)
+        }
         do {
             options.http.tls = try TLSContext(caFiles: Sys.exists(controllerCA) ? [controllerCA] : [], systemDefaults: true)
         } catch {
@@ -72,12 +80,28 @@ enum AppsComponent {
                 Console.line("warning: apps: \(service.options.instance.qemu) is not in this slot; the apps cannot start")
             }
             do { try service.prepare() } catch { Console.line("warning: apps: \(error)") }
+            if let network = service.options.instance.network {
+                // Without it, an app with an interface is broken with this error when it starts.
+                do {
+                    try network.start()
+                    Console.line("apps: network \(network.bridge) \(network.options.config.gateway)/\(network.options.config.prefixLength)")
+                } catch {
+                    Console.line("warning: apps: \(error)")
+                }
+            }
             var reported: [String: String] = [:]
+            // Host rules' names, looked up through the apps' dnsmasq so their sets are full even
+            // before an app asks: soon after the apps start, then every five minutes.
+            var refreshHostNames = Deadline(after: .seconds(10))
             repeat {
                 try context.beat()
                 service.step(alive: { try? context.beat() })
+                if let network = service.options.instance.network, refreshHostNames.hasPassed {
+                    network.refreshHostNames(timeout: .seconds(1))
+                    refreshHostNames = Deadline(after: .seconds(300))
+                }
                 // Each state change once on the console: an operator watching it sees the app come up.
-                for app in service.status() where reported[app.name] != app.state && app.state != "downloading" {
+                for app in service.status(aclCounters: false) where reported[app.name] != app.state && app.state != "downloading" {
                     reported[app.name] = app.state
                     Console.line("apps: \(app.name): \(app.state)" + (app.error.map { " (\($0))" } ?? ""))
                 }

@@ -212,7 +212,16 @@ struct AppDocument: Encodable {
 
     private enum Keys: String, CodingKey {
         case name, state, error, downloadedBytes, totalBytes, activate, stoppedByOperator, pid, restarts, bootSeconds,
-             runningSinceUnix, memoryLimitBytes, residentBytes
+             runningSinceUnix, memoryLimitBytes, residentBytes, acl
+    }
+
+    /// `apps[].acl[]`: one rule's counter, so an operator sees which rule dropped what.
+    struct ACLDocument: Encodable {
+        var tap: String
+        var rule: String
+        var action: String
+        var packets: UInt64
+        var bytes: UInt64
     }
 
     func encode(to encoder: any Encoder) throws {
@@ -231,5 +240,7 @@ struct AppDocument: Encodable {
         try container.encode(s.runningSinceUnix, forKey: .runningSinceUnix)
         try container.encode(s.memoryLimitBytes, forKey: .memoryLimitBytes)
         try container.encode(s.residentBytes, forKey: .residentBytes)
+        try container.encode(s.acl.map { ACLDocument(tap: $0.tap, rule: $0.rule, action: $0.action, packets: $0.packets, bytes: $0.bytes) },
+                             forKey: .acl)
     }
 }

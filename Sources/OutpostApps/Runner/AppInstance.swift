@@ -78,8 +78,11 @@ public final class AppInstance: Sendable {
         public var uefiFirmware: String?
         public var accelerator = Accelerator.defaultTCG
         public var vncDisplay = 0
-        /// The network instance's devices for this app (see `QEMUCommand.Host.networkArguments`).
+        /// Extra network devices for QEMU (see `QEMUCommand.Host.networkArguments`), after the app network's.
         public var networkArguments: [String] = []
+        /// The local app network: a tap per manifest interface is created in its bridge before
+        /// QEMU starts and removed once the instance is halted or broken; nil: no network.
+        public var network: AppNetwork?
         /// The wait for a guest to act on the power button (the seed waits 60 s).
         public var stopGrace = Duration.seconds(60)
         /// The wait for QEMU to end after QMP quit, and again after SIGKILL.
@@ -139,6 +142,8 @@ public final class AppInstance: Sendable {
         /// The last boot: spawn to running, and the wall-clock second it reached running.
         var bootDuration: Duration?
         var runningSinceUnix: Int64?
+        /// QEMU ended for good on the reaping thread; the monitor removes the taps.
+        var detachNetwork = false
     }
     private let shared = Mutex(Shared())
     private let wakeup: Wakeup
@@ -219,6 +224,7 @@ public final class AppInstance: Sendable {
         guard shared.withLock({ $0.pid == nil && !$0.wanted }) else { return }
         try admission.admit(app: name, limit: limits.memoryMax)
         do throws(AppsError) {
+            if let network = options.network { try network.attach(app: name, manifest: manifest) }
             let command = try prepare(purge: purge)
             if let cgroup = options.cgroupDirectory {
                 if mkdir(cgroup, 0o755) != 0 && errno != EEXIST { throw AppsError.system(.current("mkdir", cgroup)) }
@@ -236,7 +242,7 @@ public final class AppInstance: Sendable {
                 $0.wanted = false
                 $0.state = .broken(error.description)
             }
-            admission.release(app: name)
+            releaseHost()
             throw error
         }
     }
@@ -256,7 +262,7 @@ public final class AppInstance: Sendable {
             return pid
         }
         guard let pid else {
-            admission.release(app: name)
+            releaseHost()
             return .alreadyHalted
         }
         var outcome = StopOutcome.poweredDown
@@ -281,7 +287,7 @@ public final class AppInstance: Sendable {
             $0.stopping = false
             $0.state = .halted
         }
-        admission.release(app: name)
+        releaseHost()
         return outcome
     }
 
@@ -412,10 +418,12 @@ public final class AppInstance: Sendable {
                 }
             }
         }
+        let taps = options.network?.taps(app: name) ?? []
+        let nics = taps.enumerated().flatMap { index, tap in tap.qemuArguments(index: index, legacy: manifest.mode == .legacy) }
         let host = QEMUCommand.Host(qemu: options.qemu, firmwareDirectory: options.firmwareDirectory,
                                     uefiFirmware: options.uefiFirmware, accelerator: options.accelerator,
                                     consoleLog: consoleLog, qmpSocket: qmpSocket, vncDisplay: options.vncDisplay,
-                                    networkArguments: options.networkArguments)
+                                    networkArguments: nics + options.networkArguments)
         return try QEMUCommand(app: name, manifest: manifest, disks: attached, kernel: kernel, initrd: initrd, host: host)
     }
 
@@ -489,7 +497,12 @@ public final class AppInstance: Sendable {
             shared.state = .booting
             return false
         }
-        if release { admission.release(app: name) }
+        if release {
+            // The taps go on the monitor thread: this is the reaping thread (PID 1's loop on a
+            // device), which must not wait for nft.
+            admission.release(app: name)
+            shared.withLock { $0.detachNetwork = true }
+        }
         wakeup.signal()
     }
 
@@ -512,6 +525,12 @@ public final class AppInstance: Sendable {
 
     /// One look at the instance: restart when due, notice the first console line.
     private func tick() {
+        if shared.withLock({ shared in
+            defer { shared.detachNetwork = false }
+            return shared.detachNetwork && shared.pid == nil && !shared.wanted
+        }) {
+            options.network?.detach(app: name)
+        }
         enum Action { case none, respawn, checkConsole(Int, queryStatus: Bool) }
         let action = shared.withLock { shared -> Action in
             if let restartAt = shared.restartAt, shared.wanted, shared.pid == nil {
@@ -540,7 +559,7 @@ public final class AppInstance: Sendable {
                     $0.wanted = false
                     $0.state = .broken(error.description)
                 }
-                admission.release(app: name)
+                releaseHost()
             }
         case let .checkConsole(start, queryStatus):
             var up = Self.read(consoleLog, from: start, limit: 64 << 10).contains(0x0a)
@@ -558,6 +577,12 @@ public final class AppInstance: Sendable {
                 }
             }
         }
+    }
+
+    /// Gives back what a running instance holds on the host: its memory admission and its taps.
+    private func releaseHost() {
+        admission.release(app: name)
+        options.network?.detach(app: name)
     }
 
     /// Waits for the current QEMU's exit (reaping meanwhile), at most `timeout`.

@@ -8,7 +8,7 @@
 //     -drive ...,file=<verified base>,readonly=on          (a `readonly` image: no overlay at all)
 //     -chardev file,id=console,path=<console.log>,append=on -serial chardev:console
 //     -qmp unix:<qmp.sock>,server=on,wait=off
-//     [-vnc 127.0.0.1:<display>]  [network devices: `networkArguments`, not built here yet]
+//     [-vnc 127.0.0.1:<display>]  [network devices: `networkArguments`, the app network's taps (AppTap)]
 
 #if canImport(Glibc)
 import Glibc
@@ -100,8 +100,8 @@ public struct QEMUCommand: Equatable, Sendable {
         public var qmpSocket: String
         /// VNC display number (port 5900 + n) on 127.0.0.1 when the manifest enables VNC.
         public var vncDisplay: Int
-        /// Network devices (`-netdev tap,... -device virtio-net-pci,...`) from the network
-        /// instance; empty until the app network exists.
+        /// Network devices (`-netdev tap,... -device virtio-net-pci,...`): the instance's taps
+        /// in the app network (`AppTap.qemuArguments`); empty for an app without interfaces.
         public var networkArguments: [String]
 
         public init(qemu: String = "/usr/bin/qemu-system-x86_64", firmwareDirectory: String? = nil, uefiFirmware: String? = nil,

@@ -53,6 +53,8 @@ public struct AppStatus: Equatable, Sendable {
     public var runningSinceUnix: Int64?
     public var memoryLimitBytes: UInt64?
     public var residentBytes: UInt64?
+    /// The app network's ACL counters, rule by rule per tap, drop-all last; empty without taps.
+    public var acl: [ACLCounter] = []
 
     public init(state: String, name: String, error: String?, downloadedBytes: UInt64?, totalBytes: UInt64?, activate: Bool,
                 stoppedByOperator: Bool, pid: Int32?, restarts: Int, bootSeconds: Double?, runningSinceUnix: Int64?,
@@ -82,6 +84,9 @@ public struct AppStatus: Equatable, Sendable {
         if restarts > 0 { text += " restarts=\(restarts)" }
         if let bootSeconds { text += " boot=\(Self.tenths(bootSeconds)) s" }
         if let residentBytes, let memoryLimitBytes { text += " rss=\(residentBytes >> 20)/\(memoryLimitBytes >> 20) MiB" }
+        // Only rules that counted something: which rule dropped (or passed) what.
+        let hits = acl.filter { $0.packets > 0 }.map { "\($0.rule)(\($0.action))=\($0.packets)" }
+        if !hits.isEmpty { text += " acl " + hits.joined(separator: " ") }
         if let error { text += " error=\"\(error)\"" }
         return text
     }
@@ -440,7 +445,9 @@ public final class AppService: Sendable {
 
     // MARK: - Status
 
-    public func status() -> [AppStatus] {
+    /// Every app's status; `aclCounters` reads the network's counters (one `nft` run), which
+    /// the agent's half-second state watch leaves out.
+    public func status(aclCounters: Bool = true) -> [AppStatus] {
         let entries = entries.withLock { $0 }
         return entries.map { entry in
             var status = AppStatus(state: Self.state(entry), name: entry.config.name, error: nil, downloadedBytes: nil,
@@ -460,6 +467,7 @@ public final class AppService: Sendable {
                 status.runningSinceUnix = instance.runningSinceUnix
                 status.memoryLimitBytes = instance.limits.memoryMax
                 status.residentBytes = instance.residentBytes
+                if aclCounters { status.acl = (try? instance.options.network?.counters(app: entry.config.name)) ?? [] }
             }
             return status
         }

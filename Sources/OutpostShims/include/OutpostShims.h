@@ -57,9 +57,10 @@ int OutpostShims_dm_remove(int control_fd, const char *name);
 // and restores default dispositions (PID 1 blocks the signals it waits for
 // with sigwaitinfo, and a blocked mask is inherited through exec). Between
 // fork and exec only async-signal-safe calls are made.
-// `stdin_fd` (or -1 to inherit) becomes the child's standard input.
+// `stdin_fd` and `stdout_fd` (or -1 to inherit) become the child's standard
+// input and output.
 int OutpostShims_spawn(const char *path, char *const argv[], char *const envp[],
-                       int stdin_fd, pid_t *pid);
+                       int stdin_fd, int stdout_fd, pid_t *pid);
 
 // BLKPG_RESIZE_PARTITION: tells the kernel a partition grew while other
 // partitions of the disk are in use (BLKRRPART would fail with EBUSY).
@@ -102,5 +103,25 @@ enum {
     OutpostShims_WDIOF_MAGICCLOSE = 0x0100,
     OutpostShims_WDIOF_KEEPALIVEPING = 0x8000
 };
+
+// --- the app network's links (bridge, taps) ---------------------------------
+// The slot has no iproute2; these are the few link operations the app network
+// needs, as ioctls whose request numbers are macros (TUNSETIFF is _IOW) and
+// whose argument is a struct ifreq Swift cannot fill portably. Each acts in
+// the calling thread's network namespace and returns 0, or -1 with errno set.
+
+// SIOCBRADDBR / SIOCBRDELBR: creates or deletes a bridge named `name`.
+int OutpostShims_bridge_add(const char *name);
+int OutpostShims_bridge_delete(const char *name);
+// SIOCBRADDIF: makes the link `port` a port of `bridge`.
+int OutpostShims_bridge_add_port(const char *bridge, const char *port);
+// /dev/net/tun + TUNSETIFF (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) + TUNSETPERSIST:
+// a tap that outlives this call (persist = 1) until deleted (persist = 0),
+// so it exists and is in the bridge before QEMU opens it by name.
+int OutpostShims_tap_set_persistent(const char *name, int persist);
+// SIOCGIFFLAGS + SIOCSIFFLAGS: IFF_UP on or off.
+int OutpostShims_link_set_up(const char *name, int up);
+// SIOCSIFADDR + SIOCSIFNETMASK: the link's IPv4 address and mask (network byte order).
+int OutpostShims_link_set_ipv4(const char *name, uint32_t address, uint32_t netmask);
 
 #endif
