@@ -169,7 +169,8 @@ let package = Package(
         // The reference fleet controller: device API over mutual TLS, the
         // admin socket, the SQLite store, certificate authority.
         .target(name: "OutpostController", dependencies: [
-            "OutpostProto", "OutpostBundle", "OutpostAttestation",
+            // OutpostApps: set-apps validates the file with the device's own apps.json parser.
+            "OutpostProto", "OutpostBundle", "OutpostAttestation", "OutpostApps",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTLS", package: "hummingbird"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
