@@ -494,10 +494,16 @@ public final class FleetClient: Sendable {
 
     // MARK: metrics
 
-    /// Best effort: a failure drops the sample and blocks nothing.
-    func sendMetrics() {
+    /// The device's figures and its apps' for one metrics report.
+    func metricsSample() -> Outpost_Api_V1_DeviceMetrics {
         var sample = metrics.sample(watchdog: dependencies.state.watchdogState())
         sample.apps = dependencies.state.appMetrics()
+        return sample
+    }
+
+    /// Best effort: a failure drops the sample and blocks nothing.
+    func sendMetrics() {
+        let sample = metricsSample()
         loop.withLock { s in
             s.nextMetrics = MonotonicClock.now().advanced(by: Jitter.period(s.intervals.metrics, using: &s.random))
         }
