@@ -32,11 +32,22 @@ struct AppServiceApplyTests {
         #expect(service.apply(try AppsConfig(json: Fixture.appsJSON(url: served.url, sha256: served.sha256, size: served.size))).isEmpty)
         #expect(service.status().first?.pid == pid)
 
+        // A changed manifest (more memory): stopped and rebuilt on the same image, so its overlay
+        // (same base) is kept and the counter carries on.
+        let bigger = String(decoding: Fixture.appsJSON(url: served.url, sha256: served.sha256, size: served.size), as: UTF8.self)
+            .replacingOccurrences(of: "\"value\": 65536", with: "\"value\": 131072")
+        #expect(service.apply(try AppsConfig(json: Array(bigger.utf8))) == ["apps: counter: manifest or images changed; rebuilt"])
+        #expect(kill(pid, 0) != 0, "the old QEMU has ended")
+        try Fixture.stepUntil(service, "counter", is: "running")
+        try Fixture.waitBoots(service, [1, 2])
+        #expect(service.instance("counter")?.manifest.memoryBytes == 131072 << 10)
+        let rebuiltPID = try #require(service.status().first?.pid)
+
         // Without it: stopped, its directory gone, and its image collected (no app uses it).
         let removed = service.apply(AppsConfig(apps: []))
         #expect(removed == ["apps: counter: removed (no longer configured)"], "\(removed)")
         #expect(service.names.isEmpty && service.status().isEmpty)
-        #expect(kill(pid, 0) != 0, "the QEMU has ended")
+        #expect(kill(rebuiltPID, 0) != 0, "the QEMU has ended")
         #expect(!FileManager.default.fileExists(atPath: persist + "/apps/instances/counter"))
         #expect(entries(persist + "/apps/images/verified").isEmpty)
         #expect(throws: AppsError.unknownApp(name: "counter", known: [])) { try service.perform(.restart, on: "counter") }
