@@ -22,6 +22,7 @@ import OutpostProto
 ///     POST /attestation/models/MODEL    {"pcrs": {"0": HEX, "4": HEX, "7": HEX}} or {"remove": true}
 ///     POST /devices/REF/set-os          {"bundle": PATH} or {"url": URL, "version": V}; "activate" (default true)
 ///     POST /devices/REF/set-network     {"networkJSON": "..."}
+///     POST /devices/REF/set-apps        {"appsJSON": "..."} (the apps.json shape; validated, then the config's apps section)
 ///     POST /devices/REF/reboot|shutdown|retry-update
 ///     POST /devices/REF/intervals       {"config": s, "metrics": s, "info": s}
 ///     GET  /rollouts, POST /rollouts    list; create {"select", "waves", "soakMs", "deadlineMs",
@@ -287,6 +288,11 @@ public struct AdminRoutes: Sendable {
                 throw ControllerError.invalidInput("the network config is not a JSON object")
             }
             return ConfigChange(apply: { c in c.network.networkJson = Data(text.utf8) })
+        case "set-apps":
+            guard let text = body["appsJSON"] as? String else { throw ControllerError.invalidInput("appsJSON is missing") }
+            let section = try AppsSectionCodec.section(fromAppsJSON: Data(text.utf8))
+            return ConfigChange(apply: { c in c.apps = section },
+                                report: ["apps": section.instances.map(\.name)])
         case "reboot":
             return ConfigChange(apply: { c in c.commands.reboot &+= 1 })
         case "shutdown":

@@ -123,11 +123,12 @@ enum WireCheck {
         for p in i.ports { try noUnknown(p.unknownFields, "DeviceInfo.ports") }
         try noUnknown(i.networkPush.unknownFields, "DeviceInfo.network_push")
         try noUnknown(i.handled.unknownFields, "DeviceInfo.handled")
+        for a in i.apps { try noUnknown(a.unknownFields, "DeviceInfo.apps") }
         guard i.timeUnixMs > 0 else { throw .malformed("DeviceInfo.time_unix_ms is missing") }
         if case .UNRECOGNIZED(let v) = i.update.step { throw .malformed("DeviceInfo.update.step \(v) is not a known step") }
         if case .UNRECOGNIZED(let v) = i.identity.identityKind { throw .malformed("DeviceInfo.identity.identity_kind \(v) is not known") }
         if case .UNRECOGNIZED(let v) = i.networkPush.outcome { throw .malformed("DeviceInfo.network_push.outcome \(v) is not known") }
-        guard i.slots.count <= 8, i.ports.count <= 64 else { throw .malformed("DeviceInfo has too many slots or ports") }
+        guard i.slots.count <= 8, i.ports.count <= 64, i.apps.count <= 256 else { throw .malformed("DeviceInfo has too many slots, ports or apps") }
         return i
     }
 
@@ -135,12 +136,16 @@ enum WireCheck {
         let m = try decode(DeviceMetrics.self, bytes)
         try noUnknown(m.unknownFields, "DeviceMetrics")
         for p in m.ports { try noUnknown(p.unknownFields, "DeviceMetrics.ports") }
+        for a in m.apps {
+            try noUnknown(a.unknownFields, "DeviceMetrics.apps")
+            guard a.cpuSeconds.isFinite, a.cpuSeconds >= 0 else { throw .malformed("DeviceMetrics.apps.cpu_seconds \(a.cpuSeconds) is not a time") }
+        }
         try noUnknown(m.watchdog.unknownFields, "DeviceMetrics.watchdog")
         guard m.timeUnixMs > 0 else { throw .malformed("DeviceMetrics.time_unix_ms is missing") }
         guard m.cpuPercent.isFinite, m.cpuPercent >= 0, m.cpuPercent <= 100 else {
             throw .malformed("DeviceMetrics.cpu_percent \(m.cpuPercent) is not within 0–100")
         }
-        guard m.ports.count <= 64 else { throw .malformed("DeviceMetrics has too many ports") }
+        guard m.ports.count <= 64, m.apps.count <= 256 else { throw .malformed("DeviceMetrics has too many ports or apps") }
         return m
     }
 

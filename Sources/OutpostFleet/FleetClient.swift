@@ -69,6 +69,8 @@ public final class FleetClient: Sendable {
         var intervals: FleetIntervals
         var handled: Outpost_Api_V1_HandledCounters?
         var networkPush: Outpost_Api_V1_NetworkPushResult?
+        /// Why the last apps section was refused (DeviceInfo.apps_error).
+        var appsError: String?
         var infoDirty = true
         var lastInfo: Outpost_Api_V1_DeviceInfo?
         var nextConfig = MonotonicClock.now()
@@ -348,7 +350,25 @@ public final class FleetClient: Sendable {
         if atBoot { note("applying the last good config \(loop.withLock { $0.configHash }.prefix(12)) from PERSIST") }
         dependencies.updater.apply(config.baseOs)
         applyNetwork(config.network.networkJson)
+        applyApps(config)
         applyCommands(config.commands)
+    }
+
+    /// The apps section, when the config has one (absent: the device keeps running apps.json).
+    private func applyApps(_ config: Outpost_Api_V1_DeviceConfig) {
+        guard config.hasApps else { return }
+        let refusal = dependencies.apps.map { $0.apply(apps: config.apps) } ?? "this device runs no apps"
+        if let refusal { note("apps section refused: \(refusal)", severity: .warning) }
+        loop.withLock { s in
+            if s.appsError != refusal { s.infoDirty = true }
+            s.appsError = refusal
+        }
+    }
+
+    /// The last good config as stored on PERSIST (nil before the first): the agent builds its
+    /// apps from this section at boot, before the client's thread runs.
+    public func storedConfig() -> Outpost_Api_V1_DeviceConfig? {
+        (try? files.lastGoodConfig())?.config
     }
 
     private func applyNetwork(_ json: Data) {
@@ -436,6 +456,7 @@ public final class FleetClient: Sendable {
         if let handled = s.handled { info.handled = handled }
         info.configHash = s.configHash
         if let push = s.networkPush { info.networkPush = push }
+        if let appsError = s.appsError { info.appsError = appsError }
         if info.identity.serial.isEmpty { info.identity.serial = identity.serial }
         if info.identity.osVersion.isEmpty { info.identity.osVersion = configuration.osVersion }
         info.identity.identityKind = identity.kind
@@ -473,9 +494,16 @@ public final class FleetClient: Sendable {
 
     // MARK: metrics
 
+    /// The device's figures and its apps' for one metrics report.
+    func metricsSample() -> Outpost_Api_V1_DeviceMetrics {
+        var sample = metrics.sample(watchdog: dependencies.state.watchdogState())
+        sample.apps = dependencies.state.appMetrics()
+        return sample
+    }
+
     /// Best effort: a failure drops the sample and blocks nothing.
     func sendMetrics() {
-        let sample = metrics.sample(watchdog: dependencies.state.watchdogState())
+        let sample = metricsSample()
         loop.withLock { s in
             s.nextMetrics = MonotonicClock.now().advanced(by: Jitter.period(s.intervals.metrics, using: &s.random))
         }

@@ -36,6 +36,15 @@ public protocol NetworkConfigurator: Sendable {
     func push(networkJSON: [UInt8], acceptance: @escaping @Sendable (_ port: String) -> String?) -> NetworkPushOutcome
 }
 
+/// The app instances (the agent's AppService). The controller's apps section,
+/// whenever a config has one (also at boot, from the last good config); the
+/// device then runs it instead of CONFIG's apps.json. Must return promptly:
+/// the apps service acts on it in its own rounds.
+public protocol AppsConfigurator: Sendable {
+    /// nil: taken; else the one line why the section was refused (DeviceInfo.apps_error).
+    func apply(apps: Outpost_Api_V1_AppsSection) -> String?
+}
+
 /// Reboot and shutdown on the controller's command. The agent records the
 /// boot reason `controller`. Both may return before the machine goes down.
 public protocol PowerControl: Sendable {
@@ -51,6 +60,13 @@ public protocol DeviceStateSource: Sendable {
     func deviceInfo() -> Outpost_Api_V1_DeviceInfo
     /// The watchdog as the agent feeds it; nil when there is none.
     func watchdogState() -> Outpost_Api_V1_WatchdogState?
+    /// The running app instances' CPU time and memory, for each metrics report.
+    func appMetrics() -> [Outpost_Api_V1_AppMetrics]
+}
+
+extension DeviceStateSource {
+    /// A device without app instances reports none.
+    public func appMetrics() -> [Outpost_Api_V1_AppMetrics] { [] }
 }
 
 /// Everything the agent hands the client.
@@ -59,6 +75,8 @@ public struct FleetDependencies: Sendable {
     public var network: any NetworkConfigurator
     public var power: any PowerControl
     public var state: any DeviceStateSource
+    /// nil: the device runs no apps (the section is ignored and apps_error says so).
+    public var apps: (any AppsConfigurator)?
     /// The ways out to the controller, best first: the agent maps
     /// NetworkService.controllerPorts to routes (with each port's proxy).
     /// Empty: connect without binding to a port.
@@ -72,7 +90,9 @@ public struct FleetDependencies: Sendable {
 
     public init(updater: any BaseOSUpdater, network: any NetworkConfigurator, power: any PowerControl,
                 state: any DeviceStateSource, routes: @escaping @Sendable () -> [ControllerRoute] = { [] },
-                log: (@Sendable (String) -> Void)? = nil, console: (@Sendable (String) -> Void)? = nil) {
+                log: (@Sendable (String) -> Void)? = nil, console: (@Sendable (String) -> Void)? = nil,
+                apps: (any AppsConfigurator)? = nil) {
+        self.apps = apps
         self.updater = updater
         self.network = network
         self.power = power

@@ -153,9 +153,6 @@ public nonisolated struct Outpost_Api_V1_DeviceConfig: Sendable {
   /// Clears the value of `network`. Subsequent reads from it will return its default value.
   public mutating func clearNetwork() {self._network = nil}
 
-  /// Reserved for application instances; no device acts on it yet.
-  public var apps: [Outpost_Api_V1_App] = []
-
   public var intervals: Outpost_Api_V1_Intervals {
     get {_intervals ?? Outpost_Api_V1_Intervals()}
     set {_intervals = newValue}
@@ -174,6 +171,19 @@ public nonisolated struct Outpost_Api_V1_DeviceConfig: Sendable {
   /// Clears the value of `commands`. Subsequent reads from it will return its default value.
   public mutating func clearCommands() {self._commands = nil}
 
+  /// The app instances, in the shape of CONFIG's apps.json. Present (even
+  /// with no instances): it replaces apps.json while the device is managed,
+  /// and the device keeps it with its last good config for boots without the
+  /// controller. Absent: the device runs apps.json.
+  public var apps: Outpost_Api_V1_AppsSection {
+    get {_apps ?? Outpost_Api_V1_AppsSection()}
+    set {_apps = newValue}
+  }
+  /// Returns true if `apps` has been explicitly set.
+  public var hasApps: Bool {self._apps != nil}
+  /// Clears the value of `apps`. Subsequent reads from it will return its default value.
+  public mutating func clearApps() {self._apps = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -182,6 +192,7 @@ public nonisolated struct Outpost_Api_V1_DeviceConfig: Sendable {
   fileprivate var _network: Outpost_Api_V1_NetworkConfig? = nil
   fileprivate var _intervals: Outpost_Api_V1_Intervals? = nil
   fileprivate var _commands: Outpost_Api_V1_Commands? = nil
+  fileprivate var _apps: Outpost_Api_V1_AppsSection? = nil
 }
 
 /// The base OS the device should run: handed to the update engine, which
@@ -236,13 +247,63 @@ public nonisolated struct Outpost_Api_V1_NetworkConfig: Sendable {
   public init() {}
 }
 
-/// Reserved for application instances (containers, VMs) in a later version.
+public nonisolated struct Outpost_Api_V1_AppsSection: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var instances: [Outpost_Api_V1_App] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One app instance: apps.json's entry, with the manifest kept as its JSON
+/// text so the device parses it with the same VMManifest parser as CONFIG's.
 public nonisolated struct Outpost_Api_V1_App: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  /// 1 to 32 of a-z, 0-9 and '-', starting with a letter.
   public var name: String = String()
+
+  /// The VMManifest as a JSON object (UTF-8 text).
+  public var manifestJson: String = String()
+
+  /// One source per distinct imagename of the manifest.
+  public var images: [Outpost_Api_V1_ImageSource] = []
+
+  /// False keeps the instance and its disks but does not run it.
+  public var activate: Bool = false
+
+  /// A counter that goes up restarts (or purges: disks recreated) the instance once.
+  public var restartCounter: UInt64 = 0
+
+  public var purgeCounter: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Outpost_Api_V1_ImageSource: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The manifest's imagename this source provides.
+  public var name: String = String()
+
+  /// http(s) URL of the raw or qcow2 image.
+  public var url: String = String()
+
+  /// 64 lower-case hex characters.
+  public var sha256: String = String()
+
+  /// The file's exact size in bytes.
+  public var size: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -452,7 +513,7 @@ nonisolated extension Outpost_Api_V1_ConfigAttestation: SwiftProtobuf.Message, S
 
 nonisolated extension Outpost_Api_V1_DeviceConfig: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeviceConfig"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{3}base_os\0\u{1}network\0\u{1}apps\0\u{1}intervals\0\u{1}commands\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{3}base_os\0\u{1}network\0\u{2}\u{2}intervals\0\u{1}commands\0\u{1}apps\0\u{c}\u{4}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -463,9 +524,9 @@ nonisolated extension Outpost_Api_V1_DeviceConfig: SwiftProtobuf.Message, SwiftP
       case 1: try { try decoder.decodeSingularStringField(value: &self.deviceID) }()
       case 2: try { try decoder.decodeSingularMessageField(value: &self._baseOs) }()
       case 3: try { try decoder.decodeSingularMessageField(value: &self._network) }()
-      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.apps) }()
       case 5: try { try decoder.decodeSingularMessageField(value: &self._intervals) }()
       case 6: try { try decoder.decodeSingularMessageField(value: &self._commands) }()
+      case 7: try { try decoder.decodeSingularMessageField(value: &self._apps) }()
       default: break
       }
     }
@@ -485,14 +546,14 @@ nonisolated extension Outpost_Api_V1_DeviceConfig: SwiftProtobuf.Message, SwiftP
     try { if let v = self._network {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
     } }()
-    if !self.apps.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.apps, fieldNumber: 4)
-    }
     try { if let v = self._intervals {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     } }()
     try { if let v = self._commands {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
+    try { if let v = self._apps {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
     } }()
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -501,9 +562,9 @@ nonisolated extension Outpost_Api_V1_DeviceConfig: SwiftProtobuf.Message, SwiftP
     if lhs.deviceID != rhs.deviceID {return false}
     if lhs._baseOs != rhs._baseOs {return false}
     if lhs._network != rhs._network {return false}
-    if lhs.apps != rhs.apps {return false}
     if lhs._intervals != rhs._intervals {return false}
     if lhs._commands != rhs._commands {return false}
+    if lhs._apps != rhs._apps {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -594,9 +655,39 @@ nonisolated extension Outpost_Api_V1_NetworkConfig: SwiftProtobuf.Message, Swift
   }
 }
 
+nonisolated extension Outpost_Api_V1_AppsSection: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AppsSection"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}instances\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.instances) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.instances.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.instances, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Outpost_Api_V1_AppsSection, rhs: Outpost_Api_V1_AppsSection) -> Bool {
+    if lhs.instances != rhs.instances {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Outpost_Api_V1_App: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".App"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}manifest_json\0\u{1}images\0\u{1}activate\0\u{3}restart_counter\0\u{3}purge_counter\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -605,6 +696,11 @@ nonisolated extension Outpost_Api_V1_App: SwiftProtobuf.Message, SwiftProtobuf._
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.manifestJson) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.images) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.activate) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.restartCounter) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.purgeCounter) }()
       default: break
       }
     }
@@ -614,11 +710,76 @@ nonisolated extension Outpost_Api_V1_App: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.name.isEmpty {
       try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
     }
+    if !self.manifestJson.isEmpty {
+      try visitor.visitSingularStringField(value: self.manifestJson, fieldNumber: 2)
+    }
+    if !self.images.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.images, fieldNumber: 3)
+    }
+    if self.activate != false {
+      try visitor.visitSingularBoolField(value: self.activate, fieldNumber: 4)
+    }
+    if self.restartCounter != 0 {
+      try visitor.visitSingularUInt64Field(value: self.restartCounter, fieldNumber: 5)
+    }
+    if self.purgeCounter != 0 {
+      try visitor.visitSingularUInt64Field(value: self.purgeCounter, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Outpost_Api_V1_App, rhs: Outpost_Api_V1_App) -> Bool {
     if lhs.name != rhs.name {return false}
+    if lhs.manifestJson != rhs.manifestJson {return false}
+    if lhs.images != rhs.images {return false}
+    if lhs.activate != rhs.activate {return false}
+    if lhs.restartCounter != rhs.restartCounter {return false}
+    if lhs.purgeCounter != rhs.purgeCounter {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Outpost_Api_V1_ImageSource: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ImageSource"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}url\0\u{1}sha256\0\u{1}size\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.url) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.sha256) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.size) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.url.isEmpty {
+      try visitor.visitSingularStringField(value: self.url, fieldNumber: 2)
+    }
+    if !self.sha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.sha256, fieldNumber: 3)
+    }
+    if self.size != 0 {
+      try visitor.visitSingularUInt64Field(value: self.size, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Outpost_Api_V1_ImageSource, rhs: Outpost_Api_V1_ImageSource) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.url != rhs.url {return false}
+    if lhs.sha256 != rhs.sha256 {return false}
+    if lhs.size != rhs.size {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -150,11 +150,65 @@ public nonisolated struct Outpost_Api_V1_DeviceInfo: @unchecked Sendable {
     set {_uniqueStorage()._timeUnixMs = newValue}
   }
 
+  /// Every app instance the device has, in config order.
+  public var apps: [Outpost_Api_V1_AppStatus] {
+    get {_storage._apps}
+    set {_uniqueStorage()._apps = newValue}
+  }
+
+  /// Where the device's app list comes from ("controller", "apps.json") and
+  /// why a controller's apps section was refused (one line), if it was.
+  public var appsSource: String {
+    get {_storage._appsSource}
+    set {_uniqueStorage()._appsSource = newValue}
+  }
+
+  public var appsError: String {
+    get {_storage._appsError}
+    set {_uniqueStorage()._appsError = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Outpost_Api_V1_AppStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// downloading, verifying, creating volume, booting, running, halting, halted or broken.
+  public var state: String = String()
+
+  /// Why it is broken, or the last refusal while it waits for a retry.
+  public var error: String = String()
+
+  public var activate: Bool = false
+
+  /// The operator stopped it on the console; it stays halted until started.
+  public var stoppedByOperator: Bool = false
+
+  /// QEMU starts after the first (crash and operator restarts alike).
+  public var restarts: UInt32 = 0
+
+  /// The last boot: QEMU's start to the guest's first console line.
+  public var bootSeconds: Double = 0
+
+  /// When it became running; 0 when it is not running.
+  public var runningSinceUnixMs: UInt64 = 0
+
+  public var memoryLimitBytes: UInt64 = 0
+
+  public var residentBytes: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Outpost_Api_V1_DeviceIdentity: Sendable {
@@ -460,7 +514,7 @@ nonisolated extension Outpost_Api_V1_IdentityKind: SwiftProtobuf._ProtoNameProvi
 
 nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeviceInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}identity\0\u{1}slots\0\u{1}update\0\u{3}last_boot\0\u{1}ports\0\u{3}network_push\0\u{1}handled\0\u{3}config_hash\0\u{3}time_unix_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}identity\0\u{1}slots\0\u{1}update\0\u{3}last_boot\0\u{1}ports\0\u{3}network_push\0\u{1}handled\0\u{3}config_hash\0\u{3}time_unix_ms\0\u{1}apps\0\u{3}apps_source\0\u{3}apps_error\0")
 
   fileprivate class _StorageClass {
     var _identity: Outpost_Api_V1_DeviceIdentity? = nil
@@ -472,6 +526,9 @@ nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftPro
     var _handled: Outpost_Api_V1_HandledCounters? = nil
     var _configHash: String = String()
     var _timeUnixMs: UInt64 = 0
+    var _apps: [Outpost_Api_V1_AppStatus] = []
+    var _appsSource: String = String()
+    var _appsError: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -491,6 +548,9 @@ nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftPro
       _handled = source._handled
       _configHash = source._configHash
       _timeUnixMs = source._timeUnixMs
+      _apps = source._apps
+      _appsSource = source._appsSource
+      _appsError = source._appsError
     }
   }
 
@@ -518,6 +578,9 @@ nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftPro
         case 7: try { try decoder.decodeSingularMessageField(value: &_storage._handled) }()
         case 8: try { try decoder.decodeSingularStringField(value: &_storage._configHash) }()
         case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._timeUnixMs) }()
+        case 10: try { try decoder.decodeRepeatedMessageField(value: &_storage._apps) }()
+        case 11: try { try decoder.decodeSingularStringField(value: &_storage._appsSource) }()
+        case 12: try { try decoder.decodeSingularStringField(value: &_storage._appsError) }()
         default: break
         }
       }
@@ -557,6 +620,15 @@ nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftPro
       if _storage._timeUnixMs != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._timeUnixMs, fieldNumber: 9)
       }
+      if !_storage._apps.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._apps, fieldNumber: 10)
+      }
+      if !_storage._appsSource.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._appsSource, fieldNumber: 11)
+      }
+      if !_storage._appsError.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._appsError, fieldNumber: 12)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -575,10 +647,88 @@ nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftPro
         if _storage._handled != rhs_storage._handled {return false}
         if _storage._configHash != rhs_storage._configHash {return false}
         if _storage._timeUnixMs != rhs_storage._timeUnixMs {return false}
+        if _storage._apps != rhs_storage._apps {return false}
+        if _storage._appsSource != rhs_storage._appsSource {return false}
+        if _storage._appsError != rhs_storage._appsError {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Outpost_Api_V1_AppStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AppStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}error\0\u{1}activate\0\u{3}stopped_by_operator\0\u{1}restarts\0\u{3}boot_seconds\0\u{3}running_since_unix_ms\0\u{3}memory_limit_bytes\0\u{3}resident_bytes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.state) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.activate) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.stoppedByOperator) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.restarts) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.bootSeconds) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.runningSinceUnixMs) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.memoryLimitBytes) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.residentBytes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.state.isEmpty {
+      try visitor.visitSingularStringField(value: self.state, fieldNumber: 2)
+    }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 3)
+    }
+    if self.activate != false {
+      try visitor.visitSingularBoolField(value: self.activate, fieldNumber: 4)
+    }
+    if self.stoppedByOperator != false {
+      try visitor.visitSingularBoolField(value: self.stoppedByOperator, fieldNumber: 5)
+    }
+    if self.restarts != 0 {
+      try visitor.visitSingularUInt32Field(value: self.restarts, fieldNumber: 6)
+    }
+    if self.bootSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.bootSeconds, fieldNumber: 7)
+    }
+    if self.runningSinceUnixMs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.runningSinceUnixMs, fieldNumber: 8)
+    }
+    if self.memoryLimitBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.memoryLimitBytes, fieldNumber: 9)
+    }
+    if self.residentBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.residentBytes, fieldNumber: 10)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Outpost_Api_V1_AppStatus, rhs: Outpost_Api_V1_AppStatus) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.error != rhs.error {return false}
+    if lhs.activate != rhs.activate {return false}
+    if lhs.stoppedByOperator != rhs.stoppedByOperator {return false}
+    if lhs.restarts != rhs.restarts {return false}
+    if lhs.bootSeconds != rhs.bootSeconds {return false}
+    if lhs.runningSinceUnixMs != rhs.runningSinceUnixMs {return false}
+    if lhs.memoryLimitBytes != rhs.memoryLimitBytes {return false}
+    if lhs.residentBytes != rhs.residentBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -62,11 +62,31 @@ public nonisolated struct Outpost_Api_V1_DeviceMetrics: Sendable {
   /// Clears the value of `watchdog`. Subsequent reads from it will return its default value.
   public mutating func clearWatchdog() {self._watchdog = nil}
 
+  /// The running app instances.
+  public var apps: [Outpost_Api_V1_AppMetrics] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _watchdog: Outpost_Api_V1_WatchdogState? = nil
+}
+
+public nonisolated struct Outpost_Api_V1_AppMetrics: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// CPU time of the instance's QEMU since it started (user + system).
+  public var cpuSeconds: Double = 0
+
+  public var residentBytes: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// Counters since boot, as the kernel keeps them.
@@ -115,7 +135,7 @@ fileprivate nonisolated let _protobuf_package = "outpost.api.v1"
 
 nonisolated extension Outpost_Api_V1_DeviceMetrics: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeviceMetrics"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}time_unix_ms\0\u{3}uptime_s\0\u{3}cpu_percent\0\u{3}memory_used_bytes\0\u{3}memory_total_bytes\0\u{3}persist_used_bytes\0\u{3}persist_total_bytes\0\u{1}ports\0\u{1}watchdog\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}time_unix_ms\0\u{3}uptime_s\0\u{3}cpu_percent\0\u{3}memory_used_bytes\0\u{3}memory_total_bytes\0\u{3}persist_used_bytes\0\u{3}persist_total_bytes\0\u{1}ports\0\u{1}watchdog\0\u{1}apps\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -132,6 +152,7 @@ nonisolated extension Outpost_Api_V1_DeviceMetrics: SwiftProtobuf.Message, Swift
       case 7: try { try decoder.decodeSingularUInt64Field(value: &self.persistTotalBytes) }()
       case 8: try { try decoder.decodeRepeatedMessageField(value: &self.ports) }()
       case 9: try { try decoder.decodeSingularMessageField(value: &self._watchdog) }()
+      case 10: try { try decoder.decodeRepeatedMessageField(value: &self.apps) }()
       default: break
       }
     }
@@ -169,6 +190,9 @@ nonisolated extension Outpost_Api_V1_DeviceMetrics: SwiftProtobuf.Message, Swift
     try { if let v = self._watchdog {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
     } }()
+    if !self.apps.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.apps, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -182,6 +206,47 @@ nonisolated extension Outpost_Api_V1_DeviceMetrics: SwiftProtobuf.Message, Swift
     if lhs.persistTotalBytes != rhs.persistTotalBytes {return false}
     if lhs.ports != rhs.ports {return false}
     if lhs._watchdog != rhs._watchdog {return false}
+    if lhs.apps != rhs.apps {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Outpost_Api_V1_AppMetrics: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AppMetrics"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}cpu_seconds\0\u{3}resident_bytes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.cpuSeconds) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.residentBytes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if self.cpuSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.cpuSeconds, fieldNumber: 2)
+    }
+    if self.residentBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.residentBytes, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Outpost_Api_V1_AppMetrics, rhs: Outpost_Api_V1_AppMetrics) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.cpuSeconds != rhs.cpuSeconds {return false}
+    if lhs.residentBytes != rhs.residentBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -11,7 +11,7 @@ struct DeviceCommand: AsyncParsableCommand {
 
         SELECTOR picks devices by label (`device label`): \(selectorHelp)
         """,
-        subcommands: [List.self, Show.self, Label.self, Logs.self, Metrics.self, SetOS.self, SetNetwork.self, Reboot.self, Shutdown.self,
+        subcommands: [List.self, Show.self, Label.self, Logs.self, Metrics.self, SetOS.self, SetNetwork.self, SetApps.self, Reboot.self, Shutdown.self,
                       RetryUpdate.self, SetIntervals.self, AttestationCommand.self, AttestationResetCommand.self])
 
     struct List: AsyncParsableCommand {
@@ -68,6 +68,11 @@ struct DeviceCommand: AsyncParsableCommand {
                     }
                     if let n = info["networkPush"] as? [String: Any], let out = n["outcome"] as? String, out != "OUTCOME_UNSPECIFIED" {
                         print("network push \(out) \(s(n, "reason"))")
+                    }
+                    if let error = info["appsError"] as? String { print("apps refused \(error)") }
+                    for app in info["apps"] as? [[String: Any]] ?? [] {
+                        let error = s(app, "error")
+                        print("app          \(s(app, "name")) \(s(app, "state"))" + (error.isEmpty ? "" : " (\(error))"))
                     }
                 }
                 for h in o["updateHistory"] as? [[String: Any]] ?? [] {
@@ -204,6 +209,24 @@ struct DeviceCommand: AsyncParsableCommand {
                 guard let d = FileManager.default.contents(atPath: file) else { throw ControllerError.io(path: file, reason: "cannot read the file") }
                 try report(try data.admin.call("POST", "/devices/\(esc(device))/set-network",
                                                body: ["networkJSON": String(decoding: d, as: UTF8.self)]), json: json)
+            }
+        }
+    }
+
+    struct SetApps: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set-apps",
+            abstract: "Give a device its app instances (a file in the apps.json shape); it replaces the device's apps.json while managed.")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The device.") var device: String
+        @Argument(help: "The apps file ({\"apps\": [...]}, as CONFIG's apps.json).") var file: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                guard let d = FileManager.default.contents(atPath: file) else { throw ControllerError.io(path: file, reason: "cannot read the file") }
+                try report(try data.admin.call("POST", "/devices/\(esc(device))/set-apps",
+                                               body: ["appsJSON": String(decoding: d, as: UTF8.self)]), json: json)
             }
         }
     }

@@ -92,6 +92,13 @@ extension QEMU {
                             "preserve": false, "target": "Disk", "drvtype": "HDD"}],
                 "resources": [{"name": "cpus", "value": 1}, {"name": "memory", "value": 65536}]},
               "images": [{"name": "boot", "url": "http://10.0.2.2:\(server.port)/counter.raw", "sha256": "\(sha256)",
+                          "size": \(1 << 20)}]},
+             {"name": "ro", "activate": true,
+              "manifest": {"acKind": "VMManifest", "acVersion": "1.1.1", "name": "ro", "vmmode": "HV_HVM",
+                "images": [{"imagename": "boot", "maxsize": 16, "maxsizeUnit": "MB", "readonly": true,
+                            "preserve": false, "target": "Disk", "drvtype": "HDD"}],
+                "resources": [{"name": "cpus", "value": 1}, {"name": "memory", "value": 65536}]},
+              "images": [{"name": "boot", "url": "http://10.0.2.2:\(server.port)/counter.raw", "sha256": "\(sha256)",
                           "size": \(1 << 20)}]}]}
             """.write(toFile: config + "/apps.json", atomically: false, encoding: .utf8)
             try Harness.sh([Harness.outpost, "image", "build", "--quiet", "--config", config, "--slot", Harness.out + "/slot.img",
@@ -101,12 +108,21 @@ extension QEMU {
             defer { _ = live.waitForExit(timeout: 5) }
             let ready = live.wait(for: "outpost: ready ", timeout: 300)
             try #require(ready != nil, "\(live.console.suffix(3000))")
-            #expect(live.wait(for: "outpost: apps: 1 configured: counter", timeout: 60) != nil, "\(live.console.suffix(3000))")
+            #expect(live.wait(for: "outpost: apps: 2 configured: counter, ro", timeout: 60) != nil, "\(live.console.suffix(3000))")
 
             // Downloaded from the host, verified, on an overlay, booted: nested TCG boots it in seconds.
             let running = live.wait(for: "outpost: apps: counter: running", after: ready?.index ?? 0, timeout: 240)
             try #require(running != nil, "the app never ran:\n\(live.console.suffix(3000))")
             #expect(server.requests().count >= 1, "the image came from the host's server")
+            // The same image, read-only for the second app (one verified copy on PERSIST): its write is refused.
+            var refused = false
+            for _ in 0..<12 where !refused {
+                let mark = live.lines.count
+                try live.type("app console ro\n")
+                refused = live.wait(for: "app ro console: outpost-app: write refused", after: mark, timeout: 10) != nil
+            }
+            #expect(refused, "the readonly disk refused the boot counter's write:\n\(live.console.suffix(2000))")
+            try Self.command(live, "app stop ro", reply: "app ro: halted")
             let first = try Self.appConsole(live) { $0.boot == 1 }
             #expect(first != nil)
             try Self.command(live, "status", reply: "app counter: running pid=")
@@ -141,7 +157,7 @@ extension QEMU {
 
             // One-line refusals.
             try Self.command(live, "app rollback counter nosuch", reply: "no snapshot named \"nosuch\"")
-            try Self.command(live, "app restart nosuch", reply: "no app named \"nosuch\" (configured: counter)")
+            try Self.command(live, "app restart nosuch", reply: "no app named \"nosuch\" (configured: counter, ro)")
 
             // Stop powers the guest down through ACPI; the device reports it halted.
             try Self.command(live, "app stop counter", reply: "app counter: halted (the guest powered down)")

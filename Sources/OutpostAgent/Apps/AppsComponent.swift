@@ -1,7 +1,10 @@
 // The app instances (OutpostApps.AppService) as one of PID 1's components.
-// CONFIG decides which apps the device runs: `apps.json` holds the
-// factory-preloaded ones (the controller's apps section, later, has the same
-// shape). No file: the component says so once and idles. The content store
+// `apps.json` on CONFIG holds the factory-preloaded apps (the default, and
+// what an unmanaged device runs). A managed device whose controller sent an
+// apps section runs that instead (same shape; the last one received is kept
+// with the last good config on PERSIST, so a boot without the controller runs
+// it too), and a new section replaces the apps at runtime (AppService.apply).
+// Unmanaged with no file: the component says so once and idles. The content store
 // and every instance's disks live on PERSIST (`/persist/apps`); without
 // PERSIST nothing starts. Each instance's QEMU gets a cgroup v2 directory
 // under /sys/fs/cgroup/apps with its cpu.max and memory.max when the kernel
@@ -15,6 +18,7 @@ import Glibc
 import OutpostApps
 import OutpostHTTP
 import OutpostPlatform
+import OutpostProto
 
 /// Whether the device runs apps, as status shows it.
 public enum AppsSetup: Sendable {
@@ -39,15 +43,31 @@ enum AppsComponent {
     static let cgroupMount = "/sys/fs/cgroup"
     static let controllerCA = "/config/root-ca.pem"
 
-    /// Reads apps.json and builds the service; the component body says the outcome, once.
-    /// `cgroupMount` nil: no cgroup limits (host tests must not touch the host's hierarchy).
+    /// Reads apps.json (or takes the controller's stored section) and builds the service; the
+    /// component body says the outcome, once. `managed`: a controller may send apps later, so
+    /// the service runs even with no apps.json (or a broken one, said once). `cgroupMount` nil:
+    /// no cgroup limits (host tests must not touch the host's hierarchy).
     static func setup(persistMount: String?, configDirectory: String = configDirectory,
-                      cgroupMount: String? = cgroupMount) -> AppsSetup {
-        let config: AppsConfig
-        do { config = try AppsConfig.load(configDirectory: configDirectory) } catch {
-            return .off("not started: \(error)", warning: true)
+                      cgroupMount: String? = cgroupMount, managed: Bool = false,
+                      controllerSection: Outpost_Api_V1_AppsSection? = nil) -> AppsSetup {
+        var config: AppsConfig?
+        var source = "apps.json"
+        if let controllerSection {
+            do {
+                config = try AppsSectionBridge.config(controllerSection)
+                source = "controller"
+            } catch {
+                Console.line("warning: apps: the controller's stored apps section is refused (\(error)); running apps.json")
+            }
         }
-        guard !config.apps.isEmpty else { return .off("none configured", warning: false) }
+        if config == nil {
+            do { config = try AppsConfig.load(configDirectory: configDirectory) } catch {
+                guard managed else { return .off("not started: \(error)", warning: true) }
+                Console.line("warning: apps: \(error); no apps until the controller sends some")
+            }
+        }
+        let apps = config ?? AppsConfig(apps: [])
+        guard !apps.apps.isEmpty || managed else { return .off("none configured", warning: false) }
         guard let persistMount else { return .off("not started: PERSIST is not mounted", warning: true) }
         var options = AppService.Options()
         options.cgroupRoot = cgroupMount.flatMap(cgroupRoot)
@@ -63,8 +83,10 @@ enum AppsComponent {
         } catch {
             Console.line("warning: apps: \(error); https image downloads use the system store only")
         }
-        return .running(AppService(config: config, root: persistMount + "/" + persistDirectory, options: options,
-                                   log: { Console.line($0) }))
+        let service = AppService(config: apps, root: persistMount + "/" + persistDirectory, options: options,
+                                 log: { Console.line($0) })
+        service.configSource = source
+        return .running(service)
     }
 
     static func spec(_ setup: AppsSetup) -> ComponentSpec {
@@ -75,7 +97,8 @@ enum AppsComponent {
                 while context.sleep(for: .milliseconds(5000)) { try context.beat() }
                 return
             }
-            Console.line("apps: \(service.names.count) configured: \(service.names.joined(separator: ", "))")
+            Console.line(service.names.isEmpty ? "apps: none configured (\(service.configSource)); waiting for the controller's"
+                         : "apps: \(service.names.count) configured (\(service.configSource)): \(service.names.joined(separator: ", "))")
             if !Sys.exists(service.options.instance.qemu) {
                 Console.line("warning: apps: \(service.options.instance.qemu) is not in this slot; the apps cannot start")
             }

@@ -127,7 +127,15 @@ struct AgentStateSource: DeviceStateSource {
                 return port
             }
         }
+        if let service = agent.apps?.service {
+            info.apps = service.status().map(AppsSectionBridge.status)
+            info.appsSource = service.configSource
+        }
         return info
+    }
+
+    func appMetrics() -> [Outpost_Api_V1_AppMetrics] {
+        (agent.apps?.service?.status() ?? []).compactMap(AppsSectionBridge.metrics)
     }
 
     func watchdogState() -> Outpost_Api_V1_WatchdogState? {

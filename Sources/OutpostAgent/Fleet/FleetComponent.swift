@@ -70,7 +70,8 @@ enum FleetComponent {
                 Console.line(line.hasPrefix("warning: ") ? "warning: fleet: " + line.dropFirst("warning: ".count) : "fleet: " + line)
             },
             // "outpost: attestation: passed" / "outpost: attestation: failed: PCR 8: expected …, actual …"
-            console: { line in Console.line(line) })
+            console: { line in Console.line(line) },
+            apps: FleetApps(agent: agent))
         // The TPM when it works, else the file identity and why: never silently.
         let choice: IdentityChoice
         do {

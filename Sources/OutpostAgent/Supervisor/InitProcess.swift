@@ -12,6 +12,7 @@ import Glibc
 #endif
 import OutpostShims
 import OutpostPlatform
+import OutpostFleet
 
 public enum InitProcess {
     /// The signals PID 1 waits for. SIGCHLD keeps its default disposition
@@ -53,7 +54,13 @@ public enum InitProcess {
         // After the ready line (which reaches the controller from Console's buffer),
         // before any component: a trial's test window needs to know whether it is managed.
         agent.fleet = FleetComponent.setup(agent: agent)
-        agent.apps = AppsComponent.setup(persistMount: persistMount)
+        // A managed device runs the controller's apps section from its last good config (kept on
+        // PERSIST) instead of apps.json, from the first round: no boot starts apps.json's apps only
+        // to stop them when the client applies the stored config a moment later.
+        var fleetClient: FleetClient?
+        if case let .managed(fleet) = agent.fleet { fleetClient = fleet.client }
+        agent.apps = AppsComponent.setup(persistMount: persistMount, managed: fleetClient != nil,
+                                         controllerSection: fleetClient?.storedConfig().flatMap { $0.hasApps ? $0.apps : nil })
         agent.start()
 
         var set = signalSet()

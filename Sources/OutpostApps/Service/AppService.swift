@@ -55,6 +55,8 @@ public struct AppStatus: Equatable, Sendable {
     public var residentBytes: UInt64?
     /// The app network's ACL counters, rule by rule per tap, drop-all last; empty without taps.
     public var acl: [ACLCounter] = []
+    /// The running QEMU's CPU time (user + system, /proc/PID/stat) for the controller's metrics.
+    public var cpuSeconds: Double? = nil
 
     public init(state: String, name: String, error: String?, downloadedBytes: UInt64?, totalBytes: UInt64?, activate: Bool,
                 stoppedByOperator: Bool, pid: Int32?, restarts: Int, bootSeconds: Double?, runningSinceUnix: Int64?,
@@ -146,6 +148,16 @@ public final class AppService: Sendable {
     private let admission: MemoryAdmission
     private let log: @Sendable (String) -> Void
     private let entries: Mutex<[Entry]>
+    /// A config `submit` handed over (the controller's apps section), or the part of one `apply`
+    /// had to leave for later (an app busy with a command); taken at the start of each `step`.
+    private let pending = Mutex<AppsConfig?>(nil)
+    private let source = Mutex("apps.json")
+
+    /// Where the configured apps came from ("apps.json", "controller"), for the device's info.
+    public var configSource: String {
+        get { source.withLock { $0 } }
+        set { source.withLock { $0 = newValue } }
+    }
 
     public var imagesDirectory: String { root + "/images" }
     public var instancesDirectory: String { root + "/instances" }
@@ -190,7 +202,142 @@ public final class AppService: Sendable {
     /// One round over every app: fetch, create, start, act on counters. `alive` is called
     /// during long work (downloads) so the supervisor sees progress.
     public func step(alive: @escaping () -> Void = {}) {
+        if let config = pending.withLock({ pending in defer { pending = nil }; return pending }) {
+            apply(config)
+        }
         for name in names { step(name, alive: alive) }
+    }
+
+    // MARK: - A new config at runtime
+
+    /// Hands over a new config (the controller's apps section) without waiting: the next `step`
+    /// applies it. For callers that must not block (the controller client's thread).
+    public func submit(_ config: AppsConfig) {
+        pending.withLock { $0 = config }
+    }
+
+    /// Makes `config` the configured apps: new ones are added (the next `step` fetches and starts
+    /// them), ones no longer listed are stopped and their instance directories and unused images
+    /// removed, and existing ones take the new activate flag and counters (a restart or purge
+    /// counter that went up restarts or purges a running instance once). An app whose manifest or
+    /// image sources changed is stopped and rebuilt: its overlays are kept only where they are on
+    /// the same base image or the manifest's disk says `preserve` (InstanceDisk). An app busy with
+    /// an operator command keeps its old config until the command ends (a later `step` applies
+    /// it). Blocks while instances stop (up to their stop grace); returns the lines it logged.
+    @discardableResult
+    public func apply(_ config: AppsConfig) -> [String] {
+        enum Action { case remove(AppInstance?, String), rebuild(AppInstance), stop(AppInstance), counters(AppInstance, AppInstanceConfig) }
+        var actions: [Action] = []
+        var deferred = false
+        entries.withLock { entries in
+            var next: [Entry] = []
+            for wanted in config.apps {
+                guard let index = entries.firstIndex(where: { $0.config.name == wanted.name }) else {
+                    next.append(Entry(config: wanted))
+                    continue
+                }
+                var entry = entries[index]
+                if entry.busy != nil {
+                    if entry.config != wanted { deferred = true }
+                    next.append(entry)
+                    continue
+                }
+                if entry.config.manifest != wanted.manifest || entry.config.images != wanted.images {
+                    if let instance = entry.instance { actions.append(.rebuild(instance)) }
+                    entry = Entry(config: wanted)
+                    entry.stoppedByOperator = entries[index].stoppedByOperator
+                    entry.busy = entries[index].instance == nil ? nil : "rebuild"
+                    next.append(entry)
+                    continue
+                }
+                let before = entry.config
+                entry.config = wanted
+                if let instance = entry.instance, entry.started {
+                    if before.activate && !wanted.activate {
+                        actions.append(.stop(instance))
+                        entry.started = false
+                        entry.busy = "stop"
+                    } else if wanted.activate && (before.restartCounter != wanted.restartCounter || before.purgeCounter != wanted.purgeCounter) {
+                        actions.append(.counters(instance, wanted))
+                        entry.busy = wanted.purgeCounter > before.purgeCounter ? "purge" : "restart"
+                    }
+                } else if !wanted.activate {
+                    entry.started = false
+                }
+                next.append(entry)
+            }
+            for entry in entries where !config.apps.contains(where: { $0.name == entry.config.name }) {
+                if entry.busy != nil {
+                    deferred = true
+                    next.append(entry)
+                } else {
+                    actions.append(.remove(entry.instance, entry.config.name))
+                }
+            }
+            entries = next
+        }
+        if deferred { pending.withLock { if $0 == nil { $0 = config } } }
+        var lines: [String] = []
+        func tell(_ line: String) {
+            lines.append(line)
+            log(line)
+        }
+        for action in actions {
+            switch action {
+            case let .remove(instance, name):
+                instance?.close()
+                if let error = Self.removeTree(instanceDirectory(name)) { tell("warning: apps: \(name): \(error)") }
+                tell("apps: \(name): removed (no longer configured)")
+            case let .rebuild(instance):
+                instance.close()
+                update(instance.name) { $0.busy = nil }
+                tell("apps: \(instance.name): manifest or images changed; rebuilt")
+            case let .stop(instance):
+                instance.stop()
+                update(instance.name) { $0.busy = nil }
+                tell("apps: \(instance.name): halted (not activated)")
+            case let .counters(instance, wanted):
+                do throws(AppsError) {
+                    let purge = try countersAskForPurge(wanted)
+                    if purge { try instance.purge() } else { try instance.restart() }
+                    update(instance.name) { $0.busy = nil }
+                    finish(instance.name, error: nil)
+                    tell("apps: \(instance.name): " + (purge ? "purged (purge counter \(wanted.purgeCounter))" : "restarted (restart counter \(wanted.restartCounter))"))
+                } catch {
+                    finish(instance.name, error: error)
+                }
+            }
+        }
+        let removedAny = actions.contains { if case .remove = $0 { return true } else { return false } }
+        if removedAny || actions.contains(where: { if case .rebuild = $0 { return true } else { return false } }) {
+            do { try prepare() } catch { tell("warning: apps: \(error)") }
+        }
+        return lines
+    }
+
+    /// Removes a directory and everything in it (an instance's overlays, console logs, socket).
+    /// nil when it is gone (or never was); else why not.
+    static func removeTree(_ path: String) -> String? {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return errno == ENOENT ? nil : "\(path): lstat: \(String(cString: strerror(errno)))" }
+        if (info.st_mode & S_IFMT) == S_IFDIR {
+            guard let dir = opendir(path) else { return "\(path): opendir: \(String(cString: strerror(errno)))" }
+            var names: [String] = []
+            while let item = readdir(dir) {
+                let name = withUnsafeBytes(of: item.pointee.d_name) { raw in
+                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+                }
+                if name != "." && name != ".." { names.append(name) }
+            }
+            closedir(dir)
+            for name in names {
+                if let error = removeTree(path + "/" + name) { return error }
+            }
+            guard rmdir(path) == 0 else { return "\(path): rmdir: \(String(cString: strerror(errno)))" }
+            return nil
+        }
+        guard unlink(path) == 0 || errno == ENOENT else { return "\(path): unlink: \(String(cString: strerror(errno)))" }
+        return nil
     }
 
     private func step(_ name: String, alive: @escaping () -> Void) {
@@ -468,9 +615,22 @@ public final class AppService: Sendable {
                 status.memoryLimitBytes = instance.limits.memoryMax
                 status.residentBytes = instance.residentBytes
                 if aclCounters { status.acl = (try? instance.options.network?.counters(app: entry.config.name)) ?? [] }
+                status.cpuSeconds = status.pid.flatMap(Self.cpuSeconds)
             }
             return status
         }
+    }
+
+    /// utime + stime of a process, from /proc/PID/stat (fields 14 and 15, after the parenthesized name).
+    static func cpuSeconds(pid: Int32) -> Double? {
+        guard let bytes = try? FileIO.readIfPresent("/proc/\(pid)/stat", limit: 4096) else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        // fields[0] is the state (field 3), so utime (14) and stime (15) are at 11 and 12.
+        guard fields.count > 12, let user = UInt64(fields[11]), let system = UInt64(fields[12]) else { return nil }
+        let ticks = sysconf(Int32(_SC_CLK_TCK))
+        return ticks > 0 ? Double(user + system) / Double(ticks) : nil
     }
 
     /// The reported state word: the phase before an instance exists (or while it is created), else the instance's.
