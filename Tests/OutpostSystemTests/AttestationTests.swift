@@ -50,13 +50,13 @@ extension QEMU {
             let (data, _) = try FleetTests.managedImage(h, hosts: ["10.0.2.2"], port: port)
             // The controller holds the signed bundle of the version the factory image runs: its
             // manifest carries the builder's PCR 8/9 predictions for each slot.
-            try Harness.sh([FleetTests.controller, "bundle", "add", Harness.out + "/update.bundle", "--data", data])
             let measurements = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Harness.out + "/measurements.json")))
             let predicted = try #require(((((measurements as? [String: Any])?["slots"] as? [String: Any])?["IMGA"] as? [String: Any])?["pcr8"]
                                           as? String)?.lowercased())
             let controller = FleetTests.Controller(data: data, port: port)
             try controller.start()
             defer { controller.stop() }
+            try Harness.sh([FleetTests.controller, "bundle", "add", Harness.out + "/update.bundle", "--data", data])
 
             // Boot 1: TPM identity, attested, config served.
             var id = ""

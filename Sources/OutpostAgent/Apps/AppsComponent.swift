@@ -72,9 +72,11 @@ enum AppsComponent {
         var options = AppService.Options()
         options.cgroupRoot = cgroupMount.flatMap(cgroupRoot)
         // The apps' local network, started by the component body; only when an app has an interface.
-        if config.apps.contains(where: { app in app.manifest.interfaces.contains { !$0.directAttach } }) {
+        // Known limit: a controller section that first brings an interface after boot gets its
+        // network at the next boot (the section is stored, so that boot builds it from the start).
+        if apps.apps.contains(where: { app in app.manifest.interfaces.contains { !$0.directAttach } }) {
             var network = AppNetwork.Options()
-            network.config = config.network
+            network.config = apps.network
             network.resolvConf = NetworkComponent.resolvConf
             options.instance.network = AppNetwork(options: network)
         }
