@@ -105,6 +105,7 @@ extension QEMU {
             #expect((mismatch["pcr"] as? NSNumber)?.intValue == 8, "\(mismatch)")
             #expect((mismatch["expected"] as? String)?.lowercased() == predicted, "\(mismatch)")
             #expect((mismatch["actual"] as? String)?.lowercased() != predicted, "\(mismatch)")
+            #expect(!live.lines.contains { $0.text.contains("outpost: outpost: ") }, "one prefix per console line")
             print("attestation: boot 2 with a changed command line: \(failed?.text ?? "-")")
         }
     }

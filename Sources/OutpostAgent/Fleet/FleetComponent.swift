@@ -70,7 +70,8 @@ enum FleetComponent {
                 Console.line(line.hasPrefix("warning: ") ? "warning: fleet: " + line.dropFirst("warning: ".count) : "fleet: " + line)
             },
             // "outpost: attestation: passed" / "outpost: attestation: failed: PCR 8: expected …, actual …"
-            console: { line in Console.line(line) },
+            // The client's lines are whole ("outpost: attestation: ..."); Console.line adds the prefix itself.
+            console: { line in Console.line(line.hasPrefix("outpost: ") ? String(line.dropFirst("outpost: ".count)) : line) },
             apps: FleetApps(agent: agent))
         // The TPM when it works, else the file identity and why: never silently.
         let choice: IdentityChoice
