@@ -44,9 +44,26 @@ public struct AppInstanceConfig: Equatable, Sendable {
     public var activate: Bool
     public var restartCounter: UInt64
     public var purgeCounter: UInt64
+    /// A console marker the guest must keep printing (nil: no health check).
+    public var health: AppHealthCheck? = nil
 
     /// The source of a manifest image.
     public func source(for image: VMManifest.Image) -> ImageSource? { images.first { $0.name == image.imageName } }
+}
+
+/// `"health": {"consoleMarker": "alive", "timeoutSeconds": 30, "graceSeconds": 60}`: once the
+/// app has run for the grace period, a console line containing the marker must appear at least
+/// every `timeout`; otherwise the agent kills its QEMU, which restarts it like after a crash.
+public struct AppHealthCheck: Equatable, Sendable {
+    public var consoleMarker: String
+    public var timeoutSeconds: Int
+    public var graceSeconds: Int
+
+    public init(consoleMarker: String, timeoutSeconds: Int, graceSeconds: Int = 60) {
+        self.consoleMarker = consoleMarker
+        self.timeoutSeconds = timeoutSeconds
+        self.graceSeconds = graceSeconds
+    }
 }
 
 /// Every app instance of a device config.
@@ -112,7 +129,7 @@ public struct AppsConfig: Equatable, Sendable {
     }
 
     static func instance(_ node: JSONNode) throws(AppsError) -> AppInstanceConfig {
-        let fields = try node.object(known: ["name", "manifest", "images", "activate", "restart", "purge"])
+        let fields = try node.object(known: ["name", "manifest", "images", "activate", "restart", "purge", "health"])
         let nameField = try fields.required("name")
         let name = try nameField.string
         guard isInstanceName(name) else {
@@ -137,7 +154,20 @@ public struct AppsConfig: Equatable, Sendable {
         return AppInstanceConfig(name: name, manifest: manifest, images: sources,
                                  activate: try fields.optional("activate")?.bool ?? true,
                                  restartCounter: UInt64(try fields.optional("restart")?.integer(in: 0...Int64.max) ?? 0),
-                                 purgeCounter: UInt64(try fields.optional("purge")?.integer(in: 0...Int64.max) ?? 0))
+                                 purgeCounter: UInt64(try fields.optional("purge")?.integer(in: 0...Int64.max) ?? 0),
+                                 health: try fields.optional("health").map(Self.health))
+    }
+
+    static func health(_ node: JSONNode) throws(AppsError) -> AppHealthCheck {
+        let fields = try node.object(known: ["consoleMarker", "timeoutSeconds", "graceSeconds"])
+        let markerField = try fields.required("consoleMarker")
+        let marker = try markerField.string
+        guard !marker.isEmpty, marker.utf8.count <= 128, marker.unicodeScalars.allSatisfy({ $0.value >= 32 && $0.value != 127 }) else {
+            throw markerField.fail("\(markerField.value.rendered) is not 1 to 128 printable characters")
+        }
+        return AppHealthCheck(consoleMarker: marker,
+                              timeoutSeconds: Int(try fields.required("timeoutSeconds").integer(in: 5...86_400)),
+                              graceSeconds: Int(try fields.optional("graceSeconds")?.integer(in: 0...86_400) ?? 60))
     }
 
     static func source(_ node: JSONNode) throws(AppsError) -> ImageSource {

@@ -38,7 +38,17 @@ public enum AppsSectionCodec {
             app.activate = config.activate
             app.restartCounter = config.restartCounter
             app.purgeCounter = config.purgeCounter
+            if let health = config.health {
+                app.health.consoleMarker = health.consoleMarker
+                app.health.timeoutSeconds = UInt32(health.timeoutSeconds)
+                app.health.graceSeconds = UInt32(health.graceSeconds)
+            }
             section.instances.append(app)
+        }
+        // The network settings travel too (nothing in the file is dropped): as the file wrote them.
+        if let network = root["network"] as? [String: Any] {
+            section.network.bridge = network["bridge"] as? String ?? ""
+            section.network.subnet = network["subnet"] as? String ?? ""
         }
         return section
     }

@@ -59,41 +59,39 @@ public nonisolated struct Outpost_Api_V1_ConfigRequest: Sendable {
   public init() {}
 }
 
-public nonisolated struct Outpost_Api_V1_ConfigResponse: @unchecked Sendable {
+public nonisolated struct Outpost_Api_V1_ConfigResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var config: Outpost_Api_V1_DeviceConfig {
-    get {_storage._config ?? Outpost_Api_V1_DeviceConfig()}
-    set {_uniqueStorage()._config = newValue}
+    get {_config ?? Outpost_Api_V1_DeviceConfig()}
+    set {_config = newValue}
   }
   /// Returns true if `config` has been explicitly set.
-  public var hasConfig: Bool {_storage._config != nil}
+  public var hasConfig: Bool {self._config != nil}
   /// Clears the value of `config`. Subsequent reads from it will return its default value.
-  public mutating func clearConfig() {_uniqueStorage()._config = nil}
+  public mutating func clearConfig() {self._config = nil}
 
   /// Hex SHA-256 of `config`; send it back in the next ConfigRequest.
-  public var configHash: String {
-    get {_storage._configHash}
-    set {_uniqueStorage()._configHash = newValue}
-  }
+  public var configHash: String = String()
 
   /// How this config was served for a device with an attestation key.
   public var attestation: Outpost_Api_V1_ConfigAttestation {
-    get {_storage._attestation ?? Outpost_Api_V1_ConfigAttestation()}
-    set {_uniqueStorage()._attestation = newValue}
+    get {_attestation ?? Outpost_Api_V1_ConfigAttestation()}
+    set {_attestation = newValue}
   }
   /// Returns true if `attestation` has been explicitly set.
-  public var hasAttestation: Bool {_storage._attestation != nil}
+  public var hasAttestation: Bool {self._attestation != nil}
   /// Clears the value of `attestation`. Subsequent reads from it will return its default value.
-  public mutating func clearAttestation() {_uniqueStorage()._attestation = nil}
+  public mutating func clearAttestation() {self._attestation = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _storage = _StorageClass.defaultInstance
+  fileprivate var _config: Outpost_Api_V1_DeviceConfig? = nil
+  fileprivate var _attestation: Outpost_Api_V1_ConfigAttestation? = nil
 }
 
 /// A device that registered an attestation key gets its config's secrets only
@@ -127,72 +125,71 @@ public nonisolated struct Outpost_Api_V1_ConfigAttestation: Sendable {
   fileprivate var _last: Outpost_Api_V1_AttestationResult? = nil
 }
 
-public nonisolated struct Outpost_Api_V1_DeviceConfig: Sendable {
+public nonisolated struct Outpost_Api_V1_DeviceConfig: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// The controller's name for this device (RegisterResponse.device_id).
-  public var deviceID: String = String()
+  public var deviceID: String {
+    get {_storage._deviceID}
+    set {_uniqueStorage()._deviceID = newValue}
+  }
 
   public var baseOs: Outpost_Api_V1_BaseOS {
-    get {_baseOs ?? Outpost_Api_V1_BaseOS()}
-    set {_baseOs = newValue}
+    get {_storage._baseOs ?? Outpost_Api_V1_BaseOS()}
+    set {_uniqueStorage()._baseOs = newValue}
   }
   /// Returns true if `baseOs` has been explicitly set.
-  public var hasBaseOs: Bool {self._baseOs != nil}
+  public var hasBaseOs: Bool {_storage._baseOs != nil}
   /// Clears the value of `baseOs`. Subsequent reads from it will return its default value.
-  public mutating func clearBaseOs() {self._baseOs = nil}
+  public mutating func clearBaseOs() {_uniqueStorage()._baseOs = nil}
 
   public var network: Outpost_Api_V1_NetworkConfig {
-    get {_network ?? Outpost_Api_V1_NetworkConfig()}
-    set {_network = newValue}
+    get {_storage._network ?? Outpost_Api_V1_NetworkConfig()}
+    set {_uniqueStorage()._network = newValue}
   }
   /// Returns true if `network` has been explicitly set.
-  public var hasNetwork: Bool {self._network != nil}
+  public var hasNetwork: Bool {_storage._network != nil}
   /// Clears the value of `network`. Subsequent reads from it will return its default value.
-  public mutating func clearNetwork() {self._network = nil}
+  public mutating func clearNetwork() {_uniqueStorage()._network = nil}
 
   public var intervals: Outpost_Api_V1_Intervals {
-    get {_intervals ?? Outpost_Api_V1_Intervals()}
-    set {_intervals = newValue}
+    get {_storage._intervals ?? Outpost_Api_V1_Intervals()}
+    set {_uniqueStorage()._intervals = newValue}
   }
   /// Returns true if `intervals` has been explicitly set.
-  public var hasIntervals: Bool {self._intervals != nil}
+  public var hasIntervals: Bool {_storage._intervals != nil}
   /// Clears the value of `intervals`. Subsequent reads from it will return its default value.
-  public mutating func clearIntervals() {self._intervals = nil}
+  public mutating func clearIntervals() {_uniqueStorage()._intervals = nil}
 
   public var commands: Outpost_Api_V1_Commands {
-    get {_commands ?? Outpost_Api_V1_Commands()}
-    set {_commands = newValue}
+    get {_storage._commands ?? Outpost_Api_V1_Commands()}
+    set {_uniqueStorage()._commands = newValue}
   }
   /// Returns true if `commands` has been explicitly set.
-  public var hasCommands: Bool {self._commands != nil}
+  public var hasCommands: Bool {_storage._commands != nil}
   /// Clears the value of `commands`. Subsequent reads from it will return its default value.
-  public mutating func clearCommands() {self._commands = nil}
+  public mutating func clearCommands() {_uniqueStorage()._commands = nil}
 
   /// The app instances, in the shape of CONFIG's apps.json. Present (even
   /// with no instances): it replaces apps.json while the device is managed,
   /// and the device keeps it with its last good config for boots without the
   /// controller. Absent: the device runs apps.json.
   public var apps: Outpost_Api_V1_AppsSection {
-    get {_apps ?? Outpost_Api_V1_AppsSection()}
-    set {_apps = newValue}
+    get {_storage._apps ?? Outpost_Api_V1_AppsSection()}
+    set {_uniqueStorage()._apps = newValue}
   }
   /// Returns true if `apps` has been explicitly set.
-  public var hasApps: Bool {self._apps != nil}
+  public var hasApps: Bool {_storage._apps != nil}
   /// Clears the value of `apps`. Subsequent reads from it will return its default value.
-  public mutating func clearApps() {self._apps = nil}
+  public mutating func clearApps() {_uniqueStorage()._apps = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _baseOs: Outpost_Api_V1_BaseOS? = nil
-  fileprivate var _network: Outpost_Api_V1_NetworkConfig? = nil
-  fileprivate var _intervals: Outpost_Api_V1_Intervals? = nil
-  fileprivate var _commands: Outpost_Api_V1_Commands? = nil
-  fileprivate var _apps: Outpost_Api_V1_AppsSection? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// The base OS the device should run: handed to the update engine, which
@@ -254,6 +251,51 @@ public nonisolated struct Outpost_Api_V1_AppsSection: Sendable {
 
   public var instances: [Outpost_Api_V1_App] = []
 
+  /// apps.json's "network": the apps' bridge and its address/prefix; empty: the defaults.
+  public var network: Outpost_Api_V1_AppsNetwork {
+    get {_network ?? Outpost_Api_V1_AppsNetwork()}
+    set {_network = newValue}
+  }
+  /// Returns true if `network` has been explicitly set.
+  public var hasNetwork: Bool {self._network != nil}
+  /// Clears the value of `network`. Subsequent reads from it will return its default value.
+  public mutating func clearNetwork() {self._network = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _network: Outpost_Api_V1_AppsNetwork? = nil
+}
+
+public nonisolated struct Outpost_Api_V1_AppsNetwork: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var bridge: String = String()
+
+  public var subnet: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A guest health check: once the app runs (after grace_seconds), a console line
+/// containing console_marker must appear at least every timeout_seconds, or the
+/// agent kills the QEMU and it is restarted like after a crash.
+public nonisolated struct Outpost_Api_V1_AppHealth: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var consoleMarker: String = String()
+
+  public var timeoutSeconds: UInt32 = 0
+
+  public var graceSeconds: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -283,9 +325,20 @@ public nonisolated struct Outpost_Api_V1_App: Sendable {
 
   public var purgeCounter: UInt64 = 0
 
+  public var health: Outpost_Api_V1_AppHealth {
+    get {_health ?? Outpost_Api_V1_AppHealth()}
+    set {_health = newValue}
+  }
+  /// Returns true if `health` has been explicitly set.
+  public var hasHealth: Bool {self._health != nil}
+  /// Clears the value of `health`. Subsequent reads from it will return its default value.
+  public mutating func clearHealth() {self._health = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _health: Outpost_Api_V1_AppHealth? = nil
 }
 
 public nonisolated struct Outpost_Api_V1_ImageSource: Sendable {
@@ -392,81 +445,41 @@ nonisolated extension Outpost_Api_V1_ConfigResponse: SwiftProtobuf.Message, Swif
   public static let protoMessageName: String = _protobuf_package + ".ConfigResponse"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}config\0\u{3}config_hash\0\u{1}attestation\0")
 
-  fileprivate class _StorageClass {
-    var _config: Outpost_Api_V1_DeviceConfig? = nil
-    var _configHash: String = String()
-    var _attestation: Outpost_Api_V1_ConfigAttestation? = nil
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _config = source._config
-      _configHash = source._configHash
-      _attestation = source._attestation
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
-
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._config) }()
-        case 2: try { try decoder.decodeSingularStringField(value: &_storage._configHash) }()
-        case 3: try { try decoder.decodeSingularMessageField(value: &_storage._attestation) }()
-        default: break
-        }
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._config) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.configHash) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._attestation) }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      try { if let v = _storage._config {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-      } }()
-      if !_storage._configHash.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._configHash, fieldNumber: 2)
-      }
-      try { if let v = _storage._attestation {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
-      } }()
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._config {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.configHash.isEmpty {
+      try visitor.visitSingularStringField(value: self.configHash, fieldNumber: 2)
     }
+    try { if let v = self._attestation {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Outpost_Api_V1_ConfigResponse, rhs: Outpost_Api_V1_ConfigResponse) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._config != rhs_storage._config {return false}
-        if _storage._configHash != rhs_storage._configHash {return false}
-        if _storage._attestation != rhs_storage._attestation {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs._config != rhs._config {return false}
+    if lhs.configHash != rhs.configHash {return false}
+    if lhs._attestation != rhs._attestation {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -515,56 +528,102 @@ nonisolated extension Outpost_Api_V1_DeviceConfig: SwiftProtobuf.Message, SwiftP
   public static let protoMessageName: String = _protobuf_package + ".DeviceConfig"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{3}base_os\0\u{1}network\0\u{2}\u{2}intervals\0\u{1}commands\0\u{1}apps\0\u{c}\u{4}\u{1}")
 
+  fileprivate class _StorageClass {
+    var _deviceID: String = String()
+    var _baseOs: Outpost_Api_V1_BaseOS? = nil
+    var _network: Outpost_Api_V1_NetworkConfig? = nil
+    var _intervals: Outpost_Api_V1_Intervals? = nil
+    var _commands: Outpost_Api_V1_Commands? = nil
+    var _apps: Outpost_Api_V1_AppsSection? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _deviceID = source._deviceID
+      _baseOs = source._baseOs
+      _network = source._network
+      _intervals = source._intervals
+      _commands = source._commands
+      _apps = source._apps
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.deviceID) }()
-      case 2: try { try decoder.decodeSingularMessageField(value: &self._baseOs) }()
-      case 3: try { try decoder.decodeSingularMessageField(value: &self._network) }()
-      case 5: try { try decoder.decodeSingularMessageField(value: &self._intervals) }()
-      case 6: try { try decoder.decodeSingularMessageField(value: &self._commands) }()
-      case 7: try { try decoder.decodeSingularMessageField(value: &self._apps) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._deviceID) }()
+        case 2: try { try decoder.decodeSingularMessageField(value: &_storage._baseOs) }()
+        case 3: try { try decoder.decodeSingularMessageField(value: &_storage._network) }()
+        case 5: try { try decoder.decodeSingularMessageField(value: &_storage._intervals) }()
+        case 6: try { try decoder.decodeSingularMessageField(value: &_storage._commands) }()
+        case 7: try { try decoder.decodeSingularMessageField(value: &_storage._apps) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.deviceID.isEmpty {
-      try visitor.visitSingularStringField(value: self.deviceID, fieldNumber: 1)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._deviceID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._deviceID, fieldNumber: 1)
+      }
+      try { if let v = _storage._baseOs {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+      } }()
+      try { if let v = _storage._network {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+      } }()
+      try { if let v = _storage._intervals {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+      } }()
+      try { if let v = _storage._commands {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+      } }()
+      try { if let v = _storage._apps {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+      } }()
     }
-    try { if let v = self._baseOs {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
-    } }()
-    try { if let v = self._network {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
-    } }()
-    try { if let v = self._intervals {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
-    } }()
-    try { if let v = self._commands {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
-    } }()
-    try { if let v = self._apps {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
-    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Outpost_Api_V1_DeviceConfig, rhs: Outpost_Api_V1_DeviceConfig) -> Bool {
-    if lhs.deviceID != rhs.deviceID {return false}
-    if lhs._baseOs != rhs._baseOs {return false}
-    if lhs._network != rhs._network {return false}
-    if lhs._intervals != rhs._intervals {return false}
-    if lhs._commands != rhs._commands {return false}
-    if lhs._apps != rhs._apps {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._deviceID != rhs_storage._deviceID {return false}
+        if _storage._baseOs != rhs_storage._baseOs {return false}
+        if _storage._network != rhs_storage._network {return false}
+        if _storage._intervals != rhs_storage._intervals {return false}
+        if _storage._commands != rhs_storage._commands {return false}
+        if _storage._apps != rhs_storage._apps {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -657,7 +716,7 @@ nonisolated extension Outpost_Api_V1_NetworkConfig: SwiftProtobuf.Message, Swift
 
 nonisolated extension Outpost_Api_V1_AppsSection: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AppsSection"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}instances\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}instances\0\u{1}network\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -666,20 +725,104 @@ nonisolated extension Outpost_Api_V1_AppsSection: SwiftProtobuf.Message, SwiftPr
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.instances) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._network) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.instances.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.instances, fieldNumber: 1)
     }
+    try { if let v = self._network {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Outpost_Api_V1_AppsSection, rhs: Outpost_Api_V1_AppsSection) -> Bool {
     if lhs.instances != rhs.instances {return false}
+    if lhs._network != rhs._network {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Outpost_Api_V1_AppsNetwork: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AppsNetwork"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bridge\0\u{1}subnet\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.bridge) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.subnet) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.bridge.isEmpty {
+      try visitor.visitSingularStringField(value: self.bridge, fieldNumber: 1)
+    }
+    if !self.subnet.isEmpty {
+      try visitor.visitSingularStringField(value: self.subnet, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Outpost_Api_V1_AppsNetwork, rhs: Outpost_Api_V1_AppsNetwork) -> Bool {
+    if lhs.bridge != rhs.bridge {return false}
+    if lhs.subnet != rhs.subnet {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Outpost_Api_V1_AppHealth: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AppHealth"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}console_marker\0\u{3}timeout_seconds\0\u{3}grace_seconds\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.consoleMarker) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutSeconds) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.graceSeconds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.consoleMarker.isEmpty {
+      try visitor.visitSingularStringField(value: self.consoleMarker, fieldNumber: 1)
+    }
+    if self.timeoutSeconds != 0 {
+      try visitor.visitSingularUInt32Field(value: self.timeoutSeconds, fieldNumber: 2)
+    }
+    if self.graceSeconds != 0 {
+      try visitor.visitSingularUInt32Field(value: self.graceSeconds, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Outpost_Api_V1_AppHealth, rhs: Outpost_Api_V1_AppHealth) -> Bool {
+    if lhs.consoleMarker != rhs.consoleMarker {return false}
+    if lhs.timeoutSeconds != rhs.timeoutSeconds {return false}
+    if lhs.graceSeconds != rhs.graceSeconds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -687,7 +830,7 @@ nonisolated extension Outpost_Api_V1_AppsSection: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Outpost_Api_V1_App: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".App"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}manifest_json\0\u{1}images\0\u{1}activate\0\u{3}restart_counter\0\u{3}purge_counter\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}manifest_json\0\u{1}images\0\u{1}activate\0\u{3}restart_counter\0\u{3}purge_counter\0\u{1}health\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -701,12 +844,17 @@ nonisolated extension Outpost_Api_V1_App: SwiftProtobuf.Message, SwiftProtobuf._
       case 4: try { try decoder.decodeSingularBoolField(value: &self.activate) }()
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.restartCounter) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.purgeCounter) }()
+      case 7: try { try decoder.decodeSingularMessageField(value: &self._health) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.name.isEmpty {
       try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
     }
@@ -725,6 +873,9 @@ nonisolated extension Outpost_Api_V1_App: SwiftProtobuf.Message, SwiftProtobuf._
     if self.purgeCounter != 0 {
       try visitor.visitSingularUInt64Field(value: self.purgeCounter, fieldNumber: 6)
     }
+    try { if let v = self._health {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -735,6 +886,7 @@ nonisolated extension Outpost_Api_V1_App: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.activate != rhs.activate {return false}
     if lhs.restartCounter != rhs.restartCounter {return false}
     if lhs.purgeCounter != rhs.purgeCounter {return false}
+    if lhs._health != rhs._health {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

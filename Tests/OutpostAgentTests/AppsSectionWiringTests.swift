@@ -86,3 +86,22 @@ private func section(name: String = "counter", manifest: String? = nil, url: Str
     // The console's `app status` shows it like any app.
     #expect(AppCommands.respond(to: ["app", "status"], apps: .running(service)) == ["app web: halted (not activated)"])
 }
+
+@Test func theSectionsHealthCheckAndNetworkReachTheDevicesParser() throws {
+    var s = section()
+    s.instances[0].health.consoleMarker = "alive \"ok\""
+    s.instances[0].health.timeoutSeconds = 30
+    s.instances[0].health.graceSeconds = 5
+    s.network.bridge = "apps0"
+    s.network.subnet = "10.201.0.1/24"
+    let config = try AppsSectionBridge.config(s)
+    #expect(config.apps.first?.health == AppHealthCheck(consoleMarker: "alive \"ok\"", timeoutSeconds: 30, graceSeconds: 5))
+    #expect(config.network.bridge == "apps0" && config.network.gateway == "10.201.0.1" && config.network.prefixLength == 24)
+    // Without them: no health check, the default network.
+    let plain = try AppsSectionBridge.config(section())
+    #expect(plain.apps.first?.health == nil && plain.network == AppsConfig(apps: []).network)
+    // A timeout the device refuses is refused by its field name.
+    s.instances[0].health.timeoutSeconds = 1
+    #expect(throws: AppsError.self) { try AppsSectionBridge.config(s) }
+    do { _ = try AppsSectionBridge.config(s) } catch { #expect(error.description.hasPrefix("apps[0].health.timeoutSeconds: "), "\(error)") }
+}

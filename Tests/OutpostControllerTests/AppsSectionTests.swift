@@ -17,6 +17,19 @@ struct AppsSectionTests {
         + manifest + #", "images": [{"name": "boot", "url": "https://images.example/boot.raw", "sha256": ""#
         + digest + #"", "size": 1048576}]}]}"#
 
+    /// Nothing in the file is dropped on its way into the section: the health check and the network.
+    @Test func theHealthCheckAndTheNetworkTravelInTheSection() throws {
+        let json = #"{"network": {"bridge": "apps0", "subnet": "10.201.0.1/24"}, "apps": [{"name": "counter", "manifest": "#
+            + Self.manifest + #", "images": [{"name": "boot", "url": "https://images.example/boot.raw", "sha256": ""#
+            + Self.digest + #"", "size": 1048576}], "health": {"consoleMarker": "alive", "timeoutSeconds": 30}}]}"#
+        let section = try AppsSectionCodec.section(fromAppsJSON: Data(json.utf8))
+        #expect(section.network.bridge == "apps0" && section.network.subnet == "10.201.0.1/24")
+        let health = try #require(section.instances.first?.health)
+        #expect(health.consoleMarker == "alive" && health.timeoutSeconds == 30 && health.graceSeconds == 60)
+        let plain = try AppsSectionCodec.section(fromAppsJSON: Data(Self.appsJSON.utf8))
+        #expect(!plain.hasNetwork && plain.instances.first?.hasHealth == false)
+    }
+
     @Test(arguments: Backend.allCases)
     func setAppsStoresAndServesTheSectionAndABadFileIsRefusedInOneLine(_ backend: Backend) async throws {
         let fixture = try StoreFixture(backend, tag: "apps")

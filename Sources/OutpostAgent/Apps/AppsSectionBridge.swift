@@ -24,9 +24,18 @@ enum AppsSectionBridge {
             let manifest = app.manifestJson.isEmpty ? "null" : app.manifestJson
             return "{\"name\": \(quoted(app.name)), \"manifest\": \(manifest), \"images\": [\(images.joined(separator: ", "))], "
                 + "\"activate\": \(app.activate), \"restart\": \(min(app.restartCounter, UInt64(Int64.max))), "
-                + "\"purge\": \(min(app.purgeCounter, UInt64(Int64.max)))}"
+                + "\"purge\": \(min(app.purgeCounter, UInt64(Int64.max)))"
+                + (app.hasHealth ? ", \"health\": {\"consoleMarker\": \(quoted(app.health.consoleMarker)), "
+                   + "\"timeoutSeconds\": \(app.health.timeoutSeconds), \"graceSeconds\": \(app.health.graceSeconds)}" : "")
+                + "}"
         }
-        return "{\"apps\": [\(apps.joined(separator: ", "))]}"
+        var network: [String] = []
+        if section.hasNetwork {
+            if !section.network.bridge.isEmpty { network.append("\"bridge\": \(quoted(section.network.bridge))") }
+            if !section.network.subnet.isEmpty { network.append("\"subnet\": \(quoted(section.network.subnet))") }
+        }
+        return "{\"apps\": [\(apps.joined(separator: ", "))]"
+            + (network.isEmpty ? "" : ", \"network\": {\(network.joined(separator: ", "))}") + "}"
     }
 
     /// A JSON string literal.

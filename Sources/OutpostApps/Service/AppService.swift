@@ -139,6 +139,7 @@ public final class AppService: Sendable {
         var retryAt: Deadline?
         var failures = 0
         var reportedError: String?
+        var health = HealthWatch()
     }
 
     public let root: String
@@ -667,9 +668,33 @@ public final class AppService: Sendable {
     /// Every instance's new console lines (and the rotation of logs over their quota), for
     /// the agent to send with the device's logs. Called every round whether or not anyone
     /// sends them, so the quota holds on an unmanaged device too.
+    /// The drained lines also feed each app's health check: a running guest that has not printed
+    /// its marker for the check's timeout gets its QEMU killed (SIGKILL, since a hung guest does
+    /// not answer the power button) and is restarted like after a crash, with the same backoff.
     public func drainConsoles() -> [(app: String, drain: ConsoleLog.Drain)] {
         let instances = entries.withLock { $0.compactMap { entry in entry.instance.map { (entry.config.name, $0) } } }
-        return instances.map { ($0.0, $0.1.drainConsole()) }
+        return instances.map { name, instance in
+            let drain = instance.drainConsole()
+            checkHealth(name, instance, lines: drain.lines)
+            return (name, drain)
+        }
+    }
+
+    private func checkHealth(_ name: String, _ instance: AppInstance, lines: [String]) {
+        let running = instance.state == .running, spawn = instance.spawnCount, pid = instance.pid
+        let silent = entries.withLock { entries -> (Duration, AppHealthCheck)? in
+            guard let index = entries.firstIndex(where: { $0.config.name == name }), entries[index].instance === instance,
+                  entries[index].busy == nil, let check = entries[index].config.health else { return nil }
+            return entries[index].health.observe(check, running: running, spawn: spawn, lines: lines).map { ($0, check) }
+        }
+        guard let (duration, check) = silent, let pid else { return }
+        let seconds = duration.components.seconds
+        guard signalProcess(pid, SIGKILL) == 0 else {
+            log("warning: apps: \(name): health check failed but QEMU pid \(pid) could not be killed: errno \(errno)")
+            return
+        }
+        log("warning: apps: \(name): no \"\(check.consoleMarker)\" on its console for \(seconds) s (health check); "
+            + "QEMU pid \(pid) killed, restarted like after a crash")
     }
 
     /// The instance of `name` once its images are in place (tests, status details).
