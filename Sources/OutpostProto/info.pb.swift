@@ -206,6 +206,12 @@ public nonisolated struct Outpost_Api_V1_AppStatus: Sendable {
 
   public var residentBytes: UInt64 = 0
 
+  /// interface=address on the app network (dnsmasq's leases).
+  public var addresses: [String] = []
+
+  /// Allocated bytes of the instance's overlays on PERSIST.
+  public var diskBytes: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -661,7 +667,7 @@ nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Outpost_Api_V1_AppStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AppStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}error\0\u{1}activate\0\u{3}stopped_by_operator\0\u{1}restarts\0\u{3}boot_seconds\0\u{3}running_since_unix_ms\0\u{3}memory_limit_bytes\0\u{3}resident_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}state\0\u{1}error\0\u{1}activate\0\u{3}stopped_by_operator\0\u{1}restarts\0\u{3}boot_seconds\0\u{3}running_since_unix_ms\0\u{3}memory_limit_bytes\0\u{3}resident_bytes\0\u{1}addresses\0\u{3}disk_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -679,6 +685,8 @@ nonisolated extension Outpost_Api_V1_AppStatus: SwiftProtobuf.Message, SwiftProt
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.runningSinceUnixMs) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.memoryLimitBytes) }()
       case 10: try { try decoder.decodeSingularUInt64Field(value: &self.residentBytes) }()
+      case 11: try { try decoder.decodeRepeatedStringField(value: &self.addresses) }()
+      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.diskBytes) }()
       default: break
       }
     }
@@ -715,6 +723,12 @@ nonisolated extension Outpost_Api_V1_AppStatus: SwiftProtobuf.Message, SwiftProt
     if self.residentBytes != 0 {
       try visitor.visitSingularUInt64Field(value: self.residentBytes, fieldNumber: 10)
     }
+    if !self.addresses.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.addresses, fieldNumber: 11)
+    }
+    if self.diskBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.diskBytes, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -729,6 +743,8 @@ nonisolated extension Outpost_Api_V1_AppStatus: SwiftProtobuf.Message, SwiftProt
     if lhs.runningSinceUnixMs != rhs.runningSinceUnixMs {return false}
     if lhs.memoryLimitBytes != rhs.memoryLimitBytes {return false}
     if lhs.residentBytes != rhs.residentBytes {return false}
+    if lhs.addresses != rhs.addresses {return false}
+    if lhs.diskBytes != rhs.diskBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -49,6 +49,21 @@ struct AppNetworkModelTests {
         try sh("unshare", "-n", "/usr/sbin/nft", "-c", "-f", dir.path + "/ruleset.nft")
     }
 
+    @Test func anAppsAddressesComeFromDnsmasqsLeasesByItsTapsMACs() {
+        let eth0 = AppNetwork.tap(app: "web", interface: "eth0", index: 0)
+        let eth1 = AppNetwork.tap(app: "web", interface: "eth1", index: 1)
+        let other = AppNetwork.tap(app: "db", interface: "eth0", index: 0)
+        let leases = """
+            1764460000 \(eth0.mac.uppercased()) 10.200.0.57 web *
+            1764460000 \(other.mac) 10.200.0.12 db 01:02
+            garbage
+            1764460000 \(eth1.mac) 10.200.0.58 * *
+
+            """
+        #expect(AppNetwork.addresses(leases: leases, taps: [eth0, eth1]) == ["eth0=10.200.0.57", "eth1=10.200.0.58"])
+        #expect(AppNetwork.addresses(leases: "", taps: [eth0]) == [])
+    }
+
     @Test func dnsmasqPutsEachHostNamesAnswersIntoEverySetThatMatchesIt() {
         let lines = ACLRuleset.dnsmasqSets(taps: [TapACL(tap: "oa1", acls: Self.acls),
                                                   TapACL(tap: "oa2", acls: [.init(matches: [.host("blocked.example")], drop: true, name: "b")])])

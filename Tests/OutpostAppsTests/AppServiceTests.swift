@@ -76,6 +76,8 @@ struct AppServiceTests {
         let status = try #require(service.status().first)
         #expect(status.pid != nil && status.error == nil && status.runningSinceUnix != nil)
         #expect((status.bootSeconds ?? 0) > 0, "the boot time is reported")
+        #expect((status.diskBytes ?? 0) > 0 && (status.diskBytes ?? 0) < 4 << 20, "the overlay's allocated bytes: \(String(describing: status.diskBytes))")
+        #expect(status.line.contains(" disk="), "\(status.line)")
         #expect(status.line.hasPrefix("app counter: running pid="), "\(status.line)")
         #expect(FileManager.default.fileExists(atPath: persist + "/apps/images/verified/" + served.sha256))
         #expect(FileManager.default.fileExists(atPath: persist + "/apps/instances/counter/disk0.qcow2"))

@@ -72,6 +72,8 @@ enum AppsSectionBridge {
         s.runningSinceUnixMs = UInt64(max(0, app.runningSinceUnix ?? 0)) * 1000
         s.memoryLimitBytes = app.memoryLimitBytes ?? 0
         s.residentBytes = app.residentBytes ?? 0
+        s.addresses = app.addresses
+        s.diskBytes = app.diskBytes ?? 0
         return s
     }
 

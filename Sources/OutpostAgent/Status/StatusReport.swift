@@ -212,7 +212,7 @@ struct AppDocument: Encodable {
 
     private enum Keys: String, CodingKey {
         case name, state, error, downloadedBytes, totalBytes, activate, stoppedByOperator, pid, restarts, bootSeconds,
-             runningSinceUnix, memoryLimitBytes, residentBytes, acl
+             runningSinceUnix, memoryLimitBytes, residentBytes, diskBytes, cpuSeconds, addresses, acl
     }
 
     /// `apps[].acl[]`: one rule's counter, so an operator sees which rule dropped what.
@@ -240,6 +240,9 @@ struct AppDocument: Encodable {
         try container.encode(s.runningSinceUnix, forKey: .runningSinceUnix)
         try container.encode(s.memoryLimitBytes, forKey: .memoryLimitBytes)
         try container.encode(s.residentBytes, forKey: .residentBytes)
+        try container.encode(s.diskBytes, forKey: .diskBytes)
+        try container.encode(s.cpuSeconds.flatMap(hundredths), forKey: .cpuSeconds)
+        try container.encode(s.addresses, forKey: .addresses)
         try container.encode(s.acl.map { ACLDocument(tap: $0.tap, rule: $0.rule, action: $0.action, packets: $0.packets, bytes: $0.bytes) },
                              forKey: .acl)
     }

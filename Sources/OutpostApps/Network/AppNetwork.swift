@@ -211,6 +211,24 @@ public final class AppNetwork: Sendable {
     /// The taps an app has now.
     public func taps(app: String) -> [AppTap] { state.withLock { $0.taps[app] ?? [] } }
 
+    /// The app's addresses, `interface=address`, from dnsmasq's lease file (`expiry mac ip
+    /// name client-id` per line) matched by its taps' MACs; empty before a lease.
+    public func addresses(app: String) -> [String] {
+        let taps = taps(app: app)
+        guard !taps.isEmpty, let bytes = try? FileIO.read(options.directory + "/leases", limit: 1 << 20) else { return [] }
+        return Self.addresses(leases: String(decoding: bytes, as: UTF8.self), taps: taps)
+    }
+
+    static func addresses(leases: String, taps: [AppTap]) -> [String] {
+        var byMAC: [String: String] = [:]
+        for line in leases.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard fields.count >= 3 else { continue }
+            byMAC[fields[1].lowercased()] = String(fields[2])
+        }
+        return taps.compactMap { tap in byMAC[tap.mac.lowercased()].map { "\(tap.interface)=\($0)" } }
+    }
+
     /// The app's ACL counters, rule by rule with the final drop-all last, read from the kernel.
     public func counters(app: String) throws(AppsError) -> [ACLCounter] {
         guard let acls = state.withLock({ $0.acls[app] }), !acls.isEmpty else { return [] }

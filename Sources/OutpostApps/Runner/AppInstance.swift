@@ -336,6 +336,19 @@ public final class AppInstance: Sendable {
         return try qmp.snapshotNames(deadline: deadline)
     }
 
+    /// The allocated bytes of the instance's overlays (nil before it first started).
+    public var diskBytes: UInt64? {
+        var total: UInt64 = 0
+        var any = false
+        for index in disks.indices {
+            var info = stat()
+            guard stat(overlayPath(index), &info) == 0 else { continue }
+            total += UInt64(max(0, info.st_blocks)) * 512
+            any = true
+        }
+        return any ? total : nil
+    }
+
     /// The overlays a snapshot covers; an instance that never started has none yet.
     private func writableOverlays() throws(AppsError) -> [String] {
         var paths: [String] = []

@@ -57,6 +57,11 @@ public struct AppStatus: Equatable, Sendable {
     public var acl: [ACLCounter] = []
     /// The running QEMU's CPU time (user + system, /proc/PID/stat) for the controller's metrics.
     public var cpuSeconds: Double? = nil
+    /// The app's addresses on the app network, `interface=address`, from dnsmasq's leases.
+    public var addresses: [String] = []
+    /// Bytes the instance's overlays take on PERSIST (allocated blocks; the guest's writes and
+    /// its snapshots); the verified base images are shared and not counted.
+    public var diskBytes: UInt64? = nil
 
     public init(state: String, name: String, error: String?, downloadedBytes: UInt64?, totalBytes: UInt64?, activate: Bool,
                 stoppedByOperator: Bool, pid: Int32?, restarts: Int, bootSeconds: Double?, runningSinceUnix: Int64?,
@@ -86,6 +91,8 @@ public struct AppStatus: Equatable, Sendable {
         if restarts > 0 { text += " restarts=\(restarts)" }
         if let bootSeconds { text += " boot=\(Self.tenths(bootSeconds)) s" }
         if let residentBytes, let memoryLimitBytes { text += " rss=\(residentBytes >> 20)/\(memoryLimitBytes >> 20) MiB" }
+        if let diskBytes { text += " disk=\(Self.tenths(Double(diskBytes) / 1_048_576)) MiB" }
+        if !addresses.isEmpty { text += " " + addresses.joined(separator: " ") }
         // Only rules that counted something: which rule dropped (or passed) what.
         let hits = acl.filter { $0.packets > 0 }.map { "\($0.rule)(\($0.action))=\($0.packets)" }
         if !hits.isEmpty { text += " acl " + hits.joined(separator: " ") }
@@ -617,6 +624,8 @@ public final class AppService: Sendable {
                 status.residentBytes = instance.residentBytes
                 if aclCounters { status.acl = (try? instance.options.network?.counters(app: entry.config.name)) ?? [] }
                 status.cpuSeconds = status.pid.flatMap(Self.cpuSeconds)
+                status.diskBytes = instance.diskBytes
+                if let network = instance.options.network { status.addresses = network.addresses(app: entry.config.name) }
             }
             return status
         }
