@@ -51,16 +51,22 @@ public struct AppInstanceConfig: Equatable, Sendable {
     public func source(for image: VMManifest.Image) -> ImageSource? { images.first { $0.name == image.imageName } }
 }
 
-/// `"health": {"consoleMarker": "alive", "timeoutSeconds": 30, "graceSeconds": 60}`: once the
-/// app has run for the grace period, a console line containing the marker must appear at least
-/// every `timeout`; otherwise the agent kills its QEMU, which restarts it like after a crash.
+/// `"health": {"consoleMarker": "alive", "tcpPort": 8080, "httpPath": "/healthz", "timeoutSeconds": 30,
+/// "graceSeconds": 60}`: once the app has run for the grace period, it must show it is alive at
+/// least every `timeout`, by a console line containing the marker or by answering the probe on
+/// its app-network address (a TCP connect, or an HTTP GET answered 2xx/3xx); otherwise the
+/// agent kills its QEMU, which restarts it like after a crash. At least one of the two is given.
 public struct AppHealthCheck: Equatable, Sendable {
-    public var consoleMarker: String
+    public var consoleMarker: String?
+    public var tcpPort: Int?
+    public var httpPath: String?
     public var timeoutSeconds: Int
     public var graceSeconds: Int
 
-    public init(consoleMarker: String, timeoutSeconds: Int, graceSeconds: Int = 60) {
+    public init(consoleMarker: String?, tcpPort: Int? = nil, httpPath: String? = nil, timeoutSeconds: Int, graceSeconds: Int = 60) {
         self.consoleMarker = consoleMarker
+        self.tcpPort = tcpPort
+        self.httpPath = httpPath
         self.timeoutSeconds = timeoutSeconds
         self.graceSeconds = graceSeconds
     }
@@ -159,13 +165,27 @@ public struct AppsConfig: Equatable, Sendable {
     }
 
     static func health(_ node: JSONNode) throws(AppsError) -> AppHealthCheck {
-        let fields = try node.object(known: ["consoleMarker", "timeoutSeconds", "graceSeconds"])
-        let markerField = try fields.required("consoleMarker")
-        let marker = try markerField.string
-        guard !marker.isEmpty, marker.utf8.count <= 128, marker.unicodeScalars.allSatisfy({ $0.value >= 32 && $0.value != 127 }) else {
-            throw markerField.fail("\(markerField.value.rendered) is not 1 to 128 printable characters")
+        let fields = try node.object(known: ["consoleMarker", "tcpPort", "httpPath", "timeoutSeconds", "graceSeconds"])
+        var marker: String?
+        if let markerField = fields.optional("consoleMarker") {
+            let text = try markerField.string
+            guard !text.isEmpty, text.utf8.count <= 128, text.unicodeScalars.allSatisfy({ $0.value >= 32 && $0.value != 127 }) else {
+                throw markerField.fail("\(markerField.value.rendered) is not 1 to 128 printable characters")
+            }
+            marker = text
         }
-        return AppHealthCheck(consoleMarker: marker,
+        let port = try fields.optional("tcpPort").map { field throws(AppsError) in Int(try field.integer(in: 1...65535)) }
+        var path: String?
+        if let pathField = fields.optional("httpPath") {
+            let text = try pathField.string
+            guard port != nil else { throw pathField.fail("needs a tcpPort to send the request to") }
+            guard text.hasPrefix("/"), text.utf8.count <= 256, text.unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 }) else {
+                throw pathField.fail("\(pathField.value.rendered) is not a path starting with '/' (printable, no spaces)")
+            }
+            path = text
+        }
+        guard marker != nil || port != nil else { throw node.fail("has neither a consoleMarker nor a tcpPort to check") }
+        return AppHealthCheck(consoleMarker: marker, tcpPort: port, httpPath: path,
                               timeoutSeconds: Int(try fields.required("timeoutSeconds").integer(in: 5...86_400)),
                               graceSeconds: Int(try fields.optional("graceSeconds")?.integer(in: 0...86_400) ?? 60))
     }

@@ -39,7 +39,9 @@ public enum AppsSectionCodec {
             app.restartCounter = config.restartCounter
             app.purgeCounter = config.purgeCounter
             if let health = config.health {
-                app.health.consoleMarker = health.consoleMarker
+                app.health.consoleMarker = health.consoleMarker ?? ""
+                app.health.tcpPort = UInt32(health.tcpPort ?? 0)
+                app.health.httpPath = health.httpPath ?? ""
                 app.health.timeoutSeconds = UInt32(health.timeoutSeconds)
                 app.health.graceSeconds = UInt32(health.graceSeconds)
             }

@@ -282,9 +282,11 @@ public nonisolated struct Outpost_Api_V1_AppsNetwork: Sendable {
   public init() {}
 }
 
-/// A guest health check: once the app runs (after grace_seconds), a console line
-/// containing console_marker must appear at least every timeout_seconds, or the
-/// agent kills the QEMU and it is restarted like after a crash.
+/// A guest health check: once the app runs (after grace_seconds), it must show it
+/// is alive at least every timeout_seconds, by a console line containing
+/// console_marker or by answering on tcp_port of its app-network address (an
+/// HTTP GET of http_path answered 2xx/3xx when that is set), or the agent kills
+/// the QEMU and it is restarted like after a crash. Empty/0: not used.
 public nonisolated struct Outpost_Api_V1_AppHealth: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -295,6 +297,10 @@ public nonisolated struct Outpost_Api_V1_AppHealth: Sendable {
   public var timeoutSeconds: UInt32 = 0
 
   public var graceSeconds: UInt32 = 0
+
+  public var tcpPort: UInt32 = 0
+
+  public var httpPath: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -790,7 +796,7 @@ nonisolated extension Outpost_Api_V1_AppsNetwork: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Outpost_Api_V1_AppHealth: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AppHealth"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}console_marker\0\u{3}timeout_seconds\0\u{3}grace_seconds\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}console_marker\0\u{3}timeout_seconds\0\u{3}grace_seconds\0\u{3}tcp_port\0\u{3}http_path\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -801,6 +807,8 @@ nonisolated extension Outpost_Api_V1_AppHealth: SwiftProtobuf.Message, SwiftProt
       case 1: try { try decoder.decodeSingularStringField(value: &self.consoleMarker) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutSeconds) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.graceSeconds) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.tcpPort) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.httpPath) }()
       default: break
       }
     }
@@ -816,6 +824,12 @@ nonisolated extension Outpost_Api_V1_AppHealth: SwiftProtobuf.Message, SwiftProt
     if self.graceSeconds != 0 {
       try visitor.visitSingularUInt32Field(value: self.graceSeconds, fieldNumber: 3)
     }
+    if self.tcpPort != 0 {
+      try visitor.visitSingularUInt32Field(value: self.tcpPort, fieldNumber: 4)
+    }
+    if !self.httpPath.isEmpty {
+      try visitor.visitSingularStringField(value: self.httpPath, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -823,6 +837,8 @@ nonisolated extension Outpost_Api_V1_AppHealth: SwiftProtobuf.Message, SwiftProt
     if lhs.consoleMarker != rhs.consoleMarker {return false}
     if lhs.timeoutSeconds != rhs.timeoutSeconds {return false}
     if lhs.graceSeconds != rhs.graceSeconds {return false}
+    if lhs.tcpPort != rhs.tcpPort {return false}
+    if lhs.httpPath != rhs.httpPath {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -44,6 +44,30 @@ struct HealthCheckTests {
             try parse(#"{"consoleMarker": "", "timeoutSeconds": 30}"#)
         }
         #expect(throws: AppsError.self) { try parse(#"{"consoleMarker": "ok", "timeoutSeconds": 30, "probe": "tcp"}"#) }
+        #expect(try parse(#"{"tcpPort": 8080, "httpPath": "/healthz", "timeoutSeconds": 30}"#).apps.first?.health
+                == AppHealthCheck(consoleMarker: nil, tcpPort: 8080, httpPath: "/healthz", timeoutSeconds: 30, graceSeconds: 60))
+        #expect(throws: AppsError.invalid(field: "apps[0].health.httpPath", reason: "needs a tcpPort to send the request to")) {
+            try parse(#"{"consoleMarker": "ok", "httpPath": "/", "timeoutSeconds": 30}"#)
+        }
+        #expect(throws: AppsError.invalid(field: "apps[0].health", reason: "has neither a consoleMarker nor a tcpPort to check")) {
+            try parse(#"{"timeoutSeconds": 30}"#)
+        }
+    }
+
+    @Test func theNetworkProbeIsATCPConnectOrAnHTTPGetAnsweredTwoOrThreeHundred() throws {
+        let dir = try TemporaryDirectory("probe")
+        try "ok".write(toFile: dir.path + "/healthz", atomically: false, encoding: .utf8)
+        let port = try freeLoopbackPort()
+        let server = try ChildProcess(["python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir.path, String(port)])
+        defer { server.terminate() }
+        try waitFor("the HTTP server on \(port)", within: .seconds(20)) {
+            HealthProbe.answers(address: "127.0.0.1", port: port, httpPath: nil, timeout: .seconds(1))
+        }
+        #expect(HealthProbe.answers(address: "127.0.0.1", port: port, httpPath: "/healthz", timeout: .seconds(2)))
+        #expect(!HealthProbe.answers(address: "127.0.0.1", port: port, httpPath: "/missing", timeout: .seconds(2)), "404 is no answer")
+        server.terminate()
+        #expect(!HealthProbe.answers(address: "127.0.0.1", port: port, httpPath: nil, timeout: .seconds(1)), "nobody listens")
+        #expect(!HealthProbe.answers(address: "not an address", port: port, httpPath: nil, timeout: .seconds(1)))
     }
 
     /// The boot counter prints its marker once per boot and then idles, like a guest that hung

@@ -25,8 +25,7 @@ enum AppsSectionBridge {
             return "{\"name\": \(quoted(app.name)), \"manifest\": \(manifest), \"images\": [\(images.joined(separator: ", "))], "
                 + "\"activate\": \(app.activate), \"restart\": \(min(app.restartCounter, UInt64(Int64.max))), "
                 + "\"purge\": \(min(app.purgeCounter, UInt64(Int64.max)))"
-                + (app.hasHealth ? ", \"health\": {\"consoleMarker\": \(quoted(app.health.consoleMarker)), "
-                   + "\"timeoutSeconds\": \(app.health.timeoutSeconds), \"graceSeconds\": \(app.health.graceSeconds)}" : "")
+                + (app.hasHealth ? ", \"health\": {" + health(app.health) + "}" : "")
                 + "}"
         }
         var network: [String] = []
@@ -36,6 +35,17 @@ enum AppsSectionBridge {
         }
         return "{\"apps\": [\(apps.joined(separator: ", "))]"
             + (network.isEmpty ? "" : ", \"network\": {\(network.joined(separator: ", "))}") + "}"
+    }
+
+    /// The health check's apps.json fields; the empty and zero ones are left out.
+    static func health(_ h: Outpost_Api_V1_AppHealth) -> String {
+        var fields: [String] = []
+        if !h.consoleMarker.isEmpty { fields.append("\"consoleMarker\": \(quoted(h.consoleMarker))") }
+        if h.tcpPort != 0 { fields.append("\"tcpPort\": \(h.tcpPort)") }
+        if !h.httpPath.isEmpty { fields.append("\"httpPath\": \(quoted(h.httpPath))") }
+        fields.append("\"timeoutSeconds\": \(h.timeoutSeconds)")
+        fields.append("\"graceSeconds\": \(h.graceSeconds)")
+        return fields.joined(separator: ", ")
     }
 
     /// A JSON string literal.

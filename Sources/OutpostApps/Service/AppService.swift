@@ -147,6 +147,9 @@ public final class AppService: Sendable {
         var failures = 0
         var reportedError: String?
         var health = HealthWatch()
+        /// A network probe of the health check is out (one at a time per app), and when the next may go.
+        var probing = false
+        var nextProbe: Deadline?
     }
 
     public let root: String
@@ -691,19 +694,50 @@ public final class AppService: Sendable {
 
     private func checkHealth(_ name: String, _ instance: AppInstance, lines: [String]) {
         let running = instance.state == .running, spawn = instance.spawnCount, pid = instance.pid
-        let silent = entries.withLock { entries -> (Duration, AppHealthCheck)? in
+        let (silent, probe) = entries.withLock { entries -> ((Duration, AppHealthCheck)?, AppHealthCheck?) in
             guard let index = entries.firstIndex(where: { $0.config.name == name }), entries[index].instance === instance,
-                  entries[index].busy == nil, let check = entries[index].config.health else { return nil }
-            return entries[index].health.observe(check, running: running, spawn: spawn, lines: lines).map { ($0, check) }
+                  entries[index].busy == nil, let check = entries[index].config.health else { return (nil, nil) }
+            var probe: AppHealthCheck?
+            if running, check.tcpPort != nil, !entries[index].probing, entries[index].nextProbe?.hasPassed ?? true {
+                entries[index].probing = true
+                // A few probes per timeout, so one lost SYN does not cost the app its QEMU.
+                entries[index].nextProbe = Deadline(after: .seconds(max(1, min(10, check.timeoutSeconds / 3))))
+                probe = check
+            }
+            return (entries[index].health.observe(check, running: running, spawn: spawn, lines: lines).map { ($0, check) }, probe)
         }
+        if let probe { startProbe(name, instance, check: probe, spawn: spawn) }
         guard let (duration, check) = silent, let pid else { return }
         let seconds = duration.components.seconds
         guard signalProcess(pid, SIGKILL) == 0 else {
             log("warning: apps: \(name): health check failed but QEMU pid \(pid) could not be killed: errno \(errno)")
             return
         }
-        log("warning: apps: \(name): no \"\(check.consoleMarker)\" on its console for \(seconds) s (health check); "
-            + "QEMU pid \(pid) killed, restarted like after a crash")
+        let what = [check.consoleMarker.map { "no \"\($0)\" on its console" },
+                    check.tcpPort.map { port in check.httpPath.map { "no answer to GET \($0) on port \(port)" } ?? "no answer on TCP port \(port)" }]
+            .compactMap { $0 }.joined(separator: " and ")
+        log("warning: apps: \(name): \(what) for \(seconds) s (health check); QEMU pid \(pid) killed, restarted like after a crash")
+    }
+
+    /// One network probe on a thread of its own: the app's first address on the app network
+    /// (no lease yet: no answer), a TCP connect or an HTTP GET, at most 2 s.
+    private func startProbe(_ name: String, _ instance: AppInstance, check: AppHealthCheck, spawn: Int) {
+        let address = instance.options.network?.addresses(app: name).first.map { String($0.drop { $0 != "=" }.dropFirst()) }
+        let done: @Sendable (Bool) -> Void = { [weak self] answered in
+            self?.entries.withLock { entries in
+                guard let index = entries.firstIndex(where: { $0.config.name == name }), entries[index].instance === instance else { return }
+                entries[index].probing = false
+                if answered { entries[index].health.answered(spawn: spawn) }
+            }
+        }
+        guard let address, let port = check.tcpPort else { return done(false) }
+        do {
+            try NamedThread.detach(name: "app-probe") {
+                done(HealthProbe.answers(address: address, port: port, httpPath: check.httpPath, timeout: .seconds(2)))
+            }
+        } catch {
+            done(false)
+        }
     }
 
     /// The instance of `name` once its images are in place (tests, status details).
