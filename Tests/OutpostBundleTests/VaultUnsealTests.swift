@@ -144,7 +144,7 @@ struct VaultUnsealTests {
         #expect(fresh.unsealed == vault.secret, "\(fresh)")
     }
 
-    @Test func raisingTheFloorStopsOlderSecurityVersionsPolicies() throws {
+    @Test func raisingTheFloorStopsOlderSecurityVersionsPoliciesEvenAcrossARedefinition() throws {
         let vault = try Vault()
         let floor = try vault.floor()
         let old = try vault.approved(securityVersion: floor)
@@ -160,5 +160,17 @@ struct VaultUnsealTests {
         let unsealed = try vault.unseal(newer, securityVersion: floor + 1, signature: try newer.sign(with: vault.release),
                                         signer: vault.release.key.publicKey)
         #expect(unsealed.unsealed == vault.secret, "\(unsealed)")
+
+        // An owner who deletes and redefines the floor gets an index of the same name
+        // (PolicyNV cannot tell), but a counter never comes back lower than any counter
+        // of this TPM was: the old policy stays refused.
+        try vault.tools.must("tpm2_nvundefine", VaultUnsealTests.floorHandle, "-C", "o")
+        try vault.tools.must("tpm2_nvdefine", VaultUnsealTests.floorHandle, "-C", "o", "-s", "8", "-a",
+                             "nt=counter|ownerwrite|authwrite|ownerread|authread|no_da")
+        try vault.tools.must("tpm2_nvincrement", VaultUnsealTests.floorHandle, "-C", "o")
+        #expect(try vault.tools.nvName(0x0180_0030) == hex(vault.floorIndex.name))
+        #expect(try vault.floor() > floor + 1)
+        let redefined = try vault.unseal(old, securityVersion: floor, signature: oldSignature, signer: vault.release.key.publicKey)
+        #expect(redefined.unsealed == nil && redefined.failedStep == "tpm2_policynv", "\(redefined)")
     }
 }
