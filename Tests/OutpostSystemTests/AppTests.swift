@@ -108,7 +108,7 @@ extension QEMU {
             defer { _ = live.waitForExit(timeout: 5) }
             let ready = live.wait(for: "outpost: ready ", timeout: 300)
             try #require(ready != nil, "\(live.console.suffix(3000))")
-            #expect(live.wait(for: "outpost: apps: 2 configured: counter, ro", timeout: 60) != nil, "\(live.console.suffix(3000))")
+            #expect(live.wait(for: "outpost: apps: 2 configured (apps.json): counter, ro", timeout: 60) != nil, "\(live.console.suffix(3000))")
 
             // Downloaded from the host, verified, on an overlay, booted: nested TCG boots it in seconds.
             let running = live.wait(for: "outpost: apps: counter: running", after: ready?.index ?? 0, timeout: 240)
