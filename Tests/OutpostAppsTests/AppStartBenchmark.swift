@@ -23,15 +23,6 @@ struct AppStartBenchmark {
 
     static func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
 
-    /// VmRSS of `pid` in bytes.
-    static func rss(_ pid: Int32) -> UInt64? {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-              let kib = line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first.flatMap({ UInt64($0) })
-        else { return nil }
-        return kib * 1024
-    }
-
     @Test(.enabled(if: AppStartBenchmark.runs != nil, "a benchmark: bench/app-start.sh sets OUTPOST_BENCH_APP_START_RUNS"))
     func configToRunningAgainstBareQEMU() throws {
         let runs = try #require(Self.runs)
@@ -62,10 +53,10 @@ struct AppStartBenchmark {
             let pid = try #require(status.pid)
             limit = status.memoryLimitBytes ?? 0
             usleep(1_000_000)  // as the memory model was measured: a second after the first console line
-            rss.append(Double(try #require(Self.rss(pid))))
+            let instance = try #require(service.instance("counter"))
+            rss.append(Double(try #require(instance.residentBytes)))
             let argv = try #require(try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8))
                 .split(separator: "\0").map(String.init)
-            let instance = try #require(service.instance("counter"))
             _ = try service.perform(.stop, on: "counter")
 
             // The same command line, started by hand, to its first console line.

@@ -97,7 +97,7 @@ struct RunnerModelTests {
     }
 
     @Test func qmpNamesAreCheckedAndJSONStringsEscaped() {
-        #expect(QMPClient.quote("savevm a\"b\\\n") == "\"savevm a\\\"b\\\\\\n\"")
-        #expect(QMPClient.quote("\u{1}") == "\"\\u0001\"")
+        #expect(jsonStringLiteral("savevm a\"b\\\n") == "\"savevm a\\\"b\\\\\\n\"")
+        #expect(jsonStringLiteral("\u{1}") == "\"\\u0001\"")
     }
 }

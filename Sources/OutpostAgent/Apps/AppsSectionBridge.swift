@@ -48,27 +48,8 @@ enum AppsSectionBridge {
         return fields.joined(separator: ", ")
     }
 
-    /// A JSON string literal.
-    static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
-    }
+    /// A JSON string literal (OutpostApps' one encoder, shared with the QMP client).
+    static func quoted(_ text: String) -> String { jsonStringLiteral(text) }
 
     static func status(_ app: AppStatus) -> Outpost_Api_V1_AppStatus {
         var s = Outpost_Api_V1_AppStatus()

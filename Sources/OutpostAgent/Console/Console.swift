@@ -81,8 +81,7 @@ public enum Console {
         let bytes = Array("outpost: \(message)\n".utf8)
         // Console output is best effort: there is nobody to report a failure to.
         try? Sys.writeAll(1, bytes, target: "console")
-        let line = Line(message: message, timeUnixMs: Wallclock.unixMilliseconds())
-        tap.withLock { $0.route(line) }?(line)
+        forward(message)
     }
 
     /// Hands `message` to the sink (or the buffer) without printing it: an app's own serial

@@ -82,27 +82,12 @@ public final class ConsoleLog: Sendable {
         }
     }
 
-    /// Copies the log to `.1` (through a temporary file and rename) and truncates it.
-    /// Lines QEMU writes between the copy and the truncation are lost; the window is one
-    /// read and one write of at most a little over the quota.
+    /// Copies the log to `.1` (FileIO.writeAtomically: a temporary file and a rename) and
+    /// truncates it. Lines QEMU writes between the copy and the truncation are lost; the window
+    /// is one read and one write of at most a little over the quota.
     private func rotate(size: inout Int) -> Bool {
         let bytes = AppInstance.read(path, from: 0, limit: size + (64 << 10))
-        let partial = previousPath + ".partial"
-        let fd = open(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
-        guard fd >= 0 else { return false }
-        var written = 0
-        while written < bytes.count {
-            let n = bytes[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { break }
-            written += n
-        }
-        _ = close(fd)
-        guard written == bytes.count, rename(partial, previousPath) == 0 else {
-            _ = unlink(partial)
-            return false
-        }
-        guard truncate(path, 0) == 0 else { return false }
+        guard (try? FileIO.writeAtomically(bytes, to: previousPath, mode: 0o640)) != nil, truncate(path, 0) == 0 else { return false }
         size = 0
         return true
     }

@@ -62,7 +62,7 @@ public final class QMPClient {
     /// Runs one command; `arguments` is a JSON object's text. Returns the `return` value.
     @discardableResult
     func execute(_ command: String, arguments: String? = nil, deadline: Deadline) throws(AppsError) -> JSONValue {
-        var line = "{\"execute\":" + Self.quote(command)
+        var line = "{\"execute\":" + jsonStringLiteral(command)
         if let arguments { line += ",\"arguments\":" + arguments }
         line += "}\n"
         guard fd >= 0 else { throw .qmp(socket: socketPath, command: command, reason: "the session is closed") }
@@ -107,7 +107,7 @@ public final class QMPClient {
     /// A human-monitor command (savevm and friends have no stable QMP form in QEMU 7.2);
     /// returns the monitor's text output.
     public func humanMonitor(_ commandLine: String, deadline: Deadline) throws(AppsError) -> String {
-        let result = try execute("human-monitor-command", arguments: "{\"command-line\":" + Self.quote(commandLine) + "}",
+        let result = try execute("human-monitor-command", arguments: "{\"command-line\":" + jsonStringLiteral(commandLine) + "}",
                                  deadline: deadline)
         guard case .string(let text) = result else { return "" }
         return text
@@ -203,27 +203,5 @@ public final class QMPClient {
             throw error
         }
         return fd
-    }
-
-    /// A JSON string literal.
-    static func quote(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
     }
 }
