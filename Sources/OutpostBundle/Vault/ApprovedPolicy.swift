@@ -95,6 +95,21 @@ public enum VaultPolicy {
     /// signature made for anything else cannot authorise the vault.
     public static let policyRef: [UInt8] = Array("outpost-vault-v1".utf8)
 
+    /// The security-version floor's NV handle, in the owner range (TCG: 0x01800000–0x01BFFFFF).
+    public static let floorHandle: UInt32 = 0x0180_0030
+
+    /// The floor's public area as it stands after its first increment: an
+    /// 8-byte counter, owner and auth read/write, no dictionary-attack
+    /// lockout. Every device defines it with exactly this template (the agent
+    /// at enrolment), so the builder knows its name without a TPM; `written`
+    /// is part of the name, and PolicyNV needs a written index anyway.
+    public static var floorIndex: TPMNVIndexPublic {
+        get throws(TPMPolicyError) {
+            try TPMNVIndexPublic(index: floorHandle, attributes: [.counter, .ownerWrite, .authWrite, .ownerRead,
+                                                                 .authRead, .noDA, .written], dataSize: 8)
+        }
+    }
+
     /// The policy the release key signs for one slot of a bundle: the
     /// security-version floor in `floorIndex` (an 8-byte big-endian counter) is at
     /// most `securityVersion`, and PCR 8/9 hold the values predicted for the slot.
