@@ -94,7 +94,7 @@ extension FleetClient {
             s.infoDirty = true
             s.nextConfig = MonotonicClock.now()
         }
-        let text = "outpost: attestation: " + line
+        let text = "attestation: " + line
         if let console = dependencies.console { console(text) } else { note(text, severity: line == "passed" ? .info : .warning) }
     }
 

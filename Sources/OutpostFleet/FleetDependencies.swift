@@ -84,8 +84,8 @@ public struct FleetDependencies: Sendable {
     /// The client's own lines ("registered as ...", errors). Default: into
     /// the log store, tagged "fleet".
     public var log: (@Sendable (String) -> Void)?
-    /// Lines printed as they are, without the client's prefix ("outpost: attestation: passed").
-    /// Default: into the log store like `log`.
+    /// Lines printed as they are, without the client's "fleet: " prefix ("attestation: passed");
+    /// the device's console adds its own "outpost: ". Default: into the log store like `log`.
     public var console: (@Sendable (String) -> Void)?
 
     public init(updater: any BaseOSUpdater, network: any NetworkConfigurator, power: any PowerControl,

@@ -96,7 +96,7 @@ struct AttestationFlowTests {
         let first = try Self.client(controller, "a", device, console, attestor: attestor)
         try await offPool { try first.register(); try first.attest(); _ = try first.pollConfig() }
         let id = try #require(first.status.deviceID)
-        #expect(console.all.contains("outpost: attestation: passed"), "\(console.all)")
+        #expect(console.all.contains("attestation: passed"), "\(console.all)")
         #expect(first.status.attestation == "passed")
         // With this boot's token the device holds the whole config (the same hash as the controller's).
         let whole = try await Self.wholeConfigHash(controller, id)
@@ -128,14 +128,14 @@ struct AttestationFlowTests {
         #expect(set.status == 0, "\(set.output)")
         let byModel = try Self.client(controller, "a", device, console, attestor: attestor)
         try await offPool { try byModel.attest() }
-        #expect(console.all.last == "outpost: attestation: failed: PCR 0: expected \(other0), actual \(pcr0)", "\(console.all)")
+        #expect(console.all.last == "attestation: failed: PCR 0: expected \(other0), actual \(pcr0)", "\(console.all)")
         _ = try sh(ctl + ["firmware", "set", "test-board", "--pcr", "0=\(pcr0)", "--pcr", "4=\(pcr4)", "--pcr", "7=\(pcr7)",
                           "--data", controller.dir.path])
         let list = try sh(ctl + ["firmware", "list", "--data", controller.dir.path])
         #expect(list.contains("test-board: PCR 0=\(pcr0) 4=\(pcr4) 7=\(pcr7)"), "\(list)")
         let matched = try Self.client(controller, "a", device, console, attestor: attestor)
         try await offPool { try matched.attest() }
-        #expect(console.all.last == "outpost: attestation: passed")
+        #expect(console.all.last == "attestation: passed")
         let byModelShown = try #require(try await Self.attestation(controller, id)["last"] as? [String: Any])
         #expect(byModelShown["firmwareReference"] as? String == "model test-board", "\(byModelShown)")
         let refused = try runCommand(ctl + ["firmware", "set", "test-board", "--pcr", "8=\(pcr0)", "--data", controller.dir.path])
@@ -147,9 +147,9 @@ struct AttestationFlowTests {
         let changed = try #require(try attestor.quote(nonce: [4], pcrs: [8]).pcrs[8])
         let second = try Self.client(controller, "a", device, console, attestor: attestor)
         try await offPool { try second.attest(); _ = try second.pollConfig() }
-        let line = "outpost: attestation: failed: PCR 8: expected \(hex(pcr8)), actual \(hex(changed))"
+        let line = "attestation: failed: PCR 8: expected \(hex(pcr8)), actual \(hex(changed))"
         #expect(console.all.last == line, "\(console.all)")
-        #expect(second.status.attestation == String(line.dropFirst("outpost: attestation: ".count)))
+        #expect(second.status.attestation == String(line.dropFirst("attestation: ".count)))
         // Secrets withheld: the config the device got is marked and hashed differently.
         let heldHash = second.loop.withLock { $0.configHash }
         let wholeNow = try await Self.wholeConfigHash(controller, id)

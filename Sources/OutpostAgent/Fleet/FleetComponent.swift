@@ -69,9 +69,9 @@ enum FleetComponent {
                 // "warning: fleet: …": the console's classifier reads the severity first.
                 Console.line(line.hasPrefix("warning: ") ? "warning: fleet: " + line.dropFirst("warning: ".count) : "fleet: " + line)
             },
-            // "outpost: attestation: passed" / "outpost: attestation: failed: PCR 8: expected …, actual …"
-            // The client's lines are whole ("outpost: attestation: ..."); Console.line adds the prefix itself.
-            console: { line in Console.line(line.hasPrefix("outpost: ") ? String(line.dropFirst("outpost: ".count)) : line) },
+            // "attestation: passed" / "attestation: failed: PCR 8: expected …, actual …", shown as
+            // "outpost: attestation: …" (Console.line adds the prefix).
+            console: { line in Console.line(line) },
             apps: FleetApps(agent: agent))
         // The TPM when it works, else the file identity and why: never silently.
         let choice: IdentityChoice
