@@ -21,6 +21,7 @@ extension AdminRoutes {
             return o
         }
         o["identity"] = "tpm"
+        o["ekCertificate"] = key.ekCertificateStatus ?? (key.ekCertificate.isEmpty ? EKCertificate.noCertificate : "not checked: registered before EK certificates were checked")
         o["key"] = [
             "ekPublic": hex(key.ekPublic), "akPublic": hex(key.akPublic), "ekCertificate": hex(key.ekCertificate),
             "bound": key.boundMs > 0, "boundAt": key.boundMs > 0 ? Views.iso(key.boundMs) : NSNull(),

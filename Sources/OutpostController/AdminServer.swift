@@ -20,6 +20,9 @@ import OutpostProto
 ///     POST /devices/REF/attestation-reset  forget the first-use PCR 0/4/7 (after a firmware update)
 ///     GET  /attestation/models          firmware PCR 0/4/7 per hardware model (DeviceInfo.identity.board)
 ///     POST /attestation/models/MODEL    {"pcrs": {"0": HEX, "4": HEX, "7": HEX}} or {"remove": true}
+///     GET  /attestation/ek-cas          the TPM makers' CAs EK certificates must chain to
+///     POST /attestation/ek-cas          {"pem": PEM}: adds every certificate in it
+///     POST /attestation/ek-cas/FP/remove
 ///     POST /devices/REF/set-os          {"bundle": PATH} or {"url": URL, "version": V}; "activate" (default true)
 ///     POST /devices/REF/set-network     {"networkJSON": "..."}
 ///     POST /devices/REF/set-apps        {"appsJSON": "..."} (the apps.json shape; validated, then the config's apps section)
@@ -73,6 +76,11 @@ public struct AdminRoutes: Sendable {
         r.get("/attestation/models") { _, _ in await json { try await firmwareModels() } }
         r.post("/attestation/models/:model") { q, c in
             await json { try await setFirmwareModel(c.parameters.get("model") ?? "", try await object(q)) }
+        }
+        r.get("/attestation/ek-cas") { _, _ in await json { try await ekAuthorities() } }
+        r.post("/attestation/ek-cas") { q, _ in await json { try await addEKAuthorities(try await object(q)) } }
+        r.post("/attestation/ek-cas/:fingerprint/remove") { _, c in
+            await json { try await removeEKAuthority(c.parameters.get("fingerprint") ?? "") }
         }
         r.get("/rollouts") { _, _ in await json { try await rolloutList() } }
         r.post("/rollouts") { q, _ in await json { try await rolloutCreate(try await object(q)) } }

@@ -56,26 +56,33 @@ public final class AttestationService: Sendable {
         var request: RegisterRequest
         var challenge: CredentialChallenge
         var credentialSHA256: Data
+        /// What became of the EK certificate (EKCertificates.swift).
+        var ekCertificateStatus: String
     }
 
     /// Checks the keys in `r` (AK a restricted P-256 signing key, EK the TCG ECC template, the
-    /// EK certificate naming the EK) and makes the MakeCredential challenge; nil without keys
-    /// (file identity). Runs before the device is registered, so a refusal stores nothing.
-    func enrol(_ r: RegisterRequest) throws(APIError) -> Enrolment? {
+    /// EK certificate naming the EK and chaining to a configured EK CA when any is) and makes
+    /// the MakeCredential challenge; nil without keys (file identity). Runs before the device
+    /// is registered, so a refusal stores nothing.
+    func enrol(_ r: RegisterRequest) async throws -> Enrolment? {
         guard !r.akPublic.isEmpty else { return nil }
         let ak: AttestationKeyPublic
         do { ak = try AttestationKeyPublic(parsing: Array(r.akPublic)) } catch {
-            throw .malformed("RegisterRequest.ak_public: \(error.description.replacingOccurrences(of: "attestation: ", with: ""))")
+            throw APIError.malformed("RegisterRequest.ak_public: \(error.description.replacingOccurrences(of: "attestation: ", with: ""))")
         }
         var secret = [UInt8](repeating: 0, count: 32)
         var rng = SystemRandomNumberGenerator()
         for i in secret.indices { secret[i] = rng.next() }
         let sealed: CredentialChallenge
         do { sealed = try CredentialChallenge.make(endorsementKeyPublic: Array(r.ekPublic), name: ak.name, credential: secret) } catch {
-            throw .malformed("RegisterRequest.ek_public: \(error.description.replacingOccurrences(of: "attestation: ", with: ""))")
+            throw APIError.malformed("RegisterRequest.ek_public: \(error.description.replacingOccurrences(of: "attestation: ", with: ""))")
         }
-        if !r.ekCertificate.isEmpty { try EKCertificate.check(der: Array(r.ekCertificate), endorsementKeyPublic: Array(r.ekPublic)) }
-        return Enrolment(request: r, challenge: sealed, credentialSHA256: Data(SHA256.hash(data: secret)))
+        var status = EKCertificate.noCertificate
+        if !r.ekCertificate.isEmpty {
+            let cert = try EKCertificate.check(der: Array(r.ekCertificate), endorsementKeyPublic: Array(r.ekPublic))
+            status = try await EKCertificate.verify(cert, authorities: try await store.ekCertificateAuthorities())
+        }
+        return Enrolment(request: r, challenge: sealed, credentialSHA256: Data(SHA256.hash(data: secret)), ekCertificateStatus: status)
     }
 
     /// Stores the registered device's keys and returns the challenge, or nil when the same
@@ -89,13 +96,22 @@ public final class AttestationService: Sendable {
             guard existing.akPublic == r.akPublic, existing.ekPublic == r.ekPublic else {
                 throw APIError(403, "this device's attestation key is bound to another EK or AK; a new TPM is a new device")
             }
+            // The same keys again: the certificate's status as checked now (a CA added or removed since).
+            if existing.ekCertificate != r.ekCertificate || existing.ekCertificateStatus != e.ekCertificateStatus {
+                _ = try await store.changeAttestationKey(deviceID: deviceID) { k in
+                    var n = k
+                    n.ekCertificate = r.ekCertificate
+                    n.ekCertificateStatus = e.ekCertificateStatus
+                    return n
+                }
+            }
             return nil
         }
         // Same EK: the same TPM, so its first-use firmware PCRs still hold.
         let firstUse = existing?.ekPublic == r.ekPublic ? existing?.firstUse ?? [:] : [:]
         try await store.putAttestationKey(AttestationKeyRecord(
             deviceID: deviceID, ekPublic: r.ekPublic, akPublic: r.akPublic, ekCertificate: r.ekCertificate,
-            credentialSHA256: e.credentialSHA256, boundMs: 0, firstUse: firstUse))
+            credentialSHA256: e.credentialSHA256, boundMs: 0, firstUse: firstUse, ekCertificateStatus: e.ekCertificateStatus))
         gates.withLock { $0[deviceID] = nil }
         var c = CredentialChallengeMessage()
         c.credentialBlob = Data(e.challenge.credentialBlob)
@@ -346,26 +362,5 @@ final class ManifestIndex: Sendable {
             return .missing("the manifest of \(version) predicts no PCRs for slot '\(slot)' (it has: \(known.isEmpty ? "none" : known))")
         }
         return .found(pcrs)
-    }
-}
-
-/// The EK certificate a TPM carries in NV: it must parse and name the very EK the device
-/// registered. Its chain to the TPM maker's CA is not checked here (docs/attestation.md).
-enum EKCertificate {
-    static func check(der: [UInt8], endorsementKeyPublic: [UInt8]) throws(APIError) {
-        let cert: Certificate
-        do { cert = try Certificate(derEncoded: der) } catch {
-            throw .malformed("RegisterRequest.ek_certificate is not a DER X.509 certificate: \(error)")
-        }
-        let named: Certificate.PublicKey
-        do {
-            let point = try CredentialChallenge.endorsementKeyPoint(endorsementKeyPublic)
-            named = Certificate.PublicKey(try P256.Signing.PublicKey(x963Representation: point))
-        } catch {
-            throw .malformed("RegisterRequest.ek_public: \(error)")
-        }
-        guard cert.publicKey == named else {
-            throw .malformed("RegisterRequest.ek_certificate names another key than ek_public")
-        }
     }
 }

@@ -18,9 +18,12 @@ public struct AttestationKeyRecord: Codable, Sendable, Equatable {
     /// PCR 0, 4 and 7 (lowercase hex by index) from the device's first quote: trust on first
     /// use for the firmware PCRs the builder cannot predict. Empty until the first quote.
     public var firstUse: [String: String]
+    /// What the registration made of the EK certificate: "verified by CN=…", "no EK certificate
+    /// in the TPM" or "not checked: no EK CA configured" (nil: registered before it was checked).
+    public var ekCertificateStatus: String?
 
     public init(deviceID: String, ekPublic: Data, akPublic: Data, ekCertificate: Data, credentialSHA256: Data,
-                boundMs: Int64 = 0, firstUse: [String: String] = [:]) {
+                boundMs: Int64 = 0, firstUse: [String: String] = [:], ekCertificateStatus: String? = nil) {
         self.deviceID = deviceID
         self.ekPublic = ekPublic
         self.akPublic = akPublic
@@ -28,6 +31,7 @@ public struct AttestationKeyRecord: Codable, Sendable, Equatable {
         self.credentialSHA256 = credentialSHA256
         self.boundMs = boundMs
         self.firstUse = firstUse
+        self.ekCertificateStatus = ekCertificateStatus
     }
 }
 

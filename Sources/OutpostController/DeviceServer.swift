@@ -146,7 +146,7 @@ public struct DeviceAPIRoutes: Sendable {
         }
         let r = try WireCheck.register(try await body(req))
         // A TPM identity's keys are checked (and sealed for) before anything is stored.
-        let enrolment = try attestation.enrol(r)
+        let enrolment = try await attestation.enrol(r)
         var reg = try await fleet.register(clientFingerprint: fp, request: r)
         if reg.created { logger.info("registered device \(reg.response.deviceID) (serial \(r.serial))") }
         // The challenge that binds the AK to the EK.

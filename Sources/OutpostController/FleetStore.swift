@@ -230,6 +230,13 @@ public protocol FleetStore: Sendable {
     func setFirmwareReference(model: String, pcrs: [String: String]?) async throws
     /// Every model's firmware PCRs.
     func firmwareReferences() async throws -> [String: [String: String]]
+    /// The TPM makers' CAs EK certificates are verified against (EKCertificates.swift);
+    /// adding one already held replaces it.
+    func putEKCertificateAuthority(_ ca: EKCARecord) async throws
+    /// false when no CA has that fingerprint.
+    func removeEKCertificateAuthority(fingerprint: String) async throws -> Bool
+    /// Oldest first.
+    func ekCertificateAuthorities() async throws -> [EKCARecord]
 }
 
 extension FleetStore {

@@ -107,4 +107,35 @@ extension PostgresFleetStore {
             return out
         }
     }
+
+    public func putEKCertificateAuthority(_ ca: EKCARecord) async throws {
+        try await run("store EK CA") {
+            let body = try SQLiteFleetStore.json(ca)
+            try await client.query("""
+                INSERT INTO ek_cas (fingerprint, body, added_ms) VALUES (\(ca.fingerprint), \(body), \(ca.addedMs))
+                ON CONFLICT (fingerprint) DO UPDATE SET body = EXCLUDED.body, added_ms = EXCLUDED.added_ms
+                """, logger: logger)
+        }
+    }
+
+    public func removeEKCertificateAuthority(fingerprint: String) async throws -> Bool {
+        try await run("remove EK CA") {
+            for try await _ in try await client.query("DELETE FROM ek_cas WHERE fingerprint = \(fingerprint) RETURNING fingerprint",
+                                                      logger: logger).decode(String.self) {
+                return true
+            }
+            return false
+        }
+    }
+
+    public func ekCertificateAuthorities() async throws -> [EKCARecord] {
+        try await run("read EK CAs") {
+            var out: [EKCARecord] = []
+            for try await body in try await client.query("SELECT body FROM ek_cas ORDER BY added_ms, fingerprint",
+                                                         logger: logger).decode(Data.self) {
+                out.append(try JSONDecoder().decode(EKCARecord.self, from: body))
+            }
+            return out
+        }
+    }
 }

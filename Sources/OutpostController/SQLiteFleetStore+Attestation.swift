@@ -103,4 +103,30 @@ extension SQLiteFleetStore {
             return out
         }
     }
+
+    public func putEKCertificateAuthority(_ ca: EKCARecord) async throws {
+        try await wrap("store EK CA") {
+            let body = try Self.json(ca)
+            try await db.write { db in
+                try db.execute(sql: "INSERT OR REPLACE INTO ek_cas (fingerprint, body, added_ms) VALUES (?, ?, ?)",
+                               arguments: [ca.fingerprint, body, ca.addedMs])
+            }
+        }
+    }
+
+    public func removeEKCertificateAuthority(fingerprint: String) async throws -> Bool {
+        try await wrap("remove EK CA") {
+            try await db.write { db -> Bool in
+                try db.execute(sql: "DELETE FROM ek_cas WHERE fingerprint = ?", arguments: [fingerprint])
+                return db.changesCount > 0
+            }
+        }
+    }
+
+    public func ekCertificateAuthorities() async throws -> [EKCARecord] {
+        try await wrap("read EK CAs") {
+            let bodies = try await db.read { db in try Data.fetchAll(db, sql: "SELECT body FROM ek_cas ORDER BY added_ms, fingerprint") }
+            return try bodies.map { try JSONDecoder().decode(EKCARecord.self, from: $0) }
+        }
+    }
 }

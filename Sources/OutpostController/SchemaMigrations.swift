@@ -77,6 +77,10 @@ enum SchemaMigrations {
             device_id TEXT PRIMARY KEY REFERENCES devices(id), body BLOB NOT NULL, received_ms INTEGER NOT NULL) WITHOUT ROWID;
         CREATE TABLE firmware_references (model TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
         """,
+        // 6: the TPM makers' CAs EK certificates are verified against (EKCARecord as JSON).
+        """
+        CREATE TABLE ek_cas (fingerprint TEXT PRIMARY KEY, body BLOB NOT NULL, added_ms INTEGER NOT NULL) WITHOUT ROWID;
+        """,
     ]
 
     /// PostgreSQL: a list of statements per version (the extended protocol takes one at a
@@ -175,6 +179,10 @@ enum SchemaMigrations {
                 device_id TEXT PRIMARY KEY REFERENCES devices(id), body BYTEA NOT NULL, received_ms BIGINT NOT NULL)
             """,
             "CREATE TABLE firmware_references (model TEXT PRIMARY KEY, body BYTEA NOT NULL)",
+        ],
+        // 6: EK CAs, as SQLite's version 6.
+        [
+            "CREATE TABLE ek_cas (fingerprint TEXT PRIMARY KEY, body BYTEA NOT NULL, added_ms BIGINT NOT NULL)",
         ],
     ]
 

@@ -26,8 +26,9 @@ public protocol DeviceAttestor: Sendable {
     /// The EK's and the AK's marshalled TPM2B_PUBLIC.
     func endorsementKeyPublic() throws(FleetError) -> [UInt8]
     var attestationKeyPublic: [UInt8] { get }
-    /// The EK certificate (DER) from the TPM's NV; nil when it has none.
-    func endorsementCertificate() -> [UInt8]?
+    /// The EK certificate (DER) from the TPM's NV; nil when it has none. A read that fails
+    /// throws: the caller registers without it and says so.
+    func endorsementCertificate() throws(FleetError) -> [UInt8]?
     /// The secret the controller's MakeCredential sealed, as only this TPM can open it.
     func activateCredential(credentialBlob: [UInt8], encryptedSecret: [UInt8]) throws(FleetError) -> [UInt8]
     func quote(nonce: [UInt8], pcrs: [Int]) throws(FleetError) -> AttestationEvidence

@@ -262,9 +262,14 @@ public final class FleetClient: Sendable {
             do {
                 request.ekPublic = Data(try attestor.endorsementKeyPublic())
                 request.akPublic = Data(attestor.attestationKeyPublic)
-                if let certificate = attestor.endorsementCertificate() { request.ekCertificate = Data(certificate) }
             } catch {
                 note("attestation: registering without TPM keys: \(error)", severity: .warning)
+            }
+            // The certificate is the controller's to check; one that cannot be read is left out, said once.
+            if !request.ekPublic.isEmpty {
+                do { if let certificate = try attestor.endorsementCertificate() { request.ekCertificate = Data(certificate) } } catch {
+                    note("attestation: registering without the EK certificate: \(error)", severity: .warning)
+                }
             }
         }
         let answer = try link.call(APIPath.register, body: try encode(request), tls: onboardingTLS)

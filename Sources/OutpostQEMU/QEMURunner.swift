@@ -31,6 +31,9 @@ public struct QEMUOptions: Sendable {
     public var consoleInput = false
     /// The guest's TPM (swtpm).
     public var tpm: TPM = .temporary
+    /// When set, a TPM made for this run gets EK certificates as a real part does, issued by
+    /// the local CA kept in this directory (`TPMManufacture`); nil: swtpm's bare state.
+    public var endorsementCA: String?
     public var extraArgs: [String] = []
 
     /// Where the guest's TPM keeps its state.
@@ -124,6 +127,12 @@ public enum QEMURunner {
         var swtpm: Background?
         defer { swtpm?.stop() }
         if let state = try tpmStateDirectory(o.tpm, work: work) {
+            if let ca = o.endorsementCA, TPMManufacture.isFresh(state) {
+                let maker = TPMManufacture(caDirectory: ca)
+                try maker.manufacture(stateDirectory: state)
+                FileHandle.standardError.write(Data(("outpost run: a new TPM, its EK certificates issued by the local CA in \(ca)"
+                    + " (for a controller: outpost-controller ek-ca add \(maker.rootCertificate); ek-ca add \(maker.issuerCertificate))\n").utf8))
+            }
             let sock = work + "/swtpm.sock"
             let tpm = Background(["swtpm", "socket", "--tpm2", "--tpmstate", "dir=\(state)",
                                   "--ctrl", "type=unixio,path=\(sock)", "--terminate"]) { session.started(swtpm: $0) }

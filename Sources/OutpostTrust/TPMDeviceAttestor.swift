@@ -24,9 +24,10 @@ public struct TPMDeviceAttestor: DeviceAttestor {
 
     public var attestationKeyPublic: [UInt8] { attestor.attestationKeyPublic }
 
-    /// Reading the EK certificate from NV is not implemented yet: the controller then checks
-    /// no certificate (docs/attestation.md).
-    public func endorsementCertificate() -> [UInt8]? { nil }
+    /// The EK certificate from NV (0x01C0000A), read in chunks of the TPM's NV_BUFFER_MAX.
+    public func endorsementCertificate() throws(FleetError) -> [UInt8]? {
+        do { return try attestor.endorsementCertificate() } catch { throw .identity(step: "TPM EK certificate", detail: error.description) }
+    }
 
     public func activateCredential(credentialBlob: [UInt8], encryptedSecret: [UInt8]) throws(FleetError) -> [UInt8] {
         do { return try attestor.activateCredential(credentialBlob: credentialBlob, encryptedSecret: encryptedSecret) } catch {

@@ -31,6 +31,7 @@ struct AttestationCommand: AsyncParsableCommand {
             guard s(o, "identity") == "tpm" else { return print("device \(s(o, "device")): \(s(o, "note"))") }
             let key = o["key"] as? [String: Any] ?? [:]
             print("device \(s(o, "device")): TPM identity, attestation key \((key["bound"] as? Bool ?? false) ? "bound to the EK" : "not bound yet")")
+            print("EK certificate: \(s(o, "ekCertificate"))")
             guard let last else { return print("no quote yet") }
             print("last quote \(s(last, "received")) (\(s(last, "osVersion")) \(s(last, "slot"))): \(s(last, "reason"))")
             for m in last["mismatches"] as? [[String: Any]] ?? [] {
@@ -142,6 +143,68 @@ struct FirmwareCommand: AsyncParsableCommand {
                 for (model, pcrs) in models.sorted(by: { $0.key < $1.key }) {
                     print("\(model): PCR " + pcrs.keys.sorted().map { "\($0)=\(pcrs[$0] ?? "")" }.joined(separator: " "))
                 }
+            }
+        }
+    }
+}
+
+/// `outpost-controller ek-ca add|list|remove`: the TPM makers' CAs EK certificates must chain to.
+struct EKCACommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ek-ca",
+        abstract: "TPM makers' CAs that devices' EK certificates must chain to.",
+        discussion: """
+        With no EK CA configured, EK certificates are recorded as "not checked". With one or more, a device \
+        whose TPM has an EK certificate that does not chain to one of them (signatures, validity dates) is \
+        refused at registration (HTTP 403 naming the certificate's issuer). A self-signed certificate added is \
+        a root; others are intermediates that only link a device's certificate to a root. Devices send only \
+        their EK certificate, so add the maker's intermediate CAs with its root. The list is kept in the fleet \
+        store: every replica uses it.
+        """,
+        subcommands: [Add.self, List.self, Remove.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Trust every CA certificate in a PEM file.")
+        @OptionGroup var data: DataOption
+        @Argument(help: "A PEM file with one or more CA certificates.") var file: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                let v = try data.admin.call("POST", "/attestation/ek-cas", body: ["pem": try readPEM(file)])
+                if json { return printJSON(v) }
+                for c in v as? [[String: Any]] ?? [] { print("added \(s(c, "kind")) \(s(c, "fingerprint"))  \(s(c, "subject"))") }
+            }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The EK CAs: fingerprint (SHA-256 of the DER), root or intermediate, subject.")
+        @OptionGroup var data: DataOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                let v = try data.admin.call("GET", "/attestation/ek-cas")
+                if json { return printJSON(v) }
+                let all = v as? [[String: Any]] ?? []
+                if all.isEmpty { print("no EK CA: EK certificates are not checked") }
+                for c in all { print("\(s(c, "fingerprint"))  \(s(c, "kind"))  \(s(c, "subject"))  added \(s(c, "added"))") }
+            }
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stop trusting an EK CA.")
+        @OptionGroup var data: DataOption
+        @Argument(help: "Its fingerprint, as `ek-ca list` shows it.") var fingerprint: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                let v = try data.admin.call("POST", "/attestation/ek-cas/\(esc(fingerprint))/remove")
+                if json { return printJSON(v) }
+                print("removed \(s(v as? [String: Any] ?? [:], "fingerprint"))")
             }
         }
     }

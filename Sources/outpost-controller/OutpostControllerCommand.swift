@@ -17,7 +17,7 @@ struct OutpostControllerCommand: AsyncParsableCommand {
         then `outpost-controller serve --data DIR`. The device and onboard commands talk to the running controller \
         through DIR/admin.sock (mode 0600: the directory's owner is the administrator).
         """,
-        subcommands: [InitCommand.self, ServeCommand.self, DeviceCommand.self, RolloutCommand.self, OnboardCommand.self, BundleCommand.self, FirmwareCommand.self, BenchCommand.self])
+        subcommands: [InitCommand.self, ServeCommand.self, DeviceCommand.self, RolloutCommand.self, OnboardCommand.self, BundleCommand.self, FirmwareCommand.self, EKCACommand.self, BenchCommand.self])
 
     /// The project's exit codes, as `outpost` and `outpostd` use them: 0 ok (and help), 1 a
     /// failure (one line, from `oneLine`), 2 a usage error (ArgumentParser's default is 64).

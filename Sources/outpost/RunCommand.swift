@@ -10,7 +10,9 @@ struct Run: ParsableCommand {
             Ctrl-A C switches to the QEMU monitor) and the command exits with QEMU's status; the terminal's \
             settings, swtpm and temporary files are cleaned up however QEMU ends. The TPM's state is kept beside the image \
             (IMAGE.tpm), so the device keeps its TPM keys from one run to the next; --fresh-tpm starts a new TPM, --no-tpm \
-            boots without one. With --headless the console is copied to stdout and the command exits 0 as soon as \
+            boots without one. A new TPM gets EK certificates (RSA, ECC P-384 and the P-256 one the device sends at \
+            0x01C0000A) from a local CA that plays the TPM maker, kept in --ek-ca (default ~/.local/share/outpost/ek-ca); \
+            `outpost-controller ek-ca add` its swtpm-localca-rootca-cert.pem and issuercert.pem to have them verified. With --headless the console is copied to stdout and the command exits 0 as soon as \
             the 'outpost: ready' line appears, 1 on timeout or if QEMU stops first.
             """)
 
@@ -36,6 +38,9 @@ struct Run: ParsableCommand {
     var freshTPM = false
     @Flag(help: "Boot without a TPM (the device falls back to its file identity and says so).")
     var noTPM = false
+    @Option(help: ArgumentHelp("The local CA that issues a new TPM's EK certificates (default: ~/.local/share/outpost/ek-ca).",
+                               valueName: "dir"))
+    var ekCA: String?
 
     func validate() throws {
         if noTPM && (freshTPM || tpmState != nil) {
@@ -73,6 +78,7 @@ struct Run: ParsableCommand {
         o.powerOffAtMarker = powerOff
         o.consoleInput = consoleInput
         o.tpm = try tpmMode()
+        o.endorsementCA = ekCA ?? FileManager.default.homeDirectoryForCurrentUser.path + "/.local/share/outpost/ek-ca"
         let outcome = try QEMURunner.run(o)
         if headless {
             if !outcome.ready { throw ExitCode.failure }
