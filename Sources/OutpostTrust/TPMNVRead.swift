@@ -61,12 +61,27 @@ extension TPMConnection {
         }
     }
 
+    /// Whether `index` is in the TPM's list of defined NV handles (TPM2_CAP_HANDLES from it, one).
+    static func nvIndexDefined(_ esys: OpaquePointer, _ index: UInt32, name: String) throws(TPMError) -> Bool {
+        var more: TPMI_YES_NO = 0
+        var data: UnsafeMutablePointer<TPMS_CAPABILITY_DATA>?
+        let rc = Esys_GetCapability(esys, ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE),
+                                    TPM2_CAP(TPM2_CAP_HANDLES), index, 1, &more, &data)
+        guard rc == TSS2_RC_SUCCESS, let data else { throw .command(step: "listing NV handles from \(name)", code: rc) }
+        defer { Esys_Free(data) }
+        let handles = data.pointee.data.handles
+        return handles.count >= 1 && handles.handle.0 == index
+    }
+
     /// The contents of NV index `index`, read in chunks of at most `bufferMax`;
     /// nil when the index is not defined or was never written. Authorised as the
     /// index allows reading: its own (empty) auth, else the owner's.
     func readNV(index: UInt32, bufferMax: Int) throws(TPMError) -> [UInt8]? {
         let name = "NV index 0x\(String(index, radix: 16, uppercase: true))"
         return try withContext { esys throws(TPMError) -> [UInt8]? in
+            // Asked first through the handle list: TR_FromTPMPublic on a missing index would
+            // have tss2 log errors on the console of every device whose TPM has no certificate.
+            guard try Self.nvIndexDefined(esys, index, name: name) else { return nil }
             var handle = ESYS_TR(ESYS_TR_NONE)
             let rc = Esys_TR_FromTPMPublic(esys, index, ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE), &handle)
             if rc != TSS2_RC_SUCCESS {
