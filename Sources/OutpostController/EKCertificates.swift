@@ -105,8 +105,11 @@ enum EKCertificate {
         case .validCertificate(let chain):
             return "verified by \(chain.last?.subject.description ?? cert.issuer.description)"
         case .couldNotValidate(let failures):
-            let why = failures.first.map { "\($0.policyFailureReason)" } ?? "no chain to any of them"
-            throw APIError(403, "the EK certificate issued by \(cert.issuer) does not chain to a configured EK CA root: \(why)")
+            // No candidate chain: name the roots it was held against; else why the chain failed.
+            let names = authorities.filter(\.root).map(\.subject)
+            let why = failures.first.map { ": \($0.policyFailureReason)" }
+                ?? " (roots: \(names.isEmpty ? "none, only intermediates" : names.prefix(5).joined(separator: "; ")))"
+            throw APIError(403, "the EK certificate issued by \(cert.issuer) does not chain to a configured EK CA root\(why)")
         }
     }
 }
