@@ -207,6 +207,9 @@ let package = Package(
             .product(name: "CompressNIO", package: "compress-nio"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
+            // EK certificates and makers' CAs built in the test (EKCertificatePolicyTests).
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
             // A database as an older controller left it (migration tests).
             .product(name: "GRDB", package: "GRDB.swift"),
         ], exclude: ["wire_client.py"]),
