@@ -107,10 +107,22 @@ enum EKCertificate {
         case .couldNotValidate(let failures):
             // No candidate chain: name the roots it was held against; else why the chain failed.
             let names = authorities.filter(\.root).map(\.subject)
-            let why = failures.first.map { ": \($0.policyFailureReason)" }
+            let why = failures.first.map { ": " + Self.shorten("\($0.policyFailureReason)") }
                 ?? " (roots: \(names.isEmpty ? "none, only intermediates" : names.prefix(5).joined(separator: "; ")))"
             throw APIError(403, "the EK certificate issued by \(cert.issuer) does not chain to a configured EK CA root\(why)")
         }
+    }
+}
+
+extension EKCertificate {
+    /// swift-certificates names a certificate in a failure by its whole description; the
+    /// refusal is one line an operator reads, so each becomes `certificate "SUBJECT"`.
+    static func shorten(_ reason: String) -> String {
+        let pattern = #"Certificate\(version: [^,]*, serialNumber: [^,]*, issuer: "[^"]*", subject: "([^"]*)".*?\]\)"#
+        guard let re = try? NSRegularExpression(pattern: pattern) else { return String(reason.prefix(300)) }
+        let range = NSRange(reason.startIndex..., in: reason)
+        let short = re.stringByReplacingMatches(in: reason, range: range, withTemplate: "\"$1\"")
+        return String(short.prefix(300))
     }
 }
 
