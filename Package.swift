@@ -148,7 +148,9 @@ let package = Package(
         // OutpostFleet's DeviceIdentity, and the choice between it and the file
         // identity. FoundationEssentials only: it links into the static outpostd.
         .target(name: "OutpostTrust", dependencies: ["OutpostFleet", "OutpostProto", "OutpostHTTP", "COpenSSL", "CTSS2"]),
-        .testTarget(name: "OutpostTrustTests", dependencies: ["OutpostTrust", "OutpostFleet", "OutpostHTTP", "OutpostAttestation", "OutpostBundle", "OutpostTestSupport"]),
+        // OutpostQEMU: `outpost run`'s TPM manufacture (EK certificates) read back by the device code.
+        .testTarget(name: "OutpostTrustTests", dependencies: ["OutpostTrust", "OutpostFleet", "OutpostHTTP", "OutpostAttestation", "OutpostBundle",
+                                                              "OutpostQEMU", "OutpostTestSupport"]),
         // The controller's quote verifier: TPMS_ATTEST and TPM2B_PUBLIC parsed in
         // pure Swift, P-256 ECDSA and SHA-256 from swift-crypto; no TPM, no
         // Foundation, so both the controller and the device tests can use it.

@@ -41,8 +41,10 @@ public struct TPMManufacture: Sendable {
     /// Makes the TPM in `stateDirectory` (which must hold none) with its EK certificates.
     public func manufacture(stateDirectory: String) throws {
         let fm = FileManager.default
-        do { try fm.createDirectory(atPath: caDirectory, withIntermediateDirectories: true) } catch {
-            throw QEMUError.io(path: caDirectory, message: "cannot create the EK CA directory: \(error.localizedDescription)")
+        for (directory, what) in [(caDirectory, "EK CA"), (stateDirectory, "TPM state")] {
+            do { try fm.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+                throw QEMUError.io(path: directory, message: "cannot create the \(what) directory: \(error.localizedDescription)")
+            }
         }
         let setupConfig = try writeConfigs()
         try step(["swtpm_setup", "--tpm2", "--tpmstate", stateDirectory, "--create-ek-cert", "--create-platform-cert",

@@ -1,4 +1,6 @@
+import Dispatch
 import Foundation
+import OutpostQEMU
 import OutpostTestSupport
 import Testing
 @testable import OutpostTrust
@@ -31,6 +33,34 @@ struct EKCertificateTests {
         #expect(max >= 512, "TPM_PT_NV_BUFFER_MAX \(max)")
         let small = try attestor.connection.readNV(index: EKCertificateIndex.eccP256, bufferMax: 100)
         #expect(small == read)
+    }
+
+    /// `outpost run`'s manufacture (OutpostQEMU): the device reads a P-256 EK certificate that
+    /// chains, through the local CA's intermediate, to its root (openssl as the independent check).
+    @Test func outpostRunsManufacturedTPMHasAnEKCertificateThatChainsToTheLocalCA() async throws {
+        let tmp = try TemporaryDirectory("ekcert-run")
+        let maker = TPMManufacture(caDirectory: tmp.path + "/ek-ca")
+        let state = tmp.path + "/image.tpm"
+        #expect(TPMManufacture.isFresh(state))
+        // HostProcess's synchronous API must not wait on a pool thread: a Dispatch thread waits.
+        try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
+            DispatchQueue.global().async {
+                do { try maker.manufacture(stateDirectory: state); done.resume() } catch { done.resume(throwing: error) }
+            }
+        }
+        #expect(!TPMManufacture.isFresh(state))
+        let tpm = try SoftwareTPM(stateDirectory: state)
+        let read = try #require(try TPMAttestor(tcti: tpm.tcti).endorsementCertificate())
+        try Data(read).write(to: URL(fileURLWithPath: tmp.path + "/ek.der"))
+        _ = try sh("openssl", "x509", "-inform", "der", "-in", tmp.path + "/ek.der", "-out", tmp.path + "/ek.pem")
+        let verify = try runCommand(["openssl", "verify", "-CAfile", maker.rootCertificate, "-untrusted", maker.issuerCertificate,
+                                     tmp.path + "/ek.pem"], timeout: .seconds(20))
+        #expect(verify.status == 0 && verify.stdout.contains("ek.pem: OK"), "\(verify.output)")
+        // The RSA and P-384 EK certificates swtpm_setup makes are there too, as on a real part.
+        for index in ["0x01c00002", "0x01c00016"] {
+            let r = try runCommand(["tpm2_nvreadpublic", "-T", tpm.tcti, index], timeout: .seconds(20))
+            #expect(r.status == 0, "\(index): \(r.output)")
+        }
     }
 
     @Test func aTPMWithoutAnEKCertificateGivesNil() throws {
