@@ -43,8 +43,8 @@ struct Run: ParsableCommand {
     var ekCA: String?
 
     func validate() throws {
-        if noTPM && (freshTPM || tpmState != nil) {
-            throw ValidationError("--no-tpm cannot be combined with --fresh-tpm or --tpm-state")
+        if noTPM && (freshTPM || tpmState != nil || ekCA != nil) {
+            throw ValidationError("--no-tpm cannot be combined with --fresh-tpm, --tpm-state or --ek-ca")
         }
     }
 
