@@ -155,7 +155,7 @@ struct EKCACommand: AsyncParsableCommand {
         abstract: "TPM makers' CAs that devices' EK certificates must chain to.",
         discussion: """
         With no EK CA configured, EK certificates are recorded as "not checked". With one or more, a device \
-        whose TPM has an EK certificate that does not chain to one of them (signatures, validity dates) is \
+        whose TPM has an EK certificate that does not chain to one of their roots (signatures, validity dates) is \
         refused at registration (HTTP 403 naming the certificate's issuer). A self-signed certificate added is \
         a root; others are intermediates that only link a device's certificate to a root. Devices send only \
         their EK certificate, so add the maker's intermediate CAs with its root. The list is kept in the fleet \
