@@ -394,7 +394,7 @@ public final class TPMVault: Sendable {
 struct ResponseCode {
     static let value: UInt32 = 0x04            // TPM_RC_VALUE
     static let handle: UInt32 = 0x0B           // TPM_RC_HANDLE
-    static let policyFail: UInt32 = 0x19       // TPM_RC_POLICY_FAIL
+    static let policyFail: UInt32 = 0x1D       // TPM_RC_POLICY_FAIL
     static let signature: UInt32 = 0x1B        // TPM_RC_SIGNATURE
     static let ticket: UInt32 = 0x20           // TPM_RC_TICKET
     static let policy: UInt32 = 0x126          // TPM_RC_POLICY (format 0)
