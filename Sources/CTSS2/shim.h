@@ -357,11 +357,25 @@ static inline TSS2_RC CTSS2_nv_increment(ESYS_CONTEXT *ctx, ESYS_TR nv) {
     return Esys_NV_Increment(ctx, ESYS_TR_RH_OWNER, nv, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE);
 }
 
+// An HMAC session salted with `saltKey` (the storage root key) that
+// encrypts the command's first parameter (AES-128-CFB): authorises the
+// parent's empty auth and keeps a secret being sealed off the bus in the clear.
+static inline TSS2_RC CTSS2_start_encrypting_hmac_session(ESYS_CONTEXT *ctx, ESYS_TR saltKey, ESYS_TR *session) {
+    TPMT_SYM_DEF symmetric = { .algorithm = TPM2_ALG_AES, .keyBits.aes = 128, .mode.aes = TPM2_ALG_CFB };
+    TSS2_RC rc = Esys_StartAuthSession(ctx, saltKey, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                       NULL, TPM2_SE_HMAC, &symmetric, TPM2_ALG_SHA256, session);
+    if (rc != TSS2_RC_SUCCESS) return rc;
+    rc = Esys_TRSess_SetAttributes(ctx, *session, TPMA_SESSION_CONTINUESESSION | TPMA_SESSION_DECRYPT, 0xFF);
+    if (rc != TSS2_RC_SUCCESS) { Esys_FlushContext(ctx, *session); *session = ESYS_TR_NONE; }
+    return rc;
+}
+
 // A sealed-data object (KEYEDHASH, no scheme) holding `secret` under
 // `parent`: fixedTPM | fixedParent | adminWithPolicy and no userWithAuth, so
 // `policy` (32 bytes, SHA-256) is the only way to unseal or administer it.
-static inline TSS2_RC CTSS2_seal(ESYS_CONTEXT *ctx, ESYS_TR parent, const uint8_t *policy, const uint8_t *secret, size_t secretSize,
-                                 TPM2B_PRIVATE **outPrivate, TPM2B_PUBLIC **outPublic) {
+// The parent is authorised by `session` (an encrypting HMAC session).
+static inline TSS2_RC CTSS2_seal(ESYS_CONTEXT *ctx, ESYS_TR parent, ESYS_TR session, const uint8_t *policy,
+                                 const uint8_t *secret, size_t secretSize, TPM2B_PRIVATE **outPrivate, TPM2B_PUBLIC **outPublic) {
     TPM2B_SENSITIVE_CREATE sensitive = { 0 };
     if (secretSize == 0 || secretSize > sizeof sensitive.sensitive.data.buffer) return TSS2_ESYS_RC_BAD_VALUE;
     sensitive.sensitive.data.size = (UINT16)secretSize;
@@ -376,8 +390,10 @@ static inline TSS2_RC CTSS2_seal(ESYS_CONTEXT *ctx, ESYS_TR parent, const uint8_
     p->parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_NULL;
     TPM2B_DATA outside = { 0 };
     TPML_PCR_SELECTION pcrs = { 0 };
-    return Esys_Create(ctx, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                       &sensitive, &template, &outside, &pcrs, outPrivate, outPublic, NULL, NULL, NULL);
+    TSS2_RC rc = Esys_Create(ctx, parent, session, ESYS_TR_NONE, ESYS_TR_NONE,
+                             &sensitive, &template, &outside, &pcrs, outPrivate, outPublic, NULL, NULL, NULL);
+    memset(&sensitive, 0, sizeof sensitive);
+    return rc;
 }
 
 // Whether `pub` is a sealed-data object of the vault's shape; its authPolicy

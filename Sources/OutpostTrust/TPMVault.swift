@@ -141,15 +141,22 @@ public final class TPMVault: Sendable {
     /// Seals `secret` (1–128 bytes) under the storage root key so that only a
     /// session satisfying `authPolicy` unseals it: no userWithAuth, so no
     /// password; adminWithPolicy, so no password for administration either.
+    /// The secret travels to the TPM encrypted (a session salted with the SRK).
     public func seal(secret: [UInt8], authPolicy: TPMPolicyDigest) throws(TPMError) -> SealedBlob {
         guard (1...Self.maximumSecret).contains(secret.count) else {
             throw .vault(step: "sealing", reason: "a \(secret.count)-byte secret; a sealed object holds 1–\(Self.maximumSecret)", code: nil)
         }
         let parent = storageRootKey
         return try connection.withContext { esys throws(TPMError) -> SealedBlob in
+            var session = ESYS_TR(ESYS_TR_NONE)
+            let rcSession = CTSS2_start_encrypting_hmac_session(esys, parent, &session)
+            guard rcSession == TSS2_RC_SUCCESS else {
+                throw .vault(step: "StartAuthSession", reason: "starting the session that encrypts the secret", code: rcSession)
+            }
+            defer { _ = Esys_FlushContext(esys, session) }
             var priv: UnsafeMutablePointer<TPM2B_PRIVATE>?
             var pub: UnsafeMutablePointer<TPM2B_PUBLIC>?
-            let rc = CTSS2_seal(esys, parent, authPolicy.bytes, secret, secret.count, &priv, &pub)
+            let rc = CTSS2_seal(esys, parent, session, authPolicy.bytes, secret, secret.count, &priv, &pub)
             guard rc == TSS2_RC_SUCCESS, let priv, let pub else {
                 throw .vault(step: "Create", reason: "sealing the secret under the storage root key", code: rc)
             }
