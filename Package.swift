@@ -147,8 +147,8 @@ let package = Package(
         // The device identity in the TPM (tss2 over /dev/tpmrm0) behind
         // OutpostFleet's DeviceIdentity, and the choice between it and the file
         // identity. FoundationEssentials only: it links into the static outpostd.
-        // Vault/: the vault's TPM side (NV floor, sealing, the signed-policy unseal)
-        // over OutpostBundle's policy calculator.
+        // TPMVault: the vault's TPM side (NV floor, sealing, the signed-policy
+        // unseal) over OutpostBundle's policy calculator.
         .target(name: "OutpostTrust", dependencies: ["OutpostFleet", "OutpostProto", "OutpostHTTP", "OutpostBundle", "OutpostPlatform",
                                                      "COpenSSL", "CTSS2"]),
         .testTarget(name: "OutpostTrustTests", dependencies: ["OutpostTrust", "OutpostFleet", "OutpostHTTP", "OutpostAttestation", "OutpostBundle", "OutpostTestSupport"]),

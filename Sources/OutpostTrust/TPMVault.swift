@@ -91,7 +91,7 @@ public final class TPMVault: Sendable {
             guard name == template.name else {
                 throw .vault(step: "NV_ReadPublic",
                              reason: "\(Self.floorHandleText) holds an index of another shape (attributes 0x\(String(attributes, radix: 16)), "
-                                 + "name \(Self.hex(name)), the floor's is \(Self.hex(template.name))); an owner must remove it",
+                                 + "name \(hex(name)), the floor's is \(hex(template.name))); an owner must remove it",
                              code: nil)
             }
             return try Self.readCounter(esys, nv, step: "reading the floor")
@@ -386,13 +386,6 @@ public final class TPMVault: Sendable {
         }
         guard rc == TSS2_RC_SUCCESS else { throw .vault(step: "sealing", reason: "marshalling the sealed object's \(what) part", code: rc) }
         return Array(buffer.prefix(offset))
-    }
-
-    static func hex(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        for byte in bytes { out.append(digits[Int(byte >> 4)]); out.append(digits[Int(byte & 0xF)]) }
-        return String(decoding: out, as: UTF8.self)
     }
 }
 

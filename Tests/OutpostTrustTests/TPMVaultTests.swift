@@ -228,6 +228,7 @@ struct TPMVaultTests {
         // tss2's pcap TCTI records every command and response between ESYS and swtpm.
         let capture = tmp.path + "/bus.pcap"
         setenv("TCTI_PCAP_FILE", capture, 1)
+        defer { unsetenv("TCTI_PCAP_FILE") }
         var random = SplitMix64.forTest()
         let secret = random.bytes(32)
         // In a function of its own, so the vault (and the capture file) is closed before it is read.
