@@ -35,6 +35,7 @@ public enum VaultError: Error, Equatable, CustomStringConvertible {
     case doesNotFit(path: String, bytes: UInt64, available: UInt64, reserve: UInt64)
     case wrongKey(path: String)
     case alreadyOpen(mapping: String)
+    case noDeviceMapper
     case system(SystemError)
     case format(path: String, SubprocessError)
     case busy(mountPoint: String, SystemError)
@@ -51,6 +52,8 @@ public enum VaultError: Error, Equatable, CustomStringConvertible {
             return "vault: the key does not open \(path) (no \(VaultVolume.label) filesystem behind dm-crypt)"
         case .alreadyOpen(let mapping):
             return "vault: the mapping \(mapping) already exists; close the open vault first"
+        case .noDeviceMapper:
+            return "vault: the kernel has no device-mapper (dm_mod and dm_crypt not loaded)"
         case .system(let error):
             return "vault: \(error)"
         case .format(let path, let error):
@@ -244,9 +247,9 @@ public struct VaultVolume: Sendable {
             if error.code != EINVAL { throw .busy(mountPoint: configuration.mountPoint, error) }
             // EINVAL: not mounted (a second close); still remove the rest.
         }
+        let control = try Self.openDeviceMapper()
+        defer { Sys.close(control) }
         do {
-            let control = try VerityRoot.openControl()
-            defer { Sys.close(control) }
             try Self.removeMapping(configuration.mappingName, control: control)
         } catch {
             throw .system(error)
@@ -279,7 +282,7 @@ public struct VaultVolume: Sendable {
     /// /dev/mapper. The key travels only in the table string.
     static func createMapping(_ name: String, key: [UInt8], loop: LoopDevice, sectors: UInt64) throws(VaultError) -> String {
         do {
-            let control = try VerityRoot.openControl()
+            let control = try openDeviceMapper()
             defer { Sys.close(control) }
             var major: UInt32 = 0
             var minor: UInt32 = 0
@@ -314,6 +317,17 @@ public struct VaultVolume: Sendable {
         }
     }
 
+    /// /dev/mapper/control, or a clear error when device-mapper is not in the
+    /// kernel at all (instead of a bare ENOENT for the control node).
+    static func openDeviceMapper() throws(VaultError) -> Int32 {
+        guard Sys.exists("/sys/class/misc/device-mapper") else { throw .noDeviceMapper }
+        do {
+            return try VerityRoot.openControl()
+        } catch {
+            throw .system(error)
+        }
+    }
+
     /// DM_DEV_REMOVE, retried briefly while a just-closed opener (blkid,
     /// udev on a development host) still holds the device.
     static func removeMapping(_ name: String, control: Int32) throws(SystemError) {
@@ -333,7 +347,7 @@ public struct VaultVolume: Sendable {
 
     /// Best-effort removal on a failure path.
     static func removeMapping(_ name: String) {
-        guard let control = try? VerityRoot.openControl() else { return }
+        guard let control = try? openDeviceMapper() else { return }
         defer { Sys.close(control) }
         try? removeMapping(name, control: control)
     }
