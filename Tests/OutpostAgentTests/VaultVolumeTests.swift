@@ -127,6 +127,12 @@ enum VaultHost {
     }
 }
 
+@Test func bothLabelsFitTheSixteenBytesOfAnExt4Label() {
+    #expect(VaultVolume.label.utf8.count <= 16)
+    #expect(VaultVolume.newLabel.utf8.count <= 16)
+    #expect(VaultVolume.newLabel != VaultVolume.label)
+}
+
 @Test func theWrongKeyErrorIsTheOneLineTheDeviceShows() {
     #expect(VaultError.wrongKey(path: VaultVolume.defaultBackingFile).description
         == "vault: the key does not open /persist/vault/area.img (no outpost-vault filesystem behind dm-crypt)")
@@ -254,5 +260,36 @@ struct VaultVolumeTests {
         try sh("mount", "-o", "ro", "/dev/mapper/\(name)", mountPoint)
         defer { _ = try? runCommand(["umount", mountPoint], timeout: .seconds(60)) }
         #expect(try String(contentsOfFile: mountPoint + "/proof.txt", encoding: .utf8) == "seen by cryptsetup\n")
+    }
+
+    @Test(.enabled(if: VaultHost.hasDeviceMapper && VaultHost.hasCryptsetup,
+                   "needs device-mapper in the kernel and cryptsetup (apt-get install cryptsetup-bin)"),
+          .timeLimit(.minutes(5)))
+    func anAreaWhoseFirstFormatNeverFinishedIsFormattedAgain() throws {
+        let dir = try TemporaryDirectory("vault-unfinished")
+        let configuration = VaultVolume.Configuration(backingFile: dir.path + "/vault/area.img",
+                                                      mountPoint: dir.path + "/vault/data",
+                                                      mappingName: "outpost-vault-t\(getpid())",
+                                                      sizeBytes: 32 << 20, reserveBytes: 0)
+        let key = VaultHost.key(9)
+        let vault = try VaultVolume.open(key: key, configuration: configuration)
+        try "from the first format\n".write(toFile: configuration.mountPoint + "/old.txt", atomically: false, encoding: .utf8)
+        try vault.close()
+
+        // Put the temporary label back, as a power cut before the relabel would have left it.
+        let keyFile = dir.path + "/key.bin"
+        try Data(key).write(to: URL(fileURLWithPath: keyFile))
+        let name = "outpost-vault-check\(getpid())"
+        try sh("cryptsetup", "open", "--type", "plain", "--cipher", "aes-xts-plain64", "--key-size", "512",
+               "--key-file", keyFile, configuration.backingFile, name, timeout: .seconds(60))
+        let relabel = try runCommand(["tune2fs", "-L", VaultVolume.newLabel, "/dev/mapper/\(name)"], timeout: .seconds(60))
+        try sh("cryptsetup", "close", name, timeout: .seconds(60))
+        #expect(relabel.status == 0, "\(relabel.output)")
+
+        let again = try VaultVolume.open(key: key, configuration: configuration)
+        defer { try? again.close() }
+        #expect(again.created)
+        #expect(!FileManager.default.fileExists(atPath: configuration.mountPoint + "/old.txt"))
+        #expect(try VaultVolume.superblockLabel(device: again.mappingPath) == VaultVolume.label)
     }
 }

@@ -17,7 +17,7 @@
 // wrong key can never cost data.
 //
 // A new area is created as area.img.new, formatted under the label
-// "outpost-vault-new", relabelled, and only then renamed to area.img. A
+// "vault-unfinished", relabelled, and only then renamed to area.img. A
 // power cut at any point leaves either a complete area.img or a leftover
 // area.img.new, which the next start deletes and creates again.
 
@@ -102,7 +102,9 @@ public struct VaultVolume: Sendable {
     public static let defaultMappingName = "outpost-vault"
     /// The ext4 label that proves the key: only the right key shows it.
     public static let label = "outpost-vault"
-    static let newLabel = "outpost-vault-new"
+    /// The label while mke2fs runs. ext4 labels hold 16 bytes at most, so
+    /// this is not "outpost-vault-new" (mke2fs would cut it to "outpost-vault-ne").
+    static let newLabel = "vault-unfinished"
     /// 256 MiB: secrets and small app volumes. The file is sparse, so an
     /// empty vault costs PERSIST only what ext4's metadata takes.
     public static let defaultSize: UInt64 = 256 << 20
@@ -121,7 +123,8 @@ public struct VaultVolume: Sendable {
     public let mappingPath: String
     /// The area's size in bytes (the file's size).
     public let sizeBytes: UInt64
-    /// Whether this open created (and formatted) the area.
+    /// Whether this open formatted the area: it was new, or its first format
+    /// had not finished (label "vault-unfinished").
     public let created: Bool
     let loopNumber: Int32
 
@@ -205,6 +208,7 @@ public struct VaultVolume: Sendable {
             abandon()
         }
 
+        var reformatted = false
         do {
             if creating {
                 try format(mapping, path: path)
@@ -217,6 +221,7 @@ public struct VaultVolume: Sendable {
                     // The right key (nothing else shows this label) on an area whose
                     // relabel never happened: it was never handed out, so it holds nothing.
                     try format(mapping, path: path)
+                    reformatted = true
                 } else if found != label {
                     throw VaultError.wrongKey(path: path)
                 }
@@ -235,7 +240,7 @@ public struct VaultVolume: Sendable {
             throw .system(SystemError(call: "open", object: path, code: EIO))
         }
         return VaultVolume(configuration: configuration, loopDevice: loop.path, mappingPath: mapping,
-                           sizeBytes: size, created: creating, loopNumber: loop.number)
+                           sizeBytes: size, created: creating || reformatted, loopNumber: loop.number)
     }
 
     /// Unmounts the area, removes the mapping and lets the loop device go.
