@@ -147,7 +147,10 @@ let package = Package(
         // The device identity in the TPM (tss2 over /dev/tpmrm0) behind
         // OutpostFleet's DeviceIdentity, and the choice between it and the file
         // identity. FoundationEssentials only: it links into the static outpostd.
-        .target(name: "OutpostTrust", dependencies: ["OutpostFleet", "OutpostProto", "OutpostHTTP", "COpenSSL", "CTSS2"]),
+        // TPMVault: the vault's TPM side (NV floor, sealing, the signed-policy
+        // unseal) over OutpostBundle's policy calculator.
+        .target(name: "OutpostTrust", dependencies: ["OutpostFleet", "OutpostProto", "OutpostHTTP", "OutpostBundle", "OutpostPlatform",
+                                                     "COpenSSL", "CTSS2"]),
         // OutpostQEMU: `outpost run`'s TPM manufacture (EK certificates) read back by the device code.
         .testTarget(name: "OutpostTrustTests", dependencies: ["OutpostTrust", "OutpostFleet", "OutpostHTTP", "OutpostAttestation", "OutpostBundle",
                                                               "OutpostQEMU", "OutpostTestSupport"]),

@@ -306,3 +306,238 @@ static inline TSS2_RC CTSS2_activate_credential(ESYS_CONTEXT *ctx, ESYS_TR ak, E
     Esys_Free(cert);
     return TSS2_RC_SUCCESS;
 }
+
+// ---- The vault (OutpostTrust's TPMVault) ----
+
+// TPM2_NV_DefineSpace under the owner hierarchy (empty owner password) of an
+// index with an empty auth value and no policy.
+static inline TSS2_RC CTSS2_nv_define(ESYS_CONTEXT *ctx, uint32_t index, uint32_t attributes, uint16_t dataSize, ESYS_TR *out) {
+    TPM2B_AUTH auth = { 0 };
+    TPM2B_NV_PUBLIC pub = { 0 };
+    pub.nvPublic.nvIndex = index;
+    pub.nvPublic.nameAlg = TPM2_ALG_SHA256;
+    pub.nvPublic.attributes = attributes;
+    pub.nvPublic.dataSize = dataSize;
+    return Esys_NV_DefineSpace(ctx, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &auth, &pub, out);
+}
+
+// TPM2_NV_ReadPublic: the index's attributes and the name the TPM computes
+// (at most 68 bytes into `name`).
+static inline TSS2_RC CTSS2_nv_read_public(ESYS_CONTEXT *ctx, ESYS_TR nv, uint32_t *attributes, uint8_t *name, size_t *nameSize) {
+    TPM2B_NV_PUBLIC *pub = NULL;
+    TPM2B_NAME *got = NULL;
+    TSS2_RC rc = Esys_NV_ReadPublic(ctx, nv, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &pub, &got);
+    if (rc != TSS2_RC_SUCCESS) return rc;
+    if (got->size > sizeof got->name) { rc = TSS2_ESYS_RC_MALFORMED_RESPONSE; }
+    else {
+        *attributes = pub->nvPublic.attributes;
+        memcpy(name, got->name, got->size);
+        *nameSize = got->size;
+    }
+    Esys_Free(pub);
+    Esys_Free(got);
+    return rc;
+}
+
+// TPM2_NV_Read of an 8-byte counter with owner authorisation, as the
+// big-endian number the TPM stores.
+static inline TSS2_RC CTSS2_nv_read_counter(ESYS_CONTEXT *ctx, ESYS_TR nv, uint64_t *value) {
+    TPM2B_MAX_NV_BUFFER *data = NULL;
+    TSS2_RC rc = Esys_NV_Read(ctx, ESYS_TR_RH_OWNER, nv, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, 8, 0, &data);
+    if (rc != TSS2_RC_SUCCESS) return rc;
+    if (data->size != 8) { Esys_Free(data); return TSS2_ESYS_RC_MALFORMED_RESPONSE; }
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = (v << 8) | data->buffer[i];
+    *value = v;
+    Esys_Free(data);
+    return TSS2_RC_SUCCESS;
+}
+
+static inline TSS2_RC CTSS2_nv_increment(ESYS_CONTEXT *ctx, ESYS_TR nv) {
+    return Esys_NV_Increment(ctx, ESYS_TR_RH_OWNER, nv, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE);
+}
+
+// An HMAC session salted with `saltKey` (the storage root key) that
+// encrypts the command's first parameter (AES-128-CFB): authorises the
+// parent's empty auth and keeps a secret being sealed off the bus in the clear.
+static inline TSS2_RC CTSS2_start_encrypting_hmac_session(ESYS_CONTEXT *ctx, ESYS_TR saltKey, ESYS_TR *session) {
+    TPMT_SYM_DEF symmetric = { .algorithm = TPM2_ALG_AES, .keyBits.aes = 128, .mode.aes = TPM2_ALG_CFB };
+    TSS2_RC rc = Esys_StartAuthSession(ctx, saltKey, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                       NULL, TPM2_SE_HMAC, &symmetric, TPM2_ALG_SHA256, session);
+    if (rc != TSS2_RC_SUCCESS) return rc;
+    rc = Esys_TRSess_SetAttributes(ctx, *session, TPMA_SESSION_CONTINUESESSION | TPMA_SESSION_DECRYPT, 0xFF);
+    if (rc != TSS2_RC_SUCCESS) { Esys_FlushContext(ctx, *session); *session = ESYS_TR_NONE; }
+    return rc;
+}
+
+// A sealed-data object (KEYEDHASH, no scheme) holding `secret` under
+// `parent`: fixedTPM | fixedParent | adminWithPolicy and no userWithAuth, so
+// `policy` (32 bytes, SHA-256) is the only way to unseal or administer it.
+// The parent is authorised by `session` (an encrypting HMAC session).
+static inline TSS2_RC CTSS2_seal(ESYS_CONTEXT *ctx, ESYS_TR parent, ESYS_TR session, const uint8_t *policy,
+                                 const uint8_t *secret, size_t secretSize, TPM2B_PRIVATE **outPrivate, TPM2B_PUBLIC **outPublic) {
+    TPM2B_SENSITIVE_CREATE sensitive = { 0 };
+    if (secretSize == 0 || secretSize > sizeof sensitive.sensitive.data.buffer) return TSS2_ESYS_RC_BAD_VALUE;
+    sensitive.sensitive.data.size = (UINT16)secretSize;
+    memcpy(sensitive.sensitive.data.buffer, secret, secretSize);
+    TPM2B_PUBLIC template = { 0 };
+    TPMT_PUBLIC *p = &template.publicArea;
+    p->type = TPM2_ALG_KEYEDHASH;
+    p->nameAlg = TPM2_ALG_SHA256;
+    p->objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_ADMINWITHPOLICY;
+    p->authPolicy.size = 32;
+    memcpy(p->authPolicy.buffer, policy, 32);
+    p->parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_NULL;
+    TPM2B_DATA outside = { 0 };
+    TPML_PCR_SELECTION pcrs = { 0 };
+    TSS2_RC rc = Esys_Create(ctx, parent, session, ESYS_TR_NONE, ESYS_TR_NONE,
+                             &sensitive, &template, &outside, &pcrs, outPrivate, outPublic, NULL, NULL, NULL);
+    memset(&sensitive, 0, sizeof sensitive);
+    return rc;
+}
+
+// Whether `pub` is a sealed-data object of the vault's shape; its authPolicy
+// (32 bytes) into `policy`. A blob file could hold any object.
+static inline int CTSS2_is_sealed_data(const TPM2B_PUBLIC *pub, uint8_t *policy, uint32_t *attributes) {
+    const TPMT_PUBLIC *p = &pub->publicArea;
+    if (p->type != TPM2_ALG_KEYEDHASH || p->nameAlg != TPM2_ALG_SHA256 || p->authPolicy.size != 32
+        || p->parameters.keyedHashDetail.scheme.scheme != TPM2_ALG_NULL) return 0;
+    memcpy(policy, p->authPolicy.buffer, 32);
+    *attributes = p->objectAttributes;
+    return 1;
+}
+
+// A policy session, salted with `saltKey` (the storage root key) and with
+// AES-128-CFB parameter encryption of responses, so the unsealed secret does
+// not cross the bus to the TPM in the clear.
+static inline TSS2_RC CTSS2_start_policy_session(ESYS_CONTEXT *ctx, ESYS_TR saltKey, ESYS_TR *session) {
+    TPMT_SYM_DEF symmetric = { .algorithm = TPM2_ALG_AES, .keyBits.aes = 128, .mode.aes = TPM2_ALG_CFB };
+    TSS2_RC rc = Esys_StartAuthSession(ctx, saltKey, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                       NULL, TPM2_SE_POLICY, &symmetric, TPM2_ALG_SHA256, session);
+    if (rc != TSS2_RC_SUCCESS) return rc;
+    rc = Esys_TRSess_SetAttributes(ctx, *session, TPMA_SESSION_CONTINUESESSION | TPMA_SESSION_ENCRYPT, 0xFF);
+    if (rc != TSS2_RC_SUCCESS) { Esys_FlushContext(ctx, *session); *session = ESYS_TR_NONE; }
+    return rc;
+}
+
+// TPM2_PolicyNV with owner authorisation (empty password).
+static inline TSS2_RC CTSS2_policy_nv(ESYS_CONTEXT *ctx, ESYS_TR nv, ESYS_TR session, const uint8_t *operand, size_t size,
+                                      uint16_t offset, uint16_t operation) {
+    TPM2B_OPERAND operandB = { .size = (UINT16)size };
+    if (size > sizeof operandB.buffer) return TSS2_ESYS_RC_BAD_VALUE;
+    memcpy(operandB.buffer, operand, size);
+    return Esys_PolicyNV(ctx, ESYS_TR_RH_OWNER, nv, session, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                         &operandB, offset, operation);
+}
+
+// TPM2_PolicyPCR over the SHA-256 PCRs in `mask` with an empty pcrDigest: the
+// TPM uses the values it holds now.
+static inline TSS2_RC CTSS2_policy_pcr(ESYS_CONTEXT *ctx, ESYS_TR session, uint32_t mask) {
+    TPM2B_DIGEST empty = { 0 };
+    TPML_PCR_SELECTION sel = CTSS2_sha256_selection(mask);
+    return Esys_PolicyPCR(ctx, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, &sel);
+}
+
+// TPM2_LoadExternal of a public key alone (a marshalled TPM2B_PUBLIC) in the
+// owner hierarchy: a key loaded in the null hierarchy gets only a null ticket
+// from VerifySignature, which PolicyAuthorize refuses.
+static inline TSS2_RC CTSS2_load_external(ESYS_CONTEXT *ctx, const uint8_t *sizedPublic, size_t size, ESYS_TR *out) {
+    TPM2B_PUBLIC pub = { 0 };
+    size_t offset = 0;
+    TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Unmarshal(sizedPublic, size, &offset, &pub);
+    if (rc != TSS2_RC_SUCCESS) return rc;
+    if (offset != size) return TSS2_ESYS_RC_BAD_VALUE;
+    return Esys_LoadExternal(ctx, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, NULL, &pub, ESYS_TR_RH_OWNER, out);
+}
+
+// The name ESYS holds for `object` (at most 68 bytes).
+static inline TSS2_RC CTSS2_object_name(ESYS_CONTEXT *ctx, ESYS_TR object, uint8_t *name, size_t *nameSize) {
+    TPM2B_NAME *got = NULL;
+    TSS2_RC rc = Esys_TR_GetName(ctx, object, &got);
+    if (rc != TSS2_RC_SUCCESS) return rc;
+    if (got->size > sizeof got->name) { Esys_Free(got); return TSS2_ESYS_RC_MALFORMED_RESPONSE; }
+    memcpy(name, got->name, got->size);
+    *nameSize = got->size;
+    Esys_Free(got);
+    return TSS2_RC_SUCCESS;
+}
+
+// TPM2_VerifySignature of a 32-byte digest and a marshalled TPMT_SIGNATURE;
+// the caller frees the ticket with CTSS2_free_ticket.
+static inline TSS2_RC CTSS2_verify_signature(ESYS_CONTEXT *ctx, ESYS_TR key, const uint8_t *digest,
+                                             const uint8_t *signature, size_t signatureSize, TPMT_TK_VERIFIED **ticket) {
+    TPM2B_DIGEST in = { .size = 32 };
+    memcpy(in.buffer, digest, 32);
+    TPMT_SIGNATURE sig;
+    memset(&sig, 0, sizeof sig);
+    size_t offset = 0;
+    TSS2_RC rc = Tss2_MU_TPMT_SIGNATURE_Unmarshal(signature, signatureSize, &offset, &sig);
+    if (rc != TSS2_RC_SUCCESS) return rc;
+    if (offset != signatureSize) return TSS2_ESYS_RC_BAD_VALUE;
+    return Esys_VerifySignature(ctx, key, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &in, &sig, ticket);
+}
+
+static inline void CTSS2_free_ticket(TPMT_TK_VERIFIED *t) { Esys_Free(t); }
+
+// TPM2_PolicyAuthorize: the session's digest must equal `approved` (32
+// bytes), and `ticket` must be VerifySignature's for `keyName` over
+// SHA-256(approved ‖ policyRef).
+static inline TSS2_RC CTSS2_policy_authorize(ESYS_CONTEXT *ctx, ESYS_TR session, const uint8_t *approved,
+                                             const uint8_t *policyRef, size_t refSize, const uint8_t *keyName, size_t nameSize,
+                                             const TPMT_TK_VERIFIED *ticket) {
+    TPM2B_DIGEST approvedPolicy = { .size = 32 };
+    memcpy(approvedPolicy.buffer, approved, 32);
+    TPM2B_NONCE ref = { .size = (UINT16)refSize };
+    TPM2B_NAME name = { .size = (UINT16)nameSize };
+    if (refSize > sizeof ref.buffer || nameSize > sizeof name.name) return TSS2_ESYS_RC_BAD_VALUE;
+    memcpy(ref.buffer, policyRef, refSize);
+    memcpy(name.name, keyName, nameSize);
+    return Esys_PolicyAuthorize(ctx, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &approvedPolicy, &ref, &name, ticket);
+}
+
+// The session's current policy digest (32 bytes), to tell the operator which
+// part of the policy did not hold.
+static inline TSS2_RC CTSS2_policy_digest(ESYS_CONTEXT *ctx, ESYS_TR session, uint8_t *digest) {
+    TPM2B_DIGEST *got = NULL;
+    TSS2_RC rc = Esys_PolicyGetDigest(ctx, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &got);
+    if (rc != TSS2_RC_SUCCESS) return rc;
+    if (got->size != 32) { Esys_Free(got); return TSS2_ESYS_RC_MALFORMED_RESPONSE; }
+    memcpy(digest, got->buffer, 32);
+    Esys_Free(got);
+    return TSS2_RC_SUCCESS;
+}
+
+// TPM2_Load of marshalled TPM2B_PUBLIC and TPM2B_PRIVATE under `parent` (password session).
+static inline TSS2_RC CTSS2_load_blobs(ESYS_CONTEXT *ctx, ESYS_TR parent, const uint8_t *publicBytes, size_t publicSize,
+                                       const uint8_t *privateBytes, size_t privateSize, ESYS_TR *out) {
+    TPM2B_PUBLIC pub = { 0 };
+    TPM2B_PRIVATE priv = { 0 };
+    size_t offset = 0;
+    TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Unmarshal(publicBytes, publicSize, &offset, &pub);
+    if (rc != TSS2_RC_SUCCESS) return rc;
+    offset = 0;
+    rc = Tss2_MU_TPM2B_PRIVATE_Unmarshal(privateBytes, privateSize, &offset, &priv);
+    if (rc != TSS2_RC_SUCCESS) return rc;
+    return Esys_Load(ctx, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &pub, out);
+}
+
+// TPM2_Unseal authorised by `session` (a policy session, or ESYS_TR_PASSWORD).
+static inline TSS2_RC CTSS2_unseal(ESYS_CONTEXT *ctx, ESYS_TR item, ESYS_TR session, uint8_t *out, size_t outSize, size_t *written) {
+    TPM2B_SENSITIVE_DATA *data = NULL;
+    TSS2_RC rc = Esys_Unseal(ctx, item, session, ESYS_TR_NONE, ESYS_TR_NONE, &data);
+    if (rc != TSS2_RC_SUCCESS) return rc;
+    if (data->size > outSize) { Esys_Free(data); return TSS2_ESYS_RC_MALFORMED_RESPONSE; }
+    memcpy(out, data->buffer, data->size);
+    *written = data->size;
+    memset(data->buffer, 0, data->size);
+    Esys_Free(data);
+    return TSS2_RC_SUCCESS;
+}
+
+// TPM2_PCR_Extend of the SHA-256 bank of PCR `pcr` with `digest` (32 bytes).
+static inline TSS2_RC CTSS2_pcr_extend_sha256(ESYS_CONTEXT *ctx, uint32_t pcr, const uint8_t *digest) {
+    TPML_DIGEST_VALUES values = { .count = 1 };
+    values.digests[0].hashAlg = TPM2_ALG_SHA256;
+    memcpy(values.digests[0].digest.sha256, digest, 32);
+    return Esys_PCR_Extend(ctx, ESYS_TR_PCR0 + pcr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &values);
+}

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <linux/dm-ioctl.h>
 #include <linux/blkpg.h>
+#include <linux/loop.h>
 #include <linux/watchdog.h>
 #include <signal.h>
 #include <stddef.h>
@@ -113,7 +114,12 @@ int OutpostShims_dm_load_table(int control_fd, const char *name,
     spec->next = (uint32_t)spec_len;
     strcpy(spec->target_type, target_type);
     memcpy(buffer + header + sizeof(struct dm_target_spec), params, param_len);
-    return ioctl(control_fd, DM_TABLE_LOAD, io);
+    int result = ioctl(control_fd, DM_TABLE_LOAD, io);
+    int saved = errno;
+    // A dm-crypt table carries the key in hex: leave no copy on this stack.
+    explicit_bzero(buffer, sizeof(buffer));
+    errno = saved;
+    return result;
 }
 
 int OutpostShims_dm_resume(int control_fd, const char *name) {
@@ -286,4 +292,35 @@ int OutpostShims_link_set_ipv4(const char *name, uint32_t address, uint32_t netm
     in->sin_family = AF_INET;
     in->sin_addr.s_addr = netmask;
     return link_ioctl(SIOCSIFNETMASK, &request);
+}
+
+// --- loop devices ------------------------------------------------------------
+
+int OutpostShims_loop_get_free(int control_fd) {
+    return ioctl(control_fd, LOOP_CTL_GET_FREE);
+}
+
+int OutpostShims_loop_configure(int loop_fd, int backing_fd, int autoclear) {
+    struct loop_config config;
+    memset(&config, 0, sizeof(config));
+    config.fd = (uint32_t)backing_fd;
+    if (autoclear) config.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+    if (ioctl(loop_fd, LOOP_CONFIGURE, &config) == 0) return 0;
+    if (errno != EINVAL && errno != ENOTTY) return -1;
+    // Kernels before 5.8 have no LOOP_CONFIGURE: bind, then set the flags.
+    if (ioctl(loop_fd, LOOP_SET_FD, backing_fd) != 0) return -1;
+    struct loop_info64 info;
+    memset(&info, 0, sizeof(info));
+    if (autoclear) info.lo_flags = LO_FLAGS_AUTOCLEAR;
+    if (ioctl(loop_fd, LOOP_SET_STATUS64, &info) != 0) {
+        int saved = errno;
+        (void)ioctl(loop_fd, LOOP_CLR_FD, 0);
+        errno = saved;
+        return -1;
+    }
+    return 0;
+}
+
+int OutpostShims_loop_clear(int loop_fd) {
+    return ioctl(loop_fd, LOOP_CLR_FD, 0);
 }

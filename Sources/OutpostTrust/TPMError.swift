@@ -13,6 +13,9 @@ public enum TPMError: Error, CustomStringConvertible, Equatable, Sendable {
     case foreignKey(path: String, code: UInt32)
     /// Something other than a TPM call: a file, a key that does not fit.
     case unusable(step: String, reason: String)
+    /// A vault step (TPMVault) the TPM or the vault refused, in the operator's
+    /// terms; `code` is the TPM's response when it was one.
+    case vault(step: String, reason: String, code: UInt32?)
 
     public var description: String {
         switch self {
@@ -22,6 +25,8 @@ public enum TPMError: Error, CustomStringConvertible, Equatable, Sendable {
             return "TPM: loading the device key: \(path) was made by another TPM or storage root key (\(Self.decode(code)))"
         case .unusable(let step, let reason):
             return "TPM: \(step): \(reason)"
+        case .vault(let step, let reason, let code):
+            return "vault: \(step): \(reason)" + (code.map { " (\(Self.decode($0)))" } ?? "")
         }
     }
 

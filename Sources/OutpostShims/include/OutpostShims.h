@@ -52,6 +52,8 @@ int OutpostShims_dm_load_table(int control_fd, const char *name,
 int OutpostShims_dm_resume(int control_fd, const char *name);
 // DM_DEV_REMOVE: tears down a half-built device after a failed setup.
 int OutpostShims_dm_remove(int control_fd, const char *name);
+// (OutpostShims_dm_load_table wipes its ioctl buffer afterwards: a dm-crypt
+// table holds the vault key in hex.)
 
 // fork()+execve() for a child of PID 1: the child clears the signal mask
 // and restores default dispositions (PID 1 blocks the signals it waits for
@@ -123,5 +125,23 @@ int OutpostShims_tap_set_persistent(const char *name, int persist);
 int OutpostShims_link_set_up(const char *name, int up);
 // SIOCSIFADDR + SIOCSIFNETMASK: the link's IPv4 address and mask (network byte order).
 int OutpostShims_link_set_ipv4(const char *name, uint32_t address, uint32_t netmask);
+
+// --- loop devices (<linux/loop.h>) -------------------------------------------
+// The slot has no losetup; the vault's file on PERSIST becomes a block device
+// for dm-crypt through these. LOOP_* request numbers are plain numbers, but
+// ioctl(2) is variadic and struct loop_config is a kernel ABI struct.
+
+// LOOP_CTL_GET_FREE on an open /dev/loop-control: the number N of a free
+// /dev/loopN (created if none is free), or -1 with errno set.
+int OutpostShims_loop_get_free(int control_fd);
+// LOOP_CONFIGURE (falling back to LOOP_SET_FD + LOOP_SET_STATUS64 on kernels
+// without it): binds `backing_fd` to the open loop device. With `autoclear`
+// (LO_FLAGS_AUTOCLEAR) the kernel detaches the file when the last opener of
+// the loop device closes it, so a crash never leaks a bound loop device.
+// EBUSY: another process bound this loop device first.
+int OutpostShims_loop_configure(int loop_fd, int backing_fd, int autoclear);
+// LOOP_CLR_FD: detaches now, or (while the device is still open elsewhere)
+// as soon as the last opener closes it.
+int OutpostShims_loop_clear(int loop_fd);
 
 #endif
