@@ -83,7 +83,8 @@ public struct VaultApprovals: Codable, Sendable {
         self.slots = slots
     }
 
-    /// Signs the approved policy of every slot in `pcrs` with the release key (build host).
+    /// Signs the approved policy of every slot in `pcrs` with the release key
+    /// (build host); deterministic (RFC 6979), so the same inputs give the same file.
     public static func sign(pcrs: [String: BundleManifest.SlotPCRs], securityVersion: UInt64, osVersion: String,
                             key: SigningKey) throws(BundleError) -> VaultApprovals {
         guard !pcrs.isEmpty else { throw .vaultInvalid(source: "", field: "slots", reason: "no slot PCR predictions to sign") }
@@ -93,7 +94,7 @@ public struct VaultApprovals: Codable, Sendable {
             do {
                 let approved = try ApprovedPolicy(policy: try VaultPolicy.approved(
                     slot: p, securityVersion: securityVersion, floorIndex: try VaultPolicy.floorIndex))
-                let signature = try approved.sign(with: key)
+                let signature = try approved.signDeterministically(with: key)
                 slots[name] = Slot(pcr8: p.pcr8.lowercased(), pcr9: p.pcr9.lowercased(),
                                    approvedPolicy: approved.policy.description, signature: hex(signature.r + signature.s))
             } catch {
@@ -152,6 +153,13 @@ public struct VaultApprovals: Codable, Sendable {
                                 reason: "\(slot.approvedPolicy) is not the policy of pcr8, pcr9 and security version \(securityVersion) (\(approved.policy))")
         }
         return (approved, signature)
+    }
+
+    /// Whether the slot's signature verifies with the key the approvals name
+    /// (`check(trust:)` also requires that key to be a trust anchor).
+    public func signatureVerifies(forSlot name: String) throws(BundleError) -> Bool {
+        let (approved, signature) = try approval(forSlot: name)
+        return approved.isSigned(by: try releaseKey(), signature)
     }
 
     /// Refuses approvals whose key is not an unrevoked trust anchor or whose
