@@ -36,7 +36,7 @@ struct VaultShow: ParsableCommand {
         if json {
             print(try encodeJSON(report))
         } else {
-            print("\(file): version \(approvals.osVersion), security version \(approvals.securityVersion), floor index 0x\(String(approvals.floorHandle, radix: 16))")
+            print("\(file): version \(approvals.osVersion), security version \(approvals.securityVersion), floor index \(hexHandle(approvals.floorHandle))")
             for line in report.lines { print(line) }
         }
         guard report.ok else { throw ExitCode.failure }
@@ -136,4 +136,10 @@ struct VaultReport: Encodable {
 /// The lines `bundle verify` prints for a manifest's approvals.
 func vaultLines(_ vault: VaultApprovals, trust: TrustStore) throws -> [String] {
     VaultReport(vault, trust: trust, source: vault.source).lines
+}
+
+/// A TPM handle as 0x and eight hex digits, as tpm2-tools prints it.
+func hexHandle(_ handle: UInt32) -> String {
+    let digits = String(handle, radix: 16)
+    return "0x" + String(repeating: "0", count: max(0, 8 - digits.count)) + digits
 }
