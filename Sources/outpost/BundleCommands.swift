@@ -121,6 +121,7 @@ struct BundleCreate: ParsableCommand {
             throw BuilderError.invalidInput(path: manifestPath, message: "describes a different image than \(slot) (size/sha256 differ)")
         }
         var vault: VaultApprovals?
+        if vaultKey != nil, pcrs.isEmpty { throw ValidationError("--vault-key needs --measurements (the PCRs it approves)") }
         if !pcrs.isEmpty {
             guard let releaseKey = try vaultKey.map({ path throws(BundleError) in try SigningKey.load(path: path) }) ?? signers.first else {
                 throw ValidationError("--key is required")
