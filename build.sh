@@ -163,14 +163,18 @@ build_slot() {
         --output "$OUT/slot.img" --work "$OUT/slot-work" --quiet
 }
 
+# CONFIG gets vault.json: the vault's approved policies for both slots, signed
+# with the release key that signs the bundles, for the same security version.
 build_image() {
     STEP="build the disk image"
     mkdir -p "$OUT"
+    dev_key
     [ -d "$OUT/dev-config" ] || log "creating a development CONFIG directory in out/dev-config"
     scripts/dev-config.sh "$OUT/dev-config"
     log "building out/outpost.img"
     "$OUT/bin/outpost" image build --layout partitions/layout.json --config "$OUT/dev-config" \
         --slot "$OUT/slot.img" --efi "$OUT/efi" --measurements "$OUT/measurements.json" \
+        --vault-key "${OUTPOST_SIGNING_KEY:-$OUT/keys/dev.key.pem}" --security-version "${OUTPOST_SECURITY_VERSION:-1}" \
         --output "$OUT/outpost.img" --qcow2 "$OUT/outpost.qcow2"
 }
 
@@ -195,6 +199,7 @@ build_fault_image() {
         --output "$OUT/slot-fault.img" --work "$OUT/slot-work-fault" --quiet
     "$OUT/bin/outpost" image build --layout partitions/layout.json --config "$OUT/dev-config" \
         --slot "$OUT/slot-fault.img" --efi "$OUT/efi" --measurements "$OUT/measurements-fault.json" \
+        --vault-key "${OUTPOST_SIGNING_KEY:-$OUT/keys/dev.key.pem}" --security-version "${OUTPOST_SECURITY_VERSION:-1}" \
         --output "$OUT/outpost-fault.img" --quiet
 }
 

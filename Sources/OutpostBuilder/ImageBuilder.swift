@@ -11,13 +11,18 @@ public struct ImageInputs: Sendable {
     public var efiDirectory: String?
     /// SOURCE_DATE_EPOCH: every timestamp in the image.
     public var epoch: Int
+    /// Files the builder made itself (the vault's approvals, `vault.json`), by
+    /// name, written onto CONFIG beside the config directory's files.
+    public var generatedConfigFiles: [String: [UInt8]]
 
-    public init(layout: Layout, config: ConfigInputs, slotPayload: String?, efiDirectory: String?, epoch: Int) {
+    public init(layout: Layout, config: ConfigInputs, slotPayload: String?, efiDirectory: String?, epoch: Int,
+                generatedConfigFiles: [String: [UInt8]] = [:]) {
         self.layout = layout
         self.config = config
         self.slotPayload = slotPayload
         self.efiDirectory = efiDirectory
         self.epoch = epoch
+        self.generatedConfigFiles = generatedConfigFiles
     }
 }
 
@@ -37,6 +42,11 @@ public enum ImageBuilder {
             }
         }
         let efiFiles = try inputs.efiDirectory.map { try listTree($0) } ?? []
+        // A generated file never silently replaces one the operator supplied.
+        for name in inputs.generatedConfigFiles.keys.sorted() where inputs.config.files.contains(name) {
+            throw BuilderError.invalidInput(path: inputs.config.directory + "/" + name,
+                                            message: "the builder writes \(name) onto CONFIG itself; remove it from the config directory")
+        }
 
         return try AtomicOutput.produce(output) { partial, work in
             try assemble(inputs, efiFiles: efiFiles, image: partial, work: work, progress: progress)
@@ -60,6 +70,13 @@ public enum ImageBuilder {
                 var files: [(source: String, dest: String)] = []
                 if p.type == PartitionType.config {
                     files = inputs.config.files.map { (inputs.config.directory + "/" + $0, $0) }
+                    for (name, bytes) in inputs.generatedConfigFiles.sorted(by: { $0.key < $1.key }) {
+                        let staged = work + "/generated-" + name
+                        guard FileManager.default.createFile(atPath: staged, contents: Data(bytes)) else {
+                            throw BuilderError.io(path: staged, message: "cannot write a generated CONFIG file")
+                        }
+                        files.append((staged, name))
+                    }
                 } else if p.type == PartitionType.efiSystem {
                     files = efiFiles
                 }

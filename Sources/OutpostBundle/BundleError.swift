@@ -34,6 +34,9 @@ public enum BundleError: Error, Equatable, Sendable, CustomStringConvertible {
     case source(offset: UInt64, reason: String)
     case key(path: String, reason: String)
     case trustStore(path: String, reason: String)
+    /// The vault's approved policies (a vault.json or a manifest's `vault`) are
+    /// malformed, inconsistent or not signed by a trust anchor; `source` is a path or empty.
+    case vaultInvalid(source: String, field: String, reason: String)
     /// A system call on a bundle, key or trust-store file failed.
     case system(SystemError)
 
@@ -63,6 +66,8 @@ public enum BundleError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .source(offset, reason): return "reading the bundle at offset \(offset) failed: \(reason)"
         case let .key(path, reason): return "key \(path): \(reason)"
         case let .trustStore(path, reason): return "trust store \(path): \(reason)"
+        case let .vaultInvalid(source, field, reason):
+            return "vault approvals\(source.isEmpty ? "" : " " + source): field '\(field)': \(reason)"
         case let .system(error): return error.description
         }
     }

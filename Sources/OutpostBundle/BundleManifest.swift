@@ -48,9 +48,13 @@ public struct BundleManifest: Codable, Equatable, Sendable {
     public var verity: Verity
     /// By slot partition name (IMGA, IMGB).
     public var pcrs: [String: SlotPCRs]
+    /// The release key's approved vault policies for the slots in `pcrs`
+    /// (docs/vault.md). Optional, so manifests made before the vault still
+    /// decode (and encode to the same bytes); covered by the bundle signature.
+    public var vault: VaultApprovals?
 
     public init(osVersion: String, securityVersion: UInt64, board: String, arch: String, payloadSize: UInt64,
-                payloadSHA256: String, verity: Verity, pcrs: [String: SlotPCRs]) {
+                payloadSHA256: String, verity: Verity, pcrs: [String: SlotPCRs], vault: VaultApprovals? = nil) {
         formatVersion = Int(BundleFormat.version)
         self.osVersion = osVersion
         self.securityVersion = securityVersion
@@ -60,6 +64,7 @@ public struct BundleManifest: Codable, Equatable, Sendable {
         self.payloadSHA256 = payloadSHA256
         self.verity = verity
         self.pcrs = pcrs
+        self.vault = vault
     }
 
     /// The canonical bytes: JSON, sorted keys, no insignificant whitespace.
@@ -74,12 +79,13 @@ public struct BundleManifest: Codable, Equatable, Sendable {
 
     /// Decodes and range-checks a manifest.
     public static func decode(_ bytes: [UInt8]) throws(BundleError) -> BundleManifest {
-        let m: BundleManifest
+        var m: BundleManifest
         do { m = try JSONDecoder().decode(BundleManifest.self, from: Data(bytes)) } catch let e as DecodingError {
             throw .manifestInvalid(field: e.fieldPath, reason: "does not decode (\(e.shortReason))")
         } catch {
             throw .manifestInvalid(field: "(manifest)", reason: "does not decode (\(error))")
         }
+        m.vault?.source = "in the manifest"
         try m.validate()
         return m
     }
@@ -105,6 +111,27 @@ public struct BundleManifest: Codable, Equatable, Sendable {
         }
         guard verity.hashOffset <= payloadSize, verity.rootOffset <= verity.hashOffset else {
             throw .manifestInvalid(field: "verity.hashOffset", reason: "offsets lie outside the payload")
+        }
+        if let vault { try validate(vault) }
+    }
+
+    /// The vault approvals must be for this bundle: its versions and exactly the PCRs it predicts.
+    func validate(_ vault: VaultApprovals) throws(BundleError) {
+        try vault.validate()
+        guard vault.securityVersion == securityVersion else {
+            throw .manifestInvalid(field: "vault.securityVersion", reason: "\(vault.securityVersion) is not the manifest's \(securityVersion)")
+        }
+        guard vault.osVersion == osVersion else {
+            throw .manifestInvalid(field: "vault.osVersion", reason: "'\(vault.osVersion)' is not the manifest's '\(osVersion)'")
+        }
+        for (name, slot) in vault.slots.sorted(by: { $0.key < $1.key }) {
+            guard let p = pcrs[name] else {
+                throw .manifestInvalid(field: "vault.slots.\(name)", reason: "the manifest predicts no PCRs for this slot")
+            }
+            guard p.pcr8.lowercased() == slot.pcr8, p.pcr9.lowercased() == slot.pcr9 else {
+                throw .manifestInvalid(field: "vault.slots.\(name).\(p.pcr8.lowercased() == slot.pcr8 ? "pcr9" : "pcr8")",
+                                       reason: "differs from the manifest's pcrs.\(name)")
+            }
         }
     }
 }

@@ -103,6 +103,9 @@ public enum BundleVerifier {
             throw .payloadLengthMismatch(expected: m.payloadSize, actual: p.header.payloadLength)
         }
         try check(m, against: policy)
+        // Approvals the device's TPM would refuse make a bundle whose vault stays
+        // locked after the update: refuse it here, with the line that says why.
+        if let vault = m.vault { try vault.check(trust: trust) }
         return VerifiedBundle(prologue: p, manifest: m, signedBy: signer)
     }
 

@@ -79,7 +79,9 @@ struct BundleCreate: ParsableCommand {
             The manifest records the OS and security version, board and arch, the payload's size and \
             SHA-256, the dm-verity parameters (from the slot manifest) and the predicted PCR 8/9 per \
             slot (from --measurements). Each --key adds one signature; sign with the old and the new \
-            key while rotating. The bundle is written under a temporary name and renamed when complete.
+            key while rotating. With --measurements, the manifest also carries the vault's approved \
+            policies for those slots, signed by --vault-key (default: the first --key; docs/vault.md). \
+            The bundle is written under a temporary name and renamed when complete.
             """)
 
     @Option(name: .customLong("key"), help: "Private key (PEM); repeat to add signatures.") var keys: [String]
@@ -89,6 +91,8 @@ struct BundleCreate: ParsableCommand {
     @Option(help: "OS version; must match the slot manifest's (default: taken from it).") var imageVersion: String?
     @Option(help: "Security version (anti-rollback): devices refuse bundles below their committed floor.")
     var securityVersion: UInt64 = 1
+    @Option(help: "The release key (PEM) that signs the vault's approved policies (default: the first --key).")
+    var vaultKey: String?
     @Option(help: "Compatible board.") var board = "generic-efi"
     @Option(help: "Compatible CPU architecture.") var arch = "x86_64"
     @Option(name: .shortAndLong, help: "The bundle to write.") var output = "out/update.bundle"
@@ -116,18 +120,27 @@ struct BundleCreate: ParsableCommand {
         guard payload.size == sm.size, digest == sm.sha256 else {
             throw BuilderError.invalidInput(path: manifestPath, message: "describes a different image than \(slot) (size/sha256 differ)")
         }
+        var vault: VaultApprovals?
+        if vaultKey != nil, pcrs.isEmpty { throw ValidationError("--vault-key needs --measurements (the PCRs it approves)") }
+        if !pcrs.isEmpty {
+            guard let releaseKey = try vaultKey.map({ path throws(BundleError) in try SigningKey.load(path: path) }) ?? signers.first else {
+                throw ValidationError("--key is required")
+            }
+            vault = try VaultApprovals.sign(pcrs: pcrs, securityVersion: securityVersion, osVersion: sm.version, key: releaseKey)
+        }
         let m = BundleManifest(
             osVersion: sm.version, securityVersion: securityVersion, board: board, arch: arch,
             payloadSize: payload.size, payloadSHA256: digest,
             verity: .init(rootHash: sm.rootHash, salt: sm.salt, rootOffset: sm.rootOffset,
                           rootDataBlocks: sm.rootDataBlocks, hashOffset: sm.hashOffset),
-            pcrs: pcrs)
+            pcrs: pcrs, vault: vault)
         let prologue = try BundleWriter.prologue(manifest: m, keys: signers)
         progress.step(2, of: 2, "writing \(output)")
         try writeBundle(prologue: prologue, payload: payload, progress: progress)
         if !quiet {
             print("bundle:   \(output) (\(m.osVersion), security version \(m.securityVersion), \(board)/\(arch))")
             print("signed by: \(signers.map { $0.keyID.description }.joined(separator: ", "))")
+            if let vault { print("vault:    approved policies for \(vault.slots.keys.sorted().joined(separator: ", ")) by key \(vault.keyID)") }
         }
     }
 
@@ -185,6 +198,12 @@ struct BundleVerify: ParsableCommand {
                 print("payload \(m.payloadSize) bytes, sha256 \(m.payloadSHA256)")
                 print("verity root hash \(m.verity.rootHash); PCRs for \(m.pcrs.keys.sorted().joined(separator: ", "))")
                 print("signed by key \(v.signedBy)")
+                if let vault = m.vault {
+                    // The verifier has already checked every approval against the trust store.
+                    for line in try vaultLines(vault, trust: store) { print(line) }
+                } else {
+                    print("vault: no approved policies (bundle made before the vault)")
+                }
             }
         } catch {
             if json { print(try encodeJSON(VerifySummary(ok: false, error: "\(error)", signedBy: nil, signatures: nil, manifest: nil))) }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import OutpostBuilder
+import OutpostBundle
 import OutpostDisk
 
 struct ImageBuild: ParsableCommand {
@@ -10,9 +11,11 @@ struct ImageBuild: ParsableCommand {
         discussion: """
             Lays out the partitions of LAYOUT, creates their filesystems, fills CONFIG from \
             --config, writes the slot payload into every slot whose initial state is not \
-            'unused', and writes the protective MBR and both GPT copies. The result is \
-            bit-identical for the same inputs and SOURCE_DATE_EPOCH. On any error no output \
-            file is left behind.
+            'unused', and writes the protective MBR and both GPT copies. With --vault-key, CONFIG \
+            also gets vault.json: the vault's approved policies for every slot, signed by that \
+            release key (docs/vault.md). The result is bit-identical for the same inputs and \
+            SOURCE_DATE_EPOCH (the ECDSA signatures are deterministic, RFC 6979). On any error no \
+            output file is left behind.
             """)
 
     @Option(help: "The layout file (JSON).") var layout: String = "partitions/layout.json"
@@ -26,21 +29,38 @@ struct ImageBuild: ParsableCommand {
     var slotManifest: String?
     @Option(help: "Write the predicted PCR 8/9 of each slot here (needs the slot manifest and --efi).")
     var measurements: String?
+    @Option(help: "Release key (PEM) that signs the vault's approved policies into CONFIG's vault.json (needs --slot and --efi).")
+    var vaultKey: String?
+    @Option(help: "The security version the vault's approved policies allow (as in 'outpost bundle create').")
+    var securityVersion: UInt64 = 1
     @Flag(help: "Print a JSON summary on stdout.") var json = false
     @Flag(name: .shortAndLong, help: "No progress lines.") var quiet = false
 
     func run() throws {
         let epoch = try sourceDateEpoch()
-        let inputs = ImageInputs(layout: try Layout.load(path: layout), config: try ConfigInputs.load(directory: config),
-                                 slotPayload: slot, efiDirectory: efi, epoch: epoch)
+        let layoutValue = try Layout.load(path: layout)
+        // The predictions need only the GPT (from the layout), the slot manifest and
+        // stage 1: GRUB measures neither CONFIG nor its files, so vault.json can be
+        // signed before CONFIG is written.
+        let predicted = try (measurements != nil || vaultKey != nil) ? predictMeasurements(gpt: ImageBuilder.table(for: layoutValue)) : nil
+        var generated: [String: [UInt8]] = [:]
+        if let vaultKey, let predicted {
+            let key = try SigningKey.load(path: vaultKey)
+            let pcrs = predicted.slots.mapValues { BundleManifest.SlotPCRs(pcr8: $0.pcr8.lowercased(), pcr9: $0.pcr9.lowercased()) }
+            generated[VaultApprovals.configFileName] = try VaultApprovals.sign(
+                pcrs: pcrs, securityVersion: securityVersion, osVersion: predicted.version, key: key).encoded()
+        }
+        let inputs = ImageInputs(layout: layoutValue, config: try ConfigInputs.load(directory: config),
+                                 slotPayload: slot, efiDirectory: efi, epoch: epoch, generatedConfigFiles: generated)
         let progress = Progress(enabled: !quiet)
-        let gpt = try ImageBuilder.build(inputs, output: output, progress: progress)
+        // ImageBuilder writes exactly ImageBuilder.table(for:), the table the predictions came from.
+        _ = try ImageBuilder.build(inputs, output: output, progress: progress)
         if let qcow2 {
             progress.step(1, of: 1, "converting to qcow2: \(qcow2)")
             try convertToQcow2(output, output: qcow2)
         }
-        if let measurements {
-            try writeMeasurements(gpt: gpt, to: measurements)
+        if let measurements, let predicted {
+            try predicted.write(to: measurements)
             progress.step(1, of: 1, "predicted PCR 8/9 written to \(measurements)")
         }
         // The summary re-reads what was written, so it shows the disk as tools will see it.
@@ -52,8 +72,9 @@ struct ImageBuild: ParsableCommand {
 }
 
 extension ImageBuild {
-    func writeMeasurements(gpt: GPT, to path: String) throws {
-        guard let slot else { throw ValidationError("--measurements needs --slot") }
+    /// Every slot's predicted PCR 8/9 for the slot manifest and the stage-1 grub.cfg on --efi.
+    func predictMeasurements(gpt: GPT) throws -> MeasurementsFile {
+        guard let slot else { throw ValidationError("--measurements and --vault-key need --slot") }
         let manifestPath = slotManifest ?? (slot.hasSuffix(".img") ? String(slot.dropLast(4)) : slot) + ".json"
         guard let data = FileManager.default.contents(atPath: manifestPath) else {
             throw BuilderError.missingInput(path: manifestPath, what: "slot manifest")
@@ -65,7 +86,7 @@ extension ImageBuild {
         guard let efi, let stage1 = FileManager.default.contents(atPath: efi + "/EFI/BOOT/grub.cfg") else {
             throw BuilderError.missingInput(path: (efi ?? "--efi") + "/EFI/BOOT/grub.cfg", what: "stage-1 grub.cfg")
         }
-        try MeasurementsFile.predict(gpt: gpt, manifest: manifest, stage1: Array(stage1)).write(to: path)
+        return try MeasurementsFile.predict(gpt: gpt, manifest: manifest, stage1: Array(stage1))
     }
 }
 

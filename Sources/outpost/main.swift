@@ -8,7 +8,7 @@ struct Outpost: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "outpost",
         abstract: "Build, inspect and boot Outpost disk images.",
-        subcommands: [ImageCommand.self, SlotCommand.self, Run.self, KeysCommand.self, BundleCommand.self])
+        subcommands: [ImageCommand.self, SlotCommand.self, Run.self, KeysCommand.self, BundleCommand.self, VaultCommand.self])
 }
 
 struct ImageCommand: ParsableCommand {

@@ -128,6 +128,22 @@ struct VaultUnsealTests {
         #expect(password.status != 0)
     }
 
+    /// The builder's file, end to end: approvals signed by VaultApprovals (deterministic
+    /// signatures), encoded, read back and checked as the device will, unseal on the TPM.
+    @Test func approvalsFromAVaultFileUnseal() throws {
+        let vault = try Vault()
+        let floor = try vault.floor()
+        let pcrs = try vault.pcrs()
+        let file = try VaultApprovals.sign(pcrs: ["IMGA": .init(pcr8: hex(pcrs[8] ?? []), pcr9: hex(pcrs[9] ?? []))],
+                                           securityVersion: floor, osVersion: "1.0.0", key: vault.release).encoded()
+        let read = try VaultApprovals.decode(file, source: "vault.json")
+        try read.check(trust: TrustStore(anchors: [vault.release.key.publicKey]))
+        let (approved, signature) = try read.approval(forSlot: "IMGA")
+        #expect(approved == (try vault.approved(securityVersion: floor)))
+        let outcome = try vault.unseal(approved, securityVersion: floor, signature: signature, signer: try read.releaseKey())
+        #expect(outcome.unsealed == vault.secret, "\(outcome)")
+    }
+
     @Test func anUpdatedSlotUnsealsWithItsNewSignedPolicyWithoutResealing() throws {
         let vault = try Vault()
         let floor = try vault.floor()

@@ -46,6 +46,12 @@ public struct ApprovedPolicy: Hashable, Sendable {
         }
     }
 
+    /// Signs with the release key and the RFC 6979 nonce: the same key and
+    /// policy always give the same signature, so images that carry it are reproducible.
+    public func signDeterministically(with key: SigningKey) throws(TPMPolicyError) -> ApprovedPolicySignature {
+        try ApprovedPolicySignature(raw: DeterministicECDSA.sign(signedBytes, key: key.key))
+    }
+
     /// What TPM2_VerifySignature decides, in software: true only for a
     /// signature by `key` over this policy and reference.
     public func isSigned(by key: P256.Signing.PublicKey, _ signature: ApprovedPolicySignature) -> Bool {
