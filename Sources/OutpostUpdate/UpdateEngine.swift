@@ -1,5 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import OutpostBundle
 import OutpostDisk
+import OutpostPlatform
 import Synchronization
 
 // The device update engine over a BlockDevice. Pure Swift and no clock but
@@ -69,12 +73,18 @@ public final class UpdateEngine {
     public let store: UpdateStateStore
     public let trust: TrustStore
     public let identity: DeviceIdentity
+    /// Where a bundle's vault approvals are kept for the slot it was written to
+    /// (`approvals-IMGB.json`), so that slot's first boot unseals the vault
+    /// offline. nil: not kept (hosts, tests without a vault).
+    public let vaultDirectory: String?
 
-    public init(device: BlockDevice, store: UpdateStateStore, trust: TrustStore, identity: DeviceIdentity) {
+    public init(device: BlockDevice, store: UpdateStateStore, trust: TrustStore, identity: DeviceIdentity,
+                vaultDirectory: String? = nil) {
         self.device = device
         self.store = store
         self.trust = trust
         self.identity = identity
+        self.vaultDirectory = vaultDirectory
     }
 
     /// Verifies `source` completely, then writes it to the slot that is not
@@ -130,6 +140,8 @@ public final class UpdateEngine {
             let t2 = clock.now
             try readBack(bundle, slot: pair.other, chunkSize: options.chunkSize, progress: progress)
             let t3 = clock.now
+            // Before the slot is marked: a slot that boots always finds its own approvals (or none).
+            try keepVaultApprovals(m.vault, slot: pair.other.name)
             // Re-read: the table on disk is the one to change, not our older copy.
             let now = try io("reading the partition table", offset: 0) { try GPTDisk.read(device) }
             var gpt = now.gpt
@@ -267,4 +279,27 @@ struct SlotPair {
 final class DigestBox: Sendable {
     let value: Mutex<PayloadDigest>
     init(_ value: PayloadDigest) { self.value = Mutex(value) }
+}
+
+extension UpdateEngine {
+    /// Writes `approvals` (verified with the bundle) as the slot's, or removes
+    /// an older bundle's file when this one carries none.
+    func keepVaultApprovals(_ approvals: VaultApprovals?, slot: String) throws(UpdateError) {
+        guard let vaultDirectory else { return }
+        let path = vaultDirectory + "/approvals-\(slot).json"
+        do throws(SystemError) {
+            guard let approvals else {
+                if access(path, F_OK) == 0 { try systemCall("unlink", path) { unlink(path) } }
+                return
+            }
+            let bytes: [UInt8]
+            do { bytes = try approvals.encoded() } catch {
+                throw SystemError(call: "encoding the approvals (\(error))", object: path, code: EINVAL)
+            }
+            if access(vaultDirectory, F_OK) != 0 { try systemCall("mkdir", vaultDirectory) { mkdir(vaultDirectory, 0o700) } }
+            try FileIO.writeAtomically(bytes, to: path, mode: 0o644)
+        } catch {
+            throw .deviceOther(phase: "keeping the vault approvals", offset: 0, reason: "\(error)")
+        }
+    }
 }

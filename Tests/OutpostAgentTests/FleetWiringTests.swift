@@ -57,6 +57,7 @@ private func serviceAndEngine(failed: [String]) throws -> (UpdateService, Update
     let dir = try TemporaryDirectory.create("controller-updates")
     var paths = UpdatePaths()
     paths.stateDirectory = dir
+    paths.vaultDirectory = dir + "/vault"
     let disk = dir + "/disk.img"
     FileManager.default.createFile(atPath: disk, contents: Data(count: 1 << 20))
     let service = UpdateService(diskPath: disk, bootedPartUUID: "", version: "1.0.0", paths: paths)

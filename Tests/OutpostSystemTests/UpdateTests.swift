@@ -10,9 +10,11 @@ extension QEMU {
     struct UpdateTests {
         /// Builds a version of the slot from the root tree ./build.sh assembled,
         /// with `tweak` applied to a copy of the root or initramfs, and signs it.
+        /// With `measured`, the bundle also carries the slot's predicted PCR 8/9 and the vault's
+        /// approvals for them: an image of the slot on the same layout predicts them.
         static func bundle(_ h: Harness, version: String, security: Int,
                            tweakRoot: (String) throws -> Void = { _ in },
-                           initramfs: String? = nil) throws -> String {
+                           initramfs: String? = nil, measured: Bool = false) throws -> String {
             let work = h.dir + "/v\(version)"
             try Harness.sh(["cp", "-a", Harness.out + "/slot-work/root", work + "-root"])
             try "NAME=Outpost\nVERSION=\(version)\n".write(toFile: work + "-root/etc/outpost-release", atomically: false, encoding: .utf8)
@@ -22,9 +24,17 @@ extension QEMU {
             try Harness.sh([Harness.outpost, "slot", "build", "--quiet", "--kernel", kernel,
                             "--initramfs", initramfs ?? Harness.out + "/slot-work/initrd.img", "--root-dir", work + "-root",
                             "--image-version", version, "--output", work + ".img"])
+            var measurements: [String] = []
+            if measured {
+                try Harness.sh([Harness.outpost, "image", "build", "--quiet", "--layout", Harness.root + "/partitions/layout.json",
+                                "--config", Harness.out + "/dev-config", "--slot", work + ".img", "--efi", Harness.out + "/efi",
+                                "--measurements", work + ".measurements.json", "--output", work + ".disk.img"])
+                try FileManager.default.removeItem(atPath: work + ".disk.img")
+                measurements = ["--measurements", work + ".measurements.json"]
+            }
             try Harness.sh([Harness.outpost, "bundle", "create", "--quiet", "--key", Harness.out + "/keys/dev.key.pem",
                             "--image-version", version, "--slot", work + ".img", "--security-version", String(security),
-                            "--output", work + ".bundle"])
+                            "--output", work + ".bundle"] + measurements)
             return work + ".bundle"
         }
 

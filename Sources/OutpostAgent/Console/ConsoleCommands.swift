@@ -12,6 +12,7 @@
 //     "update status"   → slots, versions, last result and its reason
 //     "network status"  → per port carrier, address, gateway, DNS, proxy, test
 //     "app ..."         → app status, restart, purge, stop, start, snapshot, rollback
+//     "vault ..."       → vault status; put a secret, check or list them (values never shown)
 //     "help"            → this list
 
 #if canImport(Glibc)
@@ -24,7 +25,7 @@ enum ConsoleCommands {
     static let help = ["console commands:", "  status          components, watchdog, last boot, apps",
                        "  update status   slots, versions, last update result",
                        "  network status  ports: carrier, address, gateway, DNS, proxy, last test error"]
-        + AppCommands.help + ["  help            this list"]
+        + AppCommands.help + VaultCommands.help + ["  help            this list"]
 
     static func spec(agent: Agent) -> ComponentSpec {
         ComponentSpec(name: "console", livenessDeadlineMilliseconds: 30_000, body: .task { context in
@@ -79,6 +80,8 @@ enum ConsoleCommands {
             return [(try? JSONDocument.line(network.statusDocument())) ?? "network status: cannot encode"]
         case let words where words.first == "app":
             return AppCommands.respond(to: words, apps: agent.apps)
+        case let words where words.first == "vault":
+            return VaultCommands.respond(to: words, typed: typed, vault: agent.vault)
         default:
             let shown = String(typed.unicodeScalars.filter { $0.value >= 32 && $0.value < 127 }.prefix(40))
             return ["unknown console command '\(shown)'; type help"]

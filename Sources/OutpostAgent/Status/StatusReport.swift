@@ -33,6 +33,9 @@ public struct StatusReport: Sendable {
     public var fleet: FleetStatusDocument? = nil
     /// Every app instance (nil: the apps component does not run; empty: no apps configured).
     public var apps: [AppStatus]? = nil
+    /// The vault's state line (nil: PERSIST is not mounted).
+    public var vault: VaultState? = nil
+    public var vaultFloor: UInt64? = nil
 }
 
 extension StatusReport {
@@ -54,6 +57,8 @@ extension StatusReport {
         networkActive = agent.network.map { $0.activePort }
         fleet = agent.fleet.map(FleetStatusDocument.init)
         apps = agent.apps.map { $0.service?.status() ?? [] }
+        vault = agent.vault?.state
+        vaultFloor = agent.vault?.floor
     }
 }
 
@@ -89,6 +94,7 @@ extension StatusReport {
         }
         if let fleet { lines.append(fleet.line) }
         for app in apps ?? [] { lines.append(app.line) }
+        if let vault { lines.append(vault.line) }
         lines.append("agent: pid=\(process.pid) rss=\(process.rssKiB ?? 0) KiB threads=\(process.threads ?? 0)"
                      + " cpu-1min=\(cpuPercentLastMinute.map { formatted($0) + "%" } ?? "n/a")"
                      + " zombies=\(process.zombies) orphans-reaped=\(orphansReaped)")
@@ -109,7 +115,7 @@ extension StatusReport {
 
 extension StatusReport: Encodable {
     private enum Keys: String, CodingKey {
-        case uptimeSeconds, slot, version, lastBoot, watchdog, components, agent, network, fleet, apps
+        case uptimeSeconds, slot, version, lastBoot, watchdog, components, agent, network, fleet, apps, vault
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -125,6 +131,7 @@ extension StatusReport: Encodable {
         try container.encode(network, forKey: .network)
         try container.encode(fleet, forKey: .fleet)
         try container.encode(apps?.map(AppDocument.init), forKey: .apps)
+        try container.encode(vault.map { VaultDocument(state: $0, floor: vaultFloor) }, forKey: .vault)
     }
 
     /// `watchdog`: the device in use, or why there is none.
@@ -245,5 +252,29 @@ struct AppDocument: Encodable {
         try container.encode(s.addresses, forKey: .addresses)
         try container.encode(s.acl.map { ACLDocument(tap: $0.tap, rule: $0.rule, action: $0.action, packets: $0.packets, bytes: $0.bytes) },
                              forKey: .acl)
+    }
+}
+
+/// `vault`: "unlocked", "locked" or "unavailable", the line's detail, and the TPM floor last read.
+struct VaultDocument: Encodable {
+    var state: String
+    var detail: String
+    var floor: UInt64?
+
+    init(state: VaultState, floor: UInt64?) {
+        switch state {
+        case .unlocked(let detail): (self.state, self.detail) = ("unlocked", detail)
+        case .locked(let reason): (self.state, self.detail) = ("locked", reason)
+        case .unavailable(let reason): (self.state, self.detail) = ("unavailable", reason)
+        }
+        self.floor = floor
+    }
+
+    enum Keys: String, CodingKey { case state, detail, floor }
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.encode(state, forKey: .state)
+        try c.encode(detail, forKey: .detail)
+        try c.encode(floor, forKey: .floor)
     }
 }

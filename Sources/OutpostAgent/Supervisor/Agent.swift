@@ -55,6 +55,12 @@ public final class Agent: Sendable {
         get { services.withLock { $0.apps } }
         set { services.withLock { $0.apps = newValue } }
     }
+    /// The vault (nil: PERSIST is not mounted); set before `start()`.
+    public var vault: VaultService? {
+        get { vaultBox.withLock { $0 } }
+        set { vaultBox.withLock { $0 = newValue } }
+    }
+    private let vaultBox = Mutex<VaultService?>(nil)
     /// The running client of a managed device.
     public var fleetClient: FleetAgent? {
         if case .managed(let fleet) = fleet { return fleet }

@@ -32,10 +32,14 @@ public enum InitProcess {
     /// Starts the supervisor, prints the ready (or rescue) line with the last
     /// boot's reason, and runs the PID 1 loop. Never returns.
     public static func run(outcome: BootOutcome, persistMount: String?) -> Never {
+        // The vault before the agent: enrolment and unsealing take a few TPM commands and, the
+        // first time, a mke2fs, and the agent arms the watchdog before its feeder runs.
+        let vault = persistMount.map { _ in VaultService.open(slot: outcome.slotName, version: outcome.version) }
         let agent = Agent(slot: outcome.slotName, version: outcome.version, persistMount: persistMount)
+        agent.vault = vault
         if persistMount != nil, !outcome.diskPath.isEmpty {
             agent.update = UpdateService(diskPath: outcome.diskPath, bootedPartUUID: outcome.slotPartUUID,
-                                         version: outcome.version)
+                                         version: outcome.version, vault: vault)
         }
         agent.network = NetworkComponent.service(persistMount: persistMount)
         let lastBoot = "last-boot=\(agent.lastBoot.reason.rawValue)"
@@ -84,7 +88,8 @@ public enum InitProcess {
     /// The orderly stop: record why, stop components, then the common path.
     static func stop(_ agent: Agent, _ request: ShutdownRequest) -> Never {
         agent.beginShutdown(request)
-        shutdown(persistMount: agent.persistMount, powerOff: request.powerOff, reaper: agent.reaper) {
+        shutdown(persistMount: agent.persistMount, powerOff: request.powerOff, reaper: agent.reaper,
+                 beforeUnmount: { agent.vault?.close() }) {
             agent.disarmWatchdog()
         }
     }
@@ -94,7 +99,7 @@ public enum InitProcess {
     /// reboots. Unmount failures fall back to a read-only remount so the ext4
     /// journal is clean either way.
     public static func shutdown(persistMount: String?, powerOff: Bool, reaper: Reaper = .shared,
-                                beforeReboot: () -> Void = {}) -> Never {
+                                beforeUnmount: () -> Void = {}, beforeReboot: () -> Void = {}) -> Never {
         _ = kill(-1, SIGTERM)
         let deadline = MonotonicClock.now().milliseconds + 3000
         while MonotonicClock.now().milliseconds < deadline {
@@ -105,6 +110,7 @@ public enum InitProcess {
         _ = kill(-1, SIGKILL)
         reaper.reapAll()
         sync()
+        beforeUnmount()
         if let persistMount {
             do {
                 try Sys.unmount(persistMount)

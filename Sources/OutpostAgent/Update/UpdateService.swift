@@ -18,6 +18,8 @@ import Synchronization
 public struct UpdatePaths: Sendable {
     public var trustDirectory = "/etc/outpost/trust"
     public var stateDirectory = "/persist/update"
+    /// Where installs keep a bundle's vault approvals for its slot (VaultPaths.directory).
+    public var vaultDirectory: String? = "/persist/vault"
     public var configFile = "/config/update.json"
     public var boardFile = "/etc/outpost/board"
     /// The controller's root CA from CONFIG, trusted for downloads too.
@@ -60,12 +62,16 @@ public final class UpdateService: Sendable {
     public let paths: UpdatePaths
     /// What the controller asked for and where the flow is (ControllerUpdates.swift).
     let controller = Mutex(ControllerUpdateState())
+    /// The vault, whose TPM floor follows the committed security version.
+    public let vault: VaultService?
 
-    public init(diskPath: String, bootedPartUUID: String, version: String, paths: UpdatePaths = UpdatePaths()) {
+    public init(diskPath: String, bootedPartUUID: String, version: String, paths: UpdatePaths = UpdatePaths(),
+                vault: VaultService? = nil) {
         self.diskPath = diskPath
         self.bootedPartUUID = bootedPartUUID
         self.version = version
         self.paths = paths
+        self.vault = vault
     }
 
     /// Opens the disk, the trust anchors and the state store.
@@ -75,7 +81,7 @@ public final class UpdateService: Sendable {
         try? Sys.mkdir(paths.stateDirectory, 0o700)
         let board = (try? Sys.readText(paths.boardFile))?.split(separator: "\n").first.map(String.init) ?? "generic-efi"
         return UpdateEngine(device: device, store: DirectoryStateStore(directory: paths.stateDirectory), trust: trust,
-                            identity: DeviceIdentity(board: board, arch: "x86_64"))
+                            identity: DeviceIdentity(board: board, arch: "x86_64"), vaultDirectory: paths.vaultDirectory)
     }
 
     /// One boot's update work. `unhealthy` returns nil while the system is
@@ -118,6 +124,8 @@ public final class UpdateService: Sendable {
                 try engine.commit(booted: booted)
                 Console.line("update: committed version=\(trialVersion ?? version) slot=\(slot)")
                 setProgress(.committed, version: trialVersion ?? version)
+                // From now on no older slot's approvals open the vault.
+                if let vault, let floor = (try? engine.store.load())?.securityFloor { vault.raiseFloor(to: floor) }
             } catch {
                 Console.line("warning: update: commit failed: \(error)")
                 setProgress(.failed, version: trialVersion ?? version, reason: "commit: \(error)")
@@ -127,7 +135,10 @@ public final class UpdateService: Sendable {
             Console.line("update: fell back from \(failedSlot) version=\(failedVersion ?? "unknown"): \(reason)")
         case let .rebootPending(slot):
             Console.line("update: \(slot) is waiting for a restart to boot its update")
-        case .idle, .rescue:
+        case .idle:
+            // A power cut between a commit and the floor's raise: catch up now (it only ever rises).
+            if let vault, let floor = (try? engine.store.load())?.securityFloor { vault.raiseFloor(to: floor) }
+        case .rescue:
             break
         }
         installFromMedia(engine: engine, booted: booted, reboot: reboot)
