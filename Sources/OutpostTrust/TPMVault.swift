@@ -318,6 +318,9 @@ public final class TPMVault: Sendable {
 
     /// The floor's ESYS handle, nil when nothing is defined at the handle; the caller closes it.
     static func openFloor(_ esys: OpaquePointer) throws(TPMError) -> ESYS_TR? {
+        // Asked first: ESYS logs an error line of its own for a lookup of a missing index, and on
+        // a device that line lands on the console at every enrolment.
+        guard try TPMConnection.nvIndexDefined(esys, VaultPolicy.floorHandle, name: "the TPM") else { return nil }
         var nv = ESYS_TR(ESYS_TR_NONE)
         let rc = Esys_TR_FromTPMPublic(esys, VaultPolicy.floorHandle, ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE),
                                        ESYS_TR(ESYS_TR_NONE), &nv)

@@ -73,6 +73,9 @@ extension QEMU.FleetTests {
             try? live.monitorCommand("quit")
             _ = live.waitForExit(timeout: 30)
         }
+        let vault = live.wait(for: "outpost: vault: ", timeout: 300)
+        #expect(vault?.text.hasSuffix("outpost: vault: unavailable: no TPM (/dev/tpmrm0 missing); nothing is sealed") == true,
+                "\(vault?.text ?? "no vault line") \(live.console.suffix(3000))")
         let identity = live.wait(for: "fleet: identity: ", timeout: 300)
         #expect(identity?.text.contains("warning: fleet: identity: no TPM: /dev/tpmrm0 missing; using the file identity") == true,
                 "\(identity?.text ?? "no identity line") \(live.console.suffix(3000))")

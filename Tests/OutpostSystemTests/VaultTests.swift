@@ -24,6 +24,13 @@ extension QEMU {
         @Test func aSecretOutlivesAnOfflineUpdateAndTheOldSlotCannotOpenItAfterTheFloorRises() throws {
             let h = try Harness("vault")
             defer { h.cleanup() }
+            // The factory image as built (vault.json signed onto CONFIG), with a 5 s test window.
+            let config = h.dir + "/config"
+            try Harness.sh(["cp", "-r", Harness.out + "/dev-config", config])
+            try #"{"testWindowSeconds": 5}"#.write(toFile: config + "/update.json", atomically: false, encoding: .utf8)
+            try Harness.sh([Harness.outpost, "image", "build", "--quiet", "--layout", Harness.root + "/partitions/layout.json",
+                            "--config", config, "--slot", Harness.out + "/slot.img", "--efi", Harness.out + "/efi",
+                            "--vault-key", Harness.out + "/keys/dev.key.pem", "--security-version", "1", "--output", h.image])
             // Built before any guest runs: a TCG guest and a slot build starve each other.
             let v2 = try QEMU.UpdateTests.bundle(h, version: "2.0.0", security: 2, measured: true)
             let media = try QEMU.UpdateTests.media(h, v2)
