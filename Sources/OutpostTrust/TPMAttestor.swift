@@ -158,6 +158,8 @@ public final class TPMAttestor: Sendable {
     /// The AK at its persistent handle, nil when the handle is empty; a key of
     /// another shape there is an error, never overwritten.
     static func persistentAK(_ esys: OpaquePointer) throws(TPMError) -> ESYS_TR? {
+        // Asked first, so a new TPM's missing AK logs no ESYS error line on the console.
+        guard try TPMConnection.nvIndexDefined(esys, attestationKeyHandle, name: "the TPM") else { return nil }
         var handle = ESYS_TR(ESYS_TR_NONE)
         let rc = Esys_TR_FromTPMPublic(esys, attestationKeyHandle, ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE),
                                        ESYS_TR(ESYS_TR_NONE), &handle)

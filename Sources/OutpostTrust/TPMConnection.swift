@@ -59,9 +59,12 @@ final class TPMConnection: @unchecked Sendable {
     func storageRootKey() throws(TPMError) -> ESYS_TR {
         try withContext { esys throws(TPMError) -> ESYS_TR in
             var srk = ESYS_TR(ESYS_TR_NONE)
-            let rc = Esys_TR_FromTPMPublic(esys, Self.storageRootHandle, ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE),
-                                           ESYS_TR(ESYS_TR_NONE), &srk)
-            if rc == TSS2_RC_SUCCESS {
+            // A missing handle is normal on a new TPM; asking the handle list first keeps ESYS
+            // from logging an error line for it onto the device's console.
+            if try Self.nvIndexDefined(esys, Self.storageRootHandle, name: "the TPM") {
+                let rc = Esys_TR_FromTPMPublic(esys, Self.storageRootHandle, ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE),
+                                               ESYS_TR(ESYS_TR_NONE), &srk)
+                guard rc == TSS2_RC_SUCCESS else { throw .command(step: "looking up the storage root key", code: rc) }
                 var pub: UnsafeMutablePointer<TPM2B_PUBLIC>?
                 let rc2 = Esys_ReadPublic(esys, srk, ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE),
                                           &pub, nil, nil)
@@ -72,7 +75,6 @@ final class TPMConnection: @unchecked Sendable {
                 }
                 return srk
             }
-            guard CTSS2_is_handle_missing(rc) == 1 else { throw .command(step: "looking up the storage root key", code: rc) }
             var template = TPM2B_PUBLIC()
             CTSS2_srk_template(&template)
             var transient = ESYS_TR(ESYS_TR_NONE)

@@ -61,7 +61,8 @@ extension TPMConnection {
         }
     }
 
-    /// Whether `index` is in the TPM's list of defined NV handles (TPM2_CAP_HANDLES from it, one).
+    /// Whether `index` (an NV index or a persistent object's handle) is in the TPM's list of
+    /// handles (TPM2_CAP_HANDLES from it, one).
     static func nvIndexDefined(_ esys: OpaquePointer, _ index: UInt32, name: String) throws(TPMError) -> Bool {
         var more: TPMI_YES_NO = 0
         var data: UnsafeMutablePointer<TPMS_CAPABILITY_DATA>?
