@@ -47,7 +47,7 @@ private func object(_ text: String) throws -> [String: Any] {
     #expect(text.hasPrefix(#"{"agent":{"cpuPercentLastMinute":0.46,"cpuTicks":42,"orphansReaped":8,"pid":1,"rssKiB":9216,"threads":11,"zombies":0},"#), "\(text)")
     #expect(text.contains(#""identity":"i6300ESB timer""#) && text.contains(#""timeoutSeconds":15"#))
     #expect(text.contains(#""device":"/dev/watchdog0""#))
-    #expect(text.contains(#","network":null,"slot":"IMGA","uptimeSeconds":12.35,"version":"1.2.3","watchdog":{"#))
+    #expect(text.contains(#","network":null,"slot":"IMGA","uptimeSeconds":12.35,"vault":null,"version":"1.2.3","watchdog":{"#))
 
     let components = try #require(status["components"] as? [[String: Any]])
     #expect(components.map { $0["name"] as? String } == ["init", "power-button"], "order is the supervisor's")
