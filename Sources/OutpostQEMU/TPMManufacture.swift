@@ -76,7 +76,7 @@ public struct TPMManufacture: Sendable {
         let work = stateDirectory + "/.ekcert"
         try? FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: work) }
-        let port = try Self.freePortPair()
+        guard let port = LoopbackPort.freePair() else { throw QEMUError.swtpm("no free pair of loopback ports") }
         let tcti = "swtpm:host=127.0.0.1,port=\(port)"
         let swtpm = Background(["swtpm", "socket", "--tpm2", "--tpmstate", "dir=\(stateDirectory)",
                                 "--server", "type=tcp,port=\(port),bindaddr=127.0.0.1",
@@ -84,7 +84,7 @@ public struct TPMManufacture: Sendable {
                                 "--flags", "not-need-init,startup-clear"]) { _ in }
         defer { swtpm.stop() }
         let deadline = Date().addingTimeInterval(10)
-        while !Self.connects(port) {
+        while !LoopbackPort.accepts(port) {
             if let failure = swtpm.failure { throw failure }
             guard Date() < deadline else { throw QEMUError.swtpm("no TPM on port \(port) within 10 s") }
             usleep(20_000)
@@ -115,30 +115,5 @@ public struct TPMManufacture: Sendable {
 
     private func step(_ argv: [String]) throws {
         do { try HostProcess.output(argv) } catch { throw QEMUError.swtpm("making the TPM: \(error)") }
-    }
-
-    /// A loopback port P with P+1 free too (swtpm's TCTI puts the control channel there).
-    static func freePortPair() throws -> Int {
-        for _ in 0..<50 {
-            let port = Int.random(in: 20_000...60_000)
-            if canBind(port) && canBind(port + 1) { return port }
-        }
-        throw QEMUError.swtpm("no free pair of loopback ports")
-    }
-
-    static func canBind(_ port: Int) -> Bool { onLoopback(port) { bind($0, $1, $2) } }
-    static func connects(_ port: Int) -> Bool { onLoopback(port) { connect($0, $1, $2) } }
-
-    private static func onLoopback(_ port: Int, _ call: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &address) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-        }
     }
 }

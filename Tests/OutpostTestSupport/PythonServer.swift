@@ -1,4 +1,5 @@
 import Foundation
+import OutpostProcess
 
 /// A python3 server started from a script the test writes, which announces the port it listens
 /// on by writing it to a port file (written aside and renamed into place, never half-read).
@@ -87,16 +88,8 @@ public final class MutualTLSEchoServer {
 /// A TCP port on 127.0.0.1 that nothing listens on now (bound to port 0, read back, closed),
 /// for a server the test starts next.
 public func freeLoopbackPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw TestSupportError.spawn(command: "socket", reason: String(cString: strerror(errno))) }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    guard let port = LoopbackPort.free() else {
+        throw TestSupportError.spawn(command: "bind 127.0.0.1:0", reason: String(cString: strerror(errno)))
     }
-    guard bound else { throw TestSupportError.spawn(command: "bind 127.0.0.1:0", reason: String(cString: strerror(errno))) }
-    return Int(UInt16(bigEndian: address.sin_port))
+    return port
 }

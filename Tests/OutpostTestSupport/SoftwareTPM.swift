@@ -1,4 +1,5 @@
 import Foundation
+import OutpostProcess
 
 /// One swtpm on loopback TCP (command port P, control port P+1, as tss2's
 /// swtpm TCTI expects), its state in `stateDirectory` so that a restart on
@@ -119,33 +120,13 @@ public final class SoftwareTPM {
         process = nil
     }
 
-    public static func accepts(_ port: Int) -> Bool { onLoopback(port) { connect($0, $1, $2) } }
+    public static func accepts(_ port: Int) -> Bool { LoopbackPort.accepts(port) }
 
     /// A port P with P+1 also free now (bounded tries).
     public static func freePortPair() throws -> Int {
-        for _ in 0..<50 {
-            let port = try freeLoopbackPort()
-            if port < 65535 && !accepts(port + 1) && canBind(port + 1) { return port }
+        guard let port = LoopbackPort.freePair() else {
+            throw TestSupportError.spawn(command: "swtpm", reason: "no free pair of loopback ports")
         }
-        throw TestSupportError.spawn(command: "swtpm", reason: "no free pair of loopback ports")
-    }
-
-    public static func canBind(_ port: Int) -> Bool { onLoopback(port) { bind($0, $1, $2) } }
-
-    /// Calls `call` (connect or bind) on a new TCP socket with 127.0.0.1:`port`; true when it succeeds.
-    private static func onLoopback(_ port: Int,
-                                   _ call: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                call(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
-            }
-        }
+        return port
     }
 }
