@@ -110,7 +110,7 @@ let package = Package(
 
         // What tests share (commands, the openssl PKI, the seeded generator, temporary
         // directories, deadlines); only test targets depend on it.
-        .target(name: "OutpostTestSupport", dependencies: ["OutpostProcess"], path: "Tests/OutpostTestSupport", exclude: ["connect-proxy.py"]),
+        .target(name: "OutpostTestSupport", dependencies: ["OutpostProcess", "OutpostQEMU"], path: "Tests/OutpostTestSupport", exclude: ["connect-proxy.py"]),
 
         .testTarget(name: "OutpostPlatformTests", dependencies: ["OutpostPlatform", "OutpostTestSupport"]),
         .testTarget(name: "OutpostTestSupportTests", dependencies: ["OutpostTestSupport"]),

@@ -46,10 +46,27 @@ public struct TPMManufacture: Sendable {
                 throw QEMUError.io(path: directory, message: "cannot create the \(what) directory: \(error.localizedDescription)")
             }
         }
-        let setupConfig = try writeConfigs()
-        try step(["swtpm_setup", "--tpm2", "--tpmstate", stateDirectory, "--create-ek-cert", "--create-platform-cert",
-                  "--config", setupConfig, "--not-overwrite"])
-        try installP256Certificate(stateDirectory: stateDirectory)
+        try Self.step(try setupCommand(stateDirectory: stateDirectory))
+        guard let port = LoopbackPort.freePair() else { throw QEMUError.swtpm("no free pair of loopback ports") }
+        let swtpm = Background(["swtpm", "socket", "--tpm2", "--tpmstate", "dir=\(stateDirectory)",
+                                "--server", "type=tcp,port=\(port),bindaddr=127.0.0.1",
+                                "--ctrl", "type=tcp,port=\(port + 1),bindaddr=127.0.0.1",
+                                "--flags", "not-need-init,startup-clear"]) { _ in }
+        defer { swtpm.stop() }
+        let deadline = Date().addingTimeInterval(10)
+        while !LoopbackPort.accepts(port) {
+            if let failure = swtpm.failure { throw failure }
+            guard Date() < deadline else { throw QEMUError.swtpm("no TPM on port \(port) within 10 s") }
+            usleep(20_000)
+        }
+        try installP256Certificate(tcti: "swtpm:host=127.0.0.1,port=\(port)", work: stateDirectory + "/.ekcert", run: Self.step)
+    }
+
+    /// swtpm_setup's command line for a new TPM in `stateDirectory` with EK and platform
+    /// certificates from this CA (its config files are written first). Run it with any runner.
+    public func setupCommand(stateDirectory: String) throws -> [String] {
+        ["swtpm_setup", "--tpm2", "--tpmstate", stateDirectory, "--create-ek-cert", "--create-platform-cert",
+         "--config", try writeConfigs(), "--not-overwrite"]
     }
 
     var localCAConfig: String { caDirectory + "/swtpm-localca.conf" }
@@ -70,25 +87,13 @@ public struct TPMManufacture: Sendable {
         return setupPath
     }
 
-    /// Certifies the P-256 EK with the same CA and stores the DER at 0x01C0000A, defined by the
-    /// platform hierarchy with the attributes swtpm_setup gives its own certificate indices.
-    func installP256Certificate(stateDirectory: String) throws {
-        let work = stateDirectory + "/.ekcert"
+    /// Certifies the P-256 EK of the running TPM at `tcti` with the same CA and stores the DER
+    /// at 0x01C0000A, defined by the platform hierarchy with the attributes swtpm_setup gives
+    /// its own certificate indices. `run` runs one command and throws when it fails (the
+    /// host's HostProcess here; the test support's own runner in its processes).
+    public func installP256Certificate(tcti: String, work: String, run step: ([String]) throws -> Void) throws {
         try? FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: work) }
-        guard let port = LoopbackPort.freePair() else { throw QEMUError.swtpm("no free pair of loopback ports") }
-        let tcti = "swtpm:host=127.0.0.1,port=\(port)"
-        let swtpm = Background(["swtpm", "socket", "--tpm2", "--tpmstate", "dir=\(stateDirectory)",
-                                "--server", "type=tcp,port=\(port),bindaddr=127.0.0.1",
-                                "--ctrl", "type=tcp,port=\(port + 1),bindaddr=127.0.0.1",
-                                "--flags", "not-need-init,startup-clear"]) { _ in }
-        defer { swtpm.stop() }
-        let deadline = Date().addingTimeInterval(10)
-        while !LoopbackPort.accepts(port) {
-            if let failure = swtpm.failure { throw failure }
-            guard Date() < deadline else { throw QEMUError.swtpm("no TPM on port \(port) within 10 s") }
-            usleep(20_000)
-        }
         try step(["tpm2_createek", "-T", tcti, "-G", "ecc", "-c", work + "/ek.ctx", "-u", work + "/ek.der", "-f", "der"])
         try step(["tpm2_flushcontext", "-T", tcti, "-t"])
         guard let der = FileManager.default.contents(atPath: work + "/ek.der"), der.count >= 64 else {
@@ -113,7 +118,7 @@ public struct TPMManufacture: Sendable {
         try step(["tpm2_nvwritelock", "-T", tcti, index, "-C", "p"])
     }
 
-    private func step(_ argv: [String]) throws {
+    private static func step(_ argv: [String]) throws {
         do { try HostProcess.output(argv) } catch { throw QEMUError.swtpm("making the TPM: \(error)") }
     }
 }

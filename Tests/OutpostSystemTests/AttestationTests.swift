@@ -57,11 +57,19 @@ extension QEMU {
             try controller.start()
             defer { controller.stop() }
             try Harness.sh([FleetTests.controller, "bundle", "add", Harness.out + "/update.bundle", "--data", data])
+            // The TPM maker: a swtpm-localca made here (its first TPM, a throwaway, creates the CA),
+            // whose root and intermediate the controller trusts. `outpost run --ek-ca` then
+            // manufactures the device's TPM with an EK certificate from it.
+            let maker = try SoftwareTPM.EndorsementCA(directory: h.dir + "/ek-ca")
+            try SoftwareTPM(stateDirectory: h.dir + "/first-tpm", endorsementCA: maker).stop()
+            for certificate in [maker.rootCertificate, maker.issuerCertificate] {
+                try Harness.sh([FleetTests.controller, "ek-ca", "add", certificate, "--data", data])
+            }
 
             // Boot 1: TPM identity, attested, config served.
             var id = ""
             do {
-                let live = try Harness.LiveBoot(h, timeout: 600, consoleInput: true)
+                let live = try Harness.LiveBoot(h, timeout: 600, arguments: ["--ek-ca", maker.directory], consoleInput: true)
                 defer {
                     try? live.monitorCommand("quit")
                     _ = live.waitForExit(timeout: 30)
@@ -76,6 +84,8 @@ extension QEMU {
                 }, "the device never registered")
                 let shown = try #require(try controller.admin(["device", "attestation", id, "--json"]) as? [String: Any])
                 #expect(shown["attested"] as? Bool == true, "\(shown)")
+                // The EK certificate `outpost run` put in the new TPM chains to the maker's root.
+                #expect(shown["ekCertificate"] as? String == "verified by CN=swtpm-localca-rootca", "\(shown)")
                 // The quote the device produced, as the controller saved it, checked by tpm2-tools.
                 let saved = h.dir + "/quote"
                 try Harness.sh([FleetTests.controller, "device", "attestation", id, "--data", data, "--save", saved])

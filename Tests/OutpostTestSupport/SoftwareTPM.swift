@@ -1,5 +1,6 @@
 import Foundation
 import OutpostProcess
+import OutpostQEMU
 
 /// One swtpm on loopback TCP (command port P, control port P+1, as tss2's
 /// swtpm TCTI expects), its state in `stateDirectory` so that a restart on
@@ -16,83 +17,46 @@ public final class SoftwareTPM {
     /// part has) unless it already holds one, then starts it. With an
     /// `endorsementCA` (a swtpm-localca directory, shared by the TPMs of one
     /// "maker"), the TPM also gets EK certificates as a real part does,
-    /// including one for the ECC P-256 EK at 0x01C0000A (see `installP256EKCertificate`).
+    /// including one for the ECC P-256 EK at 0x01C0000A (OutpostQEMU.TPMManufacture).
     public init(stateDirectory: String, endorsementCA: EndorsementCA? = nil) throws {
         self.stateDirectory = stateDirectory
         try FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)
-        let fresh = !FileManager.default.fileExists(atPath: stateDirectory + "/tpm2-00.permall")
+        // The maker's steps are OutpostQEMU.TPMManufacture's (as `outpost run` makes a TPM),
+        // run with this module's runner: swift-subprocess does not reap children in a test process.
+        let fresh = TPMManufacture.isFresh(stateDirectory)
         if fresh {
-            var argv = ["swtpm_setup", "--tpm2", "--tpmstate", stateDirectory, "--createek"]
-            if let endorsementCA { argv += ["--create-ek-cert", "--create-platform-cert", "--config", try endorsementCA.setupConfig()] }
-            let setup = try runCommand(argv, timeout: .seconds(60))
-            guard setup.status == 0 else {
-                throw TestSupportError.spawn(command: "swtpm_setup", reason: setup.output.trimmingCharacters(in: .whitespacesAndNewlines))
-            }
+            let argv = try endorsementCA?.maker.setupCommand(stateDirectory: stateDirectory)
+                ?? ["swtpm_setup", "--tpm2", "--tpmstate", stateDirectory, "--createek"]
+            try Self.run(argv)
         }
         try start()
-        if fresh, let endorsementCA { try installP256EKCertificate(endorsementCA) }
+        if fresh, let endorsementCA {
+            try endorsementCA.maker.installP256Certificate(tcti: tcti, work: stateDirectory + "/ekcert", run: Self.run)
+        }
     }
 
     /// A TPM maker's CA for EK certificates: swtpm-localca's state in `directory` (its root
-    /// CA and the intermediate that signs EK certificates are made at first use).
+    /// CA and the intermediate that signs EK certificates are made at first use), the same
+    /// maker `outpost run --ek-ca` uses (OutpostQEMU.TPMManufacture).
     public struct EndorsementCA: Sendable {
-        public let directory: String
+        public let maker: TPMManufacture
+        public var directory: String { maker.caDirectory }
         public init(directory: String) throws {
-            self.directory = directory
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            maker = TPMManufacture(caDirectory: directory)
         }
         /// The self-signed root ("swtpm-localca-rootca") and the intermediate that signs ("swtpm-localca").
-        public var rootCertificate: String { directory + "/swtpm-localca-rootca-cert.pem" }
-        public var issuerCertificate: String { directory + "/issuercert.pem" }
-        var localCAConfig: String { directory + "/swtpm-localca.conf" }
-
-        /// swtpm_setup.conf and swtpm-localca.conf pointing at `directory`, not /var/lib/swtpm-localca.
-        func setupConfig() throws -> String {
-            let ca = "statedir = \(directory)\nsigningkey = \(directory)/signkey.pem\n"
-                + "issuercert = \(issuerCertificate)\ncertserial = \(directory)/certserial\n"
-            try ca.write(toFile: localCAConfig, atomically: true, encoding: .utf8)
-            let setup = "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = \(localCAConfig)\n"
-                + "create_certs_tool_options = /etc/swtpm-localca.options\nactive_pcr_banks = sha256\n"
-            let path = directory + "/swtpm_setup.conf"
-            try setup.write(toFile: path, atomically: true, encoding: .utf8)
-            return path
-        }
+        public var rootCertificate: String { maker.rootCertificate }
+        public var issuerCertificate: String { maker.issuerCertificate }
     }
 
     /// The TCG EK Credential Profile's index for the ECC P-256 EK's certificate.
-    public static let p256EKCertificateIndex = "0x01c0000a"
+    public static let p256EKCertificateIndex = TPMManufacture.p256EKCertificateIndex
 
-    /// swtpm_setup 0.7 certifies an RSA 2048 and an ECC P-384 EK only; the device uses the P-256
-    /// EK (template L-2). As a maker would, this certifies that EK with the same CA and stores
-    /// the DER at 0x01C0000A, defined by the platform hierarchy with the attributes swtpm gives
-    /// its own certificate indices.
-    func installP256EKCertificate(_ ca: EndorsementCA) throws {
-        let work = stateDirectory + "/ekcert"
-        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: work) }
-        func run(_ argv: [String]) throws {
-            let r = try runCommand(argv, timeout: .seconds(60))
-            guard r.status == 0 else { throw TestSupportError.failed(command: argv.joined(separator: " "), status: r.status, output: r.output) }
-        }
-        try run(["tpm2_createek", "-T", tcti, "-G", "ecc", "-c", work + "/ek.ctx", "-u", work + "/ek.der", "-f", "der"])
-        try run(["tpm2_flushcontext", "-T", tcti, "-t"])
-        guard let der = FileManager.default.contents(atPath: work + "/ek.der"), der.count >= 64 else {
-            throw TestSupportError.spawn(command: "tpm2_createek", reason: "no P-256 public key in \(work)/ek.der")
-        }
-        let point = Array(der.suffix(64))
-        let x = point.prefix(32).map { String(format: "%02x", $0) }.joined()
-        let y = point.suffix(32).map { String(format: "%02x", $0) }.joined()
-        try run(["swtpm_localca", "--type", "ek", "--ek", "x=\(x),y=\(y),id=secp256r1", "--dir", work,
-                 "--tpm-spec-family", "2.0", "--tpm-spec-level", "0", "--tpm-spec-revision", "164",
-                 "--tpm-manufacturer", "id:00001014", "--tpm-model", "swtpm", "--tpm-version", "id:20191023", "--tpm2",
-                 "--configfile", ca.localCAConfig, "--optsfile", "/etc/swtpm-localca.options"])
-        let cert = work + "/ek.cert"
-        let size = (try FileManager.default.attributesOfItem(atPath: cert)[.size] as? Int) ?? 0
-        let index = Self.p256EKCertificateIndex
-        try run(["tpm2_nvdefine", "-T", tcti, index, "-C", "p", "-s", String(size),
-                 "-a", "ppwrite|writedefine|ppread|ownerread|authread|no_da|platformcreate"])
-        try run(["tpm2_nvwrite", "-T", tcti, index, "-C", "p", "-i", cert])
-        try run(["tpm2_nvwritelock", "-T", tcti, index, "-C", "p"])
+    /// Runs one command (bounded); a failure throws with its output.
+    static func run(_ argv: [String]) throws {
+        let r = try runCommand(argv, timeout: .seconds(60))
+        guard r.status == 0 else { throw TestSupportError.failed(command: argv.joined(separator: " "), status: r.status, output: r.output) }
     }
 
     deinit { stop() }
