@@ -194,7 +194,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "outpost-controller", dependencies: [
-            "OutpostController", "OutpostBundle",
+            "OutpostController", "OutpostBundle", "OutpostProto",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
