@@ -100,7 +100,8 @@ let package = Package(
         // Device side: early boot, supervisor, updater, network.
         // Fleet/ wires the controller client (OutpostFleet) to the update service,
         // the network manager and the reboot path.
-        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform", "OutpostFleet", "OutpostTrust", "OutpostProto", "OutpostApps"],
+        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform", "OutpostFleet", "OutpostTrust", "OutpostProto", "OutpostApps",
+                                                    .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: faultInjection),
         .executableTarget(name: "outpostd", dependencies: [
             "OutpostAgent",
