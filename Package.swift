@@ -205,6 +205,8 @@ let package = Package(
             "OutpostFleet", "OutpostProto", "OutpostHTTP", "OutpostPlatform", "OutpostController", "OutpostTestSupport",
             // Attestation end to end: a swtpm behind OutpostTrust's attestor, a signed bundle's PCR predictions.
             "OutpostTrust", "OutpostBundle", .product(name: "Crypto", package: "swift-crypto"),
+            // The controller's secrets end to end: the agent's vault adapter over a vault directory on the host.
+            "OutpostAgent",
         ]),
         .testTarget(name: "OutpostControllerTests", dependencies: [
             "OutpostController", "OutpostProto", "OutpostBundle", "OutpostTestSupport",
