@@ -81,10 +81,10 @@ struct ConfigSecretsTests {
         // A device with an attestation key and no token, or a token of no passed attestation:
         // the served bytes carry no secret, the marker is set and the hash is the withheld one.
         let (ak, akID) = try await c.newDevice(serial: "SN-SECRETS-AK")
-        let store = try await (backend == .postgres ? fixture.location : .sqlite(path: c.dir.database)).open(logger: Logger(label: "t"))
+        let store = backend == .postgres ? try await fixture.open() : try await StoreLocation.sqlite(path: c.dir.database).open(logger: Logger(label: "t"))
         try await store.putAttestationKey(AttestationKeyRecord(deviceID: akID, ekPublic: Data([1, 2]), akPublic: Data([3]), ekCertificate: Data(),
                                                                credentialSHA256: Data(repeating: 7, count: 32)))
-        await (store as? PostgresFleetStore)?.close()
+        await fixture.close(store)
         _ = try await Self.set(c, akID, "wifi.psk", value)
         for token in [Data(), Data((0..<32).map { _ in UInt8.random(in: 0...255) })] {
             var request = ConfigRequest()

@@ -42,6 +42,6 @@ struct WireClientTests {
         #expect(devices.count == 1)
         #expect(devices.first?.id == r["device_id"] as? String)
         #expect(devices.first?.serial == "SN-PY")
-        #expect(devices.first?.configHash == r["config_hash"] as? String)
+        #expect(devices.first?.configHash == r["latest_config_hash"] as? String, "the config with the secret is the stored one")
     }
 }

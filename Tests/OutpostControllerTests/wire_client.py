@@ -148,6 +148,7 @@ def main():
     # The test sets a secret once the device is registered: the next 200 carries it.
     # (It may already be in the first config: registration and the test race.)
     result["secrets"] = None
+    result["latest_config_hash"] = config_hash
     if 8 in config:
         result["secrets"] = [[decode(s)[1][0].decode(), decode(s)[2][0].decode()] for s in config[8]]
         result["secrets_hash_matches"] = result["hash_matches"]
@@ -159,6 +160,7 @@ def main():
             changed = decode(changed_bytes)
             result["secrets"] = [[decode(s)[1][0].decode(), decode(s)[2][0].decode()] for s in changed.get(8, [])]
             result["secrets_hash_matches"] = hashlib.sha256(changed_bytes).hexdigest() == changed_hash
+            result["latest_config_hash"] = changed_hash
             break
         time.sleep(0.25)
     # Attestation (attest.proto) for a device with no TPM keys: a nonce is refused (409), a
