@@ -100,7 +100,8 @@ let package = Package(
         // Device side: early boot, supervisor, updater, network.
         // Fleet/ wires the controller client (OutpostFleet) to the update service,
         // the network manager and the reboot path.
-        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform", "OutpostFleet", "OutpostTrust", "OutpostProto", "OutpostApps"],
+        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform", "OutpostFleet", "OutpostTrust", "OutpostProto", "OutpostApps",
+                                                    .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: faultInjection),
         .executableTarget(name: "outpostd", dependencies: [
             "OutpostAgent",
@@ -194,7 +195,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "outpost-controller", dependencies: [
-            "OutpostController", "OutpostBundle",
+            "OutpostController", "OutpostBundle", "OutpostProto",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -204,6 +205,8 @@ let package = Package(
             "OutpostFleet", "OutpostProto", "OutpostHTTP", "OutpostPlatform", "OutpostController", "OutpostTestSupport",
             // Attestation end to end: a swtpm behind OutpostTrust's attestor, a signed bundle's PCR predictions.
             "OutpostTrust", "OutpostBundle", .product(name: "Crypto", package: "swift-crypto"),
+            // The controller's secrets end to end: the agent's vault adapter over a vault directory on the host.
+            "OutpostAgent",
         ]),
         .testTarget(name: "OutpostControllerTests", dependencies: [
             "OutpostController", "OutpostProto", "OutpostBundle", "OutpostTestSupport",

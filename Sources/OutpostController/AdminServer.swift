@@ -26,6 +26,8 @@ import OutpostProto
 ///     POST /devices/REF/set-os          {"bundle": PATH} or {"url": URL, "version": V}; "activate" (default true)
 ///     POST /devices/REF/set-network     {"networkJSON": "..."}
 ///     POST /devices/REF/set-apps        {"appsJSON": "..."} (the apps.json shape; validated, then the config's apps section)
+///     POST /devices/REF/set-secret      {"name": N, "valueBase64": B64}: a secret for the device's vault (AdminSecrets.swift)
+///     POST /devices/REF/remove-secret   {"name": N}
 ///     POST /devices/REF/reboot|shutdown|retry-update
 ///     POST /devices/REF/intervals       {"config": s, "metrics": s, "info": s}
 ///     GET  /rollouts, POST /rollouts    list; create {"select", "waves", "soakMs", "deadlineMs",
@@ -212,7 +214,7 @@ public struct AdminRoutes: Sendable {
         let d = try await fleet.resolve(ref)
         let i = try await info(d.id)
         var o = Views.summary(d, info: i)
-        o["config"] = Views.json(try fleet.config(of: d.id))
+        o["config"] = Views.configJSON(try fleet.config(of: d.id))
         if let i { o["info"] = Views.json(i) }
         o["certificateFingerprint"] = d.fingerprint
         o["labels"] = try await fleet.store.labels()[d.id] ?? [:]
@@ -301,6 +303,8 @@ public struct AdminRoutes: Sendable {
             let section = try AppsSectionCodec.section(fromAppsJSON: Data(text.utf8))
             return ConfigChange(apply: { c in c.apps = section },
                                 report: ["apps": section.instances.map(\.name)])
+        case "set-secret", "remove-secret":
+            return try secretChange(action, body)
         case "reboot":
             return ConfigChange(apply: { c in c.commands.reboot &+= 1 })
         case "shutdown":
@@ -333,7 +337,7 @@ public struct AdminRoutes: Sendable {
         var result = change.report
         result["device"] = record.id
         result["configHash"] = record.configHash
-        result["config"] = Views.json(try fleet.config(of: record.id))
+        result["config"] = Views.configJSON(try fleet.config(of: record.id))
         return result
     }
 

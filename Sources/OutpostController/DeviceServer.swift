@@ -192,6 +192,8 @@ public struct DeviceAPIRoutes: Sendable {
             if r.configHash == hash { return Response(status: .notModified) }
             var resp = ConfigResponse()
             resp.config = try DeviceConfig(serializedBytes: now.record.config)
+            // Really removed: the bytes served carry no secret value.
+            resp.config.secrets = []
             resp.configHash = hash
             resp.attestation.secretsWithheld = true
             if let last { resp.attestation.last = last }

@@ -315,6 +315,7 @@ public final class Fleet: Sendable {
         let changed = try await store.changeConfig(deviceID: d.id) { current in
             var c = try DeviceConfig(serializedBytes: current.config)
             try change(&c)
+            try WireCheck.secrets(c.secrets)
             let (bytes, hash) = try Self.encode(c)
             return hash == current.configHash ? nil : (bytes, hash)
         }

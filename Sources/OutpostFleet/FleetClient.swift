@@ -138,6 +138,11 @@ public final class FleetClient: Sendable {
         if let stored = try files.lastGoodConfig() {
             loop.withLock { $0.configHash = stored.configHash }
             apply(stored.config, atBoot: true)
+            let missing = secretsMissingFromVault(stored.config)
+            if !missing.isEmpty {
+                note("secrets: the vault lacks \(missing.joined(separator: ", ")): asking the controller for the config again")
+                loop.withLock { $0.configHash = "" }
+            }
         }
         let started: NamedThread
         do { started = try NamedThread.start(name: "fleet") { [self] in run() } } catch { throw .system(error) }
@@ -321,14 +326,24 @@ public final class FleetClient: Sendable {
                 throw .malformed(what: "config response", detail: "no usable config_hash")
             }
             if response.configHash == request.configHash { return 200 }
+            // The secrets' contract (names, sizes, order, count): a config that breaks it is refused whole.
+            if let problem = ConfigSecrets.problem(response.config.secrets) {
+                throw .malformed(what: "config \(response.configHash.prefix(12))", detail: problem)
+            }
             let withheld = response.attestation.secretsWithheld
             if withheld != loop.withLock({ $0.withheldNoted }) {
                 loop.withLock { $0.withheldNoted = withheld }
-                if withheld { note("config \(response.configHash.prefix(12)) served with its secrets withheld: this boot is not attested", severity: .warning) }
+                if withheld {
+                    note("config \(response.configHash.prefix(12)) served with its secrets withheld: \(Self.withheldReason(response.attestation))",
+                         severity: .warning)
+                }
             }
-            // Last good first: a crash while applying resumes from it at boot.
-            try files.saveConfig(response)
+            // Last good first: a crash while applying resumes from it at boot. Never with a
+            // secret's value: those live in the vault only (FleetSecrets.swift).
+            try files.saveConfig(Self.withoutSecretValues(response))
             loop.withLock { $0.configHash = response.configHash; $0.infoDirty = true }
+            // Withheld: the controller left them out, which says nothing about the vault's copies.
+            if !withheld { storeSecrets(response.config.secrets) }
             apply(response.config, atBoot: false)
             return 200
         case 503: return 503  // reachable, upgrading: try again next interval

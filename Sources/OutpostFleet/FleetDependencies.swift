@@ -45,6 +45,26 @@ public protocol AppsConfigurator: Sendable {
     func apply(apps: Outpost_Api_V1_AppsSection) -> String?
 }
 
+/// The device's vault, for DeviceConfig.secrets (the agent's VaultService). The client
+/// calls it only with a config whose secrets were not withheld.
+public protocol SecretsKeeper: Sendable {
+    /// Makes the vault's controller secrets exactly `secrets`: each is written as
+    /// `controller.NAME`, and `controller.*` secrets not among them are deleted.
+    /// `.notStored` (the vault is not open) means nothing was written or deleted.
+    func replaceControllerSecrets(_ secrets: [Outpost_Api_V1_Secret]) -> SecretsOutcome
+    /// The names (without `controller.`) of the controller secrets the vault holds,
+    /// nil when the vault is not open.
+    func controllerSecretNames() -> [String]?
+}
+
+/// What became of a config's secrets.
+public enum SecretsOutcome: Sendable, Equatable {
+    /// All written; `removed` are the names deleted because the config no longer has them.
+    case stored(removed: [String])
+    /// Nothing written, and why (one line: the vault's state).
+    case notStored(reason: String)
+}
+
 /// Reboot and shutdown on the controller's command. The agent records the
 /// boot reason `controller`. Both may return before the machine goes down.
 public protocol PowerControl: Sendable {
@@ -77,6 +97,8 @@ public struct FleetDependencies: Sendable {
     public var state: any DeviceStateSource
     /// nil: the device runs no apps (the section is ignored and apps_error says so).
     public var apps: (any AppsConfigurator)?
+    /// nil: no vault (PERSIST is not mounted); a config's secrets are then not stored, and said so.
+    public var secrets: (any SecretsKeeper)?
     /// The ways out to the controller, best first: the agent maps
     /// NetworkService.controllerPorts to routes (with each port's proxy).
     /// Empty: connect without binding to a port.
@@ -91,8 +113,9 @@ public struct FleetDependencies: Sendable {
     public init(updater: any BaseOSUpdater, network: any NetworkConfigurator, power: any PowerControl,
                 state: any DeviceStateSource, routes: @escaping @Sendable () -> [ControllerRoute] = { [] },
                 log: (@Sendable (String) -> Void)? = nil, console: (@Sendable (String) -> Void)? = nil,
-                apps: (any AppsConfigurator)? = nil) {
+                apps: (any AppsConfigurator)? = nil, secrets: (any SecretsKeeper)? = nil) {
         self.apps = apps
+        self.secrets = secrets
         self.updater = updater
         self.network = network
         self.power = power

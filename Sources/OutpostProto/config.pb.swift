@@ -102,10 +102,10 @@ public nonisolated struct Outpost_Api_V1_ConfigAttestation: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// True: the secrets were left out (the device config has no secret
-  /// fields yet, so nothing is removed today; the marker and the different
-  /// config_hash are what a device sees). config_hash then differs from the
-  /// full config's, so the device fetches it again once it has attested.
+  /// True: DeviceConfig.secrets was removed from the served config (the
+  /// served bytes carry no secret value). config_hash is then the hash of the
+  /// config without them, which differs from the full config's (when there
+  /// are secrets), so the device fetches it again once it has attested.
   public var secretsWithheld: Bool = false
 
   /// The device's last attestation, as the controller recorded it.
@@ -185,11 +185,39 @@ public nonisolated struct Outpost_Api_V1_DeviceConfig: @unchecked Sendable {
   /// Clears the value of `apps`. Subsequent reads from it will return its default value.
   public mutating func clearApps() {_uniqueStorage()._apps = nil}
 
+  /// Secrets for the device's vault, sorted by name, names unique, at most 64
+  /// of them. Served only to a device without an attestation key, or with a
+  /// token from a passed attestation of its current boot (see
+  /// ConfigAttestation). The device stores each in its vault as
+  /// `controller.NAME` and never keeps them in its saved last good config.
+  public var secrets: [Outpost_Api_V1_Secret] {
+    get {_storage._secrets}
+    set {_uniqueStorage()._secrets = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// One secret value: what `outpost-controller device set-secret` stored.
+public nonisolated struct Outpost_Api_V1_Secret: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 1 to 53 of a-z, A-Z, 0-9, '.', '_' and '-', not starting with '.': a
+  /// vault secret name once the device prefixes it with `controller.`.
+  public var name: String = String()
+
+  /// The value, at most 4096 bytes (the vault's limit for one secret).
+  public var value: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// The base OS the device should run: handed to the update engine, which
@@ -532,7 +560,7 @@ nonisolated extension Outpost_Api_V1_ConfigAttestation: SwiftProtobuf.Message, S
 
 nonisolated extension Outpost_Api_V1_DeviceConfig: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeviceConfig"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{3}base_os\0\u{1}network\0\u{2}\u{2}intervals\0\u{1}commands\0\u{1}apps\0\u{c}\u{4}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{3}base_os\0\u{1}network\0\u{2}\u{2}intervals\0\u{1}commands\0\u{1}apps\0\u{1}secrets\0\u{c}\u{4}\u{1}")
 
   fileprivate class _StorageClass {
     var _deviceID: String = String()
@@ -541,6 +569,7 @@ nonisolated extension Outpost_Api_V1_DeviceConfig: SwiftProtobuf.Message, SwiftP
     var _intervals: Outpost_Api_V1_Intervals? = nil
     var _commands: Outpost_Api_V1_Commands? = nil
     var _apps: Outpost_Api_V1_AppsSection? = nil
+    var _secrets: [Outpost_Api_V1_Secret] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -557,6 +586,7 @@ nonisolated extension Outpost_Api_V1_DeviceConfig: SwiftProtobuf.Message, SwiftP
       _intervals = source._intervals
       _commands = source._commands
       _apps = source._apps
+      _secrets = source._secrets
     }
   }
 
@@ -581,6 +611,7 @@ nonisolated extension Outpost_Api_V1_DeviceConfig: SwiftProtobuf.Message, SwiftP
         case 5: try { try decoder.decodeSingularMessageField(value: &_storage._intervals) }()
         case 6: try { try decoder.decodeSingularMessageField(value: &_storage._commands) }()
         case 7: try { try decoder.decodeSingularMessageField(value: &_storage._apps) }()
+        case 8: try { try decoder.decodeRepeatedMessageField(value: &_storage._secrets) }()
         default: break
         }
       }
@@ -611,6 +642,9 @@ nonisolated extension Outpost_Api_V1_DeviceConfig: SwiftProtobuf.Message, SwiftP
       try { if let v = _storage._apps {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
       } }()
+      if !_storage._secrets.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._secrets, fieldNumber: 8)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -626,10 +660,46 @@ nonisolated extension Outpost_Api_V1_DeviceConfig: SwiftProtobuf.Message, SwiftP
         if _storage._intervals != rhs_storage._intervals {return false}
         if _storage._commands != rhs_storage._commands {return false}
         if _storage._apps != rhs_storage._apps {return false}
+        if _storage._secrets != rhs_storage._secrets {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Outpost_Api_V1_Secret: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Secret"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}value\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.value) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.value.isEmpty {
+      try visitor.visitSingularBytesField(value: self.value, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Outpost_Api_V1_Secret, rhs: Outpost_Api_V1_Secret) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.value != rhs.value {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import OutpostController
+import OutpostProto
 
 struct DeviceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -11,7 +12,7 @@ struct DeviceCommand: AsyncParsableCommand {
 
         SELECTOR picks devices by label (`device label`): \(selectorHelp)
         """,
-        subcommands: [List.self, Show.self, Label.self, Logs.self, Metrics.self, SetOS.self, SetNetwork.self, SetApps.self, Reboot.self, Shutdown.self,
+        subcommands: [List.self, Show.self, Label.self, Logs.self, Metrics.self, SetOS.self, SetNetwork.self, SetApps.self, SetSecret.self, RemoveSecret.self, Reboot.self, Shutdown.self,
                       RetryUpdate.self, SetIntervals.self, AttestationCommand.self, AttestationResetCommand.self])
 
     struct List: AsyncParsableCommand {
@@ -77,6 +78,9 @@ struct DeviceCommand: AsyncParsableCommand {
                 }
                 for h in o["updateHistory"] as? [[String: Any]] ?? [] {
                     print("history      \(s(h, "received"))  \(s(h, "step")) \(s(h, "version")) \(s(h, "reason"))")
+                }
+                for secret in (o["config"] as? [String: Any])?["secrets"] as? [[String: Any]] ?? [] {
+                    print("secret       \(s(secret, "name")) \(s(secret, "bytes")) bytes sha256 \(s(secret, "sha256"))")
                 }
                 if let c = o["config"] { print("config"); printJSON(c) }
             }
@@ -227,6 +231,71 @@ struct DeviceCommand: AsyncParsableCommand {
                 guard let d = FileManager.default.contents(atPath: file) else { throw ControllerError.io(path: file, reason: "cannot read the file") }
                 try report(try data.admin.call("POST", "/devices/\(esc(device))/set-apps",
                                                body: ["appsJSON": String(decoding: d, as: UTF8.self)]), json: json)
+            }
+        }
+    }
+
+    struct SetSecret: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set-secret",
+            abstract: "Give a device a secret for its vault (stored there as controller.NAME).",
+            discussion: """
+                A device with an attestation key gets its secrets only after a passed attestation of its current boot; \
+                a device with the file identity gets them with its config. The value is never shown back: `device show` \
+                lists each secret's name, length and SHA-256.
+                """)
+        @OptionGroup var data: DataOption
+        @Argument(help: "The device.") var device: String
+        @Argument(help: "The secret's name: 1-\(ConfigSecrets.maximumNameBytes) of A-Z a-z 0-9 . _ -, not starting with a dot.") var name: String
+        @Option(help: "The value (visible in the process list: prefer --file or --stdin).") var value: String?
+        @Option(help: "Read the value from this file (its exact bytes).") var file: String?
+        @Flag(help: "Read the value from standard input (its exact bytes).") var stdin = false
+        @Flag(help: "Print JSON.") var json = false
+
+        func validate() throws {
+            if [value != nil, file != nil, stdin].filter({ $0 }).count != 1 { throw ValidationError("give one of --value, --file or --stdin") }
+        }
+
+        func run() async throws {
+            try await oneLine {
+                if let problem = ConfigSecrets.nameProblem(name) { throw ControllerError.invalidInput(problem) }
+                let bytes: Data
+                if let value {
+                    bytes = Data(value.utf8)
+                } else if let file {
+                    guard let d = FileManager.default.contents(atPath: file) else { throw ControllerError.io(path: file, reason: "cannot read the file") }
+                    bytes = d
+                } else {
+                    // One byte past the limit is enough to refuse an oversize value.
+                    bytes = (try? FileHandle.standardInput.read(upToCount: ConfigSecrets.maximumValueBytes + 1)) ?? Data()
+                }
+                let v = try data.admin.call("POST", "/devices/\(esc(device))/set-secret",
+                                            body: ["name": name, "valueBase64": bytes.base64EncodedString()])
+                if json { return printJSON(v) }
+                let o = v as? [String: Any] ?? [:]
+                let secret = o["secret"] as? [String: Any] ?? [:]
+                print("device \(s(o, "device")): secret \(s(secret, "name")) set (\(s(secret, "bytes")) bytes, sha256 \(s(secret, "sha256")))")
+                try report(v, json: false)
+            }
+        }
+    }
+
+    struct RemoveSecret: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "remove-secret",
+            abstract: "Take a secret out of a device's config; the device deletes controller.NAME from its vault.")
+        @OptionGroup var data: DataOption
+        @Argument(help: "The device.") var device: String
+        @Argument(help: "The secret's name.") var name: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            try await oneLine {
+                let v = try data.admin.call("POST", "/devices/\(esc(device))/remove-secret", body: ["name": name])
+                if json { return printJSON(v) }
+                let o = v as? [String: Any] ?? [:]
+                print("device \(s(o, "device")): secret \(s(o, "removed")) removed")
+                try report(v, json: false)
             }
         }
     }

@@ -5,7 +5,7 @@ import Testing
 
 /// An independent check of the wire format: a Python client (OpenSSL, the
 /// `cryptography` package, a hand-written protobuf codec) registers and
-/// fetches config over mutual TLS.
+/// fetches config (and a secret set meanwhile) over mutual TLS.
 @Suite("Controller wire format (Python client)", .serialized)
 struct WireClientTests {
     @Test func aPythonClientRegistersAndDecodesItsConfig() async throws {
@@ -17,9 +17,18 @@ struct WireClientTests {
         // Bounded: the script's own timeouts are 20 s per request; killed by PID past 120 s.
         // runCommand blocks, so it waits on a Dispatch thread: the in-process controller
         // needs the (two-thread) cooperative pool to answer the script.
-        let result: CommandResult = try await withCheckedThrowingContinuation { cont in
+        async let run: CommandResult = withCheckedThrowingContinuation { cont in
             DispatchQueue.global().async { cont.resume(with: Result { try runCommand(argv, timeout: .seconds(120)) }) }
         }
+        // Once the script's device is registered, a secret: its next config poll decodes it (field 8).
+        var registered: [DeviceRecord] = []
+        for _ in 0..<300 where registered.isEmpty {
+            registered = try await c.store.allDevices()
+            if registered.isEmpty { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        let id = try #require(registered.first?.id, "the script's device never registered")
+        _ = try await c.call("POST", "/devices/\(id)/set-secret", body: ["name": "wifi.psk", "valueBase64": Data("from-the-test".utf8).base64EncodedString()])
+        let result = try await run
         #expect(result.status == 0, "wire_client.py: \(result.stdout) \(result.stderr)")
         let r = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] ?? [:]
         #expect(r["register"] as? Int == 201)
@@ -27,10 +36,12 @@ struct WireClientTests {
         #expect(r["config"] as? Int == 200)
         #expect(r["config_again"] as? Int == 304)
         #expect(r["hash_matches"] as? Bool == true)
+        #expect(r["secrets"] as? [[String]] == [["wifi.psk", "from-the-test"]], "\(r)")
+        #expect(r["secrets_hash_matches"] as? Bool == true)
         let devices = try await c.store.allDevices()
         #expect(devices.count == 1)
         #expect(devices.first?.id == r["device_id"] as? String)
         #expect(devices.first?.serial == "SN-PY")
-        #expect(devices.first?.configHash == r["config_hash"] as? String)
+        #expect(devices.first?.configHash == r["latest_config_hash"] as? String, "the config with the secret is the stored one")
     }
 }

@@ -6,7 +6,10 @@ certificate, and a hand-written protobuf encoder/decoder of the few fields it
 needs, so nothing here shares code with the Swift side. Registers with the
 onboarding certificate, fetches config with the device certificate, checks
 that config_hash is the SHA-256 of the DeviceConfig bytes, and that the same
-hash gets 304. Prints one JSON object; exits non-zero on any mismatch.
+hash gets 304. Then it polls (bounded: 60 polls, 0.25 s apart) until the
+config changes (the test sets a secret through the admin socket) and decodes
+DeviceConfig.secrets (field 8: repeated Secret {1 name, 2 value}). Prints one
+JSON object; exits non-zero on any mismatch.
 
 usage: wire_client.py HOST PORT ROOT_CA ONBOARD_CERT ONBOARD_KEY WORKDIR SERIAL
 """
@@ -17,6 +20,7 @@ import json
 import os
 import ssl
 import sys
+import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -141,6 +145,24 @@ def main():
     # The same connection (keep-alive): unchanged config is 304.
     status, body = post(dev, "/api/v1/edgedevice/config", field_bytes(1, config_hash.encode()))
     result["config_again"] = status
+    # The test sets a secret once the device is registered: the next 200 carries it.
+    # (It may already be in the first config: registration and the test race.)
+    result["secrets"] = None
+    result["latest_config_hash"] = config_hash
+    if 8 in config:
+        result["secrets"] = [[decode(s)[1][0].decode(), decode(s)[2][0].decode()] for s in config[8]]
+        result["secrets_hash_matches"] = result["hash_matches"]
+    for _ in range(0 if 8 in config else 60):
+        status, body = post(dev, "/api/v1/edgedevice/config", field_bytes(1, config_hash.encode()))
+        if status == 200:
+            resp = decode(body)
+            changed_bytes, changed_hash = resp[1][0], resp[2][0].decode()
+            changed = decode(changed_bytes)
+            result["secrets"] = [[decode(s)[1][0].decode(), decode(s)[2][0].decode()] for s in changed.get(8, [])]
+            result["secrets_hash_matches"] = hashlib.sha256(changed_bytes).hexdigest() == changed_hash
+            result["latest_config_hash"] = changed_hash
+            break
+        time.sleep(0.25)
     # Attestation (attest.proto) for a device with no TPM keys: a nonce is refused (409), a
     # well-formed AttestationQuote too (409, no key), a malformed one is a 400.
     status, _ = post(dev, "/api/v1/edgedevice/attest/nonce", b"")
@@ -157,6 +179,7 @@ def main():
     print(json.dumps(result, sort_keys=True))
     ok = (result["config_device_id"] == device_id and result["hash_matches"]
           and result["config_again"] == 304 and result["onboard_config"] == 403
+          and result["secrets"] is not None and result["secrets_hash_matches"]
           and result["attest_nonce"] == 409 and result["attest_quote"] == 409
           and result["attest_malformed"] == 400 and result["attest_malformed_lines"] == 1)
     sys.exit(0 if ok else 1)

@@ -65,6 +65,16 @@ struct AttestationFlowTests {
         return show["configHash"] as? String ?? ""
     }
 
+    /// The config response's bytes as the controller serves them to `client` now, with its token.
+    static func servedConfig(_ client: FleetClient) async throws -> Data {
+        var request = Outpost_Api_V1_ConfigRequest()
+        request.attestationToken = Data(client.loop.withLock { $0.attestationToken })
+        let body = try Array(request.serializedBytes() as Data)
+        let answer = try await offPool { try client.link.call(APIPath.config, body: body, tls: client.deviceTLS) }
+        guard answer.status == 200 else { throw TestSupportError.failed(command: "config", status: Int32(answer.status), output: "") }
+        return Data(answer.body)
+    }
+
     static func attestation(_ controller: ChildController, _ id: String) async throws -> [String: Any] {
         try await controller.admin("GET", "/devices/\(id)/attestation") as? [String: Any] ?? [:]
     }
@@ -101,6 +111,13 @@ struct AttestationFlowTests {
         // With this boot's token the device holds the whole config (the same hash as the controller's).
         let whole = try await Self.wholeConfigHash(controller, id)
         #expect(first.loop.withLock { $0.configHash } == whole)
+        // A secret: served, value and all, to the request with this boot's token.
+        let secret = Data("attested-\(UInt64.random(in: 1...UInt64.max))".utf8)
+        _ = try await controller.admin("POST", "/devices/\(id)/set-secret", ["name": "wifi.psk", "valueBase64": secret.base64EncodedString()])
+        let served = try await Self.servedConfig(first)
+        let passedConfig = try Outpost_Api_V1_ConfigResponse(serializedBytes: served)
+        #expect(!passedConfig.attestation.secretsWithheld && passedConfig.config.secrets.map(\.name) == ["wifi.psk"]
+                && passedConfig.config.secrets.first?.value == secret)
         var shown = try await Self.attestation(controller, id)
         #expect(shown["identity"] as? String == "tpm" && shown["attested"] as? Bool == true, "\(shown)")
         #expect((shown["key"] as? [String: Any])?["bound"] as? Bool == true)
@@ -150,7 +167,11 @@ struct AttestationFlowTests {
         let line = "attestation: failed: PCR 8: expected \(hex(pcr8)), actual \(hex(changed))"
         #expect(console.all.last == line, "\(console.all)")
         #expect(second.status.attestation == String(line.dropFirst("attestation: ".count)))
-        // Secrets withheld: the config the device got is marked and hashed differently.
+        // Secrets withheld: the config the device got is marked and hashed differently, and its bytes hold no secret.
+        let withheldBytes = try await Self.servedConfig(second)
+        #expect(withheldBytes.range(of: secret) == nil, "a failed attestation was served the secret's value")
+        let withheldConfig = try Outpost_Api_V1_ConfigResponse(serializedBytes: withheldBytes)
+        #expect(withheldConfig.attestation.secretsWithheld && withheldConfig.config.secrets.isEmpty)
         let heldHash = second.loop.withLock { $0.configHash }
         let wholeNow = try await Self.wholeConfigHash(controller, id)
         #expect(!heldHash.isEmpty && heldHash != wholeNow)

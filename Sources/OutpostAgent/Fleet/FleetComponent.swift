@@ -72,7 +72,9 @@ enum FleetComponent {
             // "attestation: passed" / "attestation: failed: PCR 8: expected …, actual …", shown as
             // "outpost: attestation: …" (Console.line adds the prefix).
             console: { line in Console.line(line) },
-            apps: FleetApps(agent: agent))
+            apps: FleetApps(agent: agent),
+            // The config's secrets go into the vault as controller.NAME (FleetVault.swift).
+            secrets: FleetVault(vault: { agent.vault }))
         // The TPM when it works, else the file identity and why: never silently.
         let choice: IdentityChoice
         do {

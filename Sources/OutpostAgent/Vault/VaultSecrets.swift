@@ -9,7 +9,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import OutpostApps
+import Crypto
 import OutpostPlatform
 
 extension VaultService {
@@ -42,12 +42,25 @@ extension VaultService {
         guard Self.validName(name) else { throw .badName(name) }
         let path = secretsDirectory + "/" + name
         guard access(path, F_OK) == 0 else { throw .missing(name) }
-        do {
-            let value = try FileIO.read(path, limit: Self.maximumSecretBytes)
-            return (value.count, try ContentStore.sha256(of: path))
-        } catch {
-            throw .io("\(error)")
-        }
+        let value: [UInt8]
+        do { value = try FileIO.read(path, limit: Self.maximumSecretBytes) } catch { throw .io("\(error)") }
+        // The bytes already read: reading the file a second time to hash it could see another value.
+        return (value.count, Self.sha256Hex(value))
+    }
+
+    /// Deletes secret `name`; a secret that is not there is not an error.
+    public func remove(_ name: String) throws(VaultSecretError) {
+        guard case .unlocked = state else { throw .locked(state.line) }
+        guard Self.validName(name) else { throw .badName(name) }
+        let path = secretsDirectory + "/" + name
+        guard unlink(path) == 0 || errno == ENOENT else { throw .io("unlink \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    static func sha256Hex(_ bytes: [UInt8]) -> String {
+        SHA256.hash(data: bytes).map { byte in
+            let hex = String(byte, radix: 16)
+            return byte < 16 ? "0" + hex : hex
+        }.joined()
     }
 
     /// The stored secrets' names, sorted.

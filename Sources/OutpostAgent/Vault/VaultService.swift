@@ -243,6 +243,12 @@ public final class VaultService: Sendable {
         return min(paths.maximumAreaBytes, max(VaultVolume.minimumSize, free / 4)) / (1 << 20) * (1 << 20)
     }
 
+    /// Tests only: the state as if bringUp had mounted the area at `paths.mountPoint`, which
+    /// is then a plain directory on the host (dm-crypt needs a kernel this host may lack).
+    func assumeOpened(detail: String) {
+        inner.withLock { $0.state = .unlocked(detail: detail) }
+    }
+
     /// After a commit: the TPM floor follows the committed security version,
     /// so no older slot's approvals unseal from now on.
     public func raiseFloor(to securityVersion: UInt64) {
