@@ -263,7 +263,8 @@ public final class AppService: Sendable {
     /// removed, and existing ones take the new activate flag and counters (a restart or purge
     /// counter that went up restarts or purges a running instance once). An app whose manifest or
     /// image sources changed is stopped and rebuilt: its overlays are kept only where they are on
-    /// the same base image or the manifest's disk says `preserve` (InstanceDisk). An app busy with
+    /// the same base image or the manifest's disk says `preserve` (InstanceDisk). One whose `vault`
+    /// changed is stopped, its directory left where it is, and refused until it is purged. An app busy with
     /// an operator command keeps its old config until the command ends (a later `step` applies
     /// it). Blocks while instances stop (up to their stop grace); returns the lines it logged.
     @discardableResult
