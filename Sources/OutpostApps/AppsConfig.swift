@@ -7,7 +7,8 @@
 //                 "manifest": { ...VMManifest... },
 //                 "images": [ { "name": "<imagename>", "url": "https://...",
 //                               "sha256": "<64 hex>", "size": <bytes> } ],
-//                 "activate": true, "restart": 0, "purge": 0 } ] }
+//                 "activate": true, "restart": 0, "purge": 0,
+//                 "vault": false } ] }
 //
 // A counter that goes up asks for one restart (or purge) of the instance; the
 // device remembers the last value it acted on.
@@ -46,6 +47,10 @@ public struct AppInstanceConfig: Equatable, Sendable {
     public var purgeCounter: UInt64
     /// A console marker the guest must keep printing (nil: no health check).
     public var health: AppHealthCheck? = nil
+    /// `"vault": true`: the instance's directory (overlays, console log, counters) lives in the
+    /// device's encrypted vault, and the app does not start while the vault is closed. The
+    /// content store's base images are public and hash-verified, so they stay on plain PERSIST.
+    public var vault = false
 
     /// The source of a manifest image.
     public func source(for image: VMManifest.Image) -> ImageSource? { images.first { $0.name == image.imageName } }
@@ -135,7 +140,7 @@ public struct AppsConfig: Equatable, Sendable {
     }
 
     static func instance(_ node: JSONNode) throws(AppsError) -> AppInstanceConfig {
-        let fields = try node.object(known: ["name", "manifest", "images", "activate", "restart", "purge", "health"])
+        let fields = try node.object(known: ["name", "manifest", "images", "activate", "restart", "purge", "health", "vault"])
         let nameField = try fields.required("name")
         let name = try nameField.string
         guard isInstanceName(name) else {
@@ -161,7 +166,8 @@ public struct AppsConfig: Equatable, Sendable {
                                  activate: try fields.optional("activate")?.bool ?? true,
                                  restartCounter: UInt64(try fields.optional("restart")?.integer(in: 0...Int64.max) ?? 0),
                                  purgeCounter: UInt64(try fields.optional("purge")?.integer(in: 0...Int64.max) ?? 0),
-                                 health: try fields.optional("health").map(Self.health))
+                                 health: try fields.optional("health").map(Self.health),
+                                 vault: try fields.optional("vault")?.bool ?? false)
     }
 
     static func health(_ node: JSONNode) throws(AppsError) -> AppHealthCheck {

@@ -36,6 +36,11 @@ public enum AppsError: Error, Equatable, CustomStringConvertible {
     case notReady(app: String, reason: String)
     /// The app network (bridge, taps, nftables, dnsmasq) could not be set up: what was done, why it failed.
     case network(operation: String, reason: String)
+    /// A vault app while the vault is locked or unavailable; `reason` is the vault's own line.
+    case vaultClosed(app: String, reason: String)
+    /// The config moved the app between plain PERSIST and the vault while its old instance
+    /// directory still exists: refused until the app is purged (its disks are deleted then).
+    case storageSwitch(app: String, existing: String, toVault: Bool)
 
     public var description: String {
         switch self {
@@ -63,6 +68,10 @@ public enum AppsError: Error, Equatable, CustomStringConvertible {
             return "no app named \"\(name)\"" + (known.isEmpty ? " (none configured)" : " (configured: \(known.joined(separator: ", ")))")
         case let .notReady(app, reason): return "app \(app): \(reason)"
         case let .network(operation, reason): return "app network: \(operation): \(reason)"
+        case let .vaultClosed(app, reason): return "app \(app) keeps its disks in the vault and does not start: \(reason)"
+        case let .storageSwitch(app, existing, toVault):
+            return "app \(app) now keeps its disks \(toVault ? "in the vault" : "on plain PERSIST") but its instance is still at"
+                + " \(existing); refused until it is purged (app purge \(app), or a higher purge counter), which deletes those disks"
         }
     }
 }

@@ -38,6 +38,7 @@ public enum AppsSectionCodec {
             app.activate = config.activate
             app.restartCounter = config.restartCounter
             app.purgeCounter = config.purgeCounter
+            app.vault = config.vault
             if let health = config.health {
                 app.health.consoleMarker = health.consoleMarker ?? ""
                 app.health.tcpPort = UInt32(health.tcpPort ?? 0)

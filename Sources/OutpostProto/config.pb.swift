@@ -368,6 +368,10 @@ public nonisolated struct Outpost_Api_V1_App: Sendable {
   /// Clears the value of `health`. Subsequent reads from it will return its default value.
   public mutating func clearHealth() {self._health = nil}
 
+  /// The instance's directory (overlays, console log, counters) lives in the
+  /// device's vault; the app does not start while the vault is locked.
+  public var vault: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -916,7 +920,7 @@ nonisolated extension Outpost_Api_V1_AppHealth: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Outpost_Api_V1_App: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".App"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}manifest_json\0\u{1}images\0\u{1}activate\0\u{3}restart_counter\0\u{3}purge_counter\0\u{1}health\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}manifest_json\0\u{1}images\0\u{1}activate\0\u{3}restart_counter\0\u{3}purge_counter\0\u{1}health\0\u{1}vault\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -931,6 +935,7 @@ nonisolated extension Outpost_Api_V1_App: SwiftProtobuf.Message, SwiftProtobuf._
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.restartCounter) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.purgeCounter) }()
       case 7: try { try decoder.decodeSingularMessageField(value: &self._health) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.vault) }()
       default: break
       }
     }
@@ -962,6 +967,9 @@ nonisolated extension Outpost_Api_V1_App: SwiftProtobuf.Message, SwiftProtobuf._
     try { if let v = self._health {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
     } }()
+    if self.vault != false {
+      try visitor.visitSingularBoolField(value: self.vault, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -973,6 +981,7 @@ nonisolated extension Outpost_Api_V1_App: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.restartCounter != rhs.restartCounter {return false}
     if lhs.purgeCounter != rhs.purgeCounter {return false}
     if lhs._health != rhs._health {return false}
+    if lhs.vault != rhs.vault {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -111,11 +111,35 @@ enum VaultHost {
     let configuration = VaultVolume.Configuration(backingFile: dir.path + "/area.img",
                                                   mountPoint: dir.path + "/data", sizeBytes: size)
     #expect {
-        try VaultVolume.checkFits(configuration, directory: dir.path)
+        _ = try VaultVolume.newAreaSize(configuration, directory: dir.path)
     } throws: { error in
         guard let error = error as? VaultError, case .doesNotFit(_, size, _, VaultVolume.defaultReserve) = error else { return false }
         return true
     }
+}
+
+@Test func theDevicesNewAreaTakesAQuarterOfTheFreeSpaceAtMostItsCapAndTestsGetTheirExactSize() throws {
+    let dir = try TemporaryDirectory("vault-quarter")
+    var info = statvfs()
+    #expect(statvfs(dir.path, &info) == 0)
+    let quarter = UInt64(info.f_bavail) * UInt64(info.f_frsize) / 4 / (1 << 20) * (1 << 20)
+    try #require(quarter > 64 << 20, "too little free space under \(dir.path) for this test")
+    func size(_ bytes: UInt64, quarterOfFreeSpace: Bool) throws -> UInt64 {
+        try VaultVolume.newAreaSize(VaultVolume.Configuration(backingFile: dir.path + "/area.img", mountPoint: dir.path + "/data",
+                                                              sizeBytes: bytes, quarterOfFreeSpace: quarterOfFreeSpace),
+                                    directory: dir.path)
+    }
+    // The cap below a quarter: the cap.
+    #expect(try size(64 << 20, quarterOfFreeSpace: true) == 64 << 20)
+    // No cap in reach: a quarter, whole MiB (the host's other writers may move it a little).
+    let uncapped = try size(1 << 50, quarterOfFreeSpace: true)
+    #expect(uncapped % (1 << 20) == 0 && uncapped <= quarter + (256 << 20) && uncapped + (256 << 20) >= quarter, "\(uncapped) vs \(quarter)")
+    // Without the rule: exactly the size asked for, even far below a quarter.
+    #expect(try size(32 << 20, quarterOfFreeSpace: false) == 32 << 20)
+    // The device's vault: a quarter of PERSIST, at most 4 GiB (app volumes live there).
+    #expect(VaultVolume.defaultSize == 4 << 30 && VaultPaths().maximumAreaBytes == VaultVolume.defaultSize)
+    let device = try size(VaultVolume.defaultSize, quarterOfFreeSpace: true)
+    #expect(device == VaultVolume.defaultSize || (device < VaultVolume.defaultSize && device + (256 << 20) >= quarter), "\(device)")
 }
 
 @Test func aSizeThatIsNotWholeMiBOrTooSmallIsRefused() throws {
@@ -123,7 +147,7 @@ enum VaultHost {
     for size: UInt64 in [(16 << 20) + 512, 8 << 20] {
         let configuration = VaultVolume.Configuration(backingFile: dir.path + "/area.img",
                                                       mountPoint: dir.path + "/data", sizeBytes: size)
-        #expect(throws: VaultError.badSize(bytes: size)) { try VaultVolume.checkFits(configuration, directory: dir.path) }
+        #expect(throws: VaultError.badSize(bytes: size)) { _ = try VaultVolume.newAreaSize(configuration, directory: dir.path) }
     }
 }
 

@@ -17,7 +17,7 @@ struct AppsSectionTests {
         + manifest + #", "images": [{"name": "boot", "url": "https://images.example/boot.raw", "sha256": ""#
         + digest + #"", "size": 1048576}]}]}"#
 
-    /// Nothing in the file is dropped on its way into the section: the health check and the network.
+    /// Nothing in the file is dropped on its way into the section: the health check, the network and the vault flag.
     @Test func theHealthCheckAndTheNetworkTravelInTheSection() throws {
         let json = #"{"network": {"bridge": "apps0", "subnet": "10.201.0.1/24"}, "apps": [{"name": "counter", "manifest": "#
             + Self.manifest + #", "images": [{"name": "boot", "url": "https://images.example/boot.raw", "sha256": ""#
@@ -28,6 +28,11 @@ struct AppsSectionTests {
         #expect(health.consoleMarker == "alive" && health.timeoutSeconds == 30 && health.graceSeconds == 60)
         let plain = try AppsSectionCodec.section(fromAppsJSON: Data(Self.appsJSON.utf8))
         #expect(!plain.hasNetwork && plain.instances.first?.hasHealth == false)
+        #expect(plain.instances.first?.vault == false)
+        // An app whose disks live in the device's vault says so in the section too.
+        let inVault = try AppsSectionCodec.section(fromAppsJSON: Data(Self.appsJSON.replacingOccurrences(
+            of: #""activate": false,"#, with: #""activate": false, "vault": true,"#).utf8))
+        #expect(inVault.instances.first?.vault == true)
     }
 
     @Test(arguments: Backend.allCases)

@@ -5,8 +5,10 @@
 // with the last good config on PERSIST, so a boot without the controller runs
 // it too), and a new section replaces the apps at runtime (AppService.apply).
 // Unmanaged with no file: the component says so once and idles. The content store
-// and every instance's disks live on PERSIST (`/persist/apps`); without
-// PERSIST nothing starts. Each instance's QEMU gets a cgroup v2 directory
+// and every instance's disks live on PERSIST (`/persist/apps`), except an app
+// with `"vault": true`, whose instance lives in the vault's area
+// (`/persist/vault/data/apps`; it does not start while the vault is locked or
+// unavailable, see OutpostApps.AppVault); without PERSIST nothing starts. Each instance's QEMU gets a cgroup v2 directory
 // under /sys/fs/cgroup/apps with its cpu.max and memory.max when the kernel
 // offers the controllers; otherwise the apps run without limits and the
 // console says why. Apps with network interfaces get taps in the app
@@ -46,10 +48,12 @@ enum AppsComponent {
     /// Reads apps.json (or takes the controller's stored section) and builds the service; the
     /// component body says the outcome, once. `managed`: a controller may send apps later, so
     /// the service runs even with no apps.json (or a broken one, said once). `cgroupMount` nil:
-    /// no cgroup limits (host tests must not touch the host's hierarchy).
+    /// no cgroup limits (host tests must not touch the host's hierarchy). `vault`: the vault's state
+    /// as it opened at boot (nil: none), mounted at `vaultMount` when unlocked.
     static func setup(persistMount: String?, configDirectory: String = configDirectory,
                       cgroupMount: String? = cgroupMount, managed: Bool = false,
-                      controllerSection: Outpost_Api_V1_AppsSection? = nil) -> AppsSetup {
+                      controllerSection: Outpost_Api_V1_AppsSection? = nil,
+                      vault: VaultState? = nil, vaultMount: String = VaultPaths().mountPoint) -> AppsSetup {
         var config: AppsConfig?
         var source = "apps.json"
         if let controllerSection {
@@ -71,6 +75,7 @@ enum AppsComponent {
         guard let persistMount else { return .off("not started: PERSIST is not mounted", warning: true) }
         var options = AppService.Options()
         options.cgroupRoot = cgroupMount.flatMap(cgroupRoot)
+        options.vault = appVault(vault, mountPoint: vaultMount)
         // The apps' local network, started by the component body; only when an app has an interface.
         // Known limit: a controller section that first brings an interface after boot gets its
         // network at the next boot (the section is stored, so that boot builds it from the start).
@@ -140,6 +145,16 @@ enum AppsComponent {
                 }
             } while context.sleep(for: .milliseconds(500))
         })
+    }
+
+    /// What the vault offers the apps: its area's `apps/` when unlocked; otherwise the vault's
+    /// own line is the reason every vault app gives for not starting.
+    static func appVault(_ state: VaultState?, mountPoint: String) -> AppVault {
+        switch state {
+        case .unlocked: return .open(root: mountPoint + "/" + persistDirectory)
+        case let .some(state): return .closed(reason: state.line)
+        case .none: return .closed(reason: "vault: unavailable: PERSIST is not mounted")
+        }
     }
 
     /// Mounts cgroup v2 when nothing has and makes `apps/` with the cpu and memory controllers

@@ -26,6 +26,7 @@ enum AppsSectionBridge {
                 + "\"activate\": \(app.activate), \"restart\": \(min(app.restartCounter, UInt64(Int64.max))), "
                 + "\"purge\": \(min(app.purgeCounter, UInt64(Int64.max)))"
                 + (app.hasHealth ? ", \"health\": {" + health(app.health) + "}" : "")
+                + (app.vault ? ", \"vault\": true" : "")
                 + "}"
         }
         var network: [String] = []

@@ -64,7 +64,8 @@ public enum InitProcess {
         var fleetClient: FleetClient?
         if case let .managed(fleet) = agent.fleet { fleetClient = fleet.client }
         agent.apps = AppsComponent.setup(persistMount: persistMount, managed: fleetClient != nil,
-                                         controllerSection: fleetClient?.storedConfig().flatMap { $0.hasApps ? $0.apps : nil })
+                                         controllerSection: fleetClient?.storedConfig().flatMap { $0.hasApps ? $0.apps : nil },
+                                         vault: vault?.state, vaultMount: vault?.paths.mountPoint ?? VaultPaths().mountPoint)
         agent.start()
 
         var set = signalSet()

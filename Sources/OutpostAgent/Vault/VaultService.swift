@@ -38,7 +38,7 @@ public struct VaultPaths: Sendable {
     public var trustDirectory = UpdatePaths().trustDirectory
     public var tpmDevice = "/dev/tpmrm0"
     public var tcti: String? = nil
-    /// A new area: a quarter of PERSIST's free space, at most this (VaultVolume's default).
+    /// A new area: a quarter of PERSIST's free space, at most this (VaultVolume's default, 4 GiB).
     public var maximumAreaBytes: UInt64 = VaultVolume.defaultSize
     /// The device-mapper name (tests use their own).
     public var mappingName = VaultVolume.defaultMappingName
@@ -104,12 +104,11 @@ public final class VaultService: Sendable {
             return .unavailable(reason: "no TPM (\(paths.tpmDevice) missing); nothing is sealed")
         }
         do {
-            let areaExists = access(paths.area, F_OK) == 0
             let (key, approvals, enrolled) = try obtainKey()
             let floor = try TPMVault(tcti: tcti).readFloor()
             let volume = try VaultVolume.open(key: key, configuration: VaultVolume.Configuration(
                 backingFile: paths.area, mountPoint: paths.mountPoint, mappingName: paths.mappingName,
-                sizeBytes: areaExists ? VaultVolume.defaultSize : try areaSize()))
+                sizeBytes: paths.maximumAreaBytes, quarterOfFreeSpace: true))
             inner.withLock { $0.volume = volume; $0.floor = floor }
             let what = enrolled ? "enrolled and opened" : "opened"
             return .unlocked(detail: "\(what) for \(slot) version \(version) (security version \(approvals.securityVersion), "
@@ -228,19 +227,6 @@ public final class VaultService: Sendable {
             guard "\(error)".contains("Unseal:"), let why = explainUnsealFailure(tpm, approvals) else { throw error }
             throw VaultServiceError.unsealRefused(why)
         }
-    }
-
-    /// A new area's size: a quarter of PERSIST's free space, whole MiB, between
-    /// VaultVolume's minimum and `paths.maximumAreaBytes` (VaultVolume refuses it
-    /// with the numbers when even that does not fit beside its reserve).
-    func areaSize() throws -> UInt64 {
-        var fs = statvfs()
-        try? Sys.mkdir(paths.directory, 0o700)
-        guard statvfs(paths.directory, &fs) == 0 else {
-            throw VaultServiceError.enrolment("cannot read the free space of \(paths.directory)")
-        }
-        let free = UInt64(fs.f_bavail) * UInt64(fs.f_frsize)
-        return min(paths.maximumAreaBytes, max(VaultVolume.minimumSize, free / 4)) / (1 << 20) * (1 << 20)
     }
 
     /// Tests only: the state as if bringUp had mounted the area at `paths.mountPoint`, which

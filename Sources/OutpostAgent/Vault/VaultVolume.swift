@@ -2,7 +2,7 @@
 // an ext4 where app volumes and secrets live. The 64-byte key comes from
 // the TPM (sealed elsewhere); nothing here ever writes it to disk.
 //
-//   /persist/vault/area.img            sparse file, 256 MiB by default
+//   /persist/vault/area.img            sparse file: a quarter of PERSIST's free space, at most 4 GiB
 //        |  LOOP_CONFIGURE (AUTOCLEAR)
 //   /dev/loopN
 //        |  dm-crypt: aes-xts-plain64 <key, 128 hex> 0 <loop maj:min> 0 1 allow_discards
@@ -76,8 +76,12 @@ public struct VaultVolume: Sendable {
         public var mountPoint: String
         /// The device-mapper name (/dev/mapper/<name>).
         public var mappingName: String
-        /// The size of a new area; an existing area keeps the size it has.
+        /// The size of a new area (with `quarterOfFreeSpace`: the most it may be); an existing
+        /// area keeps the size it has.
         public var sizeBytes: UInt64
+        /// A new area takes a quarter of PERSIST's free space, whole MiB, at least `minimumSize`
+        /// and at most `sizeBytes` (the device's vault); false: exactly `sizeBytes`.
+        public var quarterOfFreeSpace: Bool
         /// Free space on PERSIST a new area must leave for everything else
         /// (logs, state, the app content store).
         public var reserveBytes: UInt64
@@ -86,11 +90,13 @@ public struct VaultVolume: Sendable {
                     mountPoint: String = VaultVolume.defaultMountPoint,
                     mappingName: String = VaultVolume.defaultMappingName,
                     sizeBytes: UInt64 = VaultVolume.defaultSize,
+                    quarterOfFreeSpace: Bool = false,
                     reserveBytes: UInt64 = VaultVolume.defaultReserve) {
             self.backingFile = backingFile
             self.mountPoint = mountPoint
             self.mappingName = mappingName
             self.sizeBytes = sizeBytes
+            self.quarterOfFreeSpace = quarterOfFreeSpace
             self.reserveBytes = reserveBytes
         }
     }
@@ -105,9 +111,13 @@ public struct VaultVolume: Sendable {
     /// The label while mke2fs runs. ext4 labels hold 16 bytes at most, so
     /// this is not "outpost-vault-new" (mke2fs would cut it to "outpost-vault-ne").
     static let newLabel = "vault-unfinished"
-    /// 256 MiB: secrets and small app volumes. The file is sparse, so an
-    /// empty vault costs PERSIST only what ext4's metadata takes.
-    public static let defaultSize: UInt64 = 256 << 20
+    /// 4 GiB: secrets and the instance directories of vault apps (qcow2 overlays
+    /// grow with the guest's writes; 256 MiB, the first cap, fills with one
+    /// guest's logs). The quarter-of-free-space rule keeps a new area well
+    /// inside a small PERSIST. The file is sparse: an empty area costs only
+    /// what mke2fs writes (measured: 8 MiB at 256 MiB, 33 MiB at 1 GiB, 66 MiB
+    /// from 2 GiB on, mostly the zeroed journal).
+    public static let defaultSize: UInt64 = 4 << 30
     /// 64 MiB of PERSIST stay free beyond the area's full size, so a vault
     /// filling up cannot starve the logs and state of free space.
     public static let defaultReserve: UInt64 = 64 << 20
@@ -145,8 +155,9 @@ public struct VaultVolume: Sendable {
 
         let creating = !Sys.exists(path)
         let openPath: String
+        var newSize: UInt64 = 0
         if creating {
-            try checkFits(configuration, directory: directory)
+            newSize = try newAreaSize(configuration, directory: directory)
             // A leftover from a power cut during creation: never completed, holds nothing.
             if Sys.exists(pendingPath) && unlink(pendingPath) != 0 {
                 throw .system(.current("unlink", pendingPath))
@@ -169,7 +180,7 @@ public struct VaultVolume: Sendable {
         let size: UInt64
         do {
             if creating {
-                try systemCall("ftruncate", pendingPath) { ftruncate(fileFD, off_t(configuration.sizeBytes)) }
+                try systemCall("ftruncate", pendingPath) { ftruncate(fileFD, off_t(newSize)) }
             }
             var status = stat()
             try systemCall("fstat", openPath) { fstat(fileFD, &status) }
@@ -266,10 +277,10 @@ public struct VaultVolume: Sendable {
 
     // MARK: - Steps
 
-    /// Refuses a new area that PERSIST could not hold once it is full.
-    static func checkFits(_ configuration: Configuration, directory: String) throws(VaultError) {
-        let bytes = configuration.sizeBytes
-        guard bytes >= minimumSize, bytes % (1 << 20) == 0 else { throw .badSize(bytes: bytes) }
+    /// The size of a new area, the one place it is chosen: one statvfs of the area's directory,
+    /// a quarter of its free space when the configuration asks for that (capped at `sizeBytes`),
+    /// and refused when PERSIST could not hold the area once it is full and still keep the reserve.
+    static func newAreaSize(_ configuration: Configuration, directory: String) throws(VaultError) -> UInt64 {
         var info = statvfs()
         do {
             try systemCall("statvfs", directory) { statvfs(directory, &info) }
@@ -277,10 +288,15 @@ public struct VaultVolume: Sendable {
             throw .system(error)
         }
         let available = UInt64(info.f_bavail) * UInt64(info.f_frsize)
+        let bytes = configuration.quarterOfFreeSpace
+            ? min(configuration.sizeBytes, max(minimumSize, available / 4)) / (1 << 20) * (1 << 20)
+            : configuration.sizeBytes
+        guard bytes >= minimumSize, bytes % (1 << 20) == 0 else { throw .badSize(bytes: bytes) }
         guard bytes <= available, available - bytes >= configuration.reserveBytes else {
             throw .doesNotFit(path: configuration.backingFile, bytes: bytes, available: available,
                               reserve: configuration.reserveBytes)
         }
+        return bytes
     }
 
     /// DM_DEV_CREATE + the crypt table + resume, and a fresh node under

@@ -5,6 +5,7 @@
 //     images/                 ContentStore: verified images by digest, partial downloads
 //     instances/<name>/       AppInstance: overlays, console.log, qmp.sock
 //     instances/<name>/counters   the restart and purge counters last acted on
+//   VAULT (options.vault, open)/instances/<name>/   the same for an app with "vault": true (AppVault)
 //
 //   per app:  downloading ─▶ verifying ─▶ creating volume ─▶ booting ─▶ running
 //               │ (a refusal or error: broken with the error, retried with backoff)
@@ -121,6 +122,8 @@ public final class AppService: Sendable {
         public var maxRetryBackoff = Duration.seconds(300)
         /// Free space on PERSIST (statvfs; tests pass a figure).
         public var freeSpace: @Sendable (String) throws(AppsError) -> UInt64 = ContentStore.statvfsFree
+        /// Where vault apps' instances live; closed (the default): vault apps do not start.
+        public var vault = AppVault.closed(reason: "this device has no vault")
 
         public init() {}
     }
@@ -150,6 +153,9 @@ public final class AppService: Sendable {
         /// A network probe of the health check is out (one at a time per app), and when the next may go.
         var probing = false
         var nextProbe: Deadline?
+        /// The instance directory left at the other place by a switch between plain PERSIST and the
+        /// vault; the app is refused until an operator purge deletes it.
+        var stranded: String?
     }
 
     public let root: String
@@ -172,7 +178,23 @@ public final class AppService: Sendable {
 
     public var imagesDirectory: String { root + "/images" }
     public var instancesDirectory: String { root + "/instances" }
+    /// A plain app's instance directory on PERSIST.
     public func instanceDirectory(_ name: String) -> String { instancesDirectory + "/" + name }
+
+    /// Where the instance of `config` lives: in the vault for a vault app, which needs the vault
+    /// open (never plain PERSIST instead), else on PERSIST.
+    public func instanceDirectory(for config: AppInstanceConfig) throws(AppsError) -> String {
+        guard config.vault else { return instanceDirectory(config.name) }
+        switch options.vault {
+        case let .open(root): return root + "/instances/" + config.name
+        case let .closed(reason): throw .vaultClosed(app: config.name, reason: reason)
+        }
+    }
+
+    /// The place `config` does not ask for (nil: the vault is closed, so it cannot be looked at).
+    func otherInstanceDirectory(_ config: AppInstanceConfig) -> String? {
+        config.vault ? instanceDirectory(config.name) : options.vault.instancesDirectory.map { $0 + "/" + config.name }
+    }
 
     /// `log` gets one line per event worth telling an operator (an app's state change, a refusal).
     public init(config: AppsConfig, root: String, options: Options = Options(), reaper: Reaper = .shared,
@@ -195,16 +217,25 @@ public final class AppService: Sendable {
                 _ = try systemCall("mkdir", path, expecting: [.fileExists]) { mkdir(path, 0o755) }
             }
         } catch { throw .system(error) }
-        let (digests, overlays) = entries.withLock { entries -> (Set<String>, [String]) in
+        let vaultInstances = options.vault.instancesDirectory
+        let (digests, overlays, unreadable) = entries.withLock { entries -> (Set<String>, [String], [String]) in
             var digests = Set<String>()
             var overlays: [String] = []
+            var unreadable: [String] = []
             for entry in entries {
                 for source in entry.config.images { digests.insert(source.sha256) }
-                for index in entry.config.manifest.images.indices {
-                    overlays.append(instanceDirectory(entry.config.name) + "/disk\(index).qcow2")
+                if entry.config.vault && vaultInstances == nil { unreadable.append(entry.config.name) }
+                // Both places: an instance a switch left behind keeps its bases until it is purged.
+                for directory in [instanceDirectory(entry.config.name)] + (vaultInstances.map { [$0 + "/" + entry.config.name] } ?? []) {
+                    for index in entry.config.manifest.images.indices { overlays.append(directory + "/disk\(index).qcow2") }
                 }
             }
-            return (digests, overlays)
+            return (digests, overlays, unreadable)
+        }
+        // A vault app's overlay may sit on an older base (a preserved disk) that only the vault shows.
+        guard unreadable.isEmpty else {
+            log("apps: unused images are kept: the vault is closed, so the overlays of \(unreadable.joined(separator: ", ")) cannot be read")
+            return
         }
         let removed = try store.collectGarbage(referenced: digests, overlays: overlays)
         if !removed.isEmpty { log("apps: removed \(removed.count) image(s) no app uses") }
@@ -232,12 +263,16 @@ public final class AppService: Sendable {
     /// removed, and existing ones take the new activate flag and counters (a restart or purge
     /// counter that went up restarts or purges a running instance once). An app whose manifest or
     /// image sources changed is stopped and rebuilt: its overlays are kept only where they are on
-    /// the same base image or the manifest's disk says `preserve` (InstanceDisk). An app busy with
+    /// the same base image or the manifest's disk says `preserve` (InstanceDisk). One whose `vault`
+    /// changed is stopped, its directory left where it is, and refused until it is purged. An app busy with
     /// an operator command keeps its old config until the command ends (a later `step` applies
     /// it). Blocks while instances stop (up to their stop grace); returns the lines it logged.
     @discardableResult
     public func apply(_ config: AppsConfig) -> [String] {
-        enum Action { case remove(AppInstance?, String), rebuild(AppInstance), stop(AppInstance), counters(AppInstance, AppInstanceConfig) }
+        enum Action {
+            case remove(AppInstance?, AppInstanceConfig), rebuild(AppInstance, moved: Bool), stop(AppInstance)
+            case counters(AppInstance, AppInstanceConfig)
+        }
         var actions: [Action] = []
         var deferred = false
         entries.withLock { entries in
@@ -253,8 +288,9 @@ public final class AppService: Sendable {
                     next.append(entry)
                     continue
                 }
-                if entry.config.manifest != wanted.manifest || entry.config.images != wanted.images {
-                    if let instance = entry.instance { actions.append(.rebuild(instance)) }
+                let moved = entry.config.vault != wanted.vault
+                if entry.config.manifest != wanted.manifest || entry.config.images != wanted.images || moved {
+                    if let instance = entry.instance { actions.append(.rebuild(instance, moved: moved)) }
                     entry = Entry(config: wanted)
                     entry.stoppedByOperator = entries[index].stoppedByOperator
                     entry.busy = entries[index].instance == nil ? nil : "rebuild"
@@ -282,7 +318,7 @@ public final class AppService: Sendable {
                     deferred = true
                     next.append(entry)
                 } else {
-                    actions.append(.remove(entry.instance, entry.config.name))
+                    actions.append(.remove(entry.instance, entry.config))
                 }
             }
             entries = next
@@ -295,21 +331,29 @@ public final class AppService: Sendable {
         }
         for action in actions {
             switch action {
-            case let .remove(instance, name):
+            case let .remove(instance, config):
+                let name = config.name
                 instance?.close()
-                if let error = Self.removeTree(instanceDirectory(name)) { tell("warning: apps: \(name): \(error)") }
+                // Both places: an instance a switch left behind goes with the app.
+                for directory in [instanceDirectory(name)] + (options.vault.instancesDirectory.map { [$0 + "/" + name] } ?? []) {
+                    if let error = Self.removeTree(directory) { tell("warning: apps: \(name): \(error)") }
+                }
+                if config.vault, case let .closed(reason) = options.vault {
+                    tell("warning: apps: \(name): its instance directory in the vault stays (\(reason))")
+                }
                 tell("apps: \(name): removed (no longer configured)")
-            case let .rebuild(instance):
+            case let .rebuild(instance, moved):
                 instance.close()
                 update(instance.name) { $0.busy = nil }
-                tell("apps: \(instance.name): manifest or images changed; rebuilt")
+                tell("apps: \(instance.name): " + (moved ? "\"vault\" changed; stopped, its disks stay at \(instance.directory) until it is purged"
+                                                     : "manifest or images changed; rebuilt"))
             case let .stop(instance):
                 instance.stop()
                 update(instance.name) { $0.busy = nil }
                 tell("apps: \(instance.name): halted (not activated)")
             case let .counters(instance, wanted):
                 do throws(AppsError) {
-                    let purge = try countersAskForPurge(wanted)
+                    let purge = try countersAskForPurge(wanted, directory: instance.directory)
                     if purge { try instance.purge() } else { try instance.restart() }
                     update(instance.name) { $0.busy = nil }
                     finish(instance.name, error: nil)
@@ -388,7 +432,7 @@ public final class AppService: Sendable {
         case let .start(instance, config):
             update(name) { $0.phase = .creatingVolume }
             do throws(AppsError) {
-                let purge = try countersAskForPurge(config)
+                let purge = try countersAskForPurge(config, directory: instance.directory)
                 try instance.start(purge: purge)
                 log("apps: \(name): started" + (purge ? " on fresh disks (purge counter \(config.purgeCounter))" : ""))
                 update(name) {
@@ -405,6 +449,8 @@ public final class AppService: Sendable {
 
     /// Fetches every image (or finds it stored) and builds the instance.
     private func makeInstance(_ config: AppInstanceConfig, alive: @escaping () -> Void) throws(AppsError) -> AppInstance {
+        // Before any download: a vault app with the vault closed, or a refused switch, fetches nothing.
+        let directory = try placeInstance(config)
         // PERSIST may have been empty (or wiped) since `prepare`: the store's parent must exist.
         do throws(SystemError) {
             for path in [root, instancesDirectory] {
@@ -437,8 +483,35 @@ public final class AppService: Sendable {
         var instanceOptions = options.instance
         instanceOptions.cgroupDirectory = options.cgroupRoot.map { $0 + "/" + config.name }
         return try AppInstance(name: config.name, manifest: config.manifest, disks: disks,
-                               directory: instanceDirectory(config.name), options: instanceOptions,
+                               directory: directory, options: instanceOptions,
                                reaper: reaper, admission: admission)
+    }
+
+    /// Where the new instance of `config` goes, after the vault and switch rules: a vault app needs
+    /// the vault open. An instance directory at the other place (the config moved the app between
+    /// plain PERSIST and the vault) is refused until the app is purged, by `app purge` or by a purge
+    /// counter above the one that directory recorded; the purge deletes it. Nothing is moved: a
+    /// copy out of the vault would put its data in the clear, one into it leaves the old blocks.
+    private func placeInstance(_ config: AppInstanceConfig) throws(AppsError) -> String {
+        let directory = try instanceDirectory(for: config)
+        if let other = otherInstanceDirectory(config), access(other, F_OK) == 0 {
+            guard let stored = storedCounters(in: other), config.purgeCounter > stored.purge else {
+                update(config.name) { $0.stranded = other }
+                throw .storageSwitch(app: config.name, existing: other, toVault: config.vault)
+            }
+            if let error = Self.removeTree(other) { throw .diskImage(path: other, reason: error) }
+            log("apps: \(config.name): purge counter \(config.purgeCounter): deleted its old instance at \(other)")
+        }
+        update(config.name) { $0.stranded = nil }
+        if config.vault, case let .open(root) = options.vault {
+            // Only the vault's own directories; the mount point itself is the vault's to make.
+            do throws(SystemError) {
+                for path in [root, root + "/instances"] {
+                    _ = try systemCall("mkdir", path, expecting: [.fileExists]) { mkdir(path, 0o700) }
+                }
+            } catch { throw .system(error) }
+        }
+        return directory
     }
 
     /// Releases the app after a round or command; an error becomes its reported state and a retry.
@@ -472,9 +545,9 @@ public final class AppService: Sendable {
 
     // MARK: - Counters
 
-    /// The counters last acted on, from the instance directory (nil: never recorded).
-    func storedCounters(_ name: String) -> (restart: UInt64, purge: UInt64)? {
-        guard let bytes = try? FileIO.readIfPresent(instanceDirectory(name) + "/counters", limit: 4096) else { return nil }
+    /// The counters last acted on, from an instance directory (nil: never recorded).
+    func storedCounters(in directory: String) -> (restart: UInt64, purge: UInt64)? {
+        guard let bytes = try? FileIO.readIfPresent(directory + "/counters", limit: 4096) else { return nil }
         var restart: UInt64?
         var purge: UInt64?
         for word in String(decoding: bytes, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }) {
@@ -487,8 +560,7 @@ public final class AppService: Sendable {
         return (restart, purge)
     }
 
-    private func storeCounters(_ name: String, restart: UInt64, purge: UInt64) throws(AppsError) {
-        let directory = instanceDirectory(name)
+    private func storeCounters(in directory: String, restart: UInt64, purge: UInt64) throws(AppsError) {
         do throws(SystemError) {
             _ = try systemCall("mkdir", directory, expecting: [.fileExists]) { mkdir(directory, 0o755) }
             try FileIO.writeAtomically(Array("restart=\(restart) purge=\(purge)\n".utf8), to: directory + "/counters")
@@ -499,10 +571,10 @@ public final class AppService: Sendable {
     /// up since the last value acted on (a restart counter that went up needs nothing more: the
     /// instance is starting anyway). Recorded first: a power cut mid-purge must not purge again.
     /// No record yet (a new instance) is the baseline: its disks are fresh already.
-    private func countersAskForPurge(_ config: AppInstanceConfig) throws(AppsError) -> Bool {
-        let stored = storedCounters(config.name)
+    private func countersAskForPurge(_ config: AppInstanceConfig, directory: String) throws(AppsError) -> Bool {
+        let stored = storedCounters(in: directory)
         guard stored?.restart != config.restartCounter || stored?.purge != config.purgeCounter else { return false }
-        try storeCounters(config.name, restart: config.restartCounter, purge: config.purgeCounter)
+        try storeCounters(in: directory, restart: config.restartCounter, purge: config.purgeCounter)
         guard let stored else { return false }
         return config.purgeCounter > stored.purge
     }
@@ -537,7 +609,7 @@ public final class AppService: Sendable {
     /// error says in one line why not. Blocks for as long as the command takes (a stop waits for
     /// the guest's power-down).
     public func perform(_ command: Command, on name: String) throws(AppsError) -> String {
-        let instance = try entries.withLock { (entries: inout [Entry]) throws(AppsError) -> AppInstance in
+        let (found, stranded) = try entries.withLock { (entries: inout [Entry]) throws(AppsError) -> (AppInstance?, String?) in
             guard let index = entries.firstIndex(where: { $0.config.name == name }) else {
                 throw .unknownApp(name: name, known: entries.map(\.config.name))
             }
@@ -546,6 +618,10 @@ public final class AppService: Sendable {
                                 : "busy with \(busy); try again shortly")
             }
             guard let instance = entries[index].instance else {
+                if command == .purge, let stranded = entries[index].stranded {
+                    entries[index].busy = command.word
+                    return (nil, stranded)
+                }
                 throw .notReady(app: name, reason: "its images are not ready yet (\(Self.state(entries[index])))")
             }
             entries[index].busy = command.word
@@ -558,9 +634,23 @@ public final class AppService: Sendable {
                 if case .failed = entries[index].phase { entries[index].phase = .waiting }
             case .snapshot, .rollback, .deleteSnapshot, .snapshots, .kill: break
             }
-            return instance
+            return (instance, nil)
         }
         defer { update(name) { $0.busy = nil } }
+        guard let instance = found else {
+            // A purge of an app refused for a switch between plain PERSIST and the vault.
+            let old = stranded ?? ""
+            if let error = Self.removeTree(old) { throw .diskImage(path: old, reason: error) }
+            update(name) { entry in
+                entry.stranded = nil
+                entry.stoppedByOperator = false
+                entry.retryAt = nil
+                entry.failures = 0
+                entry.reportedError = nil
+                if case .failed = entry.phase { entry.phase = .waiting }
+            }
+            return "app \(name): purged; deleted its old instance at \(old); it starts on fresh disks"
+        }
         switch command {
         case .restart:
             try instance.restart()
