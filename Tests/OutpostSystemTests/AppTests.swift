@@ -6,7 +6,9 @@ import Testing
 /// (Tests/OutpostAppsTests/payloads/bootcounter.S, assembled here), its image is served by a
 /// Range server on the host's loopback (10.0.2.2 from the guest), and the device downloads,
 /// verifies and runs it in the slot's QEMU, nested under TCG. Everything is driven through the
-/// serial console, as a technician at the device would.
+/// serial console, as a technician at the device would. The counter keeps its disks in the
+/// device's vault ("vault": true; swtpm and the release key's approvals open it), the read-only
+/// app on plain PERSIST, and PERSIST is read back after the power-off to show where each lives.
 extension QEMU {
     @Suite("App instances in QEMU, nested", .serialized)
     struct AppTests {
@@ -86,7 +88,7 @@ extension QEMU {
             let config = h.dir + "/config"
             try Harness.sh(["cp", "-r", Harness.out + "/dev-config", config])
             try """
-            {"apps": [{"name": "counter", "activate": true,
+            {"apps": [{"name": "counter", "activate": true, "vault": true,
               "manifest": {"acKind": "VMManifest", "acVersion": "1.1.1", "name": "counter", "vmmode": "HV_HVM",
                 "images": [{"imagename": "boot", "maxsize": 16, "maxsizeUnit": "MB", "readonly": false,
                             "preserve": false, "target": "Disk", "drvtype": "HDD"}],
@@ -101,8 +103,11 @@ extension QEMU {
               "images": [{"name": "boot", "url": "http://10.0.2.2:\(server.port)/counter.raw", "sha256": "\(sha256)",
                           "size": \(1 << 20)}]}]}
             """.write(toFile: config + "/apps.json", atomically: false, encoding: .utf8)
+            // The counter keeps its disks in the vault (opened with the release key's approvals
+            // and swtpm); "ro" keeps them on plain PERSIST.
             try Harness.sh([Harness.outpost, "image", "build", "--quiet", "--config", config, "--slot", Harness.out + "/slot.img",
-                            "--efi", Harness.out + "/efi", "--output", h.image])
+                            "--efi", Harness.out + "/efi", "--output", h.image,
+                            "--vault-key", Harness.out + "/keys/dev.key.pem", "--security-version", "1"])
 
             let live = try Harness.LiveBoot(h, timeout: 1500, consoleInput: true)
             defer { _ = live.waitForExit(timeout: 5) }
@@ -179,6 +184,14 @@ extension QEMU {
             try Self.command(live, "app snapshots counter", reply: "app counter: no snapshots")
             try live.monitorCommand("system_powerdown")
             #expect(live.waitForExit(timeout: 120), "no orderly power-off")
+
+            // On plain PERSIST (read by debugfs after the power-off): the vault's area and the
+            // plain app's instance; the vault app's overlay is not there, only inside the area.
+            let persist = try AttestationTests.extractPartition(h.image, name: "PERSIST", to: h.dir + "/persist.img")
+            let instances = try Harness.sh(["debugfs", "-R", "ls -p /apps/instances", persist]).stdout
+            #expect(instances.contains("/ro/") && !instances.contains("/counter/"), "plain PERSIST's instances: \(instances)")
+            let vault = try Harness.sh(["debugfs", "-R", "ls -p /vault", persist]).stdout
+            #expect(vault.contains("/area.img/"), "PERSIST's /vault: \(vault)")
         }
     }
 }

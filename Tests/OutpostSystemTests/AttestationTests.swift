@@ -30,24 +30,39 @@ extension QEMU {
             return slot
         }
 
-        /// Writes `slot` over the partition named `name` of `image` (CONFIG and PERSIST stay).
-        static func replacePartition(_ image: String, name: String, with slot: String) throws {
+        /// The first sector and the length in sectors of the partition named `name`, by sfdisk.
+        static func partition(_ image: String, name: String) throws -> (start: Int, sectors: Int) {
             let table = try Harness.sh(["sfdisk", "--json", image]).stdout
             let json = try JSONSerialization.jsonObject(with: Data(table.utf8)) as? [String: Any]
             let partitions = ((json?["partitiontable"] as? [String: Any])?["partitions"] as? [[String: Any]]) ?? []
             let entry = try #require(partitions.first { $0["name"] as? String == name }, "no \(name) in \(table)")
-            let start = try #require(entry["start"] as? Int), sectors = try #require(entry["size"] as? Int)
+            return (try #require(entry["start"] as? Int), try #require(entry["size"] as? Int))
+        }
+
+        /// Copies the partition named `name` out of `image` into the file `path` (sparse).
+        static func extractPartition(_ image: String, name: String, to path: String) throws -> String {
+            let (start, sectors) = try partition(image, name: name)
+            try Harness.sh(["dd", "if=\(image)", "of=\(path)", "bs=512", "skip=\(start)", "count=\(sectors)",
+                            "conv=sparse", "status=none"])
+            return path
+        }
+
+        /// Writes `slot` over the partition named `name` of `image` (CONFIG and PERSIST stay).
+        static func replacePartition(_ image: String, name: String, with slot: String) throws {
+            let (start, sectors) = try partition(image, name: name)
             let size = try #require(try FileManager.default.attributesOfItem(atPath: slot)[.size] as? Int)
             try #require(size <= sectors * 512, "the slot (\(size) bytes) fits \(name) (\(sectors * 512))")
             try Harness.sh(["dd", "if=\(slot)", "of=\(image)", "bs=512", "seek=\(start)", "conv=notrunc,fsync", "status=none"])
         }
+
+        static let secret = "s3cr3t-for-attested-boots-only"
 
         @Test func theDeviceAttestsWithItsTPMAndAChangedCommandLineIsNamedAsPCR8() throws {
             let h = try Harness("attest")
             defer { h.cleanup() }
             guard FileManager.default.fileExists(atPath: FleetTests.controller) else { throw Harness.Missing(path: FleetTests.controller) }
             let port = try freeLoopbackPort()
-            let (data, _) = try FleetTests.managedImage(h, hosts: ["10.0.2.2"], port: port)
+            let (data, _) = try FleetTests.managedImage(h, hosts: ["10.0.2.2"], port: port, vault: true)
             // The controller holds the signed bundle of the version the factory image runs: its
             // manifest carries the builder's PCR 8/9 predictions for each slot.
             let measurements = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Harness.out + "/measurements.json")))
@@ -86,6 +101,18 @@ extension QEMU {
                 #expect(shown["attested"] as? Bool == true, "\(shown)")
                 // The EK certificate `outpost run` put in the new TPM chains to the maker's root.
                 #expect(shown["ekCertificate"] as? String == "verified by CN=swtpm-localca-rootca", "\(shown)")
+                // A secret in the device's config reaches the attested device and lands in its vault.
+                let before = live.lines.count
+                _ = try controller.admin(["device", "set-secret", id, "api-token", "--value", Self.secret, "--json"])
+                try controller.admin(["device", "set-intervals", id, "--config", "10", "--json"])
+                let stored = live.wait(for: "fleet: secrets: 1 stored in the vault (api-token)", after: before, timeout: 240)
+                #expect(stored != nil, "\(live.console.suffix(3000))")
+                try live.type("vault check controller.api-token\r")
+                let digest = try Harness.sh(["python3", "-c", "import hashlib, sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest())",
+                                             Self.secret]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                let checked = live.wait(for: "vault: controller.api-token: \(Self.secret.utf8.count) bytes, sha256 \(digest)",
+                                        after: before, timeout: 60)
+                #expect(checked != nil, "\(live.console.suffix(2000))")
                 // The quote the device produced, as the controller saved it, checked by tpm2-tools.
                 let saved = h.dir + "/quote"
                 try Harness.sh([FleetTests.controller, "device", "attestation", id, "--data", data, "--save", saved])
@@ -115,6 +142,14 @@ extension QEMU {
             #expect((mismatch["pcr"] as? NSNumber)?.intValue == 8, "\(mismatch)")
             #expect((mismatch["expected"] as? String)?.lowercased() == predicted, "\(mismatch)")
             #expect((mismatch["actual"] as? String)?.lowercased() != predicted, "\(mismatch)")
+            // The failed boot gets its config without the secret, and its vault stays locked: the
+            // changed PCR 8 is not what the release key approved for IMGA.
+            let withheld = live.wait(for: "served with its secrets withheld", after: ready.index, timeout: 120)
+            #expect(withheld?.text.contains("failed: PCR 8") == true, "\(withheld?.text ?? "no withheld line") \(live.console.suffix(3000))")
+            #expect(live.wait(for: "outpost: vault: locked: ", timeout: 5) != nil, "\(live.console.suffix(3000))")
+            #expect(!live.lines.contains { $0.text.contains("fleet: secrets: ") && $0.text.contains("stored in the vault") },
+                    "a boot that failed attestation stored no secret")
+            #expect(!live.console.contains(Self.secret), "the secret's value never reaches the failed boot's console")
             #expect(!live.lines.contains { $0.text.contains("outpost: outpost: ") }, "one prefix per console line")
             print("attestation: boot 2 with a changed command line: \(failed?.text ?? "-")")
         }

@@ -71,7 +71,8 @@ extension QEMU {
         /// A controller's data in `h.dir/fleet` (`init` with `hosts`, the harness's trust keys), the
         /// test window in its CONFIG, and the image built from that CONFIG at `h.image`: the device
         /// this image boots is managed by that controller. Returns the data and CONFIG directories.
-        static func managedImage(_ h: Harness, hosts: [String], port: Int) throws -> (data: String, config: String) {
+        /// With `vault`, CONFIG also gets the release key's vault approvals (security version 1).
+        static func managedImage(_ h: Harness, hosts: [String], port: Int, vault: Bool = false) throws -> (data: String, config: String) {
             let data = h.dir + "/fleet"
             try Harness.sh([Self.controller, "init", data] + hosts.flatMap { ["--host", $0] }
                            + ["--port", String(port), "--trust", Harness.out + "/keys"])
@@ -79,7 +80,8 @@ extension QEMU {
             try #"{"testWindowSeconds": \#(Self.testWindowSeconds)}"#.write(toFile: config + "/update.json", atomically: false,
                                                                             encoding: .utf8)
             try Harness.sh([Harness.outpost, "image", "build", "--quiet", "--config", config, "--slot", Harness.out + "/slot.img",
-                            "--efi", Harness.out + "/efi", "--output", h.image])
+                            "--efi", Harness.out + "/efi", "--output", h.image]
+                           + (vault ? ["--vault-key", Harness.out + "/keys/dev.key.pem", "--security-version", "1"] : []))
             return (data, config)
         }
 
