@@ -210,9 +210,8 @@ struct DeviceCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await oneLine {
-                guard let d = FileManager.default.contents(atPath: file) else { throw ControllerError.io(path: file, reason: "cannot read the file") }
                 try report(try data.admin.call("POST", "/devices/\(esc(device))/set-network",
-                                               body: ["networkJSON": String(decoding: d, as: UTF8.self)]), json: json)
+                                               body: ["networkJSON": String(decoding: try fileBytes(file), as: UTF8.self)]), json: json)
             }
         }
     }
@@ -228,9 +227,8 @@ struct DeviceCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await oneLine {
-                guard let d = FileManager.default.contents(atPath: file) else { throw ControllerError.io(path: file, reason: "cannot read the file") }
                 try report(try data.admin.call("POST", "/devices/\(esc(device))/set-apps",
-                                               body: ["appsJSON": String(decoding: d, as: UTF8.self)]), json: json)
+                                               body: ["appsJSON": String(decoding: try fileBytes(file), as: UTF8.self)]), json: json)
             }
         }
     }
@@ -263,8 +261,7 @@ struct DeviceCommand: AsyncParsableCommand {
                 if let value {
                     bytes = Data(value.utf8)
                 } else if let file {
-                    guard let d = FileManager.default.contents(atPath: file) else { throw ControllerError.io(path: file, reason: "cannot read the file") }
-                    bytes = d
+                    bytes = try fileBytes(file)
                 } else {
                     // One byte past the limit is enough to refuse an oversize value.
                     bytes = (try? FileHandle.standardInput.read(upToCount: ConfigSecrets.maximumValueBytes + 1)) ?? Data()
@@ -367,6 +364,12 @@ struct Target: ParsableArguments {
         }
         return try data.admin.call("POST", "/devices/\(esc(device ?? ""))/\(action)", body: body.isEmpty ? nil : body)
     }
+}
+
+/// A file the operator named, whole; one line when it cannot be read.
+func fileBytes(_ path: String) throws -> Data {
+    guard let d = FileManager.default.contents(atPath: path) else { throw ControllerError.io(path: path, reason: "cannot read the file") }
+    return d
 }
 
 func report(_ v: Any, json: Bool) throws {

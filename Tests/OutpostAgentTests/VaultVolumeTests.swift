@@ -37,6 +37,24 @@ enum VaultHost {
     static func key(_ seed: UInt8) -> [UInt8] {
         (0..<64).map { UInt8(truncatingIfNeeded: Int($0) * 37 + Int(seed)) }
     }
+
+    /// A test area under `dir`: its own mapping name (this process's PID), no reserve.
+    static func testArea(_ dir: TemporaryDirectory, size: UInt64 = 32 << 20,
+                         mappingName: String = "outpost-vault-t\(getpid())") -> VaultVolume.Configuration {
+        VaultVolume.Configuration(backingFile: dir.path + "/vault/area.img", mountPoint: dir.path + "/vault/data",
+                                  mappingName: mappingName, sizeBytes: size, reserveBytes: 0)
+    }
+
+    /// Opens `area` with cryptsetup in plain mode (the cipher and key size VaultVolume's table
+    /// uses), as an independent reader of what the agent wrote; returns the mapping's name.
+    static func cryptsetupOpen(_ area: String, key: [UInt8], in dir: TemporaryDirectory) throws -> String {
+        let keyFile = dir.path + "/key.bin"
+        try Data(key).write(to: URL(fileURLWithPath: keyFile))
+        let name = "outpost-vault-check\(getpid())"
+        try sh("cryptsetup", "open", "--type", "plain", "--cipher", "aes-xts-plain64", "--key-size", "512",
+               "--key-file", keyFile, area, name, timeout: .seconds(60))
+        return name
+    }
 }
 
 @Test func theKeyBecomesLowercaseHexForTheCryptTable() {
@@ -187,10 +205,7 @@ struct VaultVolumeTests {
     @Test(.enabled(if: !VaultHost.hasDeviceMapper, "this host has device-mapper; the failure path is covered by the dm-crypt tests"))
     func withoutDeviceMapperANewAreaLeavesNoFileAndNoLoopBehind() throws {
         let dir = try TemporaryDirectory("vault-nodm")
-        let configuration = VaultVolume.Configuration(backingFile: dir.path + "/vault/area.img",
-                                                      mountPoint: dir.path + "/vault/data",
-                                                      mappingName: "outpost-vault-t\(getpid())",
-                                                      sizeBytes: 32 << 20, reserveBytes: 0)
+        let configuration = VaultHost.testArea(dir)
         #expect(throws: VaultError.noDeviceMapper) { try VaultVolume.open(key: VaultHost.key(1), configuration: configuration) }
         #expect(!FileManager.default.fileExists(atPath: "/dev/mapper"))
         #expect(!FileManager.default.fileExists(atPath: dir.path + "/vault/area.img"))
@@ -202,10 +217,7 @@ struct VaultVolumeTests {
     func aMappingTheKernelRefusesLeavesNoFileAndNoLoopBehind() throws {
         let dir = try TemporaryDirectory("vault-badname")
         // DM_NAME_LEN is 128: DM_DEV_CREATE fails after the loop device is bound.
-        let configuration = VaultVolume.Configuration(backingFile: dir.path + "/vault/area.img",
-                                                      mountPoint: dir.path + "/vault/data",
-                                                      mappingName: String(repeating: "v", count: 200),
-                                                      sizeBytes: 32 << 20, reserveBytes: 0)
+        let configuration = VaultHost.testArea(dir, mappingName: String(repeating: "v", count: 200))
         #expect(throws: VaultError.self) { try VaultVolume.open(key: VaultHost.key(1), configuration: configuration) }
         #expect(!FileManager.default.fileExists(atPath: dir.path + "/vault/area.img"))
         #expect(!FileManager.default.fileExists(atPath: dir.path + "/vault/area.img.new"))
@@ -216,10 +228,7 @@ struct VaultVolumeTests {
           .timeLimit(.minutes(5)))
     func anAreaKeepsItsFilesAcrossCloseAndOpenAndRefusesTheWrongKey() throws {
         let dir = try TemporaryDirectory("vault-dm")
-        let configuration = VaultVolume.Configuration(backingFile: dir.path + "/vault/area.img",
-                                                      mountPoint: dir.path + "/vault/data",
-                                                      mappingName: "outpost-vault-t\(getpid())",
-                                                      sizeBytes: 64 << 20, reserveBytes: 0)
+        let configuration = VaultHost.testArea(dir, size: 64 << 20)
         let key = VaultHost.key(1)
 
         let first = try VaultVolume.open(key: key, configuration: configuration)
@@ -261,22 +270,15 @@ struct VaultVolumeTests {
           .timeLimit(.minutes(5)))
     func cryptsetupOpensTheSameAreaInPlainModeAndSeesTheFile() throws {
         let dir = try TemporaryDirectory("vault-cryptsetup")
-        let configuration = VaultVolume.Configuration(backingFile: dir.path + "/vault/area.img",
-                                                      mountPoint: dir.path + "/vault/data",
-                                                      mappingName: "outpost-vault-t\(getpid())",
-                                                      sizeBytes: 32 << 20, reserveBytes: 0)
+        let configuration = VaultHost.testArea(dir)
         let key = VaultHost.key(7)
         let vault = try VaultVolume.open(key: key, configuration: configuration)
         try "seen by cryptsetup\n".write(toFile: configuration.mountPoint + "/proof.txt", atomically: false, encoding: .utf8)
         try vault.close()
 
-        let keyFile = dir.path + "/key.bin"
-        try Data(key).write(to: URL(fileURLWithPath: keyFile))
-        let name = "outpost-vault-check\(getpid())"
         let mountPoint = dir.path + "/check"
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        try sh("cryptsetup", "open", "--type", "plain", "--cipher", "aes-xts-plain64", "--key-size", "512",
-               "--key-file", keyFile, configuration.backingFile, name, timeout: .seconds(60))
+        let name = try VaultHost.cryptsetupOpen(configuration.backingFile, key: key, in: dir)
         defer { _ = try? runCommand(["cryptsetup", "close", name], timeout: .seconds(60)) }
         let probe = try sh("blkid", "-o", "export", "/dev/mapper/\(name)")
         #expect(probe.contains("TYPE=ext4"))
@@ -291,21 +293,14 @@ struct VaultVolumeTests {
           .timeLimit(.minutes(5)))
     func anAreaWhoseFirstFormatNeverFinishedIsFormattedAgain() throws {
         let dir = try TemporaryDirectory("vault-unfinished")
-        let configuration = VaultVolume.Configuration(backingFile: dir.path + "/vault/area.img",
-                                                      mountPoint: dir.path + "/vault/data",
-                                                      mappingName: "outpost-vault-t\(getpid())",
-                                                      sizeBytes: 32 << 20, reserveBytes: 0)
+        let configuration = VaultHost.testArea(dir)
         let key = VaultHost.key(9)
         let vault = try VaultVolume.open(key: key, configuration: configuration)
         try "from the first format\n".write(toFile: configuration.mountPoint + "/old.txt", atomically: false, encoding: .utf8)
         try vault.close()
 
         // Put the temporary label back, as a power cut before the relabel would have left it.
-        let keyFile = dir.path + "/key.bin"
-        try Data(key).write(to: URL(fileURLWithPath: keyFile))
-        let name = "outpost-vault-check\(getpid())"
-        try sh("cryptsetup", "open", "--type", "plain", "--cipher", "aes-xts-plain64", "--key-size", "512",
-               "--key-file", keyFile, configuration.backingFile, name, timeout: .seconds(60))
+        let name = try VaultHost.cryptsetupOpen(configuration.backingFile, key: key, in: dir)
         let relabel = try runCommand(["tune2fs", "-L", VaultVolume.newLabel, "/dev/mapper/\(name)"], timeout: .seconds(60))
         try sh("cryptsetup", "close", name, timeout: .seconds(60))
         #expect(relabel.status == 0, "\(relabel.output)")

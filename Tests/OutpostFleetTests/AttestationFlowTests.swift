@@ -83,16 +83,7 @@ struct AttestationFlowTests {
     @Test(arguments: ["sqlite", "postgres"])
     func aDeviceAttestsGetsItsSecretsAndAChangedPCR8FailsNamingExpectedAndActual(_ store: String) async throws {
         let tmp = try TemporaryDirectory("fleet-attest")
-        var postgres: PostgresServer?
-        defer { postgres?.stop() }
-        var database: String?
-        if store == "postgres" {
-            let server = try PostgresServer.start()
-            postgres = server
-            try server.createDatabase("attest")
-            database = "postgres://\(server.user)@/attest?host=\(server.root)"
-        }
-        let controller = try await ChildController(tag: "attest", database: database)
+        let controller = try await ChildController(tag: "attest", store: store)
         let tpm = try Self.bootedTPM(tmp.path)
         let attestor = TPMDeviceAttestor(attestor: try TPMAttestor(tcti: tpm.tcti), eventLogPath: tmp.path + "/binary_bios_measurements")
         try Data(repeating: 0x5a, count: 3000).write(to: URL(fileURLWithPath: tmp.path + "/binary_bios_measurements"))
@@ -225,7 +216,7 @@ struct AttestationFlowTests {
         let after = try await Self.attestation(controller, id)["last"] as? [String: Any]
         #expect(after?["received"] as? String == before?["received"] as? String)
         await controller.stop()
-        if let postgres {
+        if let postgres = controller.postgres {
             // The keys and the last quote are PostgreSQL's rows, not the data directory's.
             #expect(try postgres.sql("attest", "SELECT count(*) FROM attestation_keys") == "1")
             #expect(try postgres.sql("attest", "SELECT count(*) FROM attestations WHERE device_id = '\(id)'") == "1")

@@ -42,8 +42,27 @@ final class ChildController: @unchecked Sendable {
         }
     }
 
+    /// On "sqlite" (the data directory's) or "postgres": a private PostgreSQL server with a
+    /// database named `tag`, stopped with this controller.
+    convenience init(tag: String, store: String) async throws {
+        var server: PostgresServer?
+        var database: String?
+        if store == "postgres" {
+            let started = try PostgresServer.start()
+            server = started
+            do { try started.createDatabase(tag) } catch { started.stop(); throw error }
+            database = "postgres://\(started.user)@/\(tag)?host=\(started.root)"
+        }
+        do { try await self.init(tag: tag, database: database) } catch { server?.stop(); throw error }
+        postgres = server
+    }
+
+    /// The private PostgreSQL of `init(tag:store:)` with "postgres" (nil on SQLite).
+    private(set) var postgres: PostgresServer?
+
     deinit {
         process?.kill()
+        postgres?.stop()
         try? FileManager.default.removeItem(atPath: root)
     }
 

@@ -20,16 +20,7 @@ struct EKCertificateFlowTests {
     @Test(arguments: ["sqlite", "postgres"])
     func theChainIsNotCheckedWithoutCAsRefusedWithAnotherRootAndVerifiedWithTheMakers(_ store: String) async throws {
         let tmp = try TemporaryDirectory("fleet-ekcert")
-        var postgres: PostgresServer?
-        defer { postgres?.stop() }
-        var database: String?
-        if store == "postgres" {
-            let server = try PostgresServer.start()
-            postgres = server
-            try server.createDatabase("ekcert")
-            database = "postgres://\(server.user)@/ekcert?host=\(server.root)"
-        }
-        let controller = try await ChildController(tag: "ekcert", database: database)
+        let controller = try await ChildController(tag: "ekcert", store: store)
         let ctl = [ChildController.executable]
         let data = ["--data", controller.dir.path]
         let maker = try SoftwareTPM.EndorsementCA(directory: tmp.path + "/maker")
@@ -108,7 +99,7 @@ struct EKCertificateFlowTests {
         let notCA = try runCommand(ctl + ["ek-ca", "add", tmp.path + "/tpm-a/../maker/swtpm-localca.conf"] + data)
         #expect(notCA.status == 1 && notCA.stderr.split(separator: "\n").count == 1, "\(notCA.output)")
         await controller.stop()
-        if let postgres {
+        if let postgres = controller.postgres {
             // The CAs are PostgreSQL's rows, not the data directory's.
             #expect(try postgres.sql("ekcert", "SELECT count(*) FROM ek_cas") == "2")
         }
