@@ -55,8 +55,10 @@ extension Views {
 
     /// A secret's name, length and SHA-256: enough to check it is the one meant.
     static func secretJSON(_ s: ConfigSecret) -> [String: Any] {
-        ["name": s.name, "bytes": s.value.count, "sha256": SHA256.hash(data: s.value).map { String(format: "%02x", $0) }.joined()]
+        ["name": s.name, "bytes": s.value.count, "sha256": sha256Hex(s.value)]
     }
+
+    static func sha256Hex(_ d: Data) -> String { SHA256.hash(data: d).map { String(format: "%02x", $0) }.joined() }
 }
 
 extension WireCheck {
@@ -64,5 +66,40 @@ extension WireCheck {
     /// the controller stores or serves them.
     static func secrets(_ secrets: [ConfigSecret]) throws(ControllerError) {
         if let problem = ConfigSecrets.problem(secrets) { throw .invalidInput(problem) }
+    }
+}
+
+extension Views {
+    /// The vault state's word, as the device's console says it.
+    static func vaultStateName(_ s: VaultInfo.State) -> String {
+        switch s {
+        case .unspecified: return "unknown"
+        case .unlocked: return "unlocked"
+        case .locked: return "locked"
+        case .unavailable: return "unavailable"
+        case .UNRECOGNIZED(let v): return "state-\(v)"
+        }
+    }
+
+    /// Whether the device holds a secret the controller set, by the SHA-256 it reports:
+    /// "delivered" (same hash), "differs" (another value) or "not yet" (not in the open vault).
+    static func delivery(of secret: ConfigSecret, in vault: VaultInfo) -> String {
+        guard let held = vault.secrets.first(where: { $0.name == secret.name }) else { return "not yet" }
+        return held.sha256 == sha256Hex(secret.value) && Int(held.bytes) == secret.value.count ? "delivered" : "differs"
+    }
+
+    /// `device show`'s vault: what the device's latest info says of it, and for each secret in
+    /// the config whether the device holds that value. Nil when the device reports no vault
+    /// (an older device, or no info yet): delivery is then unknown, not "not yet".
+    static func vaultJSON(_ info: DeviceInfo?, config: DeviceConfig) -> [String: Any]? {
+        guard let info, info.hasVault else { return nil }
+        let v = info.vault
+        var o: [String: Any] = ["state": vaultStateName(v.state), "detail": v.detail]
+        if v.hasSecurityFloor { o["floor"] = Int(clamping: v.securityFloor) }
+        o["held"] = v.secrets.map { ["name": $0.name, "bytes": Int($0.bytes), "sha256": $0.sha256] as [String: Any] }
+        o["secrets"] = config.secrets.map { ["name": $0.name, "delivery": delivery(of: $0, in: v)] }
+        let configured = Set(config.secrets.map(\.name))
+        o["notInConfig"] = v.secrets.map(\.name).filter { !configured.contains($0) }
+        return o
     }
 }

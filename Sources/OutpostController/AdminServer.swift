@@ -214,8 +214,10 @@ public struct AdminRoutes: Sendable {
         let d = try await fleet.resolve(ref)
         let i = try await info(d.id)
         var o = Views.summary(d, info: i)
-        o["config"] = Views.configJSON(try fleet.config(of: d.id))
+        let config = try fleet.config(of: d.id)
+        o["config"] = Views.configJSON(config)
         if let i { o["info"] = Views.json(i) }
+        if let vault = Views.vaultJSON(i, config: config) { o["vault"] = vault }
         o["certificateFingerprint"] = d.fingerprint
         o["labels"] = try await fleet.store.labels()[d.id] ?? [:]
         o["updateHistory"] = try await fleet.store.updateHistory(deviceID: d.id).map {

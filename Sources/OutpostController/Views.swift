@@ -50,6 +50,7 @@ public enum Views {
                 ["name": p.name, "addresses": p.addresses, "active": p.active, "carrier": p.carrier] as [String: Any]
             }
             o["infoTime"] = iso(Int64(clamping: i.timeUnixMs))
+            if i.hasVault { o["vaultState"] = vaultStateName(i.vault.state) }
         }
         return o
     }

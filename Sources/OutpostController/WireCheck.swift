@@ -129,7 +129,34 @@ enum WireCheck {
         if case .UNRECOGNIZED(let v) = i.identity.identityKind { throw .malformed("DeviceInfo.identity.identity_kind \(v) is not known") }
         if case .UNRECOGNIZED(let v) = i.networkPush.outcome { throw .malformed("DeviceInfo.network_push.outcome \(v) is not known") }
         guard i.slots.count <= 8, i.ports.count <= 64, i.apps.count <= 256 else { throw .malformed("DeviceInfo has too many slots, ports or apps") }
+        try vault(i.vault)
         return i
+    }
+
+    /// The longest vault detail kept: a locked vault's reason names paths and PCR values, never pages.
+    static let maximumVaultDetailBytes = 2048
+
+    /// DeviceInfo.vault: a known state, a one-line detail, and at most as many secrets as a
+    /// config can hold, each a config secret's name with a SHA-256 and a length the vault allows.
+    static func vault(_ v: VaultInfo) throws(APIError) {
+        try noUnknown(v.unknownFields, "DeviceInfo.vault")
+        if case .UNRECOGNIZED(let n) = v.state { throw .malformed("DeviceInfo.vault.state \(n) is not known") }
+        guard v.detail.utf8.count <= maximumVaultDetailBytes, !v.detail.contains(where: \.isNewline) else {
+            throw .malformed("DeviceInfo.vault.detail is not one line of at most \(maximumVaultDetailBytes) bytes")
+        }
+        guard v.secrets.count <= ConfigSecrets.maximumCount else {
+            throw .malformed("DeviceInfo.vault.secrets has \(v.secrets.count) entries, more than \(ConfigSecrets.maximumCount)")
+        }
+        for (n, s) in v.secrets.enumerated() {
+            try noUnknown(s.unknownFields, "DeviceInfo.vault.secrets[\(n)]")
+            if let problem = ConfigSecrets.nameProblem(s.name) { throw .malformed("DeviceInfo.vault.secrets[\(n)]: \(problem)") }
+            guard s.sha256.utf8.count == 64, s.sha256.utf8.allSatisfy(isHex) else {
+                throw .malformed("DeviceInfo.vault.secrets[\(n)].sha256 is not 64 lower-case hex digits")
+            }
+            guard s.bytes <= ConfigSecrets.maximumValueBytes else {
+                throw .malformed("DeviceInfo.vault.secrets[\(n)].bytes \(s.bytes) is more than \(ConfigSecrets.maximumValueBytes)")
+            }
+        }
     }
 
     static func metrics(_ bytes: Data) throws(APIError) -> DeviceMetrics {

@@ -36,6 +36,9 @@ extension FleetClient {
         }
         switch keeper.replaceControllerSecrets(secrets) {
         case .stored(let removed):
+            // The vault's secrets are in the info (DeviceInfo.vault): it is composed again, and
+            // sent when the vault's report differs from the last one sent.
+            loop.withLock { $0.infoDirty = true }
             if !secrets.isEmpty {
                 note("secrets: \(secrets.count) stored in the vault (\(names.joined(separator: ", ")))")
             }

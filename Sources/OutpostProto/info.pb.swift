@@ -168,11 +168,122 @@ public nonisolated struct Outpost_Api_V1_DeviceInfo: @unchecked Sendable {
     set {_uniqueStorage()._appsError = newValue}
   }
 
+  /// The device's vault (docs/vault.md): open or not and why, the TPM's
+  /// security floor, and which of the controller's secrets it holds. Absent
+  /// from devices older than this field.
+  public var vault: Outpost_Api_V1_VaultInfo {
+    get {_storage._vault ?? Outpost_Api_V1_VaultInfo()}
+    set {_uniqueStorage()._vault = newValue}
+  }
+  /// Returns true if `vault` has been explicitly set.
+  public var hasVault: Bool {_storage._vault != nil}
+  /// Clears the value of `vault`. Subsequent reads from it will return its default value.
+  public mutating func clearVault() {_uniqueStorage()._vault = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Outpost_Api_V1_VaultInfo: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var state: Outpost_Api_V1_VaultInfo.State = .unspecified
+
+  /// One line, as the console's `vault status` says it after "vault: STATE: "
+  /// ("Unseal refused: the firmware changed since enrolment: PCR 0: …").
+  public var detail: String = String()
+
+  /// The TPM's security floor when the device last read it; absent when
+  /// unknown (no TPM, or the counter is not defined yet).
+  public var securityFloor: UInt64 {
+    get {_securityFloor ?? 0}
+    set {_securityFloor = newValue}
+  }
+  /// Returns true if `securityFloor` has been explicitly set.
+  public var hasSecurityFloor: Bool {self._securityFloor != nil}
+  /// Clears the value of `securityFloor`. Subsequent reads from it will return its default value.
+  public mutating func clearSecurityFloor() {self._securityFloor = nil}
+
+  /// The controller's secrets (DeviceConfig.secrets) the open vault holds,
+  /// sorted by name; empty when the vault is not open. Never a value.
+  public var secrets: [Outpost_Api_V1_VaultSecret] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum State: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case unspecified // = 0
+
+    /// Open: the encrypted area is mounted.
+    case unlocked // = 1
+
+    /// The device has a TPM but the vault does not open; its data is kept.
+    case locked // = 2
+
+    /// No vault on this device (no TPM, no PERSIST), and why.
+    case unavailable // = 3
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .unspecified
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .unspecified
+      case 1: self = .unlocked
+      case 2: self = .locked
+      case 3: self = .unavailable
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .unspecified: return 0
+      case .unlocked: return 1
+      case .locked: return 2
+      case .unavailable: return 3
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Outpost_Api_V1_VaultInfo.State] = [
+      .unspecified,
+      .unlocked,
+      .locked,
+      .unavailable,
+    ]
+
+  }
+
+  public init() {}
+
+  fileprivate var _securityFloor: UInt64? = nil
+}
+
+public nonisolated struct Outpost_Api_V1_VaultSecret: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The name as DeviceConfig.secrets has it (the vault's file is controller.NAME).
+  public var name: String = String()
+
+  /// Hex SHA-256 (lower case) of the stored value, and its length.
+  public var sha256: String = String()
+
+  public var bytes: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Outpost_Api_V1_AppStatus: Sendable {
@@ -520,7 +631,7 @@ nonisolated extension Outpost_Api_V1_IdentityKind: SwiftProtobuf._ProtoNameProvi
 
 nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeviceInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}identity\0\u{1}slots\0\u{1}update\0\u{3}last_boot\0\u{1}ports\0\u{3}network_push\0\u{1}handled\0\u{3}config_hash\0\u{3}time_unix_ms\0\u{1}apps\0\u{3}apps_source\0\u{3}apps_error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}identity\0\u{1}slots\0\u{1}update\0\u{3}last_boot\0\u{1}ports\0\u{3}network_push\0\u{1}handled\0\u{3}config_hash\0\u{3}time_unix_ms\0\u{1}apps\0\u{3}apps_source\0\u{3}apps_error\0\u{1}vault\0")
 
   fileprivate class _StorageClass {
     var _identity: Outpost_Api_V1_DeviceIdentity? = nil
@@ -535,6 +646,7 @@ nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftPro
     var _apps: [Outpost_Api_V1_AppStatus] = []
     var _appsSource: String = String()
     var _appsError: String = String()
+    var _vault: Outpost_Api_V1_VaultInfo? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -557,6 +669,7 @@ nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftPro
       _apps = source._apps
       _appsSource = source._appsSource
       _appsError = source._appsError
+      _vault = source._vault
     }
   }
 
@@ -587,6 +700,7 @@ nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftPro
         case 10: try { try decoder.decodeRepeatedMessageField(value: &_storage._apps) }()
         case 11: try { try decoder.decodeSingularStringField(value: &_storage._appsSource) }()
         case 12: try { try decoder.decodeSingularStringField(value: &_storage._appsError) }()
+        case 13: try { try decoder.decodeSingularMessageField(value: &_storage._vault) }()
         default: break
         }
       }
@@ -635,6 +749,9 @@ nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftPro
       if !_storage._appsError.isEmpty {
         try visitor.visitSingularStringField(value: _storage._appsError, fieldNumber: 12)
       }
+      try { if let v = _storage._vault {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -656,10 +773,104 @@ nonisolated extension Outpost_Api_V1_DeviceInfo: SwiftProtobuf.Message, SwiftPro
         if _storage._apps != rhs_storage._apps {return false}
         if _storage._appsSource != rhs_storage._appsSource {return false}
         if _storage._appsError != rhs_storage._appsError {return false}
+        if _storage._vault != rhs_storage._vault {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Outpost_Api_V1_VaultInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".VaultInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}state\0\u{1}detail\0\u{3}security_floor\0\u{1}secrets\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.state) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.detail) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self._securityFloor) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.secrets) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.state != .unspecified {
+      try visitor.visitSingularEnumField(value: self.state, fieldNumber: 1)
+    }
+    if !self.detail.isEmpty {
+      try visitor.visitSingularStringField(value: self.detail, fieldNumber: 2)
+    }
+    try { if let v = self._securityFloor {
+      try visitor.visitSingularUInt64Field(value: v, fieldNumber: 3)
+    } }()
+    if !self.secrets.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.secrets, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Outpost_Api_V1_VaultInfo, rhs: Outpost_Api_V1_VaultInfo) -> Bool {
+    if lhs.state != rhs.state {return false}
+    if lhs.detail != rhs.detail {return false}
+    if lhs._securityFloor != rhs._securityFloor {return false}
+    if lhs.secrets != rhs.secrets {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Outpost_Api_V1_VaultInfo.State: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0STATE_UNSPECIFIED\0\u{1}UNLOCKED\0\u{1}LOCKED\0\u{1}UNAVAILABLE\0")
+}
+
+nonisolated extension Outpost_Api_V1_VaultSecret: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".VaultSecret"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}sha256\0\u{1}bytes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.sha256) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.bytes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.sha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.sha256, fieldNumber: 2)
+    }
+    if self.bytes != 0 {
+      try visitor.visitSingularUInt32Field(value: self.bytes, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Outpost_Api_V1_VaultSecret, rhs: Outpost_Api_V1_VaultSecret) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.sha256 != rhs.sha256 {return false}
+    if lhs.bytes != rhs.bytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

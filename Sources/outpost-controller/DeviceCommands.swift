@@ -16,7 +16,7 @@ struct DeviceCommand: AsyncParsableCommand {
                       RetryUpdate.self, SetIntervals.self, AttestationCommand.self, AttestationResetCommand.self])
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Every registered device (or those --select picks): slot, version, last boot reason, ports, labels.")
+        static let configuration = CommandConfiguration(abstract: "Every registered device (or those --select picks): slot, version, last boot reason, update, vault state, ports, labels.")
         @OptionGroup var data: DataOption
         @Option(help: ArgumentHelp("Only the devices this label selector picks: \(selectorHelp)", valueName: "selector")) var select: String?
         @Flag(help: "Print JSON.") var json = false
@@ -31,21 +31,27 @@ struct DeviceCommand: AsyncParsableCommand {
                 let v = try data.admin.call("GET", path)
                 if json { return printJSON(v) }
                 let rows = v as? [[String: Any]] ?? []
-                print(pad(["ID", "SERIAL", "SLOT", "VERSION", "BOOT", "UPDATE", "LAST SEEN", "PORTS"]))
+                print(pad(["ID", "SERIAL", "SLOT", "VERSION", "BOOT", "UPDATE", "VAULT", "LAST SEEN", "PORTS"]))
                 for r in rows {
                     let ports = (r["ports"] as? [[String: Any]] ?? []).map { p in
                         "\(p["name"] as? String ?? "")\((p["active"] as? Bool ?? false) ? "*" : "")=\((p["addresses"] as? [String] ?? []).joined(separator: ","))"
                     }.joined(separator: " ")
                     let labels = (r["labels"] as? [String: Any] ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
                     print(pad([s(r, "id"), s(r, "serial"), s(r, "slot"), s(r, "version"), s(r, "lastBoot"), s(r, "update"),
-                               s(r, "lastSeen"), ports]) + (labels.isEmpty ? "" : "  [" + labels.joined(separator: ",") + "]"))
+                               s(r, "vaultState"), s(r, "lastSeen"), ports]) + (labels.isEmpty ? "" : "  [" + labels.joined(separator: ",") + "]"))
                 }
             }
         }
     }
 
     struct Show: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "One device: its config, its latest info and the update steps it went through.")
+        static let configuration = CommandConfiguration(
+            abstract: "One device: its config, its latest info (vault included: which secrets it holds), the update steps it went through.",
+            discussion: """
+            `vault` is the device's vault as its latest info reports it: unlocked, locked or unavailable, and why; \
+            `vault floor` the TPM's security floor. After each secret: delivered (the device's vault holds it with the \
+            same SHA-256), not yet (it does not hold it: the vault is not open or the config has not reached it) or differs.
+            """)
         @OptionGroup var data: DataOption
         @Argument(help: "The device.") var device: String
         @Flag(help: "Print JSON.") var json = false
@@ -79,8 +85,23 @@ struct DeviceCommand: AsyncParsableCommand {
                 for h in o["updateHistory"] as? [[String: Any]] ?? [] {
                     print("history      \(s(h, "received"))  \(s(h, "step")) \(s(h, "version")) \(s(h, "reason"))")
                 }
+                let vault = o["vault"] as? [String: Any]
+                if let vault {
+                    let detail = s(vault, "detail")
+                    print("vault        \(s(vault, "state"))" + (detail.isEmpty ? "" : ": \(detail)"))
+                    print("vault floor  \(vault["floor"].map { "\($0)" } ?? "unset")")
+                } else if o["info"] != nil {
+                    print("vault        not reported (the device's info has no vault)")
+                }
+                // Whether the device's vault holds each secret's value: by the SHA-256 it reports.
+                let delivery = Dictionary((vault?["secrets"] as? [[String: Any]] ?? []).map { (s($0, "name"), s($0, "delivery")) },
+                                          uniquingKeysWith: { a, _ in a })
                 for secret in (o["config"] as? [String: Any])?["secrets"] as? [[String: Any]] ?? [] {
-                    print("secret       \(s(secret, "name")) \(s(secret, "bytes")) bytes sha256 \(s(secret, "sha256"))")
+                    let held = delivery[s(secret, "name")].map { " " + $0 } ?? ""
+                    print("secret       \(s(secret, "name")) \(s(secret, "bytes")) bytes sha256 \(s(secret, "sha256"))\(held)")
+                }
+                for name in vault?["notInConfig"] as? [String] ?? [] {
+                    print("vault holds  \(name) (not in the config: removed with the device's next config)")
                 }
                 if let c = o["config"] { print("config"); printJSON(c) }
             }
@@ -394,7 +415,7 @@ func s(_ o: [String: Any], _ k: String) -> String { o[k].map { "\($0)" } ?? "" }
 func esc(_ ref: String) -> String { ref.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? ref }
 
 func pad(_ cols: [String]) -> String {
-    let widths = [36, 16, 8, 10, 11, 20, 24]
+    let widths = [36, 16, 8, 10, 11, 20, 11, 24]
     return cols.enumerated().map { i, c in i < widths.count ? c.padding(toLength: max(widths[i], c.count), withPad: " ", startingAt: 0) : c }
         .joined(separator: " ")
 }

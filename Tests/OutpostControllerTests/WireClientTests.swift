@@ -5,7 +5,7 @@ import Testing
 
 /// An independent check of the wire format: a Python client (OpenSSL, the
 /// `cryptography` package, a hand-written protobuf codec) registers and
-/// fetches config (and a secret set meanwhile) over mutual TLS.
+/// fetches config (and a secret set meanwhile) over mutual TLS, then reports a vault holding it.
 @Suite("Controller wire format (Python client)", .serialized)
 struct WireClientTests {
     @Test func aPythonClientRegistersAndDecodesItsConfig() async throws {
@@ -43,5 +43,12 @@ struct WireClientTests {
         #expect(devices.first?.id == r["device_id"] as? String)
         #expect(devices.first?.serial == "SN-PY")
         #expect(devices.first?.configHash == r["latest_config_hash"] as? String, "the config with the secret is the stored one")
+        // Its info's vault (field 13, encoded by hand in Python): the secret delivered, a floor of 0 kept as 0.
+        #expect(r["info"] as? Int == 200, "\(r)")
+        let shown = try await c.call("GET", "/devices/\(id)") as? [String: Any]
+        let vault = shown?["vault"] as? [String: Any]
+        #expect(vault?["state"] as? String == "unlocked" && vault?["detail"] as? String == "opened by wire_client.py"
+                && vault?["floor"] as? Int == 0, "\(vault ?? [:])")
+        #expect((vault?["secrets"] as? [[String: Any]])?.map { "\($0["name"] ?? "") \($0["delivery"] ?? "")" } == ["wifi.psk delivered"])
     }
 }

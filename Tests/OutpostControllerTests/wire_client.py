@@ -8,8 +8,9 @@ onboarding certificate, fetches config with the device certificate, checks
 that config_hash is the SHA-256 of the DeviceConfig bytes, and that the same
 hash gets 304. Then it polls (bounded: 60 polls, 0.25 s apart) until the
 config changes (the test sets a secret through the admin socket) and decodes
-DeviceConfig.secrets (field 8: repeated Secret {1 name, 2 value}). Prints one
-JSON object; exits non-zero on any mismatch.
+DeviceConfig.secrets (field 8: repeated Secret {1 name, 2 value}), then sends a
+DeviceInfo whose vault (field 13) holds them by SHA-256. Prints one JSON object;
+exits non-zero on any mismatch.
 
 usage: wire_client.py HOST PORT ROOT_CA ONBOARD_CERT ONBOARD_KEY WORKDIR SERIAL
 """
@@ -45,6 +46,11 @@ def varint(n):
 def field_bytes(number, data):
     # wire type 2: length-delimited (strings, bytes, messages)
     return varint(number << 3 | 2) + varint(len(data)) + data
+
+
+def varint_field(number, n):
+    # wire type 0: varint (ints, bools, enums)
+    return varint(number << 3 | 0) + varint(n)
 
 
 def read_varint(buf, i):
@@ -163,6 +169,18 @@ def main():
             result["latest_config_hash"] = changed_hash
             break
         time.sleep(0.25)
+    # DeviceInfo (info.proto) with a vault: field 13, VaultInfo {1 state (1 = UNLOCKED), 2 detail,
+    # 3 security_floor (optional: an explicit 0 is a floor of 0, not "unset"), 4 secrets {1 name,
+    # 2 sha256 hex, 3 bytes}} holding the secrets just decoded: the controller must call them delivered.
+    held = b""
+    for name, value in result["secrets"] or []:
+        v = value.encode()
+        held += field_bytes(4, field_bytes(1, name.encode()) + field_bytes(2, hashlib.sha256(v).hexdigest().encode())
+                            + varint_field(3, len(v)))
+    vault = varint_field(1, 1) + field_bytes(2, b"opened by wire_client.py") + varint_field(3, 0) + held
+    info = varint_field(9, int(time.time() * 1000)) + field_bytes(13, vault)
+    status, _ = post(dev, "/api/v1/edgedevice/info", info)
+    result["info"] = status
     # Attestation (attest.proto) for a device with no TPM keys: a nonce is refused (409), a
     # well-formed AttestationQuote too (409, no key), a malformed one is a 400.
     status, _ = post(dev, "/api/v1/edgedevice/attest/nonce", b"")
@@ -179,7 +197,7 @@ def main():
     print(json.dumps(result, sort_keys=True))
     ok = (result["config_device_id"] == device_id and result["hash_matches"]
           and result["config_again"] == 304 and result["onboard_config"] == 403
-          and result["secrets"] is not None and result["secrets_hash_matches"]
+          and result["secrets"] is not None and result["secrets_hash_matches"] and result["info"] == 200
           and result["attest_nonce"] == 409 and result["attest_quote"] == 409
           and result["attest_malformed"] == 400 and result["attest_malformed_lines"] == 1)
     sys.exit(0 if ok else 1)

@@ -81,7 +81,10 @@ enum ConsoleCommands {
         case let words where words.first == "app":
             return AppCommands.respond(to: words, apps: agent.apps)
         case let words where words.first == "vault":
-            return VaultCommands.respond(to: words, typed: typed, vault: agent.vault)
+            let reply = VaultCommands.respond(to: words, typed: typed, vault: agent.vault)
+            // A stored secret may be one the device info reports (controller.NAME): the info is composed again.
+            if words.dropFirst().first == "put" { agent.fleetClient?.client.stateChanged() }
+            return reply
         default:
             let shown = String(typed.unicodeScalars.filter { $0.value >= 32 && $0.value < 127 }.prefix(40))
             return ["unknown console command '\(shown)'; type help"]

@@ -71,7 +71,7 @@ struct FleetPower: PowerControl {
 }
 
 /// DeviceStateSource → what the agent already knows: slots and update step
-/// (update service), last boot (boot history), ports (network manager).
+/// (update service), last boot (boot history), ports (network manager), the vault.
 struct AgentStateSource: DeviceStateSource {
     let agent: Agent
 
@@ -131,6 +131,7 @@ struct AgentStateSource: DeviceStateSource {
             info.apps = service.status().map(AppsSectionBridge.status)
             info.appsSource = service.configSource
         }
+        info.vault = FleetVault.report(agent.vault)
         return info
     }
 

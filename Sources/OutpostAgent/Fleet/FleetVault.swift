@@ -36,3 +36,52 @@ struct FleetVault: SecretsKeeper {
         return names.filter { $0.hasPrefix(prefix) }.map { String($0.dropFirst(prefix.count)) }
     }
 }
+
+extension FleetVault {
+    /// DeviceInfo.vault: the vault's state and its one line, the TPM floor, and the controller's
+    /// secrets it holds by name, length and SHA-256 (never a value), so the operator sees from the
+    /// controller a vault that does not open and whether each secret arrived. Nil vault: no PERSIST.
+    static func report(_ vault: VaultService?) -> Outpost_Api_V1_VaultInfo {
+        var info = Outpost_Api_V1_VaultInfo()
+        guard let vault else {
+            info.state = .unavailable
+            info.detail = "PERSIST is not mounted"
+            return info
+        }
+        switch vault.state {
+        case .unlocked(let detail): info.state = .unlocked; info.detail = detail
+        case .locked(let reason): info.state = .locked; info.detail = reason
+        case .unavailable(let reason): info.state = .unavailable; info.detail = reason
+        }
+        // The controller takes one line of at most 2048 bytes (WireCheck.vault); a longer reason is cut, not refused.
+        info.detail = oneLine(info.detail, limit: 2048)
+        if let floor = vault.floor { info.securityFloor = floor }
+        guard case .unlocked = vault.state, let names = try? vault.secretNames() else { return info }
+        let prefix = ConfigSecrets.vaultPrefix
+        info.secrets = names.filter { $0.hasPrefix(prefix) && ConfigSecrets.validName(String($0.dropFirst(prefix.count))) }
+            .prefix(ConfigSecrets.maximumCount)
+            .compactMap { name in
+                // A secret removed between the listing and here is simply not reported.
+                guard let (bytes, sha256) = try? vault.fingerprint(name) else { return nil }
+                var secret = Outpost_Api_V1_VaultSecret()
+                secret.name = String(name.dropFirst(prefix.count))
+                secret.sha256 = sha256
+                secret.bytes = UInt32(clamping: bytes)
+                return secret
+            }
+        return info
+    }
+
+    /// Newlines become spaces and the text is cut at a character boundary within `limit` UTF-8 bytes.
+    static func oneLine(_ text: String, limit: Int) -> String {
+        var out = ""
+        var bytes = 0
+        for c in text {
+            let piece = c.isNewline ? " " : String(c)
+            bytes += piece.utf8.count
+            guard bytes <= limit else { break }
+            out += piece
+        }
+        return out
+    }
+}
