@@ -104,7 +104,7 @@ let package = Package(
                                                     .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: faultInjection),
         .executableTarget(name: "outpostd", dependencies: [
-            "OutpostAgent",
+            "OutpostAgent", "OutpostShims",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: faultInjection),
         .target(name: "OutpostNetwork", dependencies: ["CNetlink", "OutpostHTTP", "OutpostPlatform"]),

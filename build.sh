@@ -34,6 +34,10 @@ print_timings() {
         [ $((i + 1)) -lt "${#TIMINGS[@]}" ] && next=${TIMINGS[$((i + 1))]%% *}
         printf '  %5ds  %s\n' $((next - start)) "${what:0:90}" >&2
     done
+    if ((${#SUITE_TIMES[@]})); then
+        printf 'build.sh: the test suites, one by one (the QEMU lanes ran side by side):\n' >&2
+        printf '%s\n' "${SUITE_TIMES[@]}" >&2
+    fi
 }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; STEP=""; exit 1; }
 
@@ -42,6 +46,8 @@ die() { printf 'build.sh: error: %s\n' "$*" >&2; STEP=""; exit 1; }
 STEP=""
 on_exit() {
     local rc=$?
+    # A background fresh-machine test outlives nothing it was started beside.
+    if [ -n "${FRESH_PID:-}" ] && kill -0 "$FRESH_PID" 2>/dev/null; then kill "$FRESH_PID" 2>/dev/null || true; fi
     print_timings
     if [ "$rc" -ne 0 ] && [ -n "$STEP" ]; then
         printf 'build.sh: error: step "%s" failed (exit %d); the lines above say why\n' "$STEP" "$rc" >&2
@@ -226,49 +232,125 @@ build_all() {
     build_bundle
 }
 
-# Everything the tests boot or run: the image, the controller, and the
-# fault-injection image (`./build.sh test-inputs`, then one suite with
-# `swift test --filter SUITE`).
+# Everything the tests boot or run: the image, the controller, the test
+# suites and the fault-injection image (`./build.sh test-inputs`, then one
+# suite with `swift test --filter SUITE`). The controller and the test suites
+# are one debug build (`swift build --build-tests`, which also links
+# outpost-controller): one plan, both cores busy to the end, where two builds
+# one after the other each waited on its own last module and link.
 build_test_inputs() {
     build_all
-    build_controller
+    build_controller_and_tests
     build_outpostd_fault
     build_fault_image
 }
 
-run_tests() {
-    STEP="run the tests"
-    # The fresh-machine test waits mostly on apt and dpkg, the test build on
-    # the compiler: side by side they take about four minutes less than one
-    # after the other. Its output is printed whole once it ends.
-    log "fresh-machine setup test (isolated apt state, empty cache), beside the test build"
-    local fresh_log fresh_pid
-    fresh_log=$(mktemp /tmp/outpost-fresh-log.XXXXXX)
-    Tests/fresh-path/fresh-path.sh >"$fresh_log" 2>&1 &
-    fresh_pid=$!
-    log "building the Swift test suites"
-    if ! swift build "${SWIFT_FLAGS[@]}" --build-tests >&2; then
-        wait "$fresh_pid" || true
-        cat "$fresh_log" >&2; rm -f "$fresh_log"
-        die "the test build failed (the lines above say why)"
-    fi
+build_controller_and_tests() {
+    STEP="build outpost-controller and the test suites"
+    log "building outpost-controller and the Swift test suites (one debug build)"
+    swift build "${SWIFT_FLAGS[@]}" --build-tests >&2
+    mkdir -p "$OUT/bin"
+    cp "$(swift build "${SWIFT_FLAGS[@]}" --show-bin-path)/outpost-controller" "$OUT/bin/outpost-controller"
+}
+
+# The QEMU suites, each a nested suite of OutpostSystemTests' `QEMU`. Two lanes
+# run side by side, each one suite at a time: every guest is bound only by
+# order-based assertions and generous timeouts there, and two TCG guests on two
+# cores each get one. The suites that time something the guest's clock decides
+# (the watchdog's reset, the failover's link events) run alone afterwards.
+# (The TPM-across-runs test is one of FleetTests'.)
+QEMU_LANE_A=(QEMU/FleetTests)
+QEMU_LANE_B=(QEMU/UpdateTests QEMU/BootTests QEMU/VaultTests QEMU/AppTests QEMU/AttestationTests QEMU/TerminalTests)
+QEMU_ALONE=(QEMU/SupervisorTests QEMU/NetworkTests)
+# Every suite's time, from swift-testing's "Suite ... passed after N seconds" lines.
+SUITE_TIMES=()
+
+# One `swift test` process with ARGS (filters, skips); its lines appear as they
+# come, each prefixed with [NAME] (two lanes interleave), and are kept in LOG.
+test_lane() { # NAME LOG ARGS...
+    local name=$1 log=$2
+    shift 2
+    # --ignore-lock: two test runs of one build read it side by side (--skip-build writes nothing).
+    OUTPOST_OUT=$OUT swift test "${SWIFT_FLAGS[@]}" --skip-build --ignore-lock --no-parallel "$@" 2>&1 \
+        | tee "$log" | sed -u "s/^/[$name] /"
+}
+
+# --filter F for each F.
+filters() { local f; for f in "$@"; do printf -- '--filter\n%s\n' "$f"; done; }
+
+# Adds each suite's time in LOG to SUITE_TIMES ("  928s  Fleet management in QEMU (passed)").
+collect_suite_times() { # LOG
+    local line
+    while IFS= read -r line; do
+        SUITE_TIMES+=("$line")
+    done < <(sed -n 's/.*Suite "\([^"]*\)" \(passed\|failed\) after \([0-9]*\)\.[0-9]* seconds.*/\3 \1 (\2)/p' "$1" \
+             | grep -v '^[0-9]* QEMU ' | awk '{t=$1; $1=""; printf "  %5ds %s\n", t, $0}')
+}
+
+# The fresh-machine test waits mostly on apt and dpkg, the compiler on the
+# CPU: it runs beside the controller's and the tests' build (it needs only the
+# host CLI) and its output is printed whole once it ends.
+FRESH_PID=
+FRESH_LOG=
+start_fresh_path_test() {
+    log "fresh-machine setup test (isolated apt state, empty cache), beside the next builds"
+    FRESH_LOG=$(mktemp /tmp/outpost-fresh-log.XXXXXX)
+    Tests/fresh-path/fresh-path.sh >"$FRESH_LOG" 2>&1 &
+    FRESH_PID=$!
+}
+
+wait_fresh_path_test() {
+    STEP="the fresh-machine setup test"
     log "waiting for the fresh-machine setup test"
     local fresh_status=0
-    wait "$fresh_pid" || fresh_status=$?
-    cat "$fresh_log" >&2; rm -f "$fresh_log"
+    wait "$FRESH_PID" || fresh_status=$?
+    FRESH_PID=
+    cat "$FRESH_LOG" >&2; rm -f "$FRESH_LOG"
     [ "$fresh_status" = 0 ] || die "the fresh-machine setup test failed (exit $fresh_status; its lines are above)"
-    log "running the Swift test suites"
+}
+
+run_tests() {
+    STEP="run the tests"
+    local failed=() logs status
+    logs=$(mktemp -d /tmp/outpost-test-logs.XXXXXX)
     # One test at a time: on two cores, the suites that start QEMU, swtpm,
     # PostgreSQL and hundreds of simulated devices starved each other when run
     # all at once (trivial tests took 257 s and clients timed out); serially
-    # the 286 host tests take about 3 minutes, the QEMU suites run one at a
-    # time as they always did.
-    OUTPOST_OUT=$OUT swift test "${SWIFT_FLAGS[@]}" --skip-build --no-parallel --skip OutpostNetworkTests 2>&1
+    # the host tests take about 5 minutes.
+    log "host test suites (one test at a time)"
+    status=0
+    test_lane host "$logs/host.log" --skip OutpostNetworkTests --skip 'OutpostSystemTests\.QEMU' || status=$?
+    [ "$status" = 0 ] || failed+=("host suites")
+
+    log "QEMU suites in two lanes side by side: ${QEMU_LANE_A[*]} | ${QEMU_LANE_B[*]}"
+    local pid_a pid_b status_a=0 status_b=0 args_a args_b args_alone
+    mapfile -t args_a < <(filters "${QEMU_LANE_A[@]}")
+    mapfile -t args_b < <(filters "${QEMU_LANE_B[@]}")
+    mapfile -t args_alone < <(filters "${QEMU_ALONE[@]}")
+    test_lane "lane a" "$logs/lane-a.log" "${args_a[@]}" & pid_a=$!
+    test_lane "lane b" "$logs/lane-b.log" "${args_b[@]}" & pid_b=$!
+    wait "$pid_a" || status_a=$?
+    wait "$pid_b" || status_b=$?
+    collect_suite_times "$logs/lane-a.log"
+    collect_suite_times "$logs/lane-b.log"
+    [ "$status_a" = 0 ] || failed+=("QEMU lane a")
+    [ "$status_b" = 0 ] || failed+=("QEMU lane b")
+
+    log "QEMU suites alone (they time what the guest's clock decides): ${QEMU_ALONE[*]}"
+    status=0
+    test_lane alone "$logs/alone.log" "${args_alone[@]}" || status=$?
+    collect_suite_times "$logs/alone.log"
+    [ "$status" = 0 ] || failed+=("QEMU suites alone")
+
     # The network-namespace tests measure failover latency; they run on their
     # own so that QEMU guests booting in parallel do not skew the kernel's
     # link-event timing.
     log "network namespace tests"
-    swift test "${SWIFT_FLAGS[@]}" --skip-build --filter OutpostNetworkTests 2>&1
+    status=0
+    test_lane netns "$logs/netns.log" --filter OutpostNetworkTests || status=$?
+    [ "$status" = 0 ] || failed+=("network namespace suites")
+    rm -rf "$logs"
+    ((${#failed[@]} == 0)) || die "failed: ${failed[*]} (their lines are above)"
 }
 
 case "${1:-build}" in
@@ -282,7 +364,12 @@ case "${1:-build}" in
         exec "$OUT/bin/outpost" run "$OUT/outpost.img"
         ;;
     test)
-        build_test_inputs
+        build_all
+        start_fresh_path_test
+        build_controller_and_tests
+        build_outpostd_fault
+        build_fault_image
+        wait_fresh_path_test
         run_tests
         ;;
     test-inputs)

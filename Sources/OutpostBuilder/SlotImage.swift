@@ -119,7 +119,7 @@ public enum SlotImageBuilder {
     /// The kernel command line of docs/boot.md. GRUB expands the slot variable.
     public static func cmdline(rootOffset: UInt64, tree: VerityTree) -> String {
         let hashOffset = rootOffset + tree.dataBlocks * UInt64(VerityTree.blockSize)
-        return "console=ttyS0,115200 panic=10 rdinit=/init outpost.slot=${outpost_slot_uuid} "
+        return "console=ttyS0,115200 quiet panic=10 rdinit=/init outpost.slot=${outpost_slot_uuid} "
             + "outpost.root=\(rootOffset):\(tree.dataBlocks) outpost.verity=\(hashOffset):\(tree.rootHashHex):\(tree.saltHex)"
     }
 

@@ -82,10 +82,11 @@ public final class Reaper: Sendable {
 
     /// Starts `path` with its output on this process's stdout/stderr (PID 1's
     /// console) and calls `onExit` on the reaping thread when it ends.
-    /// `standardInput` and `standardOutput` (or -1 to inherit) become the child's fd 0 and 1.
+    /// `standardInput`, `standardOutput` and `standardError` (or -1 to inherit) become the
+    /// child's fd 0, 1 and 2.
     @discardableResult
     public func spawn(_ path: String, _ arguments: [String], standardInput: Int32 = -1, standardOutput: Int32 = -1,
-                      onExit: @escaping @Sendable (ChildExit) -> Void) throws(SystemError) -> pid_t {
+                      standardError: Int32 = -1, onExit: @escaping @Sendable (ChildExit) -> Void) throws(SystemError) -> pid_t {
         let argv = ([path] + arguments).map { strdup($0) } + [nil]
         let envp = Reaper.environment.map { strdup($0) } + [nil]
         defer {
@@ -96,7 +97,7 @@ public final class Reaper: Sendable {
             var pid: pid_t = 0
             let result = argv.withUnsafeBufferPointer { argvBuffer in
                 envp.withUnsafeBufferPointer { envpBuffer in
-                    OutpostShims_spawn(path, argvBuffer.baseAddress, envpBuffer.baseAddress, standardInput, standardOutput, &pid)
+                    OutpostShims_spawn(path, argvBuffer.baseAddress, envpBuffer.baseAddress, standardInput, standardOutput, standardError, &pid)
                 }
             }
             guard result == 0 else { throw SystemError.current("fork", path) }
@@ -110,9 +111,10 @@ public final class Reaper: Sendable {
     /// thread reaps by itself, so this works before the PID 1 loop runs and
     /// in processes that have none, and equally while that loop reaps.
     public func run(_ path: String, _ arguments: [String], standardInput: Int32 = -1, standardOutput: Int32 = -1,
-                    timeout: Duration) throws(SystemError) -> ChildExit? {
+                    standardError: Int32 = -1, timeout: Duration) throws(SystemError) -> ChildExit? {
         let ended = Mutex<ChildExit?>(nil)
-        let pid = try spawn(path, arguments, standardInput: standardInput, standardOutput: standardOutput) { exit in
+        let pid = try spawn(path, arguments, standardInput: standardInput, standardOutput: standardOutput,
+                            standardError: standardError) { exit in
             ended.withLock { $0 = exit }
         }
         let deadline = Deadline(after: timeout)

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <linux/memfd.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -137,7 +139,7 @@ int OutpostShims_dm_remove(int control_fd, const char *name) {
 // --- processes ---------------------------------------------------------------
 
 int OutpostShims_spawn(const char *path, char *const argv[], char *const envp[],
-                       int stdin_fd, int stdout_fd, pid_t *pid) {
+                       int stdin_fd, int stdout_fd, int stderr_fd, pid_t *pid) {
     pid_t child = fork();
     if (child < 0) return -1;
     if (child == 0) {
@@ -153,11 +155,32 @@ int OutpostShims_spawn(const char *path, char *const argv[], char *const envp[],
         sigprocmask(SIG_SETMASK, &none, NULL);
         if (stdin_fd >= 0 && dup2(stdin_fd, 0) < 0) _exit(126);
         if (stdout_fd >= 0 && dup2(stdout_fd, 1) < 0) _exit(126);
+        if (stderr_fd >= 0 && dup2(stderr_fd, 2) < 0) _exit(126);
         execve(path, argv, envp);
         _exit(127);
     }
     *pid = child;
     return 0;
+}
+
+void OutpostShims_malloc_limit_arenas(int arenas) {
+    mallopt(M_ARENA_MAX, arenas);
+}
+
+int OutpostShims_malloc_trim(void) {
+    return malloc_trim(0);
+}
+
+int OutpostShims_kernel_log_size(void) {
+    return (int)syscall(SYS_syslog, 10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
+}
+
+int OutpostShims_kernel_log_read_all(char *buffer, int length) {
+    return (int)syscall(SYS_syslog, 3 /* SYSLOG_ACTION_READ_ALL */, buffer, length);
+}
+
+int OutpostShims_memfd(const char *name) {
+    return (int)syscall(SYS_memfd_create, name, MFD_CLOEXEC);
 }
 
 int OutpostShims_blkpg_resize_partition(int disk_fd, int partno,

@@ -10,6 +10,11 @@
 import Glibc
 #endif
 import OutpostAgent
+import OutpostShims
+
+// Two malloc arenas instead of eight per core: outpostd's threads mostly sleep,
+// and every arena keeps the pages its threads freed (bench/agent-footprint.sh).
+OutpostShims_malloc_limit_arenas(2)
 
 if getpid() == 1 {
     EarlyBoot.runAsInit()

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Synchronization
 import Testing
 @testable import OutpostAgent
@@ -56,4 +59,28 @@ import OutpostPlatform
         try Subprocess.run("/nonexistent/mke2fs", [], reaper: reaper)
     }
     #expect(SubprocessError.exited(path: "/sbin/mke2fs", status: 1).description == "/sbin/mke2fs exited with status 1")
+}
+
+/// tune2fs and resize2fs print banners on success: a helper's output reaches standard
+/// error (the console, in PID 1) only when it fails, each line named by the helper.
+@Test func aHelpersOutputIsShownOnlyWhenItFails() throws {
+    let reaper = Reaper(scope: .ownChildren)
+    let path = "/tmp/outpost-helper-output-\(getpid())"
+    let file = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    try #require(file >= 0)
+    defer { unlink(path) }
+    let saved = dup(2)
+    try #require(saved >= 0)
+    dup2(file, 2)
+    try? Subprocess.run("/bin/sh", ["-c", "echo quiet-banner-ok; echo quiet-warning-ok >&2"], reaper: reaper)
+    let failure = #expect(throws: SubprocessError.self) {
+        try Subprocess.run("/bin/sh", ["-c", "echo loud-banner-failed; echo loud-reason-failed >&2; exit 4"], reaper: reaper)
+    }
+    dup2(saved, 2)
+    close(saved)
+    close(file)
+    let shown = String(decoding: try FileIO.read(path), as: UTF8.self)
+    #expect(failure == .exited(path: "/bin/sh", status: 4))
+    #expect(!shown.contains("quiet-"), "a successful helper's output reached standard error: \(shown)")
+    #expect(shown.contains("sh: loud-banner-failed\n") && shown.contains("sh: loud-reason-failed\n"), "\(shown)")
 }

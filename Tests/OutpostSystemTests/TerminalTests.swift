@@ -13,7 +13,9 @@ extension QEMU {
         struct Report: Decodable {
             struct Child: Decodable { var pid: Int; var name: String }
             var ready: Bool
+            var bootLines: [String]
             var helpReply: Bool
+            var kernelLogReply: Bool
             var exited: Bool
             var status: Int?
             var children: [Child]
@@ -27,7 +29,7 @@ extension QEMU {
             var error: String?
         }
 
-        @Test("help + Enter answers, Ctrl-A X quits, QEMU/swtpm/temp files are gone and the terminal is sane",
+        @Test("Outpost's lines, not the kernel's; help + Enter answers, kernel log shows the kernel's; Ctrl-A X quits, QEMU/swtpm/temp files are gone and the terminal is sane",
               .enabled(if: imageBuilt(), "out/outpost.img is absent: run ./build.sh first (./build.sh test does)"),
               .timeLimit(.minutes(8)))
         func interactiveRunInAPseudoTerminal() throws {
@@ -46,6 +48,16 @@ extension QEMU {
             #expect(report.error == nil, "\(report.error ?? "")\(console)")
             #expect(report.ready, "no 'outpost: ready' on the terminal\(console)")
             #expect(report.helpReply, "typing help + Enter got no answer\(console)")
+            // The boot a person watches: GRUB's and Outpost's lines, not the kernel's boot log
+            // (quiet on the command line) nor tune2fs's or resize2fs's banners at the first boot.
+            let kernelLines = report.bootLines.filter {
+                $0.contains("Linux version") || $0.contains("Command line:") || $0.contains("Freeing unused kernel")
+            }
+            #expect(kernelLines.isEmpty, "the kernel's boot log reached the console: \(kernelLines.prefix(5))\(console)")
+            let banners = report.bootLines.filter { $0.hasPrefix("tune2fs ") || $0.hasPrefix("resize2fs ") || $0.contains("Resizing the filesystem") }
+            #expect(banners.isEmpty, "helpers' banners reached the console: \(banners)")
+            #expect(report.bootLines.contains { $0.contains("outpost-grub: booting IMGA") }, "\(report.bootLines.suffix(20))")
+            #expect(report.kernelLogReply, "typing kernel log + Enter did not show the kernel's messages\(console)")
             #expect(report.exited, "outpost did not exit after Ctrl-A X\(console)")
             #expect(report.status == 0, "outpost exited with \(report.status.map(String.init) ?? "-")\(console)")
             // It really started QEMU and swtpm, and they are gone afterwards.

@@ -5,7 +5,7 @@ terminal would, for TerminalTests.swift (which makes the assertions).
 The pty's slave becomes outpost's controlling terminal and outpost leads the
 foreground process group, exactly as under an interactive shell. The script
 waits for the ready line, types `help` and a carriage return, waits for the
-console's answer, presses Ctrl-A then x, and waits for outpost to exit. It
+console's answer, types `kernel log` and waits for the kernel's first line, presses Ctrl-A then x, and waits for outpost to exit. It
 prints one JSON object: what it saw, the QEMU and swtpm processes outpost
 started (and whether they are gone), the temporary files left behind, and
 the terminal's settings before and after. Every wait is bounded; on a timeout
@@ -22,7 +22,7 @@ import termios
 import time
 
 outpost, image, tmpdir, ready_timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-report = {"ready": False, "helpReply": False, "exited": False, "status": None, "children": [],
+report = {"ready": False, "bootLines": [], "helpReply": False, "kernelLogReply": False, "exited": False, "status": None, "children": [],
           "childrenGone": None, "tempDuringRun": [], "tempAfter": None, "termiosBefore": None,
           "termiosAfter": None, "echoAndCanonicalAfter": None, "transcriptTail": "", "error": None}
 
@@ -113,6 +113,9 @@ def alive(proc):
 
 try:
     report["ready"] = read_until(b"outpost: ready", ready_timeout)
+    # What a person saw up to the ready line, one entry a line (the test looks for the
+    # kernel's boot log and the helpers' banners there).
+    report["bootLines"] = [line.decode("utf-8", "replace") for line in bytes(transcript).replace(b"\r", b"").split(b"\n")]
     children = children_of(pid)
     report["children"] = [{"pid": p, "name": n} for p, _, n in children]
     report["tempDuringRun"] = sorted(os.listdir(tmpdir))
@@ -121,6 +124,9 @@ try:
         time.sleep(1)
         os.write(master, b"help\r")
         report["helpReply"] = read_until(b"console commands", 30)
+        # The kernel's messages are one command away.
+        os.write(master, b"kernel log\r")
+        report["kernelLogReply"] = read_until(b"Linux version", 30)
     # Ctrl-A, then x: QEMU's "quit" on a mon:stdio console.
     os.write(master, b"\x01")
     time.sleep(0.3)

@@ -78,10 +78,14 @@ public enum Console {
 
     /// Prints `outpost: <message>` as one line, and hands it to the sink (or the buffer).
     public static func line(_ message: String) {
-        let bytes = Array("outpost: \(message)\n".utf8)
         // Console output is best effort: there is nobody to report a failure to.
-        try? Sys.writeAll(1, bytes, target: "console")
+        show(message)
         forward(message)
+    }
+
+    /// Prints `outpost: <message>` as one line on the console only: the sink never gets it.
+    public static func show(_ message: String) {
+        try? Sys.writeAll(1, Array("outpost: \(message)\n".utf8), target: "console")
     }
 
     /// Hands `message` to the sink (or the buffer) without printing it: an app's own serial

@@ -13,6 +13,7 @@
 //     "network status"  → per port carrier, address, gateway, DNS, proxy, test
 //     "app ..."         → app status, restart, purge, stop, start, snapshot, rollback
 //     "vault ..."       → vault status; put a secret, check or list them (values never shown)
+//     "kernel log"      → the kernel's messages (the boot is quiet on the console)
 //     "help"            → this list
 
 #if canImport(Glibc)
@@ -25,7 +26,8 @@ enum ConsoleCommands {
     static let help = ["console commands:", "  status          components, watchdog, last boot, apps",
                        "  update status   slots, versions, last update result",
                        "  network status  ports: carrier, address, gateway, DNS, proxy, last test error"]
-        + AppCommands.help + VaultCommands.help + ["  help            this list"]
+        + AppCommands.help + VaultCommands.help
+        + ["  kernel log      the kernel's messages since boot (not printed on the console)", "  help            this list"]
 
     static func spec(agent: Agent) -> ComponentSpec {
         ComponentSpec(name: "console", livenessDeadlineMilliseconds: 30_000, body: .task { context in
@@ -53,7 +55,11 @@ enum ConsoleCommands {
                 while let newline = pending.firstIndex(where: { $0 == 10 || $0 == 13 }) {
                     let line = String(decoding: pending[..<newline], as: UTF8.self)
                     pending.removeSubrange(...newline)
-                    for reply in respond(to: line, agent: agent) { Console.line(reply) }
+                    // The kernel's log stays on the console: the controller is not sent its hundreds of lines.
+                    let onConsoleOnly = KernelLog.isCommand(line)
+                    for reply in respond(to: line, agent: agent) {
+                        if onConsoleOnly { Console.show(reply) } else { Console.line(reply) }
+                    }
                 }
                 if pending.count > 1024 { pending.removeAll() }   // a runaway line is no command
             }
@@ -72,6 +78,7 @@ enum ConsoleCommands {
             do { return lines(try UpdateCommand.report(update, json: words.count == 3)) } catch {
                 return ["update status: \(error)"]
             }
+        case ["kernel", "log"]: return KernelLog.lines().map { "kernel: " + $0 }
         case ["network", "status"]:
             guard let network = agent.network else { return ["network status: the network manager is not running"] }
             return network.connectivityReport().map { $0.hasPrefix("network:") ? $0 : "network: " + $0 }

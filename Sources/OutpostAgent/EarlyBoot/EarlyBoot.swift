@@ -68,6 +68,8 @@ public struct BootOutcome: Sendable {
     /// what the update engine needs to find both slots.
     public var diskPath: String = ""
     public var slotPartUUID: String = ""
+    /// Early boot's steps so far; InitProcess adds its own before the ready line.
+    public var clock = StepClock(enabled: false)
 }
 
 public enum EarlyBoot {
@@ -96,13 +98,14 @@ public enum EarlyBoot {
     }
 
     static func bringUp(persistMounted: inout Bool) throws(EarlyBootError) -> BootOutcome {
+        let started = MonotonicClock.now().milliseconds
         do { try SwitchRoot.mountAPIFilesystems() } catch { throw .apiFilesystems(error) }
         Console.attachIfNeeded()
 
         let commandLine: String
         do { commandLine = try Sys.readText("/proc/cmdline") } catch { throw .commandLineUnreadable(error) }
         let debug = commandLine.split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("outpost.debug")
-        var clock = StepClock(enabled: debug)
+        var clock = StepClock(enabled: debug, now: started)
 
         if let list = try? Sys.readText(KernelModules.defaultListPath) {
             for failure in KernelModules.load(paths: KernelModules.parseList(list)) {
@@ -124,7 +127,7 @@ public enum EarlyBoot {
                                 disks: disks)
         }
         let slotName = slot.name.isEmpty ? "partition\(slot.number)" : slot.name
-        clock.mark("slot \(slot.devicePath)")
+        clock.mark("slot", detail: slot.devicePath)
 
         let slotBytes = slot.sectorCount * 512
         let rootEnd = parameters.rootOffset + parameters.rootBlocks * BootParameters.blockSize
@@ -140,7 +143,7 @@ public enum EarlyBoot {
         do { try VerityRoot.verifyAllBlocks(root) } catch {
             throw .verityCorrupt(slot: slotName, device: slot.devicePath, rootOffset: error.offset, errno: error.errno)
         }
-        clock.mark("verified \(root.sizeBytes) bytes")
+        clock.mark("verity", detail: "\(root.sizeBytes) bytes read")
 
         do {
             try Sys.mkdir(newRoot)
@@ -152,7 +155,7 @@ public enum EarlyBoot {
         // /run is the one writable scratch place of the read-only root.
         try? Sys.mount(source: "tmpfs", target: "/run", type: "tmpfs",
                        flags: UInt(MS_NOSUID | MS_NODEV), data: "mode=0755")
-        clock.mark("switched root")
+        clock.mark("root")
 
         if let config = DataPartitions.config(on: disk) {
             do { try DataPartitions.mountConfig(config) } catch {
@@ -182,21 +185,43 @@ public enum EarlyBoot {
         }
         return BootOutcome(slotName: slotName, version: version ?? "unknown",
                            rescueReason: parameters.rescueReason, persistMounted: true,
-                           diskPath: disk.devicePath, slotPartUUID: slot.partUUID)
+                           diskPath: disk.devicePath, slotPartUUID: slot.partUUID, clock: clock)
     }
 }
 
-/// Prints per-step timings when the command line has `outpost.debug`.
-struct StepClock {
-    var enabled: Bool
-    var last = MonotonicClock.now().milliseconds
+/// Where a boot's time went, step by step, from the kernel's start (CLOCK_MONOTONIC
+/// starts with the kernel): printed as one `boot:` line after the ready line, and
+/// per step as it happens when the command line has `outpost.debug`.
+public struct StepClock: Sendable {
+    public var enabled: Bool
+    /// When init (this process) started, in milliseconds since the kernel started.
+    public private(set) var start: Int64
+    public private(set) var steps: [(name: String, milliseconds: Int64)] = []
+    private var last: Int64
 
-    init(enabled: Bool) { self.enabled = enabled }
-
-    mutating func mark(_ step: String) {
-        guard enabled else { return }
-        let now = MonotonicClock.now().milliseconds
-        Console.line("debug: \(step): +\(now - last) ms (\(now) ms since boot)")
+    public init(enabled: Bool, now: Int64 = MonotonicClock.now().milliseconds) {
+        self.enabled = enabled
+        start = now
         last = now
+    }
+
+    /// Ends the step `step` now; `detail` is shown in the debug line only.
+    public mutating func mark(_ step: String, detail: String = "", now: Int64 = MonotonicClock.now().milliseconds) {
+        steps.append((step, now - last))
+        if enabled {
+            Console.line("debug: \(step)\(detail.isEmpty ? "" : " " + detail): +\(now - last) ms (\(now) ms since boot)")
+        }
+        last = now
+    }
+
+    /// "boot: kernel 2.91 s, modules 0.21 s, …; ready 6.02 s after the kernel started".
+    public var summary: String {
+        func seconds(_ ms: Int64) -> String {
+            let hundredths = (ms + 5) / 10
+            return "\(hundredths / 100).\(hundredths % 100 < 10 ? "0" : "")\(hundredths % 100) s"
+        }
+        let parts = [("kernel", start)] + steps.map { ($0.name, $0.milliseconds) }
+        return "boot: " + parts.map { "\($0.0) \(seconds($0.1))" }.joined(separator: ", ")
+            + "; ready \(seconds(last)) after the kernel started"
     }
 }

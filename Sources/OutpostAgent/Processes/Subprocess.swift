@@ -1,12 +1,15 @@
 // Runs a helper program (mke2fs, resize2fs, tune2fs) to completion from
 // PID 1. Starting and waiting go through the one Reaper (Reaper.swift
 // beside this file), like every other child of outpostd; this side only turns
-// the exit into a typed error a console line can show.
+// the exit into a typed error a console line can show. A helper's own output
+// (tune2fs's and resize2fs's banners) goes to a memory file and reaches the
+// console only when the helper fails: a healthy boot shows Outpost's lines.
 
 #if canImport(Glibc)
 import Glibc
 #endif
 import OutpostPlatform
+import OutpostShims
 
 /// A helper program that could not run or did not succeed.
 public enum SubprocessError: Error, Equatable, CustomStringConvertible {
@@ -41,7 +44,9 @@ public enum Subprocess {
     }
 
     /// Runs `path` with `arguments` (argv[1...]), optionally feeding `input`
-    /// on standard input, and waits for it through `reaper`.
+    /// on standard input, and waits for it through `reaper`. Its standard
+    /// output and error are kept in memory and written to this process's
+    /// standard error (the console) only when it does not succeed.
     public static func run(_ path: String, _ arguments: [String], input: String? = nil,
                            timeout: Duration = defaultTimeout, reaper: Reaper = .shared) throws(SubprocessError) {
         guard Sys.exists(path) else { throw .notFound(path: path) }
@@ -69,17 +74,39 @@ public enum Subprocess {
         }
         defer { if stdinFD >= 0 { _ = close(stdinFD) } }
 
+        // Without a memory file (an old kernel), the output goes to the console as before.
+        let output = OutpostShims_memfd("outpostd-helper-output")
+        defer { if output >= 0 { _ = close(output) } }
         let exit: ChildExit?
         do {
-            exit = try reaper.run(path, arguments, standardInput: stdinFD, timeout: timeout)
+            exit = try reaper.run(path, arguments, standardInput: stdinFD, standardOutput: output, standardError: output,
+                                  timeout: timeout)
         } catch {
             throw .spawnFailed(path: path, error)
         }
+        if exit != .exited(0) { showOutput(output, of: path) }
         switch exit {
         case nil: throw .timedOut(path: path, seconds: timeout.components.seconds)
         case .exited(0)?: return
         case .exited(let code)?: throw .exited(path: path, status: code)
         case .signaled(let signal)?: throw .killed(path: path, signal: signal)
+        }
+    }
+
+    /// The last 8 KiB a failed helper wrote, on standard error, each line named by the helper.
+    private static func showOutput(_ fd: Int32, of path: String) {
+        guard fd >= 0 else { return }
+        let size = lseek(fd, 0, SEEK_END)
+        guard size > 0 else { return }
+        let keep = min(Int(size), 8192)
+        guard lseek(fd, off_t(Int(size) - keep), SEEK_SET) >= 0 else { return }
+        var bytes = [UInt8](repeating: 0, count: keep)
+        let count = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, keep) }
+        guard count > 0 else { return }
+        let name = path.split(separator: "/").last.map(String.init) ?? path
+        let text = String(decoding: bytes[0..<count], as: UTF8.self)
+        for line in text.split(whereSeparator: \.isNewline) {
+            try? FileIO.writeAll(2, Array("\(name): \(line)\n".utf8), object: "standard error")
         }
     }
 }

@@ -10,9 +10,23 @@ public enum ProcessStats {
     public struct Sample: Sendable {
         public var pid: Int32
         public var rssKiB: Int64?
+        /// VmRSS split: anonymous memory (heap, stacks) and file pages (the binary's code and data).
+        public var rssAnonKiB: Int64?
+        public var rssFileKiB: Int64?
         public var threads: Int64?
         public var cpuTicks: Int64?
         public var zombies: Int
+
+        public init(pid: Int32, rssKiB: Int64?, rssAnonKiB: Int64? = nil, rssFileKiB: Int64? = nil, threads: Int64?,
+                    cpuTicks: Int64?, zombies: Int) {
+            self.pid = pid
+            self.rssKiB = rssKiB
+            self.rssAnonKiB = rssAnonKiB
+            self.rssFileKiB = rssFileKiB
+            self.threads = threads
+            self.cpuTicks = cpuTicks
+            self.zombies = zombies
+        }
     }
 
     static func sample() -> Sample {
@@ -21,8 +35,8 @@ public enum ProcessStats {
             guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(name + ":") }) else { return nil }
             return line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first.flatMap { Int64($0) }
         }
-        return Sample(pid: getpid(), rssKiB: field("VmRSS"), threads: field("Threads"), cpuTicks: cpuTicks(),
-                      zombies: zombieCount())
+        return Sample(pid: getpid(), rssKiB: field("VmRSS"), rssAnonKiB: field("RssAnon"), rssFileKiB: field("RssFile"),
+                      threads: field("Threads"), cpuTicks: cpuTicks(), zombies: zombieCount())
     }
 
     /// utime + stime of this process in clock ticks (fields 14 and 15 of

@@ -29,12 +29,18 @@ public enum InitProcess {
         _ = OutpostShims_reboot(Int32(OutpostShims_RebootDisableCAD))
     }
 
+    /// When PID 1 first hands freed heap pages back to the kernel, and how often after that.
+    static let trimFirst = Duration.seconds(45)
+    static let trimEvery = Duration.seconds(300)
+
     /// Starts the supervisor, prints the ready (or rescue) line with the last
     /// boot's reason, and runs the PID 1 loop. Never returns.
     public static func run(outcome: BootOutcome, persistMount: String?) -> Never {
         // The vault before the agent: enrolment and unsealing take a few TPM commands and, the
         // first time, a mke2fs, and the agent arms the watchdog before its feeder runs.
+        var clock = outcome.clock
         let vault = persistMount.map { _ in VaultService.open(slot: outcome.slotName, version: outcome.version) }
+        if vault != nil { clock.mark("vault") }
         let agent = Agent(slot: outcome.slotName, version: outcome.version, persistMount: persistMount)
         agent.vault = vault
         if persistMount != nil, !outcome.diskPath.isEmpty {
@@ -42,12 +48,14 @@ public enum InitProcess {
                                          version: outcome.version, vault: vault)
         }
         agent.network = NetworkComponent.service(persistMount: persistMount)
+        clock.mark("agent")
         let lastBoot = "last-boot=\(agent.lastBoot.reason.rawValue)"
         if let reason = outcome.rescueReason {
             Console.line("rescue slot=\(outcome.slotName) reason=\(reason) \(lastBoot)")
         } else {
             Console.line("ready slot=\(outcome.slotName) version=\(outcome.version) \(lastBoot)")
         }
+        Console.line(clock.summary)
         if agent.lastBoot.reason != .firstBoot {
             var line = "last boot: \(agent.lastBoot.reason.rawValue)"
             if let component = agent.lastBoot.component { line += " component=\(component)" }
@@ -70,6 +78,9 @@ public enum InitProcess {
 
         var set = signalSet()
         var timeout = timespec(tv_sec: 1, tv_nsec: 0)
+        // Boot's work (verity, the vault, TLS, the first config) leaves freed pages in the
+        // allocator; they go back to the kernel a while after boot and then every few minutes.
+        var trim = Deadline(after: trimFirst)
         while true {
             let signal = sigtimedwait(&set, nil, &timeout)
             var request: ShutdownRequest?
@@ -82,6 +93,10 @@ public enum InitProcess {
                 break // timeout (EAGAIN), EINTR, SIGHUP
             }
             if let pending = agent.tick() { request = request ?? pending }
+            if trim.hasPassed {
+                _ = OutpostShims_malloc_trim()
+                trim = Deadline(after: trimEvery)
+            }
             if let request { stop(agent, request) }
         }
     }

@@ -6,7 +6,7 @@
 //   rootfs/packages.txt ──apt-get download──▶ cache/debs ──dpkg-deb -x──┐
 //   rootfs/modules.txt ──modules.dep──▶ .ko set ───────────────────────┤
 //   rootfs/overlay/, outpostd, /etc/outpost-release ───────────────────┴─▶ work/root/
-//   outpostd + ldd libraries + .ko set + initramfs.list ──newc cpio, gzip -n──▶ work/initrd.img
+//   outpostd + ldd libraries + .ko set + initramfs.list ──newc cpio, zstd──▶ work/initrd.img
 //   linux-image-<pinned> ──▶ cache/kernels/<deb>/boot/vmlinuz-<version>
 
 import Foundation
@@ -26,6 +26,11 @@ public enum InitramfsCompression: Sendable {
     case none
     /// `gzip -n -9`: no name or time stamp in the header, so bytes are reproducible.
     case gzip
+    /// `zstd -10`: the default. Under TCG the kernel unpacks zstd several times
+    /// faster than gzip, and the file GRUB reads is smaller (45 MB of cpio:
+    /// 16.3 MB gzip -9, 14.9 MB zstd -10; -19 saves 1.9 MB more for 40 s of
+    /// compression per slot build). zstd's output does not depend on its thread count.
+    case zstd
 }
 
 /// Builds a slot's kernel, root tree and initramfs from `rootfs/`.
@@ -154,7 +159,7 @@ public struct SlotAssembly {
     /// the host), /dev/console, the selected modules and
     /// /lib/modules/initramfs.list naming them in load order.
     public func buildInitramfs(kernel: SlotKernel, outpostd: URL, libraryRoot: URL?,
-                               compression: InitramfsCompression = .gzip) throws -> URL {
+                               compression: InitramfsCompression = .zstd) throws -> URL {
         var archive = CpioArchive(mtime: sourceDateEpoch)
         for dir in ["dev", "proc", "sys", "newroot", "run"] {
             try archive.add(CpioEntry(path: dir, kind: .directory))
@@ -179,12 +184,17 @@ public struct SlotAssembly {
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
         let cpio = work.appendingPathComponent("initrd.cpio")
         _ = try archive.write(to: cpio)
-        guard compression == .gzip else { return cpio }
-        let gz = work.appendingPathComponent("initrd.img")
-        try? FileManager.default.removeItem(at: gz)
-        try Tool.run(["sh", "-c", "gzip -n -9 -c \"$0\" > \"$1\"", cpio.path, gz.path])
+        let compressor: String
+        switch compression {
+        case .none: return cpio
+        case .gzip: compressor = "gzip -n -9 -c \"$0\" > \"$1\""
+        case .zstd: compressor = "zstd -q -10 -T0 -c \"$0\" > \"$1\""
+        }
+        let packed = work.appendingPathComponent("initrd.img")
+        try? FileManager.default.removeItem(at: packed)
+        try Tool.run(["sh", "-c", compressor, cpio.path, packed.path])
         try FileManager.default.removeItem(at: cpio)
-        return gz
+        return packed
     }
 
     /// (path in the initramfs, source file) for every library `ldd` lists.

@@ -59,10 +59,27 @@ int OutpostShims_dm_remove(int control_fd, const char *name);
 // and restores default dispositions (PID 1 blocks the signals it waits for
 // with sigwaitinfo, and a blocked mask is inherited through exec). Between
 // fork and exec only async-signal-safe calls are made.
-// `stdin_fd` and `stdout_fd` (or -1 to inherit) become the child's standard
-// input and output.
+// `stdin_fd`, `stdout_fd` and `stderr_fd` (or -1 to inherit) become the
+// child's standard input, output and error.
 int OutpostShims_spawn(const char *path, char *const argv[], char *const envp[],
-                       int stdin_fd, int stdout_fd, pid_t *pid);
+                       int stdin_fd, int stdout_fd, int stderr_fd, pid_t *pid);
+
+// syslog(2): the kernel's log buffer size (SYSLOG_ACTION_SIZE_BUFFER), and a
+// copy of the whole buffer (SYSLOG_ACTION_READ_ALL, nothing consumed). The
+// copy returns the number of bytes, or -1 and errno.
+int OutpostShims_kernel_log_size(void);
+int OutpostShims_kernel_log_read_all(char *buffer, int length);
+
+// glibc's allocator for a small long-running daemon: at most `arenas` malloc
+// arenas (each thread otherwise gets its own, and each keeps its freed pages),
+// set before any thread starts; and malloc_trim(0), which returns every free
+// page of every arena to the kernel. Returns what malloc_trim returned.
+void OutpostShims_malloc_limit_arenas(int arenas);
+int OutpostShims_malloc_trim(void);
+
+// memfd_create(name, MFD_CLOEXEC): an anonymous file in memory, for a helper's
+// output that is shown only when the helper fails. -1 and errno on failure.
+int OutpostShims_memfd(const char *name);
 
 // BLKPG_RESIZE_PARTITION: tells the kernel a partition grew while other
 // partitions of the disk are in use (BLKRRPART would fail with EBUSY).
