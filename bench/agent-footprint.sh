@@ -87,7 +87,8 @@ print(("managed: " if s.get("fleet", {}).get("registered") else "") + f"outpostd
       f"(idle {sys.argv[2]} s, uptime {s['uptimeSeconds']:.0f} s, watchdog {s['watchdog'].get('identity')})")
 if a.get("rssAnonKiB") is not None:
     print(f"  of which anonymous (heap, stacks) {a['rssAnonKiB'] / 1024:.1f} MiB, "
-          f"file pages (outpostd's code and data) {a['rssFileKiB'] / 1024:.1f} MiB")
+          f"file pages (code and data from the root) {a['rssFileKiB'] / 1024:.1f} MiB, "
+          f"shared memory (files in RAM, the initramfs) {(a.get('rssShmemKiB') or 0) / 1024:.1f} MiB")
 ok = rss_mb <= 20 and cpu <= 1.0
 print("goals: RSS <= 20 MiB, CPU <= 1 %:", "met" if ok else "MISSED")
 sys.exit(0 if ok else 1)

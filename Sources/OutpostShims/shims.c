@@ -12,6 +12,7 @@
 #include <sys/ioctl.h>
 #include <linux/memfd.h>
 #include <malloc.h>
+#include <sys/mman.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -169,6 +170,10 @@ void OutpostShims_malloc_limit_arenas(int arenas) {
 
 int OutpostShims_malloc_trim(void) {
     return malloc_trim(0);
+}
+
+int OutpostShims_madvise_pageout(uintptr_t start, size_t length) {
+    return madvise((void *)start, length, 21 /* MADV_PAGEOUT */);
 }
 
 int OutpostShims_kernel_log_size(void) {

@@ -1,5 +1,6 @@
 // outpostd: the device agent. As PID 1 (/init of the initramfs) it runs
-// early boot and then stays PID 1 as the supervisor; see
+// early boot, then execs itself from the verified root (/sbin/outpostd),
+// which stays PID 1 as the supervisor; see EarlyBoot/StageHandoff.swift,
 // OutpostAgent/EarlyBoot/EarlyBoot.swift and OutpostAgent/Supervisor/InitProcess.swift. PID 1
 // never parses a command line: the kernel passes init whatever words the
 // boot loader left over, and none of them may turn PID 1 into a client.
@@ -17,7 +18,7 @@ import OutpostShims
 OutpostShims_malloc_limit_arenas(2)
 
 if getpid() == 1 {
-    EarlyBoot.runAsInit()
+    EarlyBoot.runAsPID1()
 }
 
 exit(Outpostd.run(Array(CommandLine.arguments.dropFirst())))

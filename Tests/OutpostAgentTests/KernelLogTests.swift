@@ -28,3 +28,44 @@ import Testing
     #expect(clock.summary == "boot: kernel 2.91 s, modules 0.21 s, verity 1.88 s, persist 0.00 s; ready 5.00 s after the kernel started")
     #expect(clock.steps.map(\.name) == ["modules", "verity", "persist"])
 }
+
+// Early boot execs the root's outpostd as PID 1: what it established and the console lines
+// owed to the controller's log travel in one JSON file and come back whole.
+@Test func theStageHandoffCarriesTheOutcomeTheClockAndTheOwedConsoleLines() throws {
+    var clock = StepClock(enabled: false, now: 1500)
+    clock.mark("modules", now: 1900)
+    clock.mark("persist", now: 2600)
+    let outcome = BootOutcome(slotName: "IMGB", version: "2.0.0", rescueReason: nil, persistMounted: true,
+                              diskPath: "/dev/vda", slotPartUUID: "6a1b7c3e-0000-4000-8000-00000000a11b", clock: clock)
+    let lines = [Console.Line(message: "warning: module not loaded: x", timeUnixMs: 1_700_000_000_123)]
+    let bytes = try StageHandoff(outcome, console: (lines, 3)).encoded()
+    let back = try StageHandoff.decode(bytes)
+    #expect(back.outcome.slotName == "IMGB" && back.outcome.version == "2.0.0" && back.outcome.rescueReason == nil)
+    #expect(back.outcome.persistMounted && back.outcome.diskPath == "/dev/vda")
+    #expect(back.outcome.slotPartUUID == "6a1b7c3e-0000-4000-8000-00000000a11b")
+    #expect(back.outcome.clock.summary == clock.summary)
+    #expect(back.consoleLines.map(\.message) == ["warning: module not loaded: x"] && back.consoleDropped == 3)
+    #expect(back.consoleLines.first?.timeUnixMs == 1_700_000_000_123)
+    #expect(throws: (any Error).self) { try StageHandoff.decode(Array(#"{"slotName":"IMGA"}"#.utf8)) }
+}
+
+// PID 1 pages out only read-only mappings of real files: never a writable one (its contents
+// exist nowhere else), an anonymous one, [vdso] or a deleted file.
+@Test func onlyReadOnlyFileMappingsArePagedOut() {
+    let maps = """
+    55d0c0000000-55d0c1000000 r--p 00000000 fe:00 131                        /sbin/outpostd
+    55d0c1000000-55d0c2000000 r-xp 01000000 fe:00 131                        /sbin/outpostd
+    55d0c2000000-55d0c2100000 rw-p 02000000 fe:00 131                        /sbin/outpostd
+    55d0c2100000-55d0c2200000 rw-p 00000000 00:00 0                          [heap]
+    7f0000000000-7f0000100000 r-xp 00000000 fe:00 77                         /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+    7f0000100000-7f0000101000 r--p 00000000 00:01 9                          /memfd:x (deleted)
+    7f0000200000-7f0000201000 r-xp 00000000 00:00 0                          [vdso]
+    7f0000300000-7f0000301000 r--s 00000000 fe:00 80                         /persist/a file
+    """
+    #expect(MemoryTrim.pageableMappings(maps) == [
+        .init(start: 0x55d0_c000_0000, end: 0x55d0_c100_0000, path: "/sbin/outpostd"),
+        .init(start: 0x55d0_c100_0000, end: 0x55d0_c200_0000, path: "/sbin/outpostd"),
+        .init(start: 0x7f00_0000_0000, end: 0x7f00_0010_0000, path: "/usr/lib/x86_64-linux-gnu/libcrypto.so.3"),
+        .init(start: 0x7f00_0030_0000, end: 0x7f00_0030_1000, path: "/persist/a file"),
+    ])
+}

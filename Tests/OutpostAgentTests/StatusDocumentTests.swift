@@ -16,7 +16,7 @@ private func report(watchdog: Watchdog.Info?, cpu: Double?, uptime: Double = 12.
                             lastBeatAgeMilliseconds: nil, lastError: "read /dev/input/event0: \"gone\""),
         ],
         watchdog: watchdog, watchdogError: watchdog == nil ? "no /dev/watchdog0" : nil,
-        process: ProcessStats.Sample(pid: 1, rssKiB: 9216, rssAnonKiB: 6144, rssFileKiB: 3072, threads: 11, cpuTicks: 42, zombies: 0),
+        process: ProcessStats.Sample(pid: 1, rssKiB: 9216, rssAnonKiB: 6144, rssFileKiB: 3072, rssShmemKiB: 0, threads: 11, cpuTicks: 42, zombies: 0),
         cpuPercentLastMinute: cpu, orphansReaped: 8, network: nil, networkActive: nil)
 }
 
@@ -44,7 +44,7 @@ private func object(_ text: String) throws -> [String: Any] {
     #expect(watchdog["device"] as? String == "/dev/watchdog0" && watchdog["software"] as? Bool == false)
     #expect(watchdog["bootStatus"] is NSNull)
     // Sorted keys, unescaped slashes, and the substrings the QEMU tests look for.
-    #expect(text.hasPrefix(#"{"agent":{"cpuPercentLastMinute":0.46,"cpuTicks":42,"orphansReaped":8,"pid":1,"rssAnonKiB":6144,"rssFileKiB":3072,"rssKiB":9216,"threads":11,"zombies":0},"#), "\(text)")
+    #expect(text.hasPrefix(#"{"agent":{"cpuPercentLastMinute":0.46,"cpuTicks":42,"orphansReaped":8,"pid":1,"rssAnonKiB":6144,"rssFileKiB":3072,"rssKiB":9216,"rssShmemKiB":0,"threads":11,"zombies":0},"#), "\(text)")
     #expect(text.contains(#""identity":"i6300ESB timer""#) && text.contains(#""timeoutSeconds":15"#))
     #expect(text.contains(#""device":"/dev/watchdog0""#))
     #expect(text.contains(#","network":null,"slot":"IMGA","uptimeSeconds":12.35,"vault":null,"version":"1.2.3","watchdog":{"#))
@@ -75,7 +75,7 @@ private func object(_ text: String) throws -> [String: Any] {
     #expect(text.contains("last boot: power-loss time=160 (no clean-shutdown record; time is the last heartbeat)"))
     #expect(text.contains("watchdog: none (no /dev/watchdog0)"))
     #expect(text.contains("  power-button backoff  restarts=2 last-error=\"read /dev/input/event0: \"gone\"\""))
-    #expect(text.contains("agent: pid=1 rss=9216 KiB (anon 6144, file 3072) threads=11 cpu-1min=1.50% zombies=0 orphans-reaped=8"))
+    #expect(text.contains("agent: pid=1 rss=9216 KiB (anon 6144, file 3072, shmem 0) threads=11 cpu-1min=1.50% zombies=0 orphans-reaped=8"))
 }
 
 @Test func theBootRecordIsSortedJSONWithThePCRsByIndex() throws {

@@ -14,7 +14,7 @@ import Synchronization
 /// messages cannot split a line that a test or an operator looks for.
 public enum Console {
     /// One printed line and when (Unix milliseconds), as the log store wants it.
-    public struct Line: Sendable {
+    public struct Line: Codable, Sendable {
         public var message: String
         public var timeUnixMs: UInt64
     }
@@ -101,6 +101,20 @@ public enum Console {
         tap.withLock { t in
             // Inside the lock: no line printed meanwhile can overtake the buffer.
             for line in t.attach(sink, now: Wallclock.unixMilliseconds()) { sink(line) }
+        }
+    }
+
+    /// The lines buffered for a sink that does not exist yet, and how many were dropped
+    /// (early boot hands them to the PID 1 it execs: StageHandoff.swift).
+    static func buffered() -> (lines: [Line], dropped: Int) {
+        tap.withLock { ($0.buffer, $0.dropped) }
+    }
+
+    /// Puts back lines an earlier process of this boot buffered, before any printed here.
+    static func restoreBuffered(lines: [Line], dropped: Int) {
+        tap.withLock { t in
+            t.buffer = Array(lines.prefix(t.limit)) + t.buffer
+            t.dropped += dropped + max(0, lines.count - t.limit)
         }
     }
 

@@ -80,21 +80,38 @@ public enum EarlyBoot {
     /// broken slot does not spin the CPU in a tight reboot loop.
     static let errorRebootDelayMilliseconds = 5_000
 
-    /// The whole first stage as PID 1. Never returns.
-    public static func runAsInit() -> Never {
+    /// PID 1: either the second stage (outpostd from the verified root, exec'd by early boot,
+    /// StageHandoff.swift) or early boot itself (the initramfs copy, /init).
+    public static func runAsPID1() -> Never {
         InitProcess.blockSignals()
+        Console.attachIfNeeded()
+        if let outcome = StageHandoff.resume() {
+            // InitProcess prints the ready/rescue line: it carries last-boot=<reason>.
+            InitProcess.run(outcome: outcome, persistMount: outcome.persistMounted ? DataPartitions.persistMount : nil)
+        }
+        runAsInit()
+    }
+
+    /// The whole first stage as PID 1. Never returns.
+    static func runAsInit() -> Never {
         var persistMounted = false
         do {
             let outcome = try bringUp(persistMounted: &persistMounted)
-            // InitProcess prints the ready/rescue line: it carries last-boot=<reason>.
+            StageHandoff.execAgentFromRoot(outcome)
+            // Only when the exec could not happen: this process goes on as PID 1.
             InitProcess.run(outcome: outcome, persistMount: outcome.persistMounted ? DataPartitions.persistMount : nil)
         } catch {
-            Console.attachIfNeeded()
-            Console.line("error: \(error)")
-            Console.line("rebooting in \(errorRebootDelayMilliseconds / 1000) s")
-            MonotonicClock.sleep(for: .milliseconds(errorRebootDelayMilliseconds))
-            InitProcess.shutdown(persistMount: persistMounted ? DataPartitions.persistMount : nil, powerOff: false)
+            fail("\(error)", persistMounted: persistMounted)
         }
+    }
+
+    /// One `outpost: error:` line, a pause to read it, and a reboot (GRUB's fallback gets its chance).
+    static func fail(_ message: String, persistMounted: Bool = true) -> Never {
+        Console.attachIfNeeded()
+        Console.line("error: \(message)")
+        Console.line("rebooting in \(errorRebootDelayMilliseconds / 1000) s")
+        MonotonicClock.sleep(for: .milliseconds(errorRebootDelayMilliseconds))
+        InitProcess.shutdown(persistMount: persistMounted ? DataPartitions.persistMount : nil, powerOff: false)
     }
 
     static func bringUp(persistMounted: inout Bool) throws(EarlyBootError) -> BootOutcome {
@@ -192,11 +209,15 @@ public enum EarlyBoot {
 /// Where a boot's time went, step by step, from the kernel's start (CLOCK_MONOTONIC
 /// starts with the kernel): printed as one `boot:` line after the ready line, and
 /// per step as it happens when the command line has `outpost.debug`.
-public struct StepClock: Sendable {
+public struct StepClock: Codable, Sendable {
+    public struct Step: Codable, Sendable {
+        public var name: String
+        public var milliseconds: Int64
+    }
     public var enabled: Bool
     /// When init (this process) started, in milliseconds since the kernel started.
     public private(set) var start: Int64
-    public private(set) var steps: [(name: String, milliseconds: Int64)] = []
+    public private(set) var steps: [Step] = []
     private var last: Int64
 
     public init(enabled: Bool, now: Int64 = MonotonicClock.now().milliseconds) {
@@ -207,7 +228,7 @@ public struct StepClock: Sendable {
 
     /// Ends the step `step` now; `detail` is shown in the debug line only.
     public mutating func mark(_ step: String, detail: String = "", now: Int64 = MonotonicClock.now().milliseconds) {
-        steps.append((step, now - last))
+        steps.append(Step(name: step, milliseconds: now - last))
         if enabled {
             Console.line("debug: \(step)\(detail.isEmpty ? "" : " " + detail): +\(now - last) ms (\(now) ms since boot)")
         }

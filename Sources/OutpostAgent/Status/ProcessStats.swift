@@ -10,19 +10,22 @@ public enum ProcessStats {
     public struct Sample: Sendable {
         public var pid: Int32
         public var rssKiB: Int64?
-        /// VmRSS split: anonymous memory (heap, stacks) and file pages (the binary's code and data).
+        /// VmRSS split: anonymous memory (heap, stacks), file pages (the binary's code and data
+        /// from the root) and shared memory (files in RAM: an initramfs binary is counted here).
         public var rssAnonKiB: Int64?
         public var rssFileKiB: Int64?
+        public var rssShmemKiB: Int64?
         public var threads: Int64?
         public var cpuTicks: Int64?
         public var zombies: Int
 
-        public init(pid: Int32, rssKiB: Int64?, rssAnonKiB: Int64? = nil, rssFileKiB: Int64? = nil, threads: Int64?,
-                    cpuTicks: Int64?, zombies: Int) {
+        public init(pid: Int32, rssKiB: Int64?, rssAnonKiB: Int64? = nil, rssFileKiB: Int64? = nil,
+                    rssShmemKiB: Int64? = nil, threads: Int64?, cpuTicks: Int64?, zombies: Int) {
             self.pid = pid
             self.rssKiB = rssKiB
             self.rssAnonKiB = rssAnonKiB
             self.rssFileKiB = rssFileKiB
+            self.rssShmemKiB = rssShmemKiB
             self.threads = threads
             self.cpuTicks = cpuTicks
             self.zombies = zombies
@@ -36,6 +39,7 @@ public enum ProcessStats {
             return line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first.flatMap { Int64($0) }
         }
         return Sample(pid: getpid(), rssKiB: field("VmRSS"), rssAnonKiB: field("RssAnon"), rssFileKiB: field("RssFile"),
+                      rssShmemKiB: field("RssShmem"),
                       threads: field("Threads"), cpuTicks: cpuTicks(), zombies: zombieCount())
     }
 

@@ -95,7 +95,7 @@ extension StatusReport {
         if let fleet { lines.append(fleet.line) }
         for app in apps ?? [] { lines.append(app.line) }
         if let vault { lines.append(vault.line) }
-        lines.append("agent: pid=\(process.pid) rss=\(process.rssKiB ?? 0) KiB (anon \(process.rssAnonKiB ?? 0), file \(process.rssFileKiB ?? 0)) threads=\(process.threads ?? 0)"
+        lines.append("agent: pid=\(process.pid) rss=\(process.rssKiB ?? 0) KiB (anon \(process.rssAnonKiB ?? 0), file \(process.rssFileKiB ?? 0), shmem \(process.rssShmemKiB ?? 0)) threads=\(process.threads ?? 0)"
                      + " cpu-1min=\(cpuPercentLastMinute.map { formatted($0) + "%" } ?? "n/a")"
                      + " zombies=\(process.zombies) orphans-reaped=\(orphansReaped)")
         return lines.joined(separator: "\n") + "\n"
@@ -163,7 +163,7 @@ extension StatusReport: Encodable {
         var orphansReaped: Int
 
         enum Keys: String, CodingKey {
-            case pid, rssKiB, rssAnonKiB, rssFileKiB, threads, cpuTicks, cpuPercentLastMinute, zombies, orphansReaped
+            case pid, rssKiB, rssAnonKiB, rssFileKiB, rssShmemKiB, threads, cpuTicks, cpuPercentLastMinute, zombies, orphansReaped
         }
 
         func encode(to encoder: any Encoder) throws {
@@ -172,6 +172,7 @@ extension StatusReport: Encodable {
             try container.encode(process.rssKiB, forKey: .rssKiB)
             try container.encode(process.rssAnonKiB, forKey: .rssAnonKiB)
             try container.encode(process.rssFileKiB, forKey: .rssFileKiB)
+            try container.encode(process.rssShmemKiB, forKey: .rssShmemKiB)
             try container.encode(process.threads, forKey: .threads)
             try container.encode(process.cpuTicks, forKey: .cpuTicks)
             try container.encode(cpuPercentLastMinute.flatMap(hundredths), forKey: .cpuPercentLastMinute)

@@ -29,7 +29,7 @@ public enum InitProcess {
         _ = OutpostShims_reboot(Int32(OutpostShims_RebootDisableCAD))
     }
 
-    /// When PID 1 first hands freed heap pages back to the kernel, and how often after that.
+    /// When PID 1 first gives memory back (MemoryTrim), and how often after that.
     static let trimFirst = Duration.seconds(45)
     static let trimEvery = Duration.seconds(300)
 
@@ -78,8 +78,8 @@ public enum InitProcess {
 
         var set = signalSet()
         var timeout = timespec(tv_sec: 1, tv_nsec: 0)
-        // Boot's work (verity, the vault, TLS, the first config) leaves freed pages in the
-        // allocator; they go back to the kernel a while after boot and then every few minutes.
+        // Boot's work leaves freed heap pages and code that ran once: they go back to the
+        // kernel a while after boot and then every few minutes (MemoryTrim.swift).
         var trim = Deadline(after: trimFirst)
         while true {
             let signal = sigtimedwait(&set, nil, &timeout)
@@ -94,7 +94,7 @@ public enum InitProcess {
             }
             if let pending = agent.tick() { request = request ?? pending }
             if trim.hasPassed {
-                _ = OutpostShims_malloc_trim()
+                MemoryTrim.run()
                 trim = Deadline(after: trimEvery)
             }
             if let request { stop(agent, request) }

@@ -77,6 +77,11 @@ int OutpostShims_kernel_log_read_all(char *buffer, int length);
 void OutpostShims_malloc_limit_arenas(int arenas);
 int OutpostShims_malloc_trim(void);
 
+// madvise(MADV_PAGEOUT): asks the kernel to reclaim the pages of [start,
+// start + length) that only this process maps (Linux 5.4+). For a read-only
+// file mapping the pages are read again from the file when next touched.
+int OutpostShims_madvise_pageout(uintptr_t start, size_t length);
+
 // memfd_create(name, MFD_CLOEXEC): an anonymous file in memory, for a helper's
 // output that is shown only when the helper fails. -1 and errno on failure.
 int OutpostShims_memfd(const char *name);
