@@ -14,6 +14,7 @@ let package = Package(
     products: [
         .executable(name: "outpost", targets: ["outpost"]),
         .executable(name: "outpostd", targets: ["outpostd"]),
+        .executable(name: "outpost-init", targets: ["outpost-init"]),
         .executable(name: "outpost-controller", targets: ["outpost-controller"]),
     ],
     traits: [.trait(name: "FaultInjection", description: "Fault hooks in outpostd, for the supervisor's QEMU tests only.")],
@@ -66,6 +67,13 @@ let package = Package(
         // The on-disk contract: GPT, slot attributes, boot selection. Pure Swift.
         .target(name: "OutpostDisk", dependencies: ["OutpostPlatform"]),
 
+        // Early boot (docs/boot.md): modules, the slot by PARTUUID, dm-verity, CONFIG
+        // and PERSIST, switch root, the exec into the verified root's outpostd; the
+        // console and PID 1's stop path. No Foundation: it is all of outpost-init.
+        .target(name: "OutpostEarlyBoot", dependencies: ["OutpostPlatform", "OutpostShims", "CBlkid", "OutpostDisk"]),
+        // The initramfs's /init, statically linked Swift runtime, a few MB.
+        .executableTarget(name: "outpost-init", dependencies: ["OutpostEarlyBoot"]),
+
         // Signed update bundles: manifest, signatures, trust anchors. Shared by
         // the host CLI and the device.
         .target(name: "OutpostBundle", dependencies: [
@@ -100,7 +108,7 @@ let package = Package(
         // Device side: early boot, supervisor, updater, network.
         // Fleet/ wires the controller client (OutpostFleet) to the update service,
         // the network manager and the reboot path.
-        .target(name: "OutpostAgent", dependencies: ["OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform", "OutpostFleet", "OutpostTrust", "OutpostProto", "OutpostApps",
+        .target(name: "OutpostAgent", dependencies: ["OutpostEarlyBoot", "OutpostDisk", "OutpostShims", "CBlkid", "OutpostUpdate", "OutpostBundle", "OutpostHTTP", "OutpostNetwork", "OutpostPlatform", "OutpostFleet", "OutpostTrust", "OutpostProto", "OutpostApps",
                                                     .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: faultInjection),
         .executableTarget(name: "outpostd", dependencies: [
@@ -119,7 +127,7 @@ let package = Package(
         .testTarget(name: "OutpostBundleTests", dependencies: ["OutpostBundle", "OutpostTestSupport"]),
         .testTarget(name: "OutpostUpdateTests", dependencies: ["OutpostUpdate", "OutpostBundle", "OutpostDisk", "OutpostTestSupport"]),
         .testTarget(name: "OutpostBuilderTests", dependencies: ["OutpostBuilder", "OutpostDisk", "OutpostProcess", "OutpostTestSupport"]),
-        .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostApps", "OutpostDisk", "OutpostPlatform", "OutpostUpdate", "OutpostBundle", "OutpostProto", "OutpostTrust", "OutpostTestSupport"]),
+        .testTarget(name: "OutpostAgentTests", dependencies: ["OutpostAgent", "OutpostEarlyBoot", "OutpostApps", "OutpostDisk", "OutpostPlatform", "OutpostUpdate", "OutpostBundle", "OutpostProto", "OutpostTrust", "OutpostTestSupport"]),
         .testTarget(name: "OutpostNetworkTests", dependencies: ["OutpostNetwork", "OutpostApps", "OutpostHTTP", "OutpostTestSupport"], exclude: ["short-lease-dhcpd.py"]),
         .testTarget(name: "OutpostHTTPTests", dependencies: ["OutpostHTTP", "OutpostTestSupport"]),
         // App instances: the seed's VMManifest, the content store on PERSIST, qcow2

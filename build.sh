@@ -34,9 +34,9 @@ print_timings() {
         [ $((i + 1)) -lt "${#TIMINGS[@]}" ] && next=${TIMINGS[$((i + 1))]%% *}
         printf '  %5ds  %s\n' $((next - start)) "${what:0:90}" >&2
     done
-    if ((${#SUITE_TIMES[@]})); then
-        printf 'build.sh: the test suites, one by one (the QEMU lanes ran side by side):\n' >&2
-        printf '%s\n' "${SUITE_TIMES[@]}" >&2
+    if ((${#TEST_TIMES[@]})); then
+        printf 'build.sh: the QEMU tests, one by one (the two lanes ran side by side):\n' >&2
+        printf '%s\n' "${TEST_TIMES[@]}" >&2
     fi
 }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; STEP=""; exit 1; }
@@ -140,6 +140,12 @@ build_outpostd() {
     swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd >&2
     local bin
     bin="$(swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd"
+    # Early boot's own binary, the initramfs's /init: shares every module it has with outpostd.
+    swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpost-init >&2
+    if grep -q -m1 'Foundation' <(nm "$(dirname "$bin")/outpost-init"); then
+        die "outpost-init links Foundation (nm shows Foundation symbols); early boot uses the standard library only"
+    fi
+    strip -o "$OUT/bin/outpost-init" "$(dirname "$bin")/outpost-init"
     # FoundationEssentials only: one call that binds to full Foundation's overload
     # (e.g. String.contains when a dependency makes Foundation visible) links ICU, +47 MB.
     # grep reads nm through a process substitution: in a pipeline, grep's early exit on the
@@ -164,7 +170,7 @@ build_slot() {
     STEP="build the slot image"
     dev_key
     log "building the slot image (version $VERSION)"
-    "$OUT/bin/outpost" slot build --outpostd "$OUT/bin/outpostd" --image-version "$VERSION" \
+    "$OUT/bin/outpost" slot build --outpostd "$OUT/bin/outpostd" --init "$OUT/bin/outpost-init" --image-version "$VERSION" \
         --trust "${OUTPOST_TRUST_DIR:-$OUT/keys}" \
         --output "$OUT/slot.img" --work "$OUT/slot-work" --quiet
 }
@@ -200,7 +206,7 @@ build_outpostd_fault() {
 build_fault_image() {
     STEP="build the fault-injection image"
     log "building out/outpost-fault.img (fault injection; tests only)"
-    "$OUT/bin/outpost" slot build --outpostd "$OUT/bin/outpostd-fault" --image-version "$VERSION" \
+    "$OUT/bin/outpost" slot build --outpostd "$OUT/bin/outpostd-fault" --init "$OUT/bin/outpost-init" --image-version "$VERSION" \
         --trust "${OUTPOST_TRUST_DIR:-$OUT/keys}" \
         --output "$OUT/slot-fault.img" --work "$OUT/slot-work-fault" --quiet
     "$OUT/bin/outpost" image build --layout partitions/layout.json --config "$OUT/dev-config" \
@@ -253,17 +259,19 @@ build_controller_and_tests() {
     cp "$(swift build "${SWIFT_FLAGS[@]}" --show-bin-path)/outpost-controller" "$OUT/bin/outpost-controller"
 }
 
-# The QEMU suites, each a nested suite of OutpostSystemTests' `QEMU`. Two lanes
-# run side by side, each one suite at a time: every guest is bound only by
-# order-based assertions and generous timeouts there, and two TCG guests on two
-# cores each get one. The suites that time something the guest's clock decides
-# (the watchdog's reset, the failover's link events) run alone afterwards.
-# (The TPM-across-runs test is one of FleetTests'.)
-QEMU_LANE_A=(QEMU/FleetTests)
-QEMU_LANE_B=(QEMU/UpdateTests QEMU/BootTests QEMU/VaultTests QEMU/AppTests QEMU/AttestationTests QEMU/TerminalTests)
-QEMU_ALONE=(QEMU/SupervisorTests QEMU/NetworkTests)
-# Every suite's time, from swift-testing's "Suite ... passed after N seconds" lines.
-SUITE_TIMES=()
+# The QEMU tests, each in a nested suite of OutpostSystemTests' `QEMU`, run in
+# two lanes side by side, each lane one test at a time. Every assertion there is
+# about order and content, with generous timeouts (the watchdog test asserts
+# that the reset came after the hang and before any orderly reboot, not when),
+# and two TCG guests on two cores get one core each. The lanes are balanced by
+# the tests' measured times (README: "where the time went"); `check_lanes`
+# fails the run if a QEMU test is in no lane or in both.
+QEMU_LANE_A=(QEMU/FleetTests/registersReports QEMU/FleetTests/aStagedRollout QEMU/FleetTests/anImageWithoutAController
+             QEMU/SupervisorTests)
+QEMU_LANE_B=(QEMU/UpdateTests QEMU/VaultTests QEMU/BootTests QEMU/FleetTests/theTPMStays QEMU/AppTests
+             QEMU/AttestationTests QEMU/NetworkTests QEMU/TerminalTests)
+# Every QEMU test's time, from swift-testing's "Test ... passed after N seconds" lines.
+TEST_TIMES=()
 
 # One `swift test` process with ARGS (filters, skips); its lines appear as they
 # come, each prefixed with [NAME] (two lanes interleave), and are kept in LOG.
@@ -271,20 +279,43 @@ test_lane() { # NAME LOG ARGS...
     local name=$1 log=$2
     shift 2
     # --ignore-lock: two test runs of one build read it side by side (--skip-build writes nothing).
-    OUTPOST_OUT=$OUT swift test "${SWIFT_FLAGS[@]}" --skip-build --ignore-lock --no-parallel "$@" 2>&1 \
+    # stdbuf: line-buffered through the pipe, so each lane's lines appear as they are printed.
+    OUTPOST_OUT=$OUT stdbuf -oL -eL swift test "${SWIFT_FLAGS[@]}" --skip-build --ignore-lock --no-parallel "$@" 2>&1 \
         | tee "$log" | sed -u "s/^/[$name] /"
+}
+
+# Every QEMU test in exactly one lane, or the run stops here naming it.
+check_lanes() {
+    STEP="check the QEMU lanes"
+    local tests test a b f
+    tests=$(swift test "${SWIFT_FLAGS[@]}" list --skip-build 2>/dev/null | grep '^OutpostSystemTests\.QEMU/') \
+        || die "swift test list found no QEMU tests"
+    LANE_A_COUNT=0 LANE_B_COUNT=0
+    while IFS= read -r test; do
+        a=0 b=0
+        for f in "${QEMU_LANE_A[@]}"; do [[ $test =~ $f ]] && a=1; done
+        for f in "${QEMU_LANE_B[@]}"; do [[ $test =~ $f ]] && b=1; done
+        [ $((a + b)) = 1 ] || die "QEMU test $test is in $((a + b)) lanes (QEMU_LANE_A/QEMU_LANE_B in build.sh)"
+        LANE_A_COUNT=$((LANE_A_COUNT + a)) LANE_B_COUNT=$((LANE_B_COUNT + b))
+    done <<<"$tests"
+    log "QEMU lanes: $(wc -l <<<"$tests") tests, $LANE_A_COUNT in lane a and $LANE_B_COUNT in lane b"
+}
+
+# A lane passed only if its log says it ran every test it was given.
+lane_ran_all() { # LOG COUNT
+    grep -q "Test run with $2 tests\? in .* passed" "$1"
 }
 
 # --filter F for each F.
 filters() { local f; for f in "$@"; do printf -- '--filter\n%s\n' "$f"; done; }
 
-# Adds each suite's time in LOG to SUITE_TIMES ("  928s  Fleet management in QEMU (passed)").
-collect_suite_times() { # LOG
+# Adds each test's time in LOG (one lane's) to TEST_TIMES: "  669s  [lane a] registersReports…() (passed)".
+collect_test_times() { # LANE LOG
     local line
     while IFS= read -r line; do
-        SUITE_TIMES+=("$line")
-    done < <(sed -n 's/.*Suite "\([^"]*\)" \(passed\|failed\) after \([0-9]*\)\.[0-9]* seconds.*/\3 \1 (\2)/p' "$1" \
-             | grep -v '^[0-9]* QEMU ' | awk '{t=$1; $1=""; printf "  %5ds %s\n", t, $0}')
+        TEST_TIMES+=("$line")
+    done < <(sed -n 's/^[^ ]* Test \(.*\) \(passed\|failed\) after \([0-9]*\)\.[0-9]* seconds.*/\3 \1 (\2)/p' "$2" \
+             | grep -v '^[0-9]* run with ' | awk -v lane="$1" '{t=$1; $1=""; printf "  %5ds  [%s]%s\n", t, lane, substr($0, 1, 100)}')
 }
 
 # The fresh-machine test waits mostly on apt and dpkg, the compiler on the
@@ -322,25 +353,23 @@ run_tests() {
     test_lane host "$logs/host.log" --skip OutpostNetworkTests --skip 'OutpostSystemTests\.QEMU' || status=$?
     [ "$status" = 0 ] || failed+=("host suites")
 
-    log "QEMU suites in two lanes side by side: ${QEMU_LANE_A[*]} | ${QEMU_LANE_B[*]}"
-    local pid_a pid_b status_a=0 status_b=0 args_a args_b args_alone
+    check_lanes
+    log "QEMU tests in two lanes side by side: ${QEMU_LANE_A[*]} | ${QEMU_LANE_B[*]}"
+    local pid_a pid_b status_a=0 status_b=0 args_a args_b
     mapfile -t args_a < <(filters "${QEMU_LANE_A[@]}")
     mapfile -t args_b < <(filters "${QEMU_LANE_B[@]}")
-    mapfile -t args_alone < <(filters "${QEMU_ALONE[@]}")
     test_lane "lane a" "$logs/lane-a.log" "${args_a[@]}" & pid_a=$!
+    # A few seconds apart: each `swift test` plans the build before it runs the tests.
+    sleep 5
     test_lane "lane b" "$logs/lane-b.log" "${args_b[@]}" & pid_b=$!
     wait "$pid_a" || status_a=$?
     wait "$pid_b" || status_b=$?
-    collect_suite_times "$logs/lane-a.log"
-    collect_suite_times "$logs/lane-b.log"
-    [ "$status_a" = 0 ] || failed+=("QEMU lane a")
-    [ "$status_b" = 0 ] || failed+=("QEMU lane b")
-
-    log "QEMU suites alone (they time what the guest's clock decides): ${QEMU_ALONE[*]}"
-    status=0
-    test_lane alone "$logs/alone.log" "${args_alone[@]}" || status=$?
-    collect_suite_times "$logs/alone.log"
-    [ "$status" = 0 ] || failed+=("QEMU suites alone")
+    lane_ran_all "$logs/lane-a.log" "$LANE_A_COUNT" || status_a=${status_a/#0/1}
+    lane_ran_all "$logs/lane-b.log" "$LANE_B_COUNT" || status_b=${status_b/#0/1}
+    collect_test_times "lane a" "$logs/lane-a.log"
+    collect_test_times "lane b" "$logs/lane-b.log"
+    [ "$status_a" = 0 ] || failed+=("QEMU lane a (exit $status_a; expected $LANE_A_COUNT tests to pass)")
+    [ "$status_b" = 0 ] || failed+=("QEMU lane b (exit $status_b; expected $LANE_B_COUNT tests to pass)")
 
     # The network-namespace tests measure failover latency; they run on their
     # own so that QEMU guests booting in parallel do not skew the kernel's

@@ -236,11 +236,3 @@ public final class LogStore: Sendable {
     }
 }
 
-/// Wall-clock time for reports (the monotonic clock has no epoch).
-public enum Wallclock {
-    public static func unixMilliseconds() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_REALTIME, &time)
-        return UInt64(max(0, Int64(time.tv_sec))) * 1000 + UInt64(time.tv_nsec / 1_000_000)
-    }
-}

@@ -17,7 +17,7 @@ public enum HTTPError: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .badURL(u, why): return "'\(u.flattenedToOneLine)' is not a usable URL: \(why)"
+        case let .badURL(u, why): return "'\(u.flattenedToOneLine)' is not a usable URL: \(why.flattenedToOneLine)"
         case let .resolve(h, d): return "cannot resolve \(h): \(d)"
         case let .system(error): return error.description
         case let .timeout(step, t): return "\(t): timed out during \(step)"

@@ -21,6 +21,9 @@ struct SlotBuild: ParsableCommand {
 
     @Option(help: "The rootfs/ directory (packages.txt, modules.txt, overlay/).") var rootfs = "rootfs"
     @Option(help: "The outpostd binary (release, --static-swift-stdlib).") var outpostd: String?
+    @Option(name: .customLong("init"),
+            help: "The initramfs's /init: outpost-init (early boot only, then it execs the root's outpostd). Default: the outpostd binary itself.")
+    var initBinary: String?
     @Option(help: "Use this kernel instead of the pinned Debian one (with --initramfs and --root-dir).") var kernel: String?
     @Option(help: "Use this initramfs instead of assembling one.") var initramfs: String?
     @Option(help: "Use this staged root directory instead of assembling one.") var rootDir: String?
@@ -112,7 +115,14 @@ struct SlotBuild: ParsableCommand {
         let root = try assembly.assembleRoot(kernel: kernel, outpostd: binary, version: imageVersion)
         try bakeIdentity(into: root.path)
         progress.step(3, of: 3, "initramfs")
-        let initrd = try assembly.buildInitramfs(kernel: kernel, outpostd: binary, libraryRoot: root)
+        var initial = binary
+        if let initBinary {
+            guard FileManager.default.isExecutableFile(atPath: initBinary) else {
+                throw BuilderError.missingInput(path: initBinary, what: "outpost-init binary (--init)")
+            }
+            initial = URL(fileURLWithPath: initBinary)
+        }
+        let initrd = try assembly.buildInitramfs(kernel: kernel, outpostd: initial, libraryRoot: root)
         return (kernel.vmlinuz.path, initrd.path, root.path)
     }
 }

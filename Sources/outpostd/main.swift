@@ -1,7 +1,8 @@
-// outpostd: the device agent. As PID 1 (/init of the initramfs) it runs
-// early boot, then execs itself from the verified root (/sbin/outpostd),
-// which stays PID 1 as the supervisor; see EarlyBoot/StageHandoff.swift,
-// OutpostAgent/EarlyBoot/EarlyBoot.swift and OutpostAgent/Supervisor/InitProcess.swift. PID 1
+// outpostd: the device agent. Early boot's own binary (outpost-init, the
+// initramfs's /init) execs it from the verified root as PID 1, where it stays
+// as the supervisor; an image built without outpost-init has outpostd as /init,
+// which runs early boot first. See OutpostEarlyBoot/StageHandoff.swift and
+// OutpostAgent/Supervisor/InitProcess.swift. PID 1
 // never parses a command line: the kernel passes init whatever words the
 // boot loader left over, and none of them may turn PID 1 into a client.
 // Any other invocation is a client command (`outpostd status`), parsed by
@@ -18,7 +19,7 @@ import OutpostShims
 OutpostShims_malloc_limit_arenas(2)
 
 if getpid() == 1 {
-    EarlyBoot.runAsPID1()
+    InitProcess.runAsPID1()
 }
 
 exit(Outpostd.run(Array(CommandLine.arguments.dropFirst())))

@@ -2,6 +2,7 @@ import Foundation
 import OutpostTestSupport
 import Testing
 @testable import OutpostAgent
+@testable import OutpostEarlyBoot
 
 private let hash = String(repeating: "ab", count: 32)
 private let base = "console=ttyS0 panic=10 rdinit=/init outpost.slot=6a1b7c3e-0000-4000-8000-00000000a11a " +

@@ -1,6 +1,7 @@
 import OutpostPlatform
 import Testing
 @testable import OutpostAgent
+@testable import OutpostEarlyBoot
 
 @Test func moduleListKeepsOrderAndSkipsComments() {
     let text = "# written by OutpostBuilder\n/lib/modules/x/virtio.ko\n\n  /lib/modules/x/virtio_blk.ko  # disk\n"

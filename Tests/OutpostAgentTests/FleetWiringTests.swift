@@ -6,6 +6,7 @@ import OutpostUpdate
 import Synchronization
 import Testing
 @testable import OutpostAgent
+@testable import OutpostEarlyBoot
 
 // The agent's side of the controller client: the console buffer that keeps
 // early lines for the log store, the log tagging, the retry-counter rule for

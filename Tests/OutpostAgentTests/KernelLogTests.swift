@@ -1,5 +1,7 @@
+import Foundation
 import Testing
 @testable import OutpostAgent
+@testable import OutpostEarlyBoot
 
 // `kernel log` on the console: the ring buffer's records without their priority,
 // and only the exact two words select it (its lines are not sent to the controller).
@@ -30,23 +32,33 @@ import Testing
 }
 
 // Early boot execs the root's outpostd as PID 1: what it established and the console lines
-// owed to the controller's log travel in one JSON file and come back whole.
+// owed to the controller's log travel in one file and come back whole; a damaged file is
+// refused with the line that is wrong.
 @Test func theStageHandoffCarriesTheOutcomeTheClockAndTheOwedConsoleLines() throws {
-    var clock = StepClock(enabled: false, now: 1500)
+    var clock = StepClock(enabled: true, now: 1500)
     clock.mark("modules", now: 1900)
     clock.mark("persist", now: 2600)
-    let outcome = BootOutcome(slotName: "IMGB", version: "2.0.0", rescueReason: nil, persistMounted: true,
+    let outcome = BootOutcome(slotName: "IMGB", version: "2.0.0", rescueReason: "no-bootable-slot", persistMounted: true,
                               diskPath: "/dev/vda", slotPartUUID: "6a1b7c3e-0000-4000-8000-00000000a11b", clock: clock)
-    let lines = [Console.Line(message: "warning: module not loaded: x", timeUnixMs: 1_700_000_000_123)]
-    let bytes = try StageHandoff(outcome, console: (lines, 3)).encoded()
-    let back = try StageHandoff.decode(bytes)
-    #expect(back.outcome.slotName == "IMGB" && back.outcome.version == "2.0.0" && back.outcome.rescueReason == nil)
+    let lines = [Console.Line(message: "warning: module not loaded: x \\ y\nz", timeUnixMs: 1_700_000_000_123),
+                 Console.Line(message: "", timeUnixMs: 5)]
+    let text = StageHandoff(outcome, consoleLines: lines, consoleDropped: 3).text
+    #expect(text.hasPrefix("outpost-early-boot 1\nslot IMGB\n") && text.split(separator: "\n").count == 13, "\(text)")
+    let back = try StageHandoff(parsing: text)
+    #expect(back.outcome.slotName == "IMGB" && back.outcome.version == "2.0.0" && back.outcome.rescueReason == "no-bootable-slot")
     #expect(back.outcome.persistMounted && back.outcome.diskPath == "/dev/vda")
     #expect(back.outcome.slotPartUUID == "6a1b7c3e-0000-4000-8000-00000000a11b")
-    #expect(back.outcome.clock.summary == clock.summary)
-    #expect(back.consoleLines.map(\.message) == ["warning: module not loaded: x"] && back.consoleDropped == 3)
-    #expect(back.consoleLines.first?.timeUnixMs == 1_700_000_000_123)
-    #expect(throws: (any Error).self) { try StageHandoff.decode(Array(#"{"slotName":"IMGA"}"#.utf8)) }
+    #expect(back.outcome.clock.summary == clock.summary && back.outcome.clock.enabled)
+    #expect(back.consoleLines.map(\.message) == lines.map(\.message) && back.consoleDropped == 3)
+    #expect(back.consoleLines.map(\.timeUnixMs) == [1_700_000_000_123, 5])
+    #expect(back.text == text)
+    for (damaged, reason) in [("slot IMGA\n", "line 1: not"), (text.replacingOccurrences(of: "persist 1", with: "persist x"), "persist"),
+                              (text.replacingOccurrences(of: "dropped 3\n", with: ""), "no dropped"),
+                              (text + "colour blue\n", "line 14: unknown key \"colour\""),
+                              (text.replacingOccurrences(of: "step 400", with: "step 4x0"), "line 9: step: not a number")] {
+        #expect(throws: StageHandoff.ParseError.self) { try StageHandoff(parsing: damaged) }
+        do { _ = try StageHandoff(parsing: damaged) } catch { #expect(error.description.contains(reason), "\(error)") }
+    }
 }
 
 // PID 1 pages out only read-only mappings of real files: never a writable one (its contents

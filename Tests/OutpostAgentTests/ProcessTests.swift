@@ -4,6 +4,7 @@ import Glibc
 import Synchronization
 import Testing
 @testable import OutpostAgent
+@testable import OutpostEarlyBoot
 import OutpostPlatform
 
 // The one child/exit model (Processes/): spawn through the shim, every exit

@@ -23,6 +23,14 @@ struct HTTPClientTests {
         do { _ = try HTTPURL(text) } catch { #expect(error.description.contains("is not a usable URL")) }
     }
 
+    /// Found by the apps.json fuzz test (OUTPOST_TEST_SEED=15930084743719026006): the reason
+    /// quoted the port with the URL's newline in it, so the error was two lines.
+    @Test func aBadURLsReasonIsOneLineToo() {
+        do { _ = try HTTPURL("http://127.0.0.1:8080\nxenial.qcow2") } catch {
+            #expect(!error.description.contains("\n") && error.description.contains("port '8080"), "\(error.description)")
+        }
+    }
+
     @Test func httpsWithTheRightAnchorReturnsTheBody() throws {
         let tmp = try TemporaryDirectory("tls")
         let pki = try TestPKI(dir: tmp.path)

@@ -3,9 +3,11 @@ import Testing
 import OutpostDisk
 import OutpostTestSupport
 
-/// Every QEMU suite, one at a time. Each guest runs under TCG; several at once on a
-/// two-core machine starve one another's virtual CPUs while their virtual clocks (and the
-/// watchdogs driven by them) keep running, which turns timing into chance.
+/// Every QEMU test, one at a time within one test process. Each guest runs under TCG;
+/// more guests than cores starve one another's virtual CPUs while their virtual clocks (and
+/// the watchdogs driven by them) keep running, which turns timing into chance. `build.sh
+/// test` runs two such processes side by side (two lanes, two guests, two cores), so every
+/// assertion here is about order and content, never about how soon something happened.
 @Suite(.serialized) enum QEMU {}
 
 /// Drives the real image in QEMU (TCG, OVMF, swtpm) through `outpost run

@@ -14,6 +14,7 @@ extension QEMU {
             struct Child: Decodable { var pid: Int; var name: String }
             var ready: Bool
             var bootLines: [String]
+            var bootTimes: String?
             var helpReply: Bool
             var kernelLogReply: Bool
             var exited: Bool
@@ -57,6 +58,9 @@ extension QEMU {
             let banners = report.bootLines.filter { $0.hasPrefix("tune2fs ") || $0.hasPrefix("resize2fs ") || $0.contains("Resizing the filesystem") }
             #expect(banners.isEmpty, "helpers' banners reached the console: \(banners)")
             #expect(report.bootLines.contains { $0.contains("outpost-grub: booting IMGA") }, "\(report.bootLines.suffix(20))")
+            // outpost-init did early boot and exec'd the root's outpostd, which says where the time went.
+            #expect(report.bootTimes?.contains(", exec ") == true && report.bootTimes?.contains("after the kernel started") == true,
+                    "\(report.bootTimes ?? "no boot: line after the ready line")")
             #expect(report.kernelLogReply, "typing kernel log + Enter did not show the kernel's messages\(console)")
             #expect(report.exited, "outpost did not exit after Ctrl-A X\(console)")
             #expect(report.status == 0, "outpost exited with \(report.status.map(String.init) ?? "-")\(console)")

@@ -22,7 +22,7 @@ import termios
 import time
 
 outpost, image, tmpdir, ready_timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-report = {"ready": False, "bootLines": [], "helpReply": False, "kernelLogReply": False, "exited": False, "status": None, "children": [],
+report = {"ready": False, "bootLines": [], "bootTimes": None, "helpReply": False, "kernelLogReply": False, "exited": False, "status": None, "children": [],
           "childrenGone": None, "tempDuringRun": [], "tempAfter": None, "termiosBefore": None,
           "termiosAfter": None, "echoAndCanonicalAfter": None, "transcriptTail": "", "error": None}
 
@@ -116,6 +116,11 @@ try:
     # What a person saw up to the ready line, one entry a line (the test looks for the
     # kernel's boot log and the helpers' banners there).
     report["bootLines"] = [line.decode("utf-8", "replace") for line in bytes(transcript).replace(b"\r", b"").split(b"\n")]
+    # The line after the ready line: where the boot's time went.
+    # The whole line: it may still be arriving when the ready line is read.
+    if b"after the kernel started" in transcript or read_until(b"after the kernel started", 20):
+        tail = bytes(transcript).replace(b"\r", b"").split(b"outpost: boot: ")[-1]
+        report["bootTimes"] = "outpost: boot: " + tail.split(b"\n")[0].decode("utf-8", "replace")
     children = children_of(pid)
     report["children"] = [{"pid": p, "name": n} for p, _, n in children]
     report["tempDuringRun"] = sorted(os.listdir(tmpdir))

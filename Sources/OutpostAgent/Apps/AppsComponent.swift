@@ -20,6 +20,7 @@ import Glibc
 import OutpostApps
 import OutpostHTTP
 import OutpostPlatform
+import OutpostEarlyBoot
 import OutpostProto
 
 /// Whether the device runs apps, as status shows it.

@@ -8,6 +8,7 @@
 import Glibc
 #endif
 import OutpostPlatform
+import OutpostEarlyBoot
 
 /// The client commands' work, callable from the argument parser in outpostd.
 public enum AgentCommand {

@@ -20,6 +20,7 @@
 import Glibc
 #endif
 import OutpostPlatform
+import OutpostEarlyBoot
 
 enum ConsoleCommands {
     static let path = "/dev/console"

@@ -9,6 +9,7 @@
 import Glibc
 #endif
 import OutpostPlatform
+import OutpostEarlyBoot
 
 public enum ControlSocket {
     public static let path = "/run/outpost/control.sock"

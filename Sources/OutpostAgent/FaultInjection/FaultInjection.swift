@@ -20,6 +20,7 @@
 import Glibc
 #endif
 import OutpostPlatform
+import OutpostEarlyBoot
 import Synchronization
 
 public final class FaultInjection: Sendable {

@@ -10,6 +10,7 @@ import OutpostFleet
 import OutpostHTTP
 import OutpostNetwork
 import OutpostPlatform
+import OutpostEarlyBoot
 import OutpostProto
 
 /// BaseOSUpdater → UpdateService: the request is queued for the update

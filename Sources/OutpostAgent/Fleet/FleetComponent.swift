@@ -12,6 +12,7 @@ import OutpostFleet
 import OutpostProto
 import OutpostTrust
 import Synchronization
+import OutpostEarlyBoot
 
 /// A managed device's client and what the agent needs beside it.
 public final class FleetAgent: Sendable {

@@ -11,6 +11,7 @@ import Glibc
 import OutpostHTTP
 import OutpostNetwork
 import OutpostPlatform
+import OutpostEarlyBoot
 
 enum NetworkComponent {
     /// Where the service keeps its inputs and outputs on the device.

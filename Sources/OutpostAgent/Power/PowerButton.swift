@@ -10,6 +10,7 @@
 import Glibc
 #endif
 import OutpostPlatform
+import OutpostEarlyBoot
 
 enum PowerButton {
     static let eventType: UInt16 = 1      // EV_KEY

@@ -10,6 +10,7 @@ import Glibc
 #endif
 import OutpostShims
 import OutpostPlatform
+import OutpostEarlyBoot
 
 /// The reboot-reason records of one PERSIST mount.
 public struct BootHistory: Sendable {

@@ -7,6 +7,7 @@
 import Glibc
 #endif
 import OutpostPlatform
+import OutpostEarlyBoot
 
 /// The record of one boot, written once PERSIST is mounted.
 public struct BootRecord: Equatable, Sendable {

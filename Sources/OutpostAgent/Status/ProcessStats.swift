@@ -3,6 +3,7 @@
 
 #if canImport(Glibc)
 import Glibc
+import OutpostEarlyBoot
 #endif
 
 /// Figures about outpostd itself and the process table, from /proc.

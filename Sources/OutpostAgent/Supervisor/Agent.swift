@@ -7,6 +7,7 @@ import Glibc
 #endif
 import OutpostNetwork
 import OutpostPlatform
+import OutpostEarlyBoot
 import Synchronization
 
 public final class Agent: Sendable {

@@ -12,21 +12,34 @@ import Glibc
 #endif
 import OutpostShims
 import OutpostPlatform
+import OutpostEarlyBoot
 import OutpostFleet
 
 public enum InitProcess {
-    /// The signals PID 1 waits for. SIGCHLD keeps its default disposition
-    /// (never SIG_IGN, which would lose exit statuses) but is blocked.
-    static let handled: [Int32] = [SIGCHLD, SIGTERM, SIGINT, SIGPWR, SIGHUP]
+    /// outpostd as PID 1: the second stage, exec'd by early boot from the verified root
+    /// (StageHandoff), or, when outpostd itself is the initramfs's /init (an image built
+    /// without outpost-init), early boot first and then the agent. Never returns.
+    public static func runAsPID1() -> Never {
+        blockSignals()
+        Console.attachIfNeeded()
+        if let outcome = StageHandoff.resume() {
+            // InitProcess prints the ready/rescue line: it carries last-boot=<reason>.
+            run(outcome: outcome, persistMount: outcome.persistMounted ? DataPartitions.persistMount : nil)
+        }
+        EarlyBoot.runAsInit { outcome, failure in
+            Console.line("warning: \(failure); the initramfs copy of outpostd stays PID 1")
+            run(outcome: outcome, persistMount: outcome.persistMounted ? DataPartitions.persistMount : nil)
+        }
+    }
 
-    /// Blocks the handled signals. Call first thing in main, before any child
-    /// or thread exists, so that no SIGCHLD or SIGTERM can be lost and every
-    /// thread inherits the mask (only the PID 1 loop takes them).
-    public static func blockSignals() {
-        var set = signalSet()
-        sigprocmask(SIG_BLOCK, &set, nil)
-        // Ctrl-Alt-Del then sends SIGINT to PID 1 instead of an instant reboot.
-        _ = OutpostShims_reboot(Int32(OutpostShims_RebootDisableCAD))
+    /// PID 1's signals and its stop path live in OutpostEarlyBoot (PID1.swift), which early
+    /// boot's own binary shares; these forward to them.
+    public static func blockSignals() { PID1.blockSignals() }
+
+    public static func shutdown(persistMount: String?, powerOff: Bool, reaper: Reaper = .shared,
+                                beforeUnmount: () -> Void = {}, beforeReboot: () -> Void = {}) -> Never {
+        PID1.shutdown(persistMount: persistMount, powerOff: powerOff, reaper: reaper, beforeUnmount: beforeUnmount,
+                      beforeReboot: beforeReboot)
     }
 
     /// When PID 1 first gives memory back (MemoryTrim), and how often after that.
@@ -39,6 +52,11 @@ public enum InitProcess {
         // The vault before the agent: enrolment and unsealing take a few TPM commands and, the
         // first time, a mke2fs, and the agent arms the watchdog before its feeder runs.
         var clock = outcome.clock
+        if persistMount != nil {
+            let record = BootRecord(slot: outcome.slotName, partUUID: outcome.slotPartUUID, version: outcome.version,
+                                    rescueReason: outcome.rescueReason, pcrs: BootRecord.readPCRs())
+            do { try record.write() } catch { Console.line("warning: cannot write \(BootRecord.path): \(error)") }
+        }
         let vault = persistMount.map { _ in VaultService.open(slot: outcome.slotName, version: outcome.version) }
         if vault != nil { clock.mark("vault") }
         let agent = Agent(slot: outcome.slotName, version: outcome.version, persistMount: persistMount)
@@ -76,7 +94,7 @@ public enum InitProcess {
                                          vault: vault?.state, vaultMount: vault?.paths.mountPoint ?? VaultPaths().mountPoint)
         agent.start()
 
-        var set = signalSet()
+        var set = PID1.signalSet()
         var timeout = timespec(tv_sec: 1, tv_nsec: 0)
         // Boot's work leaves freed heap pages and code that ran once: they go back to the
         // kernel a while after boot and then every few minutes (MemoryTrim.swift).
@@ -110,42 +128,4 @@ public enum InitProcess {
         }
     }
 
-    /// Stops all other processes, flushes and unmounts PERSIST, runs
-    /// `beforeReboot` (the watchdog's magic close), then powers off or
-    /// reboots. Unmount failures fall back to a read-only remount so the ext4
-    /// journal is clean either way.
-    public static func shutdown(persistMount: String?, powerOff: Bool, reaper: Reaper = .shared,
-                                beforeUnmount: () -> Void = {}, beforeReboot: () -> Void = {}) -> Never {
-        _ = kill(-1, SIGTERM)
-        let deadline = MonotonicClock.now().milliseconds + 3000
-        while MonotonicClock.now().milliseconds < deadline {
-            reaper.reapAll()
-            if kill(-1, 0) != 0 && errno == ESRCH { break }
-            MonotonicClock.sleep(for: .milliseconds(100))
-        }
-        _ = kill(-1, SIGKILL)
-        reaper.reapAll()
-        sync()
-        beforeUnmount()
-        if let persistMount {
-            do {
-                try Sys.unmount(persistMount)
-            } catch {
-                _ = mount(nil, persistMount, nil, UInt(MS_REMOUNT | MS_RDONLY), nil)
-            }
-        }
-        sync()
-        beforeReboot()
-        Console.line(powerOff ? "halt: powering off" : "halt: rebooting")
-        _ = OutpostShims_reboot(Int32(powerOff ? OutpostShims_RebootPowerOff : OutpostShims_RebootRestart))
-        // Only reached when not PID 1 or without CAP_SYS_BOOT (tests).
-        exit(1)
-    }
-
-    private static func signalSet() -> sigset_t {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for signal in handled { sigaddset(&set, signal) }
-        return set
-    }
 }

@@ -15,6 +15,7 @@
 import Glibc
 #endif
 import OutpostPlatform
+import OutpostEarlyBoot
 import OutpostShims
 
 enum MemoryTrim {

@@ -14,6 +14,7 @@
 import Glibc
 #endif
 import OutpostPlatform
+import OutpostEarlyBoot
 import Synchronization
 
 /// One component as `outpostd status` shows it.

@@ -10,6 +10,7 @@ import Glibc
 #endif
 import OutpostShims
 import OutpostPlatform
+import OutpostEarlyBoot
 import Synchronization
 
 /// One opened watchdog device.

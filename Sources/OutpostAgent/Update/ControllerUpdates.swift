@@ -19,6 +19,7 @@ import Glibc
 import OutpostBundle
 import OutpostHTTP
 import OutpostPlatform
+import OutpostEarlyBoot
 import OutpostUpdate
 import Synchronization
 

@@ -9,6 +9,7 @@ import FoundationEssentials
 import OutpostBundle
 import OutpostHTTP
 import OutpostUpdate
+import OutpostEarlyBoot
 
 enum UpdateCommand {
     static func fail(_ message: String) -> Int32 {

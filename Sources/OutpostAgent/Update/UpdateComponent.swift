@@ -3,6 +3,7 @@
 // during a trial is the supervisor's own watchdog verdict (every critical
 // component within its deadline, PERSIST accepting writes) plus the root's
 // self-test marker, which a deliberately broken test build carries.
+import OutpostEarlyBoot
 
 enum UpdateComponent {
     /// A root file whose presence marks the build as failing its self-test.

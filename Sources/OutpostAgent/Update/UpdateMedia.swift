@@ -6,6 +6,7 @@
 
 #if canImport(Glibc)
 import Glibc
+import OutpostEarlyBoot
 #endif
 
 public enum UpdateMedia {

@@ -12,6 +12,7 @@ import OutpostBundle
 import OutpostDisk
 import OutpostUpdate
 import OutpostPlatform
+import OutpostEarlyBoot
 import Synchronization
 
 /// Where the agent's update inputs and outputs live on the device.

@@ -14,6 +14,7 @@ import Glibc
 #endif
 import OutpostShims
 import OutpostPlatform
+import OutpostEarlyBoot
 
 /// A loop device bound to a file, still held open by this process through `fd`.
 struct LoopDevice: Sendable {

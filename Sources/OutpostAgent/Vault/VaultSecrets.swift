@@ -11,6 +11,7 @@ import Glibc
 #endif
 import Crypto
 import OutpostPlatform
+import OutpostEarlyBoot
 
 extension VaultService {
     /// 1–64 of [A-Za-z0-9._-], not starting with a dot: a file name and nothing else.

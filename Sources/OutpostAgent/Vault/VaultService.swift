@@ -28,6 +28,7 @@ import Foundation
 #endif
 import OutpostBundle
 import OutpostPlatform
+import OutpostEarlyBoot
 import OutpostTrust
 import Synchronization
 

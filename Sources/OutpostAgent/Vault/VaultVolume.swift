@@ -26,6 +26,7 @@ import Glibc
 #endif
 import OutpostShims
 import OutpostPlatform
+import OutpostEarlyBoot
 
 /// Why the vault's area could not be opened, created or closed. Each
 /// description is one console line starting with "vault:".

@@ -153,8 +153,8 @@ public struct SlotAssembly {
 
     // MARK: initramfs
 
-    /// Writes work/initrd.img (or initrd.cpio): /init = outpostd, the shared
-    /// libraries `ldd` reports for it (taken from `libraryRoot`, normally the
+    /// Writes work/initrd.img (or initrd.cpio): /init = `outpostd` (normally
+    /// outpost-init, early boot's own small binary), the shared libraries `ldd` reports for it (taken from `libraryRoot`, normally the
     /// assembled root, so they come from the pinned Debian packages; else from
     /// the host), /dev/console, the selected modules and
     /// /lib/modules/initramfs.list naming them in load order.

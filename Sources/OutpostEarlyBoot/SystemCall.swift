@@ -13,18 +13,18 @@ import OutpostPlatform
 import OutpostShims
 
 /// File-level calls used by early boot and PID 1.
-enum Sys {
-    static func open(_ path: String, _ flags: Int32, _ mode: mode_t = 0) throws(SystemError) -> Int32 {
+public enum Sys {
+    public static func open(_ path: String, _ flags: Int32, _ mode: mode_t = 0) throws(SystemError) -> Int32 {
         try systemCall("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
     }
 
-    static func close(_ fd: Int32) {
+    public static func close(_ fd: Int32) {
         // close() must not be retried on EINTR on Linux: the fd is already gone.
         _ = Glibc.close(fd)
     }
 
     /// Reads into `buffer`, returning the byte count (0 at end of file).
-    static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64? = nil,
+    public static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64? = nil,
                      target: String) throws(SystemError) -> Int {
         try systemCall(offset == nil ? "read" : "pread", target) {
             if let offset {
@@ -35,27 +35,27 @@ enum Sys {
     }
 
     /// Writes all of `bytes`, looping over short writes.
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8], target: String) throws(SystemError) {
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8], target: String) throws(SystemError) {
         try FileIO.writeAll(fd, bytes, object: target)
     }
 
     /// The whole content of a small file (procfs, sysfs, /etc).
-    static func readFile(_ path: String, limit: Int = 1 << 20) throws(SystemError) -> [UInt8] {
+    public static func readFile(_ path: String, limit: Int = 1 << 20) throws(SystemError) -> [UInt8] {
         try FileIO.read(path, limit: limit)
     }
 
-    static func readText(_ path: String) throws(SystemError) -> String {
+    public static func readText(_ path: String) throws(SystemError) -> String {
         String(decoding: try readFile(path), as: UTF8.self)
     }
 
-    static func mkdir(_ path: String, _ mode: mode_t = 0o755) throws(SystemError) {
+    public static func mkdir(_ path: String, _ mode: mode_t = 0o755) throws(SystemError) {
         if Glibc.mkdir(path, mode) == 0 { return }
         let code = errno
         if code == EEXIST { return }
         throw SystemError(call: "mkdir", object: path, code: code)
     }
 
-    static func mount(source: String, target: String, type: String, flags: UInt, data: String? = nil) throws(SystemError) {
+    public static func mount(source: String, target: String, type: String, flags: UInt, data: String? = nil) throws(SystemError) {
         try systemCall("mount", "\(type) \(source) on \(target)") {
             if let data { return Glibc.mount(source, target, type, flags, data) }
             return Glibc.mount(source, target, type, flags, nil)
@@ -63,25 +63,25 @@ enum Sys {
     }
 
     /// Moves an existing mount (MS_MOVE) — how /dev, /proc and /sys follow into the new root.
-    static func moveMount(_ source: String, to target: String) throws(SystemError) {
+    public static func moveMount(_ source: String, to target: String) throws(SystemError) {
         try systemCall("mount(MS_MOVE)", "\(source) to \(target)") {
             Glibc.mount(source, target, nil, UInt(MS_MOVE), nil)
         }
     }
 
-    static func unmount(_ path: String, flags: Int32 = 0) throws(SystemError) {
+    public static func unmount(_ path: String, flags: Int32 = 0) throws(SystemError) {
         try systemCall("umount", path) { Glibc.umount2(path, flags) }
     }
 
-    static func chdir(_ path: String) throws(SystemError) {
+    public static func chdir(_ path: String) throws(SystemError) {
         try systemCall("chdir", path) { Glibc.chdir(path) }
     }
 
-    static func chroot(_ path: String) throws(SystemError) {
+    public static func chroot(_ path: String) throws(SystemError) {
         try systemCall("chroot", path) { Glibc.chroot(path) }
     }
 
-    static func mknodBlock(_ path: String, major: UInt32, minor: UInt32) throws(SystemError) {
+    public static func mknodBlock(_ path: String, major: UInt32, minor: UInt32) throws(SystemError) {
         let dev = dev_t(OutpostShims_makedev(major, minor))
         if Glibc.mknod(path, S_IFBLK | 0o600, dev) == 0 { return }
         let code = errno
@@ -89,12 +89,12 @@ enum Sys {
         throw SystemError(call: "mknod", object: path, code: code)
     }
 
-    static func exists(_ path: String) -> Bool {
+    public static func exists(_ path: String) -> Bool {
         access(path, F_OK) == 0
     }
 
     /// Names in a directory, without "." and "..", sorted for deterministic scans.
-    static func listDirectory(_ path: String) throws(SystemError) -> [String] {
+    public static func listDirectory(_ path: String) throws(SystemError) -> [String] {
         guard let dir = opendir(path) else {
             throw SystemError(call: "opendir", object: path, code: errno)
         }
@@ -112,7 +112,7 @@ enum Sys {
 
 /// Wall-clock seconds since the epoch, for records a person reads later
 /// (timeouts and intervals use `MonotonicClock`).
-func wallClockSeconds() -> Int64 {
+public func wallClockSeconds() -> Int64 {
     var now = timespec()
     clock_gettime(CLOCK_REALTIME, &now)
     return Int64(now.tv_sec)

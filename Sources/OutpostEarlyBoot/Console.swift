@@ -6,7 +6,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import OutpostFleet
 import OutpostPlatform
 import Synchronization
 

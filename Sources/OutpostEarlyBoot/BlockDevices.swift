@@ -57,7 +57,7 @@ public enum PartitionType {
 public enum BlockDevices {
     /// Block devices that can never hold an Outpost disk; probing a CD drive
     /// without media or a device-mapper node would only cost time.
-    static let ignoredPrefixes = ["loop", "ram", "dm-", "zram", "sr", "md", "nbd"]
+    public static let ignoredPrefixes = ["loop", "ram", "dm-", "zram", "sr", "md", "nbd"]
 
     /// Every GPT disk the kernel currently exposes, in name order.
     public static func scanDisks() -> [DiskInfo] {
@@ -164,7 +164,7 @@ public enum BlockDevices {
     }
 
     /// Parses a sysfs "dev" file ("253:0").
-    static func deviceNumbers(sysfsDir: String) -> (UInt32, UInt32)? {
+    public static func deviceNumbers(sysfsDir: String) -> (UInt32, UInt32)? {
         guard let text = try? Sys.readText("\(sysfsDir)/dev") else { return nil }
         let parts = text.filter { $0 != "\n" }.split(separator: ":")
         guard parts.count == 2, let major = UInt32(parts[0]), let minor = UInt32(parts[1]) else { return nil }

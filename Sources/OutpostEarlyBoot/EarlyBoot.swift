@@ -60,6 +60,17 @@ public enum EarlyBootError: Error, CustomStringConvertible {
 
 /// What early boot established, for the ready line and the later stages.
 public struct BootOutcome: Sendable {
+    public init(slotName: String, version: String, rescueReason: String?, persistMounted: Bool, diskPath: String = "",
+                slotPartUUID: String = "", clock: StepClock = StepClock(enabled: false)) {
+        self.slotName = slotName
+        self.version = version
+        self.rescueReason = rescueReason
+        self.persistMounted = persistMounted
+        self.diskPath = diskPath
+        self.slotPartUUID = slotPartUUID
+        self.clock = clock
+    }
+
     public var slotName: String
     public var version: String
     public var rescueReason: String?
@@ -80,38 +91,27 @@ public enum EarlyBoot {
     /// broken slot does not spin the CPU in a tight reboot loop.
     static let errorRebootDelayMilliseconds = 5_000
 
-    /// PID 1: either the second stage (outpostd from the verified root, exec'd by early boot,
-    /// StageHandoff.swift) or early boot itself (the initramfs copy, /init).
-    public static func runAsPID1() -> Never {
-        InitProcess.blockSignals()
-        Console.attachIfNeeded()
-        if let outcome = StageHandoff.resume() {
-            // InitProcess prints the ready/rescue line: it carries last-boot=<reason>.
-            InitProcess.run(outcome: outcome, persistMount: outcome.persistMounted ? DataPartitions.persistMount : nil)
-        }
-        runAsInit()
-    }
-
-    /// The whole first stage as PID 1. Never returns.
-    static func runAsInit() -> Never {
+    /// The whole first stage as PID 1: bring the system up, then exec the verified
+    /// root's outpostd (StageHandoff.swift). `ifExecFails` gets the outcome when the exec
+    /// cannot happen: outpostd as /init goes on itself, outpost-init ends the boot. Never returns.
+    public static func runAsInit(ifExecFails: (BootOutcome, String) -> Never) -> Never {
         var persistMounted = false
         do {
             let outcome = try bringUp(persistMounted: &persistMounted)
-            StageHandoff.execAgentFromRoot(outcome)
-            // Only when the exec could not happen: this process goes on as PID 1.
-            InitProcess.run(outcome: outcome, persistMount: outcome.persistMounted ? DataPartitions.persistMount : nil)
+            let failure = StageHandoff.execAgentFromRoot(outcome)
+            ifExecFails(outcome, failure)
         } catch {
             fail("\(error)", persistMounted: persistMounted)
         }
     }
 
     /// One `outpost: error:` line, a pause to read it, and a reboot (GRUB's fallback gets its chance).
-    static func fail(_ message: String, persistMounted: Bool = true) -> Never {
+    public static func fail(_ message: String, persistMounted: Bool = true) -> Never {
         Console.attachIfNeeded()
         Console.line("error: \(message)")
         Console.line("rebooting in \(errorRebootDelayMilliseconds / 1000) s")
         MonotonicClock.sleep(for: .milliseconds(errorRebootDelayMilliseconds))
-        InitProcess.shutdown(persistMount: persistMounted ? DataPartitions.persistMount : nil, powerOff: false)
+        PID1.shutdown(persistMount: persistMounted ? DataPartitions.persistMount : nil, powerOff: false)
     }
 
     static func bringUp(persistMounted: inout Bool) throws(EarlyBootError) -> BootOutcome {
@@ -194,12 +194,8 @@ public enum EarlyBoot {
         persistMounted = true
         clock.mark("persist")
 
+        // The boot record (/persist/status/boot.json) is outpostd's to write (InitProcess).
         let version = (try? Sys.readText(OutpostRelease.path)).flatMap(OutpostRelease.version(fromFileText:))
-        let record = BootRecord(slot: slotName, partUUID: slot.partUUID, version: version ?? "unknown",
-                                rescueReason: parameters.rescueReason, pcrs: BootRecord.readPCRs())
-        do { try record.write() } catch {
-            Console.line("warning: cannot write \(BootRecord.path): \(error)")
-        }
         return BootOutcome(slotName: slotName, version: version ?? "unknown",
                            rescueReason: parameters.rescueReason, persistMounted: true,
                            diskPath: disk.devicePath, slotPartUUID: slot.partUUID, clock: clock)
@@ -209,8 +205,8 @@ public enum EarlyBoot {
 /// Where a boot's time went, step by step, from the kernel's start (CLOCK_MONOTONIC
 /// starts with the kernel): printed as one `boot:` line after the ready line, and
 /// per step as it happens when the command line has `outpost.debug`.
-public struct StepClock: Codable, Sendable {
-    public struct Step: Codable, Sendable {
+public struct StepClock: Sendable {
+    public struct Step: Equatable, Sendable {
         public var name: String
         public var milliseconds: Int64
     }
@@ -225,6 +221,17 @@ public struct StepClock: Codable, Sendable {
         start = now
         last = now
     }
+
+    /// A clock another process of this boot kept (StageHandoff).
+    init(enabled: Bool, start: Int64, steps: [Step], last: Int64) {
+        self.enabled = enabled
+        self.start = start
+        self.steps = steps
+        self.last = last
+    }
+
+    /// When the last step ended, in milliseconds since the kernel started.
+    var lastMark: Int64 { last }
 
     /// Ends the step `step` now; `detail` is shown in the debug line only.
     public mutating func mark(_ step: String, detail: String = "", now: Int64 = MonotonicClock.now().milliseconds) {

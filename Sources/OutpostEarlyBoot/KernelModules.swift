@@ -55,7 +55,8 @@ public enum KernelModules {
 }
 
 extension Substring {
-    func trimmingSpaces() -> String {
+    /// Without leading and trailing spaces, tabs and carriage returns.
+    public func trimmingSpaces() -> String {
         var view = self[...]
         while let first = view.first, first == " " || first == "\t" || first == "\r" { view = view.dropFirst() }
         while let last = view.last, last == " " || last == "\t" || last == "\r" { view = view.dropLast() }
@@ -64,5 +65,5 @@ extension Substring {
 }
 
 extension String {
-    func trimmingSpaces() -> String { self[...].trimmingSpaces() }
+    public func trimmingSpaces() -> String { self[...].trimmingSpaces() }
 }

@@ -103,7 +103,7 @@ public enum VerityRoot {
         }
     }
 
-    static func openControl() throws(SystemError) -> Int32 {
+    public static func openControl() throws(SystemError) -> Int32 {
         let path = "/dev/mapper/control"
         if !Sys.exists(path) {
             // devtmpfs normally creates it when dm_mod registers; recreate it
