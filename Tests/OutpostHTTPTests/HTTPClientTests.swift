@@ -25,10 +25,9 @@ struct HTTPClientTests {
 
     /// Found by the apps.json fuzz test (OUTPOST_TEST_SEED=15930084743719026006): the reason
     /// quoted the port with the URL's newline in it, so the error was two lines.
-    @Test func aBadURLsReasonIsOneLineToo() {
-        do { _ = try HTTPURL("http://127.0.0.1:8080\nxenial.qcow2") } catch {
-            #expect(!error.description.contains("\n") && error.description.contains("port '8080"), "\(error.description)")
-        }
+    @Test func aBadURLsReasonIsOneLineToo() throws {
+        let error = try #require(throws: HTTPError.self) { try HTTPURL("http://127.0.0.1:8080\nxenial.qcow2") }
+        #expect(!error.description.contains("\n") && error.description.contains("port '8080"), "\(error.description)")
     }
 
     @Test func httpsWithTheRightAnchorReturnsTheBody() throws {

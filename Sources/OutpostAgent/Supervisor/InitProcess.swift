@@ -49,14 +49,14 @@ public enum InitProcess {
     /// Starts the supervisor, prints the ready (or rescue) line with the last
     /// boot's reason, and runs the PID 1 loop. Never returns.
     public static func run(outcome: BootOutcome, persistMount: String?) -> Never {
-        // The vault before the agent: enrolment and unsealing take a few TPM commands and, the
-        // first time, a mke2fs, and the agent arms the watchdog before its feeder runs.
         var clock = outcome.clock
         if persistMount != nil {
             let record = BootRecord(slot: outcome.slotName, partUUID: outcome.slotPartUUID, version: outcome.version,
                                     rescueReason: outcome.rescueReason, pcrs: BootRecord.readPCRs())
             do { try record.write() } catch { Console.line("warning: cannot write \(BootRecord.path): \(error)") }
         }
+        // The vault before the agent: enrolment and unsealing take a few TPM commands and, the
+        // first time, a mke2fs, and the agent arms the watchdog before its feeder runs.
         let vault = persistMount.map { _ in VaultService.open(slot: outcome.slotName, version: outcome.version) }
         if vault != nil { clock.mark("vault") }
         let agent = Agent(slot: outcome.slotName, version: outcome.version, persistMount: persistMount)
