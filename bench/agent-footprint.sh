@@ -56,7 +56,8 @@ wait_for() { # text timeout
 }
 
 # First boot formats PERSIST; the measured boot is the second one.
-"$OUT/bin/outpost" run --headless --timeout 240 --console-log "$WORK/first.log" "$WORK/disk.img" >/dev/null
+"$OUT/bin/outpost" run --headless --timeout 240 --console-log "$WORK/first.log" "$WORK/disk.img" >/dev/null \
+    || { tail -20 "$WORK/first.log" >&2; exit 1; }
 "$OUT/bin/outpost" run --headless --timeout $((IDLE + 300)) --console-log "$WORK/console.log" \
     --monitor "$WORK/mon.sock" --until never-printed-marker "$WORK/disk.img" >/dev/null 2>&1 &
 RUN_PID=$!
@@ -89,6 +90,9 @@ if a.get("rssAnonKiB") is not None:
     print(f"  of which anonymous (heap, stacks) {a['rssAnonKiB'] / 1024:.1f} MiB, "
           f"file pages (code and data from the root) {a['rssFileKiB'] / 1024:.1f} MiB, "
           f"shared memory (files in RAM, the initramfs) {(a.get('rssShmemKiB') or 0) / 1024:.1f} MiB")
+by_thread = a.get("cpuPercentLastMinuteByThread") or {}
+if by_thread:
+    print("  cpu-last-minute by thread: " + ", ".join(f"{n} {p:.2f}%" for n, p in sorted(by_thread.items(), key=lambda kv: -kv[1])))
 ok = rss_mb <= 20 and cpu <= 1.0
 print("goals: RSS <= 20 MiB, CPU <= 1 %:", "met" if ok else "MISSED")
 sys.exit(0 if ok else 1)

@@ -12,7 +12,14 @@ import OutpostPlatform
 public enum PID1 {
     /// The signals PID 1 waits for. SIGCHLD keeps its default disposition
     /// (never SIG_IGN, which would lose exit statuses) but is blocked.
-    static let handled: [Int32] = [SIGCHLD, SIGTERM, SIGINT, SIGPWR, SIGHUP]
+    /// SIGUSR2 is PID 1's own threads waking its loop (`wake`).
+    static let handled: [Int32] = [SIGCHLD, SIGTERM, SIGINT, SIGPWR, SIGHUP, SIGUSR2]
+
+    /// Wakes the PID 1 loop out of its wait (the supervisor has news: a shutdown
+    /// request, a restart scheduled). Only as PID 1, where every thread blocks SIGUSR2.
+    public static func wake() {
+        if getpid() == 1 { _ = kill(1, SIGUSR2) }
+    }
 
     /// Blocks the handled signals. Call first thing in main, before any child
     /// or thread exists, so that no SIGCHLD or SIGTERM can be lost and every

@@ -40,6 +40,9 @@ public final class NetworkService: Sendable {
         public var dhcp = DHCPClient.Timing()
         /// How many configurations the last-known-good list keeps.
         public var lastKnownGoodCapacity = 4
+        /// How often a configuration waiting to be remembered looks for a usable port
+        /// (at boot, and after a rollback); otherwise the monitor sleeps until woken.
+        public var rememberPoll: Duration = .seconds(1)
         /// Anchors for https:// probe URLs (the controller's CA from CONFIG); nil: the system store.
         public var probeTLS: TLSContext?
         public init() {}
@@ -67,6 +70,8 @@ public final class NetworkService: Sendable {
 
     /// The thread that remembers a working configuration; started by `start`, joined by `stop`.
     private let monitor = Mutex<NamedThread?>(nil)
+    /// Wakes the monitor when there is something to remember again, or to stop.
+    private let monitorWake = try? Wakeup(label: "network service monitor")
 
     public init(configPath: String, stateDirectory: String, resolvConfPath: String, namespace: String? = nil,
                 options: Options = Options()) {
@@ -136,6 +141,7 @@ public final class NetworkService: Sendable {
                 return s.manager
             }
             manager?.stop()
+            monitorWake?.signal()
             monitor.withLock { thread in
                 defer { thread = nil }
                 return thread
@@ -207,6 +213,7 @@ public final class NetworkService: Sendable {
                 s.origin = previousOrigin
                 s.rememberWhenUsable = previousRemember
             }
+            monitorWake?.signal()
             manager?.stop()
             var restoreError: String?
             do {
@@ -302,8 +309,12 @@ public final class NetworkService: Sendable {
                     s.rememberWhenUsable = false
                     if let result { s.configError = result }
                 }
+                continue
             }
-            MonotonicClock.sleep(for: .milliseconds(100))
+            // Waiting for a usable port: look again shortly. Nothing to remember: sleep until a
+            // rollback or stop wakes it (a minute at most, should a wake-up ever be missed).
+            let pause: Duration = remember ? options.rememberPoll : .seconds(60)
+            if let monitorWake { monitorWake.wait(timeout: pause) } else { MonotonicClock.sleep(for: options.rememberPoll) }
         }
     }
 

@@ -171,6 +171,30 @@ private final class FakeClock: Sendable {
     Issue.record("no crash-loop escalation; restarts \(restarts)")
 }
 
+@Test func theSupervisorWakesPID1ForARestartOrAShutdownAndSaysWhenTheNextRestartIsDue() throws {
+    let clock = FakeClock()
+    let wakes = Mutex(0)
+    let supervisor = Supervisor(reaper: Reaper(), log: { _ in }, clock: { clock.value }, wake: { wakes.withLock { $0 += 1 } })
+    supervisor.add(ComponentSpec(name: "flaky", body: .task { _ in throw ComponentReturned() }))
+    #expect(supervisor.nextStartInMilliseconds() == nil, "nothing waits to restart")
+    supervisor.startAll()
+    // The task fails at once: the supervisor schedules its restart and wakes PID 1 to wait for it.
+    for _ in 0..<500 where supervisor.nextStartInMilliseconds() == nil { usleep(2_000) }
+    let due = try #require(supervisor.nextStartInMilliseconds(), "no restart scheduled")
+    #expect(due > 0 && wakes.withLock { $0 } == 1, "due in \(due) ms, wakes \(wakes.withLock { $0 })")
+    clock.advance(due + 1)
+    #expect(supervisor.nextStartInMilliseconds() == 0, "overdue counts as due now")
+    supervisor.requestShutdown(ShutdownRequest(reason: .user, powerOff: true))
+    #expect(wakes.withLock { $0 } == 2)
+    supervisor.stopAll(timeoutMilliseconds: 100)
+}
+
+@Test func theWatchdogIsFedFourTimesPerTimeoutWithinOneToFiveSeconds() {
+    #expect(Agent.feedInterval(timeoutSeconds: 15) == .milliseconds(3_750))
+    #expect(Agent.feedInterval(timeoutSeconds: 2) == .seconds(1))
+    #expect(Agent.feedInterval(timeoutSeconds: 60) == .seconds(5))
+}
+
 @Test func powerButtonEventsAreDecodedFromTheKernelLayout() {
     var event = [UInt8](repeating: 0, count: 24)
     event[16] = 1; event[18] = 116; event[20] = 1

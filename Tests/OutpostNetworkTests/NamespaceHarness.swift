@@ -190,6 +190,7 @@ final class NamespaceHarness: @unchecked Sendable {
         so.probeInterval = o.probeInterval
         so.probeTimeout = o.probeTimeout
         so.dhcp = o.dhcp
+        so.rememberPoll = .milliseconds(100)
         return NetworkService(configPath: configPath, stateDirectory: workDir + "/persist",
                               resolvConfPath: workDir + "/resolv.conf", namespace: device, options: so)
     }

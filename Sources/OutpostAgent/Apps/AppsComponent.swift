@@ -124,6 +124,8 @@ enum AppsComponent {
             // Host rules' names, looked up through the apps' dnsmasq so their sets are full even
             // before an app asks: soon after the apps start, then every five minutes.
             var refreshHostNames = Deadline(after: .seconds(10))
+            // Twice a second while apps are configured; an idle device with none looks every 5 s.
+            var pause = Duration.milliseconds(500)
             repeat {
                 try context.beat()
                 service.step(alive: { try? context.beat() })
@@ -132,7 +134,9 @@ enum AppsComponent {
                     refreshHostNames = Deadline(after: .seconds(300))
                 }
                 // Each state change once on the console: an operator watching it sees the app come up.
-                for app in service.status(aclCounters: false) where reported[app.name] != app.state && app.state != "downloading" {
+                let apps = service.status(aclCounters: false)
+                pause = apps.isEmpty ? .seconds(5) : .milliseconds(500)
+                for app in apps where reported[app.name] != app.state && app.state != "downloading" {
                     reported[app.name] = app.state
                     Console.line("apps: \(app.name): \(app.state)" + (app.error.map { " (\($0))" } ?? ""))
                 }
@@ -144,7 +148,7 @@ enum AppsComponent {
                         Console.forward("warning: app:\(name): \(drain.dropped) console lines not sent (over \(200) per half second)")
                     }
                 }
-            } while context.sleep(for: .milliseconds(500))
+            } while context.sleep(for: pause)
         })
     }
 

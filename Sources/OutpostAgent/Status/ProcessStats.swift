@@ -53,6 +53,26 @@ public enum ProcessStats {
         }
     }
 
+    /// utime + stime of each of this process's threads, summed by thread name
+    /// (the kernel's comm: NamedThread's names, "outpostd" for unnamed ones).
+    static func threadTicks() -> [String: Int64] {
+        var byName: [String: Int64] = [:]
+        for tid in (try? Sys.listDirectory("/proc/self/task")) ?? [] {
+            guard let text = try? Sys.readText("/proc/self/task/\(tid)/stat"),
+                  let (name, ticks) = threadNameAndTicks(statText: text) else { continue }
+            byName[name, default: 0] += ticks
+        }
+        return byName
+    }
+
+    /// The comm between the first "(" and the last ")" and utime + stime of one stat line.
+    static func threadNameAndTicks(statText text: String) -> (String, Int64)? {
+        guard let open = text.firstIndex(of: "("), let close = text.lastIndex(of: ")"), open < close,
+              let fields = statFields(text), fields.count > 12,
+              let user = Int64(fields[11]), let system = Int64(fields[12]) else { return nil }
+        return (String(text[text.index(after: open)..<close]), user + system)
+    }
+
     /// Fields after "pid (comm) ": index 0 is the state letter.
     static func statFields(_ text: String) -> [Substring]? {
         guard let close = text.lastIndex(of: ")") else { return nil }

@@ -25,6 +25,8 @@ public struct StatusReport: Sendable {
     public var watchdogError: String?
     public var process: ProcessStats.Sample
     public var cpuPercentLastMinute: Double?
+    /// The same minute by thread name, busiest first (empty until 10 s of samples).
+    public var cpuByThreadLastMinute: [(name: String, percent: Double)] = []
     public var orphansReaped: Int
     /// The network manager's own status document, when it runs.
     public var network: NetworkStatusDocument?
@@ -52,6 +54,8 @@ extension StatusReport {
         process = sample
         let now = MonotonicClock.now().milliseconds
         cpuPercentLastMinute = agent.cpu.withLock { $0.percent(now: now, ticks: sample.cpuTicks) }
+        let threads = ProcessStats.threadTicks()
+        cpuByThreadLastMinute = agent.cpu.withLock { $0.percentByThread(now: now, threads: threads) }
         orphansReaped = agent.reaper.orphansReaped
         network = agent.network?.statusDocument()
         networkActive = agent.network.map { $0.activePort }
@@ -98,6 +102,10 @@ extension StatusReport {
         lines.append("agent: pid=\(process.pid) rss=\(process.rssKiB ?? 0) KiB (anon \(process.rssAnonKiB ?? 0), file \(process.rssFileKiB ?? 0), shmem \(process.rssShmemKiB ?? 0)) threads=\(process.threads ?? 0)"
                      + " cpu-1min=\(cpuPercentLastMinute.map { formatted($0) + "%" } ?? "n/a")"
                      + " zombies=\(process.zombies) orphans-reaped=\(orphansReaped)")
+        if !cpuByThreadLastMinute.isEmpty {
+            lines.append("agent: cpu-1min by thread: "
+                         + cpuByThreadLastMinute.prefix(8).map { "\($0.name) \(formatted($0.percent))%" }.joined(separator: ", "))
+        }
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -127,7 +135,7 @@ extension StatusReport: Encodable {
         try container.encode(WatchdogDocument(info: watchdog, error: watchdogError), forKey: .watchdog)
         try container.encode(components, forKey: .components)
         try container.encode(AgentDocument(process: process, cpuPercentLastMinute: cpuPercentLastMinute,
-                                           orphansReaped: orphansReaped), forKey: .agent)
+                                           cpuByThread: cpuByThreadLastMinute, orphansReaped: orphansReaped), forKey: .agent)
         try container.encode(network, forKey: .network)
         try container.encode(fleet, forKey: .fleet)
         try container.encode(apps?.map(AppDocument.init), forKey: .apps)
@@ -160,10 +168,12 @@ extension StatusReport: Encodable {
     private struct AgentDocument: Encodable {
         var process: ProcessStats.Sample
         var cpuPercentLastMinute: Double?
+        var cpuByThread: [(name: String, percent: Double)]
         var orphansReaped: Int
 
         enum Keys: String, CodingKey {
-            case pid, rssKiB, rssAnonKiB, rssFileKiB, rssShmemKiB, threads, cpuTicks, cpuPercentLastMinute, zombies, orphansReaped
+            case pid, rssKiB, rssAnonKiB, rssFileKiB, rssShmemKiB, threads, cpuTicks, cpuPercentLastMinute,
+                 cpuPercentLastMinuteByThread, zombies, orphansReaped
         }
 
         func encode(to encoder: any Encoder) throws {
@@ -176,6 +186,10 @@ extension StatusReport: Encodable {
             try container.encode(process.threads, forKey: .threads)
             try container.encode(process.cpuTicks, forKey: .cpuTicks)
             try container.encode(cpuPercentLastMinute.flatMap(hundredths), forKey: .cpuPercentLastMinute)
+            // Thread name → percent (names are unique: the sampler sums threads of one name).
+            let byThread = Dictionary(cpuByThread.compactMap { t in hundredths(t.percent).map { (t.name, $0) } },
+                                      uniquingKeysWith: +)
+            try container.encode(byThread, forKey: .cpuPercentLastMinuteByThread)
             try container.encode(process.zombies, forKey: .zombies)
             try container.encode(orphansReaped, forKey: .orphansReaped)
         }

@@ -13,10 +13,13 @@ import Synchronization
 public final class Agent: Sendable {
     /// Timing defaults. The watchdog timeout bounds how long a hang goes
     /// unnoticed by hardware; the PID 1 loop's deadline is well above its
-    /// 1 s tick so a slow moment under load is not taken for a hang.
+    /// 3 s tick so a slow moment under load is not taken for a hang. An idle
+    /// device wakes seldom: each wake-up costs CPU, and under emulation a lot.
     public struct Timing: Sendable {
         public var watchdogTimeoutSeconds = 15
-        public var initDeadlineMilliseconds: Int64 = 10_000
+        /// The PID 1 loop's longest wait; the supervisor wakes it sooner when it has news.
+        public var tickMilliseconds: Int64 = 3_000
+        public var initDeadlineMilliseconds: Int64 = 12_000
         public var storageIntervalMilliseconds: Int64 = 30_000
         public var storageDeadlineMilliseconds: Int64 = 90_000
         /// An orderly stop that takes longer than this is left to the watchdog.
@@ -80,7 +83,7 @@ public final class Agent: Sendable {
         self.version = version
         self.persistMount = persistMount
         self.timing = timing
-        supervisor = Supervisor(reaper: reaper)
+        supervisor = Supervisor(reaper: reaper, wake: { PID1.wake() })
         var watchdog: Watchdog?
         var watchdogError: String?
         do {
@@ -143,22 +146,33 @@ public final class Agent: Sendable {
         try? FaultInjection.shared.checkpoint("init")
         #endif
         supervisor.beat("init")
-        cpu.withLock { $0.sample(now: MonotonicClock.now().milliseconds, ticks: ProcessStats.cpuTicks()) }
+        let now = MonotonicClock.now().milliseconds
+        if cpu.withLock({ $0.isDue(now: now) }) {
+            let ticks = ProcessStats.cpuTicks(), threads = ProcessStats.threadTicks()
+            cpu.withLock { $0.sample(now: now, ticks: ticks, threads: threads) }
+        }
         return supervisor.tick()
     }
 
-    /// The feeder thread: once a second, feed if the supervisor says so. A
+    /// How often the feeder feeds: a quarter of the watchdog's timeout (between 1 and 5 s),
+    /// so three feeds can be late before the timer runs out.
+    static func feedInterval(timeoutSeconds: Int) -> Duration {
+        .milliseconds(min(5_000, max(1_000, timeoutSeconds * 1000 / 4)))
+    }
+
+    /// The feeder thread: every `feedInterval`, feed if the supervisor says so. A
     /// decision not to feed is final and recorded first, so the next boot
     /// can name what hung; the reset follows within the timeout.
     func startFeeder() {
         guard let watchdog else { return }
         let history = history
+        let interval = Self.feedInterval(timeoutSeconds: watchdog.info.timeoutSeconds)
         do {
             try NamedThread.detach(name: "watchdog") { [self] in
                 var withheld = false
                 var reportedError = false
                 while true {
-                    MonotonicClock.sleep(for: .milliseconds(1000))
+                    MonotonicClock.sleep(for: interval)
                     var verdict = supervisor.feedVerdict()
                     if let started = shutdownStartedAt.withLock({ $0 }) {
                         verdict = MonotonicClock.now().milliseconds - started < timing.shutdownFeedMilliseconds
@@ -216,21 +230,49 @@ public final class Agent: Sendable {
     }
 }
 
-/// CPU use over the last minute from periodic /proc/self/stat samples.
+/// CPU use over the last minute from /proc samples taken every 10 s: the whole
+/// process (/proc/self/stat) and each thread name (/proc/self/task/*/stat),
+/// so that `status` can say which of outpostd's threads spends it.
 struct CPUSampler {
-    var samples: [(at: Int64, ticks: Int64)] = []
+    struct Sample {
+        var at: Int64
+        var ticks: Int64
+        var threads: [String: Int64]
+    }
+    static let every: Int64 = 10_000
+    static let window: Int64 = 70_000
+    var samples: [Sample] = []
 
-    mutating func sample(now: Int64, ticks: Int64?) {
-        guard let ticks else { return }
-        if let last = samples.last, now - last.at < 10_000 { return }
-        samples.append((now, ticks))
-        samples.removeAll { now - $0.at > 70_000 }
+    /// Whether a sample taken `now` would be kept: /proc is read only then.
+    func isDue(now: Int64) -> Bool {
+        guard let last = samples.last else { return true }
+        return now - last.at >= Self.every
+    }
+
+    mutating func sample(now: Int64, ticks: Int64?, threads: [String: Int64]) {
+        guard let ticks, isDue(now: now) else { return }
+        samples.append(Sample(at: now, ticks: ticks, threads: threads))
+        samples.removeAll { now - $0.at > Self.window }
     }
 
     /// Percent of one CPU over the window covered by the samples (≥ 10 s).
     func percent(now: Int64, ticks: Int64?) -> Double? {
-        guard let ticks, let first = samples.first, now - first.at >= 10_000 else { return nil }
+        guard let ticks, let first = samples.first, now - first.at >= Self.every else { return nil }
+        return Self.percent(ticks - first.ticks, over: now - first.at)
+    }
+
+    /// Each thread name's percent of one CPU over the same window, busiest first;
+    /// threads that spent nothing in it are left out.
+    func percentByThread(now: Int64, threads: [String: Int64]) -> [(name: String, percent: Double)] {
+        guard let first = samples.first, now - first.at >= Self.every else { return [] }
+        return threads.compactMap { name, ticks -> (name: String, percent: Double)? in
+            let spent = ticks - (first.threads[name] ?? 0)
+            return spent > 0 ? (name, Self.percent(spent, over: now - first.at)) : nil
+        }.sorted { $0.percent != $1.percent ? $0.percent > $1.percent : $0.name < $1.name }
+    }
+
+    static func percent(_ ticks: Int64, over milliseconds: Int64) -> Double {
         let hz = Double(sysconf(Int32(_SC_CLK_TCK)))
-        return Double(ticks - first.ticks) / hz / (Double(now - first.at) / 1000) * 100
+        return Double(ticks) / hz / (Double(milliseconds) / 1000) * 100
     }
 }

@@ -95,11 +95,13 @@ public enum InitProcess {
         agent.start()
 
         var set = PID1.signalSet()
-        var timeout = timespec(tv_sec: 1, tv_nsec: 0)
         // Boot's work leaves freed heap pages and code that ran once: they go back to the
         // kernel a while after boot and then every few minutes (MemoryTrim.swift).
         var trim = Deadline(after: trimFirst)
         while true {
+            // Until a signal, the next restart due, or the tick; the supervisor wakes it sooner (PID1.wake).
+            let wait = max(10, min(agent.timing.tickMilliseconds, agent.supervisor.nextStartInMilliseconds() ?? .max))
+            var timeout = timespec(tv_sec: Int(wait / 1000), tv_nsec: Int(wait % 1000) * 1_000_000)
             let signal = sigtimedwait(&set, nil, &timeout)
             var request: ShutdownRequest?
             switch signal {
@@ -108,7 +110,7 @@ public enum InitProcess {
             case SIGTERM, SIGINT, SIGPWR:
                 request = ShutdownRequest(reason: .user, powerOff: true, detail: "signal \(signal)")
             default:
-                break // timeout (EAGAIN), EINTR, SIGHUP
+                break // timeout (EAGAIN), EINTR, SIGHUP, SIGUSR2 (a wake-up)
             }
             if let pending = agent.tick() { request = request ?? pending }
             if trim.hasPassed {

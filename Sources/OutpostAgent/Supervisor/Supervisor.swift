@@ -70,11 +70,16 @@ public final class Supervisor: Sendable {
     }
     private let persistGrace = Atomic<Int64>(30_000)
 
+    /// Tells the PID 1 loop there is news (a restart scheduled, a shutdown asked for).
+    private let wake: @Sendable () -> Void
+
     init(reaper: Reaper, log: @escaping @Sendable (String) -> Void = { Console.line($0) },
-                clock: @escaping @Sendable () -> Int64 = { MonotonicClock.now().milliseconds }) {
+                clock: @escaping @Sendable () -> Int64 = { MonotonicClock.now().milliseconds },
+                wake: @escaping @Sendable () -> Void = {}) {
         self.reaper = reaper
         self.log = log
         self.clock = clock
+        self.wake = wake
     }
 
     public func add(_ spec: ComponentSpec) {
@@ -167,7 +172,10 @@ public final class Supervisor: Sendable {
             state.entries[name] = entry
             return message
         }
-        if let message { log(message) }
+        if let message {
+            log(message)
+            wake()
+        }
     }
 
     /// Liveness report from a component (through its context).
@@ -202,6 +210,15 @@ public final class Supervisor: Sendable {
     public func requestShutdown(_ request: ShutdownRequest) {
         state.withLock { state in
             if state.shutdown == nil { state.shutdown = request }
+        }
+        wake()
+    }
+
+    /// Milliseconds until the next component restart is due (0: due now); nil when none waits.
+    public func nextStartInMilliseconds() -> Int64? {
+        let now = clock()
+        return state.withLock { state in
+            state.entries.values.compactMap { $0.state == .backoff ? $0.nextStartAt : nil }.min().map { max(0, $0 - now) }
         }
     }
 
