@@ -1,8 +1,8 @@
 // outpostd's first stage, run as /init from the initramfs (docs/boot.md):
 //
-//   mount /proc /sys /dev → load modules → parse outpost.* → find the slot
-//   by PARTUUID → dm-linear + dm-verity → read every root block → mount the
-//   root → switch root → CONFIG (ro), PERSIST (rw, created on first boot)
+//   mount /proc /sys /dev → start loading modules (two threads) → parse
+//   outpost.* → find the slot by PARTUUID → dm-linear + dm-verity → read every
+//   root block → the last modules → mount the root → switch root → CONFIG (ro), PERSIST (rw, created on first boot)
 //   → "outpost: ready slot=IMGA version=X" → PID 1 loop.
 //
 // Any failure prints one "outpost: error: ..." line and reboots after a short
@@ -124,12 +124,13 @@ public enum EarlyBoot {
         let debug = commandLine.split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("outpost.debug")
         var clock = StepClock(enabled: debug, now: started)
 
-        if let list = try? Sys.readText(KernelModules.defaultListPath) {
-            for failure in KernelModules.load(paths: KernelModules.parseList(list)) {
-                Console.line("warning: module not loaded: \(failure.error)")
-            }
+        // The modules load in the background (KernelModules.swift); each step below waits
+        // only for what it needs, and the boot line's "modules" is the wait left after verity.
+        let each: @Sendable (String, Int64) -> Void = { path, ms in
+            if debug { Console.line("debug: module \(KernelModules.name(ofPath: path)): \(ms) ms") }
         }
-        clock.mark("modules")
+        let modules = ModuleLoading((try? Sys.readText(KernelModules.defaultListPath)).map(KernelModules.parseList) ?? [],
+                                    loaded: each)
 
         let parameters: BootParameters
         do { parameters = try BootParameters(commandLine: commandLine) } catch { throw .commandLine(error) }
@@ -153,6 +154,7 @@ public enum EarlyBoot {
                                    needed: max(rootEnd, parameters.hashOffset), size: slotBytes)
         }
 
+        modules.waitFor(VerityRoot.modules)
         let root: VerityDevice
         do { root = try VerityRoot.setUp(slot: slot, parameters: parameters) } catch {
             throw .veritySetup(slot: slotName, device: slot.devicePath, error)
@@ -161,6 +163,11 @@ public enum EarlyBoot {
             throw .verityCorrupt(slot: slotName, device: slot.devicePath, rootOffset: error.offset, errno: error.errno)
         }
         clock.mark("verity", detail: "\(root.sizeBytes) bytes read")
+        // All of them before the initramfs goes (switch root deletes its files).
+        for failure in modules.finish() {
+            Console.line("warning: module not loaded: \(failure.error)")
+        }
+        clock.mark("modules")
 
         do {
             try Sys.mkdir(newRoot)

@@ -39,6 +39,8 @@ public enum VerityRoot {
     public static let dataName = "outpost-root-data"
     public static let verityName = "outpost-root"
     static let sector: UInt64 = 512
+    /// What `setUp` needs loaded (when they are modules, not built in).
+    public static let modules = ["dm_mod", "dm_verity"]
 
     /// Creates outpost-root-data and outpost-root for the slot and returns
     /// the verity device. On failure it removes whatever it created, so a

@@ -1,18 +1,60 @@
+import Glibc
 import OutpostPlatform
+import Synchronization
 import Testing
 @testable import OutpostAgent
 @testable import OutpostEarlyBoot
 
 @Test func moduleListKeepsOrderAndSkipsComments() {
     let text = "# written by OutpostBuilder\n/lib/modules/x/virtio.ko\n\n  /lib/modules/x/virtio_blk.ko  # disk\n"
-    #expect(KernelModules.parseList(text) == ["/lib/modules/x/virtio.ko", "/lib/modules/x/virtio_blk.ko"])
+    #expect(KernelModules.parseList(text).map(\.path) == ["/lib/modules/x/virtio.ko", "/lib/modules/x/virtio_blk.ko"])
+    #expect(KernelModules.parseList(text).allSatisfy { $0.dependencies.isEmpty })
+}
+
+@Test func moduleListLinesNameWhatEachModuleNeeds() {
+    let text = "/m/virtio_ring.ko:\n/m/virtio.ko: /m/virtio_ring.ko\n/m/virtio_blk.ko: /m/virtio.ko  /m/virtio_ring.ko # disk\n"
+    let entries = KernelModules.parseList(text)
+    #expect(entries == [ModuleEntry(path: "/m/virtio_ring.ko"), ModuleEntry(path: "/m/virtio.ko", dependencies: ["/m/virtio_ring.ko"]),
+                        ModuleEntry(path: "/m/virtio_blk.ko", dependencies: ["/m/virtio.ko", "/m/virtio_ring.ko"])])
+    #expect(entries.map(\.name) == ["virtio_ring", "virtio", "virtio_blk"])
+    #expect(KernelModules.name(ofPath: "/lib/modules/6.1/kernel/fs/nls/nls_iso8859-1.ko") == "nls_iso8859_1")
+    #expect(KernelModules.name(ofPath: "dm-verity.ko.xz") == "dm_verity")
+}
+
+@Test func modulesLoadInLevelsAfterEverythingTheyNeed() {
+    let e = { (path: String, deps: [String]) in ModuleEntry(path: path, dependencies: deps) }
+    let entries = [e("ring", []), e("crc16", []), e("virtio", ["ring"]), e("blk", ["virtio", "ring"]),
+                   e("ext4", ["crc16", "builtin-not-listed"]), e("a", ["b"]), e("b", ["a"])]
+    let levels = KernelModules.levels(entries).map { $0.map(\.path) }
+    // Level 0 has no listed dependency; a dependency outside the list is not waited for;
+    // the a/b cycle cannot hang: it goes last, together.
+    #expect(levels == [["ring", "crc16"], ["virtio", "ext4"], ["blk"], ["a", "b"]], "\(levels)")
+    #expect(KernelModules.levels([]).isEmpty)
 }
 
 @Test func loadingAMissingModuleIsReportedNotFatal() {
-    let failures = KernelModules.load(paths: ["/nonexistent/outpost-test.ko"])
+    let failures = KernelModules.load([ModuleEntry(path: "/nonexistent/outpost-test.ko")])
     #expect(failures.count == 1)
     #expect(failures.first?.error.call == "open")
     #expect(failures.first?.error.code == 2) // ENOENT
+}
+
+@Test func backgroundLoadingReportsEveryModuleAndEveryFailure() {
+    let paths = (0..<7).map { "/nonexistent/outpost-test-\($0).ko" }
+    let entries = paths.enumerated().map { i, path in ModuleEntry(path: path, dependencies: i == 0 ? [] : [paths[0]]) }
+    let seen = Mutex<[String]>([])
+    let loading = ModuleLoading(entries) { path, ms in
+        #expect(ms >= 0)
+        seen.withLock { $0.append(path) }
+    }
+    loading.waitFor(["outpost_test_3", "not-in-the-list"])
+    #expect(seen.withLock { $0 }.contains(paths[3]), "waitFor returned before the module was tried")
+    let failures = loading.finish()
+    #expect(Set(failures.map(\.path)) == Set(paths) && failures.count == 7)
+    #expect(failures.allSatisfy { $0.error.code == ENOENT })
+    #expect(Set(seen.withLock { $0 }) == Set(paths) && seen.withLock { $0 }.count == 7)
+    #expect(seen.withLock { $0 }.first == paths[0], "the module the others need comes first")
+    #expect(ModuleLoading([]).finish().isEmpty)
 }
 
 @Test func releaseVersionFromOsReleaseStyleFile() {

@@ -14,6 +14,8 @@ public struct KernelModuleSelection: Equatable, Sendable {
     public var loadOrder: [String]
     /// Requested names that are built into the kernel (nothing to load).
     public var builtIn: [String]
+    /// Each path's direct and indirect dependencies from modules.dep (all of them in `loadOrder`).
+    public var dependencies: [String: [String]] = [:]
 
     /// Module names from a modules.txt: one per line, '#' comments allowed.
     public static func parseList(_ text: String) -> [String] {
@@ -55,7 +57,8 @@ public struct KernelModuleSelection: Equatable, Sendable {
                 throw SlotAssemblyError.unknownModule(name: name, kernel: kernel)
             }
         }
-        return KernelModuleSelection(loadOrder: order, builtIn: builtIn)
+        return KernelModuleSelection(loadOrder: order, builtIn: builtIn,
+                                     dependencies: Dictionary(uniqueKeysWithValues: order.map { ($0, dependencies[$0] ?? []) }))
     }
 
     /// "kernel/fs/nls/nls_iso8859-1.ko(.xz)" → "nls_iso8859_1".

@@ -172,12 +172,16 @@ public struct SlotAssembly {
             try archive.add(CpioEntry(path: archivePath, kind: .file(source: source), permissions: 0o755))
         }
 
-        var list = "# Loaded in this order by outpostd (finit_module); written by OutpostBuilder.\n"
-        for path in try selectModules(kernel: kernel).loadOrder {
-            let inArchive = "lib/modules/\(kernel.version)/\(path)"
-            try archive.add(CpioEntry(path: inArchive, kind: .file(source: kernel.modulesDirectory.appendingPathComponent(path)),
+        // Dependencies first; each line names the modules it needs, so early boot can load
+        // those of one dependency level side by side (KernelModules.swift).
+        var list = "# Loaded by outpost-init (finit_module): module: the modules it needs. Written by OutpostBuilder.\n"
+        let selection = try selectModules(kernel: kernel)
+        let inArchive = { (path: String) in "lib/modules/\(kernel.version)/\(path)" }
+        for path in selection.loadOrder {
+            try archive.add(CpioEntry(path: inArchive(path), kind: .file(source: kernel.modulesDirectory.appendingPathComponent(path)),
                                       permissions: 0o644))
-            list += "/\(inArchive)\n"
+            let needs = (selection.dependencies[path] ?? []).map { " /" + inArchive($0) }.joined()
+            list += "/\(inArchive(path)):\(needs)\n"
         }
         try archive.add(CpioEntry(path: "lib/modules/initramfs.list", kind: .data(Array(list.utf8))))
 
