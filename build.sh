@@ -301,6 +301,16 @@ check_lanes() {
     log "QEMU lanes: $(wc -l <<<"$tests") tests, $LANE_A_COUNT in lane a and $LANE_B_COUNT in lane b"
 }
 
+# Until LOG shows swift-testing's "Test run started" or PID has ended; at most 300 s.
+wait_for_tests_started() { # LOG PID
+    local i
+    for ((i = 0; i < 300; i++)); do
+        grep -q "Test run started" "$1" 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || return 0
+        sleep 1
+    done
+}
+
 # A lane passed only if its log says it ran every test it was given.
 lane_ran_all() { # LOG COUNT
     grep -q "Test run with $2 tests\? in .* passed" "$1"
@@ -359,8 +369,10 @@ run_tests() {
     mapfile -t args_a < <(filters "${QEMU_LANE_A[@]}")
     mapfile -t args_b < <(filters "${QEMU_LANE_B[@]}")
     test_lane "lane a" "$logs/lane-a.log" "${args_a[@]}" & pid_a=$!
-    # A few seconds apart: each `swift test` plans the build before it runs the tests.
-    sleep 5
+    # One after the other: each `swift test` plans the build first, and two plans at
+    # once fail on the build database's lock ("no tests found"). Lane a's tests started
+    # means its plan is done (or it ended).
+    wait_for_tests_started "$logs/lane-a.log" "$pid_a"
     test_lane "lane b" "$logs/lane-b.log" "${args_b[@]}" & pid_b=$!
     wait "$pid_a" || status_a=$?
     wait "$pid_b" || status_b=$?
