@@ -12,6 +12,11 @@ ROOT=$PWD
 OUT=${OUTPOST_OUT:-$ROOT/out}
 # A second build tree (e.g. .build-mine) lets two checkouts' builds run side by side.
 SWIFT_FLAGS=(${OUTPOST_SCRATCH:+--scratch-path "$OUTPOST_SCRATCH"})
+# The device's binaries (release, static Swift runtime) build in a tree of their own
+# (.build-device), so that `./build.sh test` can build them beside the host's debug build:
+# SwiftPM lets one build at a time use a tree, and the two configurations share no
+# compiled module anyway.
+DEVICE_FLAGS=(--scratch-path "${OUTPOST_SCRATCH:-$ROOT/.build}-device")
 export PATH=$PATH:/usr/sbin:/sbin
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1700000000)}
 export OUTPOST_CACHE=${OUTPOST_CACHE:-/var/cache/outpost}
@@ -46,8 +51,9 @@ die() { printf 'build.sh: error: %s\n' "$*" >&2; STEP=""; exit 1; }
 STEP=""
 on_exit() {
     local rc=$?
-    # A background fresh-machine test outlives nothing it was started beside.
+    # A background fresh-machine test or device build outlives nothing it was started beside.
     if [ -n "${FRESH_PID:-}" ] && kill -0 "$FRESH_PID" 2>/dev/null; then kill "$FRESH_PID" 2>/dev/null || true; fi
+    if [ -n "${DEVICE_PID:-}" ] && kill -0 "$DEVICE_PID" 2>/dev/null; then kill "$DEVICE_PID" 2>/dev/null || true; fi
     print_timings
     if [ "$rc" -ne 0 ] && [ -n "$STEP" ]; then
         printf 'build.sh: error: step "%s" failed (exit %d); the lines above say why\n' "$STEP" "$rc" >&2
@@ -137,11 +143,11 @@ build_grub() {
 build_outpostd() {
     STEP="build outpostd"
     log "building outpostd (release, --static-swift-stdlib)"
-    swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd >&2
+    swift build "${DEVICE_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd >&2
     local bin
-    bin="$(swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd"
+    bin="$(swift build "${DEVICE_FLAGS[@]}" -c release --static-swift-stdlib --product outpostd --show-bin-path)/outpostd"
     # Early boot's own binary, the initramfs's /init: shares every module it has with outpostd.
-    swift build "${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --product outpost-init >&2
+    swift build "${DEVICE_FLAGS[@]}" -c release --static-swift-stdlib --product outpost-init >&2
     if grep -q -m1 'Foundation' <(nm "$(dirname "$bin")/outpost-init"); then
         die "outpost-init links Foundation (nm shows Foundation symbols); early boot uses the standard library only"
     fi
@@ -198,7 +204,7 @@ build_image() {
 build_outpostd_fault() {
     STEP="build outpostd with fault injection"
     log "building outpostd with fault injection (tests only)"
-    local f=("${SWIFT_FLAGS[@]}" -c release --static-swift-stdlib --traits FaultInjection --product outpostd)
+    local f=("${DEVICE_FLAGS[@]}" -c release --static-swift-stdlib --traits FaultInjection --product outpostd)
     swift build "${f[@]}" >&2
     strip -o "$OUT/bin/outpostd-fault" "$(swift build "${f[@]}" --show-bin-path)/outpostd"
 }
@@ -233,9 +239,50 @@ build_all() {
     build_host
     build_grub
     build_outpostd
+    build_images
+}
+
+# The slot, the disk image and the update bundle, from out/bin.
+build_images() {
     build_slot
     build_image
     build_bundle
+}
+
+# The device's binaries for the tests (outpostd and outpost-init, then the
+# fault-injection outpostd) build in the background, in their own tree, while
+# the controller and the test suites build in the debug tree: the release
+# build's whole-module steps keep one core busy for long stretches, and the
+# debug build fills the other. Its lines go to a log, printed when it is waited for.
+DEVICE_PID=
+DEVICE_LOG=
+start_device_build() {
+    log "building outpostd, outpost-init and the fault-injection outpostd (release) in the background"
+    DEVICE_LOG=$(mktemp /tmp/outpost-device-build.XXXXXX)
+    (
+        started=$SECONDS
+        build_outpostd
+        build_outpostd_fault
+        echo "build.sh: the device build took $((SECONDS - started)) s"
+    ) >"$DEVICE_LOG" 2>&1 &
+    DEVICE_PID=$!
+}
+
+wait_device_build() {
+    wait_background "the device build" "$DEVICE_PID" "$DEVICE_LOG"
+    DEVICE_PID=
+}
+
+# Waits for a job started in the background and prints its log (without the
+# compiler's progress lines); a failure ends the run, naming the job.
+wait_background() { # WHAT PID LOG
+    STEP=$1
+    log "waiting for $1"
+    local status=0
+    wait "$2" || status=$?
+    grep -v '^\[[0-9]*/[0-9]*\] \(Compiling\|Write\|Emitting\)' "$3" >&2 || true
+    rm -f "$3"
+    [ "$status" = 0 ] || die "$1 failed (exit $status; its lines are above)"
 }
 
 # Everything the tests boot or run: the image, the controller, the test
@@ -243,11 +290,18 @@ build_all() {
 # suite with `swift test --filter SUITE`). The controller and the test suites
 # are one debug build (`swift build --build-tests`, which also links
 # outpost-controller): one plan, both cores busy to the end, where two builds
-# one after the other each waited on its own last module and link.
+# one after the other each waited on its own last module and link. The
+# device's release build runs beside it.
 build_test_inputs() {
-    build_all
+    deps
+    build_host
+    build_grub
+    start_device_build
     build_controller_and_tests
-    build_outpostd_fault
+    wait_device_build
+    # The fresh-machine test needs out/bin's outpost and outpostd; it runs beside the images.
+    [ "${1:-}" = with-fresh-path ] && start_fresh_path_test
+    build_images
     build_fault_image
 }
 
@@ -278,10 +332,11 @@ TEST_TIMES=()
 test_lane() { # NAME LOG ARGS...
     local name=$1 log=$2
     shift 2
-    # --ignore-lock: two test runs of one build read it side by side (--skip-build writes nothing).
+    # --ignore-lock: test runs of one build read it side by side (--skip-build writes nothing).
     # stdbuf: line-buffered through the pipe, so each lane's lines appear as they are printed.
-    OUTPOST_OUT=$OUT stdbuf -oL -eL swift test "${SWIFT_FLAGS[@]}" --skip-build --ignore-lock --no-parallel "$@" 2>&1 \
-        | tee "$log" | sed -u "s/^/[$name] /"
+    # LANE_NICE: the lane's CPU priority (nice value; 0 unless set).
+    OUTPOST_OUT=$OUT nice -n "${LANE_NICE:-0}" stdbuf -oL -eL swift test "${SWIFT_FLAGS[@]}" --skip-build --ignore-lock \
+        --no-parallel "$@" 2>&1 | tee "$log" | sed -u "s/^/[$name] /"
 }
 
 # Every QEMU test in exactly one lane, or the run stops here naming it.
@@ -328,9 +383,9 @@ collect_test_times() { # LANE LOG
              | grep -v '^[0-9]* run with ' | awk -v lane="$1" '{t=$1; $1=""; printf "  %5ds  [%s]%s\n", t, lane, substr($0, 1, 100)}')
 }
 
-# The fresh-machine test waits mostly on apt and dpkg, the compiler on the
-# CPU: it runs beside the controller's and the tests' build (it needs only the
-# host CLI) and its output is printed whole once it ends.
+# The fresh-machine test waits mostly on apt and dpkg: it runs beside the
+# image builds (it needs out/bin's outpost and outpostd) and its output is
+# printed whole once it ends.
 FRESH_PID=
 FRESH_LOG=
 start_fresh_path_test() {
@@ -341,39 +396,40 @@ start_fresh_path_test() {
 }
 
 wait_fresh_path_test() {
-    STEP="the fresh-machine setup test"
-    log "waiting for the fresh-machine setup test"
-    local fresh_status=0
-    wait "$FRESH_PID" || fresh_status=$?
+    wait_background "the fresh-machine setup test" "$FRESH_PID" "$FRESH_LOG"
     FRESH_PID=
-    cat "$FRESH_LOG" >&2; rm -f "$FRESH_LOG"
-    [ "$fresh_status" = 0 ] || die "the fresh-machine setup test failed (exit $fresh_status; its lines are above)"
 }
 
 run_tests() {
     STEP="run the tests"
     local failed=() logs status
     logs=$(mktemp -d /tmp/outpost-test-logs.XXXXXX)
-    # One test at a time: on two cores, the suites that start QEMU, swtpm,
-    # PostgreSQL and hundreds of simulated devices starved each other when run
-    # all at once (trivial tests took 257 s and clients timed out); serially
-    # the host tests take about 5 minutes.
-    log "host test suites (one test at a time)"
-    status=0
-    test_lane host "$logs/host.log" --skip OutpostNetworkTests --skip 'OutpostSystemTests\.QEMU' || status=$?
-    [ "$status" = 0 ] || failed+=("host suites")
-
     check_lanes
-    log "QEMU tests in two lanes side by side: ${QEMU_LANE_A[*]} | ${QEMU_LANE_B[*]}"
-    local pid_a pid_b status_a=0 status_b=0 args_a args_b
+    # The host suites run one test at a time: on two cores, the suites that start
+    # swtpm, PostgreSQL and hundreds of simulated devices starved each other when run
+    # all at once (trivial tests took 257 s and clients timed out); alone they take
+    # about 4 minutes. They run beside the QEMU lanes at a lower priority (nice 5):
+    # the two TCG guests left a third of both cores idle (vmstat, 54 samples over the
+    # lanes: 31 % idle on average), waiting on test windows, timeouts and each other,
+    # and the host suites take that time instead of a slot of their own, while the
+    # guests keep first claim on the CPU.
+    log "host test suites (one test at a time, nice 5) beside the QEMU tests in two lanes:" \
+        "${QEMU_LANE_A[*]} | ${QEMU_LANE_B[*]}"
+    local pid_host pid_a pid_b status_a=0 status_b=0 args_a args_b
+    LANE_NICE=5 test_lane host "$logs/host.log" --skip OutpostNetworkTests --skip 'OutpostSystemTests\.QEMU' & pid_host=$!
+    # One after the other: each `swift test` plans the build first, and two plans at
+    # once fail on the build database's lock ("no tests found"). A lane's tests started
+    # means its plan is done (or it ended).
+    wait_for_tests_started "$logs/host.log" "$pid_host"
     mapfile -t args_a < <(filters "${QEMU_LANE_A[@]}")
     mapfile -t args_b < <(filters "${QEMU_LANE_B[@]}")
     test_lane "lane a" "$logs/lane-a.log" "${args_a[@]}" & pid_a=$!
-    # One after the other: each `swift test` plans the build first, and two plans at
-    # once fail on the build database's lock ("no tests found"). Lane a's tests started
-    # means its plan is done (or it ended).
     wait_for_tests_started "$logs/lane-a.log" "$pid_a"
     test_lane "lane b" "$logs/lane-b.log" "${args_b[@]}" & pid_b=$!
+    status=0
+    wait "$pid_host" || status=$?
+    [ "$status" = 0 ] || failed+=("host suites")
+    log "host suites done; waiting for the QEMU lanes"
     wait "$pid_a" || status_a=$?
     wait "$pid_b" || status_b=$?
     lane_ran_all "$logs/lane-a.log" "$LANE_A_COUNT" || status_a=${status_a/#0/1}
@@ -405,11 +461,7 @@ case "${1:-build}" in
         exec "$OUT/bin/outpost" run "$OUT/outpost.img"
         ;;
     test)
-        build_all
-        start_fresh_path_test
-        build_controller_and_tests
-        build_outpostd_fault
-        build_fault_image
+        build_test_inputs with-fresh-path
         wait_fresh_path_test
         run_tests
         ;;
