@@ -125,8 +125,13 @@ build_controller() {
     STEP="build outpost-controller"
     log "building outpost-controller"
     swift build "${SWIFT_FLAGS[@]}" --product outpost-controller >&2
+    copy_controller
+}
+
+# The debug tree's outpost-controller into out/bin.
+copy_controller() {
     mkdir -p "$OUT/bin"
-    cp "$(swift build "${SWIFT_FLAGS[@]}" --product outpost-controller --show-bin-path)/outpost-controller" "$OUT/bin/outpost-controller"
+    cp "$(swift build "${SWIFT_FLAGS[@]}" --show-bin-path)/outpost-controller" "$OUT/bin/outpost-controller"
 }
 
 # Stage-1 GRUB for the EFI partition (cached by grub/build-grub.sh).
@@ -309,8 +314,7 @@ build_controller_and_tests() {
     STEP="build outpost-controller and the test suites"
     log "building outpost-controller and the Swift test suites (one debug build)"
     swift build "${SWIFT_FLAGS[@]}" --build-tests >&2
-    mkdir -p "$OUT/bin"
-    cp "$(swift build "${SWIFT_FLAGS[@]}" --show-bin-path)/outpost-controller" "$OUT/bin/outpost-controller"
+    copy_controller
 }
 
 # The QEMU tests, each in a nested suite of OutpostSystemTests' `QEMU`, run in

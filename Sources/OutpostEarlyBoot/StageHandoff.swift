@@ -108,7 +108,8 @@ public struct StageHandoff: Sendable, Equatable {
             let number = index + 1
             let key = row.prefix { $0 != " " }
             let rest = row.dropFirst(key.count + 1)
-            func number2(_ text: Substring) throws(ParseError) -> (Int64, Substring) {
+            /// "123 rest" → (123, "rest"): a number, then the rest of the value.
+            func numberAndRest(_ text: Substring) throws(ParseError) -> (Int64, Substring) {
                 let digits = text.prefix { $0 != " " }
                 guard let value = Int64(digits) else { throw ParseError(line: number, reason: "\(key): not a number: \(digits)") }
                 return (value, text.dropFirst(digits.count + 1))
@@ -123,10 +124,10 @@ public struct StageHandoff: Sendable, Equatable {
                 }
                 clock = (parts[0] == "1", start, last)
             case "step":
-                let (ms, name) = try number2(rest)
+                let (ms, name) = try numberAndRest(rest)
                 steps.append(StepClock.Step(name: try unescaped(name, line: number), milliseconds: ms))
             case "line":
-                let (time, message) = try number2(rest)
+                let (time, message) = try numberAndRest(rest)
                 guard time >= 0 else { throw ParseError(line: number, reason: "line: a negative time") }
                 console.append(Console.Line(message: try unescaped(message, line: number), timeUnixMs: UInt64(time)))
             case "dropped":

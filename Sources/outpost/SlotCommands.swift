@@ -106,6 +106,10 @@ struct SlotBuild: ParsableCommand {
         guard FileManager.default.isExecutableFile(atPath: outpostd) else {
             throw BuilderError.missingInput(path: outpostd, what: "outpostd binary")
         }
+        // Both binaries are checked before minutes of root assembly, not after.
+        if let initBinary, !FileManager.default.isExecutableFile(atPath: initBinary) {
+            throw BuilderError.missingInput(path: initBinary, what: "outpost-init binary (--init)")
+        }
         let assembly = SlotAssembly(rootfs: URL(fileURLWithPath: rootfs), work: URL(fileURLWithPath: work),
                                     sourceDateEpoch: UInt32(epoch))
         progress.step(1, of: 3, "kernel: \(SlotAssembly.defaultKernelPackage)")
@@ -115,13 +119,7 @@ struct SlotBuild: ParsableCommand {
         let root = try assembly.assembleRoot(kernel: kernel, outpostd: binary, version: imageVersion)
         try bakeIdentity(into: root.path)
         progress.step(3, of: 3, "initramfs")
-        var initial = binary
-        if let initBinary {
-            guard FileManager.default.isExecutableFile(atPath: initBinary) else {
-                throw BuilderError.missingInput(path: initBinary, what: "outpost-init binary (--init)")
-            }
-            initial = URL(fileURLWithPath: initBinary)
-        }
+        let initial = initBinary.map { URL(fileURLWithPath: $0) } ?? binary
         let initrd = try assembly.buildInitramfs(kernel: kernel, outpostd: initial, libraryRoot: root)
         return (kernel.vmlinuz.path, initrd.path, root.path)
     }

@@ -14,11 +14,11 @@ import Testing
 }
 
 @Test func onlyKernelLogIsTheKernelLogCommand() {
-    #expect(KernelLog.isCommand("kernel log"))
-    #expect(KernelLog.isCommand("  kernel\tlog "))
-    #expect(!KernelLog.isCommand("kernel"))
-    #expect(!KernelLog.isCommand("kernel log now"))
-    #expect(!KernelLog.isCommand("status"))
+    #expect(ConsoleCommands.words("kernel log") == KernelLog.command)
+    #expect(ConsoleCommands.words("  kernel\tlog ") == KernelLog.command)
+    #expect(ConsoleCommands.words("kernel") != KernelLog.command)
+    #expect(ConsoleCommands.words("kernel log now") != KernelLog.command)
+    #expect(ConsoleCommands.words("status") != KernelLog.command)
 }
 
 // The `boot:` line after the ready line: where the boot's time went, from the kernel's start.

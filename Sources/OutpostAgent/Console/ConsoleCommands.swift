@@ -56,9 +56,9 @@ enum ConsoleCommands {
                 while let newline = pending.firstIndex(where: { $0 == 10 || $0 == 13 }) {
                     let line = String(decoding: pending[..<newline], as: UTF8.self)
                     pending.removeSubrange(...newline)
-                    // The kernel's log stays on the console: the controller is not sent its hundreds of lines.
-                    let onConsoleOnly = KernelLog.isCommand(line)
-                    for reply in respond(to: line, agent: agent) {
+                    let words = Self.words(line)
+                    let onConsoleOnly = words == KernelLog.command
+                    for reply in respond(to: line, words: words, agent: agent) {
                         if onConsoleOnly { Console.show(reply) } else { Console.line(reply) }
                     }
                 }
@@ -67,9 +67,13 @@ enum ConsoleCommands {
         })
     }
 
-    /// The reply lines for one typed line; none for an empty one.
-    static func respond(to typed: String, agent: Agent) -> [String] {
-        let words = typed.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+    /// A typed line's words, split on spaces and tabs.
+    static func words(_ typed: String) -> [String] {
+        typed.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+    }
+
+    /// The reply lines for one typed line (and its `words`); none for an empty one.
+    static func respond(to typed: String, words: [String], agent: Agent) -> [String] {
         switch words {
         case []: return []
         case ["help"]: return help
@@ -79,7 +83,7 @@ enum ConsoleCommands {
             do { return lines(try UpdateCommand.report(update, json: words.count == 3)) } catch {
                 return ["update status: \(error)"]
             }
-        case ["kernel", "log"]: return KernelLog.lines().map { "kernel: " + $0 }
+        case KernelLog.command: return KernelLog.lines().map { "kernel: " + $0 }
         case ["network", "status"]:
             guard let network = agent.network else { return ["network status: the network manager is not running"] }
             return network.connectivityReport().map { $0.hasPrefix("network:") ? $0 : "network: " + $0 }

@@ -6,10 +6,9 @@
 import OutpostShims
 
 enum KernelLog {
-    /// Whether a typed line is `kernel log`.
-    static func isCommand(_ typed: String) -> Bool {
-        typed.split(whereSeparator: { $0 == " " || $0 == "\t" }) == ["kernel", "log"]
-    }
+    /// The console command's words. Its reply stays on the console: the controller
+    /// is not sent the kernel's hundreds of lines.
+    static let command = ["kernel", "log"]
 
     /// The ring buffer's records as lines, without their "<priority>" prefix.
     static func lines() -> [String] {

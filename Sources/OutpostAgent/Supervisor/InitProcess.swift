@@ -20,7 +20,7 @@ public enum InitProcess {
     /// (StageHandoff), or, when outpostd itself is the initramfs's /init (an image built
     /// without outpost-init), early boot first and then the agent. Never returns.
     public static func runAsPID1() -> Never {
-        blockSignals()
+        PID1.blockSignals()
         Console.attachIfNeeded()
         if let outcome = StageHandoff.resume() {
             // InitProcess prints the ready/rescue line: it carries last-boot=<reason>.
@@ -30,16 +30,6 @@ public enum InitProcess {
             Console.line("warning: \(failure); the initramfs copy of outpostd stays PID 1")
             run(outcome: outcome, persistMount: outcome.persistMounted ? DataPartitions.persistMount : nil)
         }
-    }
-
-    /// PID 1's signals and its stop path live in OutpostEarlyBoot (PID1.swift), which early
-    /// boot's own binary shares; these forward to them.
-    public static func blockSignals() { PID1.blockSignals() }
-
-    public static func shutdown(persistMount: String?, powerOff: Bool, reaper: Reaper = .shared,
-                                beforeUnmount: () -> Void = {}, beforeReboot: () -> Void = {}) -> Never {
-        PID1.shutdown(persistMount: persistMount, powerOff: powerOff, reaper: reaper, beforeUnmount: beforeUnmount,
-                      beforeReboot: beforeReboot)
     }
 
     /// When PID 1 first gives memory back (MemoryTrim), and how often after that.
@@ -124,10 +114,10 @@ public enum InitProcess {
     /// The orderly stop: record why, stop components, then the common path.
     static func stop(_ agent: Agent, _ request: ShutdownRequest) -> Never {
         agent.beginShutdown(request)
-        shutdown(persistMount: agent.persistMount, powerOff: request.powerOff, reaper: agent.reaper,
-                 beforeUnmount: { agent.vault?.close() }) {
+        // PID 1's stop path lives in OutpostEarlyBoot (PID1.swift), which early boot's binary shares.
+        PID1.shutdown(persistMount: agent.persistMount, powerOff: request.powerOff, reaper: agent.reaper,
+                      beforeUnmount: { agent.vault?.close() }) {
             agent.disarmWatchdog()
         }
     }
-
 }
