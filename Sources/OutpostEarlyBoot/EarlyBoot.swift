@@ -2,8 +2,9 @@
 //
 //   mount /proc /sys /dev → start loading modules (two threads) → parse
 //   outpost.* → find the slot by PARTUUID → dm-linear + dm-verity → read every
-//   root block → the last modules → mount the root → switch root → CONFIG (ro), PERSIST (rw, created on first boot)
-//   → "outpost: ready slot=IMGA version=X" → PID 1 loop.
+//   root block → the last modules → mount the root → switch root → CONFIG
+//   (ro), PERSIST (rw, created on first boot) → "outpost: ready slot=IMGA
+//   version=X" → PID 1 loop.
 //
 // Any failure prints one "outpost: error: ..." line and reboots after a short
 // delay, so that an unattended device never hangs silently and GRUB's
