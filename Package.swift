@@ -71,8 +71,13 @@ let package = Package(
         // and PERSIST, switch root, the exec into the verified root's outpostd; the
         // console and PID 1's stop path. No Foundation: it is all of outpost-init.
         .target(name: "OutpostEarlyBoot", dependencies: ["OutpostPlatform", "OutpostShims", "CBlkid", "OutpostDisk"]),
-        // The initramfs's /init, statically linked Swift runtime, a few MB.
-        .executableTarget(name: "outpost-init", dependencies: ["OutpostEarlyBoot"]),
+        // Settings for the Swift runtime, made before its static initializers run in outpost-init (start.c).
+        .target(name: "CInitStart"),
+        // The initramfs's /init: one static executable (the Swift runtime, glibc,
+        // libstdc++ and libblkid linked in), so the kernel starts it without the
+        // dynamic loader and the initramfs carries no shared libraries.
+        .executableTarget(name: "outpost-init", dependencies: ["OutpostEarlyBoot", "CInitStart"],
+                          linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
 
         // Signed update bundles: manifest, signatures, trust anchors. Shared by
         // the host CLI and the device.

@@ -156,6 +156,10 @@ build_outpostd() {
     if grep -q -m1 'Foundation' <(nm "$(dirname "$bin")/outpost-init"); then
         die "outpost-init links Foundation (nm shows Foundation symbols); early boot uses the standard library only"
     fi
+    # Static (Package.swift's -static-executable): no dynamic loader, no libraries in the initramfs.
+    if grep -q -m1 'INTERP' <(readelf -l "$(dirname "$bin")/outpost-init"); then
+        die "outpost-init is not a static executable (readelf shows a program interpreter)"
+    fi
     strip -o "$OUT/bin/outpost-init" "$(dirname "$bin")/outpost-init"
     # FoundationEssentials only: one call that binds to full Foundation's overload
     # (e.g. String.contains when a dependency makes Foundation visible) links ICU, +47 MB.

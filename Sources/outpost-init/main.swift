@@ -8,8 +8,10 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CInitStart
 import OutpostEarlyBoot
 
+outpost_init_forget_runtime_settings()
 guard getpid() == 1 else {
     let usage = "outpost-init: the initramfs's /init; it runs only as PID 1 (the agent's commands are outpostd's)\n"
     _ = usage.withCString { write(2, $0, strlen($0)) }

@@ -1,12 +1,14 @@
 // Assembles the three pieces a slot image is made of (docs/boot.md): the
-// Debian kernel, the initramfs (outpostd as /init, the libraries it links,
-// the early modules) and the staged root tree that becomes the verity-checked
-// root squashfs. squashfs, verity and the slot layout are the image builder's.
+// Debian kernel, the initramfs (outpost-init as /init, the libraries it links
+// unless it is static, the early modules) and the staged root tree that
+// becomes the verity-checked root squashfs. squashfs, verity and the slot
+// layout are the image builder's.
 //
 //   rootfs/packages.txt ──apt-get download──▶ cache/debs ──dpkg-deb -x──┐
+//   rootfs/leave-out.txt ──what no device reads, removed───────────────┤
 //   rootfs/modules.txt ──modules.dep──▶ .ko set ───────────────────────┤
 //   rootfs/overlay/, outpostd, /etc/outpost-release ───────────────────┴─▶ work/root/
-//   outpostd + ldd libraries + .ko set + initramfs.list ──newc cpio, zstd──▶ work/initrd.img
+//   outpost-init (+ ldd libraries) + .ko set + initramfs.list ──newc cpio, zstd──▶ work/initrd.img
 //   linux-image-<pinned> ──▶ cache/kernels/<deb>/boot/vmlinuz-<version>
 
 import Foundation
@@ -39,7 +41,7 @@ public struct SlotAssembly {
     /// written. Changing it changes every slot, so it is a deliberate edit.
     public static let defaultKernelPackage = "linux-image-6.1.0-56-amd64"
 
-    /// The rootfs/ folder: packages.txt, modules.txt, overlay/.
+    /// The rootfs/ folder: packages.txt, leave-out.txt, modules.txt, overlay/.
     public var rootfs: URL
     /// Scratch folder for this build; root/ and initrd.img are created in it.
     public var work: URL
@@ -109,7 +111,7 @@ public struct SlotAssembly {
     // MARK: root
 
     /// Stages the root tree in work/root: the packages of packages.txt (and
-    /// their dependencies), the selected modules with their own modules.dep,
+    /// their dependencies) less the paths of leave-out.txt, the selected modules with their own modules.dep,
     /// rootfs/overlay/, outpostd at /sbin/outpostd and /etc/outpost-release.
     /// Returns the folder, ready for `mksquashfs DIR OUT -all-root`.
     public func assembleRoot(kernel: SlotKernel, outpostd: URL, version: String) throws -> URL {
@@ -122,10 +124,8 @@ public struct SlotAssembly {
         let wanted = DebianPackages.parseList(list)
         try packages.unpack(try packages.fetch(try packages.closure(of: wanted, excluding: DebianPackages.parseExclusions(list))),
                             into: root)
-        // Documentation and translations are never read on a device.
-        for unused in ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian"] {
-            try? fm.removeItem(at: root.appendingPathComponent(unused))
-        }
+        try LeaveOutList(try readRootfsFile("leave-out.txt"), file: rootfs.appendingPathComponent("leave-out.txt").path)
+            .apply(to: root)
 
         let modules = root.appendingPathComponent("lib/modules/\(kernel.version)")
         for path in try selectModules(kernel: kernel).loadOrder {
@@ -201,9 +201,11 @@ public struct SlotAssembly {
         return packed
     }
 
-    /// (path in the initramfs, source file) for every library `ldd` lists.
+    /// (path in the initramfs, source file) for every library `ldd` lists; none for a
+    /// static executable (outpost-init is one), which `ldd` refuses.
     func sharedLibraries(of binary: URL, libraryRoot: URL?) throws -> [(String, URL)] {
         var result: [(String, URL)] = []
+        guard try Self.programInterpreter(of: binary) != nil else { return result }
         for line in try Tool.run(["ldd", binary.path]).split(separator: "\n") {
             let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
             let hostPath: String
@@ -222,6 +224,29 @@ public struct SlotAssembly {
             result.append((archivePath, source))
         }
         return result
+    }
+
+    /// The program interpreter (PT_INTERP) an ELF64 little-endian executable names, e.g.
+    /// /lib64/ld-linux-x86-64.so.2; nil for a static executable.
+    static func programInterpreter(of binary: URL) throws -> String? {
+        let bytes = [UInt8](try Data(contentsOf: binary))
+        func fail(_ why: String) -> SlotAssemblyError { .badExecutable(path: binary.path, reason: why) }
+        guard bytes.count >= 64, bytes[0..<4].elementsEqual([0x7f, 0x45, 0x4c, 0x46]) else { throw fail("not an ELF file") }
+        guard bytes[4] == 2, bytes[5] == 1 else { throw fail("not a 64-bit little-endian ELF file") }
+        func integer(_ offset: Int, _ size: Int) -> Int {
+            (0..<size).reduce(0) { $0 | Int(bytes[offset + $1]) << (8 * $1) }
+        }
+        let (table, entrySize, count) = (integer(32, 8), integer(54, 2), integer(56, 2))
+        guard entrySize >= 56, table <= bytes.count, count <= (bytes.count - table) / entrySize else {
+            throw fail("its program headers lie outside the file")
+        }
+        for index in 0..<count where integer(table + index * entrySize, 4) == 3 { // PT_INTERP
+            let header = table + index * entrySize
+            let (offset, size) = (integer(header + 8, 8), integer(header + 32, 8))
+            guard size > 0, offset <= bytes.count, size <= bytes.count - offset else { throw fail("its PT_INTERP lies outside the file") }
+            return String(decoding: bytes[offset..<(offset + size)].prefix { $0 != 0 }, as: UTF8.self)
+        }
+        return nil
     }
 
     /// Finds `soname` in a Debian tree and follows symlinks inside that tree.

@@ -4,6 +4,8 @@ public enum SlotAssemblyError: Error, CustomStringConvertible {
     case unknownModule(name: String, kernel: String)
     case badListLine(file: String, line: Int, text: String)
     case packageNotFound(String)
+    case badExecutable(path: String, reason: String)
+    case leftOutNothing(file: String, line: Int, pattern: String)
 
     public var description: String {
         switch self {
@@ -15,6 +17,10 @@ public enum SlotAssemblyError: Error, CustomStringConvertible {
             return "\(file):\(line): cannot parse '\(text)'"
         case .packageNotFound(let name):
             return "no Debian package \(name) (run apt-get update?)"
+        case .badExecutable(let path, let reason):
+            return "\(path): \(reason)"
+        case .leftOutNothing(let file, let line, let pattern):
+            return "\(file):\(line): '\(pattern)' matches nothing in the root (a package changed? mend the list)"
         }
     }
 }
