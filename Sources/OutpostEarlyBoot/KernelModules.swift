@@ -9,9 +9,9 @@
 // so no modprobe (and no kmod library) is needed in the initramfs. Loading
 // is CPU work in the kernel (relocations, the modules' init functions), and
 // early boot's own next steps need only a few of them: the loads run on two
-// threads in dependency levels while early boot looks for its slot, and it
-// waits only for the modules a step needs (`waitFor`), then for all of them
-// before it leaves the initramfs.
+// threads, each taking the first module in list order whose dependencies are
+// done, while early boot looks for its slot. It waits only for the modules a
+// step needs (`waitFor`), then for all of them before it leaves the initramfs.
 
 #if canImport(Glibc)
 import Glibc
@@ -61,26 +61,21 @@ public enum KernelModules {
         }
     }
 
-    /// The entries in dependency levels: every module comes in a later level
-    /// than each listed module it needs; a level's modules may load at once.
-    /// Dependencies not in the list (built in, or absent) are not waited for,
-    /// and a cycle cannot hang the boot: its modules go in the last level.
-    public static func levels(_ entries: [ModuleEntry]) -> [[ModuleEntry]] {
-        let listed = Set(entries.map(\.path))
-        var level: [String: Int] = [:]
-        var remaining = entries
-        var result: [[ModuleEntry]] = []
-        while !remaining.isEmpty {
-            let ready = remaining.filter { entry in
-                entry.dependencies.allSatisfy { !listed.contains($0) || level[$0] != nil }
-            }
-            let placed = ready.isEmpty ? remaining : ready
-            for entry in placed { level[entry.path] = result.count }
-            let placedPaths = Set(placed.map(\.path))
-            remaining.removeAll { placedPaths.contains($0.path) }
-            result.append(placed)
+    /// Which pending module a free worker loads next: the first in list order whose
+    /// listed dependencies have all been tried. The builder lists early boot's own
+    /// needs first (the disks, then dm-verity: rootfs/modules.txt's order), so those
+    /// load first and the slot shows up sooner. A dependency outside the list (built
+    /// in, or absent) is not waited for. nil: wait for a load in flight. With nothing
+    /// ready and nothing in flight the rest is a cycle, and its first module goes, so
+    /// a cycle cannot hang the boot.
+    public static func nextReady(_ pending: [ModuleEntry], tried: Set<String>, listed: Set<String>,
+                                 loading: Int) -> Int? {
+        if let index = pending.firstIndex(where: { entry in
+            entry.dependencies.allSatisfy { !listed.contains($0) || tried.contains($0) }
+        }) {
+            return index
         }
-        return result
+        return loading == 0 && !pending.isEmpty ? 0 : nil
     }
 
     /// Loads `entries` one after the other (dependencies first, as listed).
@@ -117,14 +112,21 @@ public enum KernelModules {
     }
 }
 
-/// The list loading in the background: level by level, each level's modules
-/// shared between `KernelModules.workers` threads. `waitFor` blocks until named
-/// modules are done; `finish` until all are, and returns what failed.
+/// The list loading in the background: `KernelModules.workers` threads, each taking
+/// the next ready module (`KernelModules.nextReady`) when it is free. `waitFor`
+/// blocks until named modules are done; `finish` until all are, and returns what failed.
 public final class ModuleLoading: Sendable {
     private struct State {
-        var done: Set<String> = []
+        var pending: [ModuleEntry]
+        var loading = 0
+        var tried: Set<String> = []
         var failures: [ModuleLoadFailure] = []
         var finished = false
+    }
+    private enum Step {
+        case load(ModuleEntry)
+        case wait
+        case done
     }
     /// Shared with the loading threads.
     private final class Shared<Value: Sendable>: Sendable {
@@ -132,62 +134,64 @@ public final class ModuleLoading: Sendable {
         init(_ value: Value) { self.value = Mutex(value) }
         func withLock<R>(_ body: (inout Value) -> R) -> R { value.withLock { body(&$0) } }
     }
-    private let state = Shared(State())
+    private let state: Shared<State>
     private let names: [String: String]
+    private let order: [String: Int]
     private let coordinator: NamedThread?
 
     /// Starts loading `entries`; with no thread to be had, loads them here, one by one.
     public init(_ entries: [ModuleEntry], loaded: @escaping @Sendable (String, Int64) -> Void = { _, _ in }) {
         names = Dictionary(entries.map { ($0.name, $0.path) }, uniquingKeysWith: { first, _ in first })
-        let state = state
-        let run: @Sendable () -> Void = {
-            for level in KernelModules.levels(entries) {
-                let failures = ModuleLoading.loadLevel(level, loaded: loaded)
-                state.withLock { s in
-                    s.done.formUnion(level.map(\.path))
-                    s.failures += failures
+        order = Dictionary(entries.enumerated().map { ($1.path, $0) }, uniquingKeysWith: { first, _ in first })
+        let state = Shared(State(pending: entries))
+        self.state = state
+        let listed = Set(entries.map(\.path))
+        let work: @Sendable () -> Void = {
+            while true {
+                let step: Step = state.withLock { s in
+                    guard !s.pending.isEmpty else { return .done }
+                    guard let index = KernelModules.nextReady(s.pending, tried: s.tried, listed: listed, loading: s.loading) else {
+                        return .wait
+                    }
+                    s.loading += 1
+                    return .load(s.pending.remove(at: index))
+                }
+                switch step {
+                case .done: return
+                case .wait: MonotonicClock.sleep(for: .milliseconds(2))
+                case .load(let entry):
+                    let failure = KernelModules.loadTimed(entry.path, loaded)
+                    state.withLock { s in
+                        s.loading -= 1
+                        s.tried.insert(entry.path)
+                        if let failure { s.failures.append(failure) }
+                    }
                 }
             }
+        }
+        let run: @Sendable () -> Void = {
+            let helpers = (1..<KernelModules.workers).compactMap { _ in try? NamedThread.start(name: "modules", work) }
+            work()
+            for helper in helpers { helper.join() }
             state.withLock { $0.finished = true }
         }
         coordinator = try? NamedThread.start(name: "modules", run)
         if coordinator == nil { run() }
     }
 
-    /// One level: its modules dealt out to the workers in turn; each worker loads its share in order.
-    private static func loadLevel(_ level: [ModuleEntry],
-                                  loaded: @escaping @Sendable (String, Int64) -> Void) -> [ModuleLoadFailure] {
-        let shares = (0..<KernelModules.workers).map { worker in
-            level.enumerated().filter { $0.offset % KernelModules.workers == worker }.map(\.element)
-        }.filter { !$0.isEmpty }
-        guard shares.count > 1 else { return KernelModules.load(level, loaded: loaded) }
-        let results = Shared<[ModuleLoadFailure]>([])
-        var threads: [NamedThread] = []
-        for share in shares.dropFirst() {
-            let body: @Sendable () -> Void = {
-                let failures = KernelModules.load(share, loaded: loaded)
-                results.withLock { $0 += failures }
-            }
-            if let thread = try? NamedThread.start(name: "modules", body) { threads.append(thread) } else { body() }
-        }
-        let own = KernelModules.load(shares[0], loaded: loaded)
-        for thread in threads { thread.join() }
-        return own + results.withLock { $0 }
-    }
-
     /// Blocks until each listed module among `moduleNames` has been tried (names as
     /// the kernel has them, "dm_verity"); names not in the list return at once.
     public func waitFor(_ moduleNames: [String]) {
         let paths = moduleNames.compactMap { names[$0] }
-        while !state.withLock({ s in s.finished || paths.allSatisfy(s.done.contains) }) {
+        while !state.withLock({ s in s.finished || paths.allSatisfy(s.tried.contains) }) {
             MonotonicClock.sleep(for: .milliseconds(5))
         }
     }
 
-    /// Waits for every module and returns the ones that failed, in list order of their levels.
+    /// Waits for every module and returns the ones that failed, in list order.
     public func finish() -> [ModuleLoadFailure] {
         coordinator?.join()
-        return state.withLock { $0.failures }
+        return state.withLock { $0.failures }.sorted { order[$0.path, default: 0] < order[$1.path, default: 0] }
     }
 }
 

@@ -17,6 +17,7 @@ import Glibc
 #endif
 import OutpostShims
 import OutpostPlatform
+import Synchronization
 
 /// The mapped device that carries the verified root, ready to mount.
 public struct VerityDevice: Equatable, Sendable {
@@ -77,22 +78,50 @@ public enum VerityRoot {
     /// checked now, at boot, rather than when some file is first read weeks
     /// later: a corrupt slot then fails before it is reported ready and before
     /// the update flow could commit it.
-    public static func verifyAllBlocks(_ device: VerityDevice) throws(VerityReadError) {
+    /// The device is read in `parts` ranges side by side, each on a thread of
+    /// its own: dm-verity hashes each read's blocks on the CPU that asked, so
+    /// one reader keeps one CPU hashing. The error of the lowest offset wins.
+    public static func verifyAllBlocks(_ device: VerityDevice, parts: Int = KernelModules.workers) throws(VerityReadError) {
+        let chunk: UInt64 = 1 << 20
+        let chunks = (device.sizeBytes + chunk - 1) / chunk
+        let perPart = (chunks + UInt64(max(1, parts)) - 1) / UInt64(max(1, parts))
+        let ranges = stride(from: UInt64(0), to: chunks, by: Int(max(1, perPart))).map { first in
+            (first * chunk)..<min(device.sizeBytes, (first + perPart) * chunk)
+        }
+        let errors = Mutex<[VerityReadError]>([])
+        var threads: [NamedThread] = []
+        for range in ranges.dropFirst() {
+            let body: @Sendable () -> Void = {
+                do throws(VerityReadError) { try verify(device, range, chunk: Int(chunk)) } catch { errors.withLock { $0.append(error) } }
+            }
+            if let thread = try? NamedThread.start(name: "verity", body) { threads.append(thread) } else { body() }
+        }
+        var first: VerityReadError?
+        if let range = ranges.first {
+            do { try verify(device, range, chunk: Int(chunk)) } catch { first = error }
+        }
+        for thread in threads { thread.join() }
+        if let error = (errors.withLock { $0 } + (first.map { [$0] } ?? [])).min(by: { $0.offset < $1.offset }) {
+            throw error
+        }
+    }
+
+    /// Reads `range` of the device, `chunk` bytes at a time.
+    static func verify(_ device: VerityDevice, _ range: Range<UInt64>, chunk: Int) throws(VerityReadError) {
         let fd: Int32
         do {
             fd = try Sys.open(device.path, O_RDONLY)
         } catch {
-            throw VerityReadError(device: device.path, offset: 0, errno: error.code)
+            throw VerityReadError(device: device.path, offset: range.lowerBound, errno: error.code)
         }
         defer { Sys.close(fd) }
-        let chunk = 1 << 20
         guard let buffer = UnsafeMutableRawPointer.allocateIfPossible(byteCount: chunk, alignment: 4096) else {
-            throw VerityReadError(device: device.path, offset: 0, errno: ENOMEM)
+            throw VerityReadError(device: device.path, offset: range.lowerBound, errno: ENOMEM)
         }
         defer { free(buffer) }
-        var offset: UInt64 = 0
-        while offset < device.sizeBytes {
-            let want = Int(min(UInt64(chunk), device.sizeBytes - offset))
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let want = Int(min(UInt64(chunk), range.upperBound - offset))
             let count: Int
             do {
                 count = try Sys.read(fd, into: UnsafeMutableRawBufferPointer(start: buffer, count: want),

@@ -234,6 +234,11 @@ public enum QEMURunner {
         for (i, d) in o.extraDisks.enumerated() {
             args += ["-drive", "file=\(d),format=raw,if=virtio,index=\(i + 1)"]
         }
+        // An entropy source, as real hardware has one (RDRAND, the TPM's RNG): TCG's
+        // CPU model has no RDRAND, and without a seeded CRNG the agent's first
+        // getrandom(2) waits about 1 s while the kernel gathers timer jitter. Last,
+        // so the PCI addresses of the disks and NICs stay where they were.
+        args += ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"]
         if let m = monitor { args += ["-monitor", "unix:\(m),server,nowait"] }
         args += ["-serial", o.headless ? "stdio" : "mon:stdio"]
         return args + o.extraArgs

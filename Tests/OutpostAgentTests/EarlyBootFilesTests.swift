@@ -21,15 +21,30 @@ import Testing
     #expect(KernelModules.name(ofPath: "dm-verity.ko.xz") == "dm_verity")
 }
 
-@Test func modulesLoadInLevelsAfterEverythingTheyNeed() {
+@Test func aFreeWorkerTakesTheFirstModuleInListOrderWhoseDependenciesAreTried() {
     let e = { (path: String, deps: [String]) in ModuleEntry(path: path, dependencies: deps) }
-    let entries = [e("ring", []), e("crc16", []), e("virtio", ["ring"]), e("blk", ["virtio", "ring"]),
+    let entries = [e("ring", []), e("virtio", ["ring"]), e("blk", ["virtio", "ring"]), e("crc16", []),
                    e("ext4", ["crc16", "builtin-not-listed"]), e("a", ["b"]), e("b", ["a"])]
-    let levels = KernelModules.levels(entries).map { $0.map(\.path) }
-    // Level 0 has no listed dependency; a dependency outside the list is not waited for;
-    // the a/b cycle cannot hang: it goes last, together.
-    #expect(levels == [["ring", "crc16"], ["virtio", "ext4"], ["blk"], ["a", "b"]], "\(levels)")
-    #expect(KernelModules.levels([]).isEmpty)
+    let listed = Set(entries.map(\.path))
+    let next = { (pending: [ModuleEntry], tried: Set<String>, loading: Int) in
+        KernelModules.nextReady(pending, tried: tried, listed: listed, loading: loading).map { pending[$0].path }
+    }
+    // The list's order is the priority: the disk's chain first.
+    #expect(next(entries, [], 0) == "ring")
+    // While ring loads, the second worker skips what needs it and takes crc16.
+    #expect(next(Array(entries.dropFirst()), [], 1) == "crc16")
+    // Once ring is tried, virtio comes before ext4 although both are ready; a dependency
+    // outside the list is not waited for.
+    let afterRing = entries.filter { $0.path != "ring" && $0.path != "crc16" }
+    #expect(next(afterRing, ["ring", "crc16"], 0) == "virtio")
+    #expect(next(afterRing.filter { $0.path != "virtio" }, ["ring", "crc16"], 1) == "ext4")
+    #expect(next(afterRing.filter { $0.path != "virtio" && $0.path != "ext4" }, ["ring", "crc16", "ext4"], 1) == nil,
+            "blk waits for virtio, in flight")
+    // The a/b cycle cannot hang: with nothing in flight its first module goes.
+    let cycle = entries.filter { $0.path == "a" || $0.path == "b" }
+    #expect(next(cycle, listed.subtracting(["a", "b"]), 1) == nil)
+    #expect(next(cycle, listed.subtracting(["a", "b"]), 0) == "a")
+    #expect(next([], [], 0) == nil)
 }
 
 @Test func loadingAMissingModuleIsReportedNotFatal() {
@@ -54,6 +69,7 @@ import Testing
     #expect(failures.allSatisfy { $0.error.code == ENOENT })
     #expect(Set(seen.withLock { $0 }) == Set(paths) && seen.withLock { $0 }.count == 7)
     #expect(seen.withLock { $0 }.first == paths[0], "the module the others need comes first")
+    #expect(failures.map(\.path) == paths, "failures come in list order")
     #expect(ModuleLoading([]).finish().isEmpty)
 }
 
@@ -86,4 +102,27 @@ import Testing
     #expect(isGUID("5DFBF5F4-2848-4BAC-AA5E-0D9A20B745A6"))
     #expect(!isGUID("5DFBF5F4-2848-4BAC-AA5E-0D9A20B745A"))
     #expect(!isGUID("5DFBF5F4x2848-4BAC-AA5E-0D9A20B745A6"))
+}
+
+/// The whole-root read split over threads: every byte is read once, and a device shorter than
+/// it claims (a read that ends early, as a failing disk's would) fails at the first missing
+/// offset whichever thread reached it.
+@Test func theWholeRootIsReadInPartsAndTheLowestFailingOffsetIsReported() throws {
+    let path = "/tmp/outpost-verity-read-\(getpid())"
+    defer { _ = unlink(path) }
+    let size = (3 << 20) + 12_345
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    #expect(fd >= 0)
+    #expect(ftruncate(fd, off_t(size)) == 0)
+    close(fd)
+    for parts in [1, 2, 3, 8] {
+        let whole = VerityDevice(name: "test", path: path, major: 0, minor: 0, sizeBytes: UInt64(size))
+        #expect(throws: Never.self) { try VerityRoot.verifyAllBlocks(whole, parts: parts) }
+        let claimsMore = VerityDevice(name: "test", path: path, major: 0, minor: 0, sizeBytes: UInt64(size) + (5 << 20))
+        let error = #expect(throws: VerityReadError.self) { try VerityRoot.verifyAllBlocks(claimsMore, parts: parts) }
+        #expect(error?.offset == UInt64(size), "parts \(parts): \(String(describing: error))")
+        #expect(error?.errno == EIO)
+    }
+    let missing = VerityDevice(name: "test", path: path + ".gone", major: 0, minor: 0, sizeBytes: 1 << 20)
+    #expect((#expect(throws: VerityReadError.self) { try VerityRoot.verifyAllBlocks(missing) })?.errno == ENOENT)
 }
