@@ -4,7 +4,7 @@ import OutpostQEMU
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Boot an image in QEMU: OVMF, swtpm TPM, i6300esb watchdog, virtio disk and NIC.",
+        abstract: "Boot an image in QEMU: OVMF, swtpm TPM, i6300esb watchdog, virtio disk, NIC and RNG.",
         discussion: """
             Interactive by default: the serial console is this terminal (Ctrl-A X quits QEMU, \
             Ctrl-A C switches to the QEMU monitor) and the command exits with QEMU's status; the terminal's \
