@@ -328,10 +328,9 @@ build_controller_and_tests() {
 # and two TCG guests on two cores get one core each. The lanes are balanced by
 # the tests' measured times (README: "where the time went"); `check_lanes`
 # fails the run if a QEMU test is in no lane or in both.
-QEMU_LANE_A=(QEMU/FleetTests/registersReports QEMU/FleetTests/aStagedRollout QEMU/FleetTests/anImageWithoutAController
-             QEMU/SupervisorTests)
+QEMU_LANE_A=(QEMU/FleetTests/registersReports QEMU/FleetTests/aStagedRollout QEMU/SupervisorTests QEMU/TerminalTests)
 QEMU_LANE_B=(QEMU/UpdateTests QEMU/VaultTests QEMU/BootTests QEMU/FleetTests/theTPMStays QEMU/AppTests
-             QEMU/AttestationTests QEMU/NetworkTests QEMU/TerminalTests)
+             QEMU/AttestationTests QEMU/NetworkTests QEMU/FleetTests/anImageWithoutAController)
 # Every QEMU test's time, from swift-testing's "Test ... passed after N seconds" lines.
 TEST_TIMES=()
 

@@ -17,8 +17,9 @@ extension QEMU {
     struct FleetTests {
         static var controller: String { Harness.out + "/bin/outpost-controller" }
         /// Long enough for a booted guest's client to reach the controller once
-        /// (network up, first backoff) under TCG; every boot with a trial waits it out.
-        static let testWindowSeconds = 40
+        /// (network up, first backoff of 5-10 s) under TCG with a second guest
+        /// beside it; every boot with a trial waits it out.
+        static let testWindowSeconds = 30
 
 
         /// The running controller child; `start` again after `stop` serves the same data.
@@ -160,8 +161,8 @@ extension QEMU {
             let statusLine = live.wait(for: "outpost: fleet: controller 10.0.2.2:\(port) registered as \(id)", after: ready.index,
                                        timeout: 30)
             #expect(statusLine != nil, "\(live.console.suffix(2000))")
-            // Config polls every 10 s from here on, so commands are picked up quickly.
-            try controller.admin(["device", "set-intervals", id, "--config", "10", "--json"])
+            // Config polls every 5 s from here on, so commands are picked up quickly.
+            try controller.admin(["device", "set-intervals", id, "--config", "5", "--json"])
 
             // Boot log lines, printed before the client existed, arrive with no sequence gap.
             let logs = try #require(Self.poll(120) { () -> [[String: Any]]? in
@@ -239,11 +240,11 @@ extension QEMU {
             #expect(reported != nil, "device show never reported v3 failed: \(controller.show(id)["update"] ?? "-")")
             print("fleet: v3 not committed without its controller: \(fellBack.text)")
 
-            // (e) v3 is not tried again while the retry counter stays (several 10 s config polls)...
+            // (e) v3 is not tried again while the retry counter stays (four 5 s config polls)...
             #expect(live.wait(for: "update: version=3.0.0 failed before; waiting for the controller's retry counter",
                               after: fellBack.index, timeout: 60) != nil, "\(live.console.suffix(2000))")
             let quiet = live.lines.count
-            usleep(35_000_000)
+            usleep(20_000_000)
             #expect(live.wait(for: "update: installing version=3.0.0", after: quiet, timeout: 0) == nil)
             // ...until `retry-update` bumps it; with its controller there this time, it commits.
             try controller.admin(["device", "retry-update", id, "--json"])
@@ -325,7 +326,7 @@ extension QEMU {
             let id = try #require(Self.poll(180) { () -> String? in
                 controller.devices().first { ($0["slot"] as? String) == "IMGA" }?["id"] as? String
             }, "the device never registered: \(live.console.suffix(3000))")
-            try controller.admin(["device", "set-intervals", id, "--config", "10", "--json"])
+            try controller.admin(["device", "set-intervals", id, "--config", "5", "--json"])
 
             let simulated = try blocking { try await SimulatedDevices(count: 4, url: "https://127.0.0.1:\(port)", config: config) }
             simulated.start()
