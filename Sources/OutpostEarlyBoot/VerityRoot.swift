@@ -89,21 +89,16 @@ public enum VerityRoot {
             (first * chunk)..<min(device.sizeBytes, (first + perPart) * chunk)
         }
         let errors = Mutex<[VerityReadError]>([])
-        var threads: [NamedThread] = []
-        for range in ranges.dropFirst() {
-            let body: @Sendable () -> Void = {
-                do throws(VerityReadError) { try verify(device, range, chunk: Int(chunk)) } catch { errors.withLock { $0.append(error) } }
-            }
-            if let thread = try? NamedThread.start(name: "verity", body) { threads.append(thread) } else { body() }
+        let read = { @Sendable (range: Range<UInt64>) in
+            do throws(VerityReadError) { try verify(device, range, chunk: Int(chunk)) } catch { errors.withLock { $0.append(error) } }
         }
-        var first: VerityReadError?
-        if let range = ranges.first {
-            do { try verify(device, range, chunk: Int(chunk)) } catch { first = error }
+        // The first range on this thread, the others on threads of their own (or here, without one).
+        let threads = ranges.dropFirst().compactMap { range in
+            (try? NamedThread.start(name: "verity") { read(range) }) ?? { read(range); return nil }()
         }
+        ranges.first.map(read)
         for thread in threads { thread.join() }
-        if let error = (errors.withLock { $0 } + (first.map { [$0] } ?? [])).min(by: { $0.offset < $1.offset }) {
-            throw error
-        }
+        if let error = errors.withLock({ $0 }).min(by: { $0.offset < $1.offset }) { throw error }
     }
 
     /// Reads `range` of the device, `chunk` bytes at a time.
